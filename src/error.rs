@@ -1,0 +1,47 @@
+//! The one error type of the ledger core; the binding turns each variant into a Python exception
+//! in one place (`python::to_py_err`).
+
+use std::fmt;
+
+use crate::costmap::CostMapError;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerError {
+    /// A usage type that is not in the cost map, charged without a cost override.
+    UnknownUsageType(String),
+    /// Input outside what the ledger accepts (negative target, empty usage type, ...).
+    InvalidInput(String),
+    /// A total would leave the ledger's range; nothing was recorded.
+    Overflow(String),
+    /// The user's plan is not cached (or expired): resolve it, `set_plan`, and call again.
+    PlanNeeded,
+    CostMap(CostMapError),
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::UnknownUsageType(name) => {
+                write!(f, "usage type {name:?} is not in the cost map (pass a cost override or add it)")
+            }
+            LedgerError::InvalidInput(message) | LedgerError::Overflow(message) => f.write_str(message),
+            LedgerError::PlanNeeded => f.write_str("the user's plan must be resolved first"),
+            LedgerError::CostMap(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+impl From<CostMapError> for LedgerError {
+    fn from(error: CostMapError) -> Self {
+        LedgerError::CostMap(error)
+    }
+}
+
+pub type LedgerResult<T> = Result<T, LedgerError>;
+
+/// Shorthand for the overflow error of one named total.
+pub fn overflow(what: &str) -> LedgerError {
+    LedgerError::Overflow(format!("{what} would leave the ledger's range; nothing was recorded"))
+}

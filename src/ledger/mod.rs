@@ -1,0 +1,343 @@
+//! The in-memory ledger: per-user accounts, per-app records, pools and the global aggregate.
+//!
+//! # Concurrency
+//! Accounts live in a lock-free map (papaya): finding an account never blocks. Each account has
+//! its own small mutex, so different users never contend; the lock is held only for the
+//! arithmetic of one charge (no allocation in the common case, never across Python code or I/O).
+//! Calls for one user are ordered by that mutex on purpose: each charge's split over allowance ->
+//! purchased credit -> overage, and the affordability decision of `try_increment_usage`, depend on
+//! every earlier charge of that user, so they must be decided one after the other (this is what
+//! makes "16 threads racing for the last credits never overspend" true). The global aggregate,
+//! which every call touches, is striped per thread (see `global.rs`), so the hottest key of the
+//! process never serializes threads. Lock order is always account -> stripe.
+
+pub mod global;
+pub mod month;
+pub mod pools;
+pub mod record;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::costmap::{CostMap, RESERVED_USAGE_TYPES};
+use crate::error::{overflow, LedgerError, LedgerResult};
+use crate::money::Money;
+use global::StripedAggregate;
+use month::MonthId;
+use pools::{Credit, MonthPools, Split};
+use record::{fold_deltas, Delta, FastMap, TypeId, UsageRecord, UsageReport};
+use types::TypeRegistry;
+
+/// The usage type under which `set_month_total` books its difference.
+pub const MANUAL_ADJUSTMENT: &str = "manual_adjustment";
+
+/// What to do with a usage type the cost map does not price, charged without an override.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmapped {
+    /// Refuse the call (`UnknownUsageType`).
+    Error,
+    /// Record it at zero cost and report it in the receipt, so the caller can raise an alarm.
+    Free,
+}
+
+/// One usage to record.
+#[derive(Clone, Copy, Debug)]
+pub struct UsageItem<'a> {
+    pub usage_type: &'a str,
+    pub units: u64,
+    /// Cost of the whole item; replaces price x units.
+    pub cost_override: Option<Money>,
+}
+
+/// Whose usage, which month, under which allowance.
+#[derive(Clone, Copy, Debug)]
+pub struct Booking<'a> {
+    pub user_id: &'a str,
+    pub app_id: &'a str,
+    pub month: MonthId,
+    pub allowance: Money,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChargeMode {
+    /// Record whatever it costs (overage included).
+    Always,
+    /// Record only if the user's remaining budget covers the cost.
+    IfAffordable,
+    /// Book the difference to this month total as `manual_adjustment`.
+    SetTotal(Money),
+}
+
+/// The outcome of a charge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// False when `IfAffordable` refused the charge (then nothing was recorded).
+    pub accepted: bool,
+    pub month_total: Money,
+    pub cost: Money,
+    pub split: Split,
+    /// The whole multiple (>= 2) of the allowance that the month total crossed with no purchased
+    /// credit left: the caller raises an overuse alarm.
+    pub overuse_multiple: Option<i128>,
+    /// Items recorded for free because the cost map has no price for them (`Unmapped::Free`).
+    pub unmapped_items: usize,
+}
+
+/// A user's budget for one month, every figure exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub allowance: Money,
+    pub pools: MonthPools,
+    pub credit: Credit,
+    pub remaining: Money,
+}
+
+/// One user: lifetime credit and every month it has used.
+#[derive(Default)]
+struct Account {
+    state: Mutex<AccountState>,
+}
+
+#[derive(Default)]
+struct AccountState {
+    credit: Credit,
+    months: BTreeMap<MonthId, UserMonth>,
+}
+
+#[derive(Default)]
+struct UserMonth {
+    usage: UsageRecord,
+    apps: FastMap<Box<str>, UsageRecord>,
+    pools: MonthPools,
+}
+
+impl AccountState {
+    fn month_mut(&mut self, month: MonthId) -> &mut UserMonth {
+        self.months.entry(month).or_default()
+    }
+}
+
+pub struct Ledger {
+    types: TypeRegistry,
+    unmapped: Unmapped,
+    accounts: papaya::HashMap<Box<str>, Account, foldhash::fast::RandomState>,
+    global: StripedAggregate,
+}
+
+impl Ledger {
+    pub fn new(cost_map: Arc<CostMap>, unmapped: Unmapped) -> Ledger {
+        let types = TypeRegistry::new(cost_map);
+        types.intern(MANUAL_ADJUSTMENT);
+        Ledger {
+            types,
+            unmapped,
+            accounts: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            global: StripedAggregate::new(),
+        }
+    }
+
+    pub fn cost_map(&self) -> &CostMap {
+        self.types.cost_map()
+    }
+
+    pub fn type_name(&self, id: TypeId) -> Arc<str> {
+        self.types.name(id)
+    }
+
+    /// Price of `units` of a priced usage type (for affordability checks; records nothing).
+    pub fn cost_of(&self, usage_type: &str, units: u64) -> LedgerResult<Money> {
+        validate_usage_type(usage_type)?;
+        match self.types.priced(usage_type) {
+            Some(id) => self.cost_map().entry(id).price.cost_of(units).ok_or_else(|| overflow("the cost")),
+            None if self.unmapped == Unmapped::Free => Ok(Money::ZERO),
+            None => Err(LedgerError::UnknownUsageType(usage_type.to_string())),
+        }
+    }
+
+    /// Turns items into one delta per usage type; validates everything before anything is
+    /// recorded. Returns the deltas and how many items were unpriced and free.
+    fn deltas_of(&self, items: &[UsageItem<'_>]) -> LedgerResult<(Vec<Delta>, usize)> {
+        let mut deltas = Vec::with_capacity(items.len());
+        let mut unmapped_items = 0;
+        for item in items {
+            validate_usage_type(item.usage_type)?;
+            if item.units == 0 && item.cost_override.is_none() {
+                continue; // records nothing, as documented
+            }
+            let (usage_type, cost) = match (self.types.priced(item.usage_type), item.cost_override) {
+                (Some(id), Some(cost)) => (id, cost),
+                (Some(id), None) => {
+                    let cost = self.cost_map().entry(id).price.cost_of(item.units);
+                    (id, cost.ok_or_else(|| overflow("the cost of the call"))?)
+                }
+                (None, Some(cost)) => (self.types.intern(item.usage_type), cost),
+                (None, None) if self.unmapped == Unmapped::Free => {
+                    unmapped_items += 1;
+                    (self.types.intern(item.usage_type), Money::ZERO)
+                }
+                (None, None) => return Err(LedgerError::UnknownUsageType(item.usage_type.to_string())),
+            };
+            deltas.push(Delta { usage_type, units: item.units, cost, count: 1 });
+        }
+        if deltas.len() > 1 {
+            fold_deltas(&mut deltas)?;
+        }
+        Ok((deltas, unmapped_items))
+    }
+
+    /// Records `items` for one user, atomically: the user's month record, its app's record, the
+    /// pools and the global aggregate all change together, or (on any error or refusal) nothing
+    /// changes at all.
+    pub fn charge(&self, booking: &Booking<'_>, items: &[UsageItem<'_>], mode: ChargeMode) -> LedgerResult<Receipt> {
+        let (mut deltas, unmapped_items) = self.deltas_of(items)?;
+        let accounts = self.accounts.pin();
+        let account = match accounts.get(booking.user_id) {
+            Some(account) => account,
+            None => accounts.get_or_insert_with(Box::from(booking.user_id), Account::default),
+        };
+        let mut state = account.state.lock();
+        let credit = state.credit;
+        let empty_month;
+        let current = match state.months.get(&booking.month) {
+            Some(current) => current,
+            None => {
+                empty_month = UserMonth::default();
+                &empty_month
+            }
+        };
+        let before = current.usage.total;
+        if let ChargeMode::SetTotal(target) = mode {
+            let difference = target.checked_sub(before).ok_or_else(|| overflow("the adjustment"))?;
+            if difference != Money::ZERO {
+                let usage_type = self.types.intern(MANUAL_ADJUSTMENT);
+                deltas = vec![Delta { usage_type, units: 0, cost: difference, count: 1 }];
+            }
+        }
+        if deltas.is_empty() {
+            return Ok(Receipt { accepted: true, month_total: before, unmapped_items, ..Receipt::default() });
+        }
+        let cost = deltas.iter().try_fold(Money::ZERO, |sum, d| sum.checked_add(d.cost));
+        let cost = cost.ok_or_else(|| overflow("the cost of the call"))?;
+        if mode == ChargeMode::IfAffordable
+            && cost.is_positive()
+            && pools::remaining(booking.allowance, &current.pools, &credit) < cost
+        {
+            return Ok(Receipt { accepted: false, month_total: before, cost, ..Receipt::default() });
+        }
+        current.usage.check(&deltas, "the actor's month")?;
+        if let Some(record) = current.apps.get(booking.app_id) {
+            record.check(&deltas, "the app's month")?;
+        }
+        let mut stripe = self.global.lock_own();
+        if let Some(global) = stripe.get(&booking.month) {
+            global.check(&deltas, "the global month")?;
+        }
+        // Everything is validated: commit. Nothing below can fail.
+        let split = pools::split(cost, booking.allowance, &current.pools, &credit);
+        let month = state.month_mut(booking.month);
+        let mut new_credit = credit;
+        pools::apply(&split, &mut month.pools, &mut new_credit);
+        month.usage.apply(&deltas);
+        match month.apps.get_mut(booking.app_id) {
+            Some(record) => record.apply(&deltas),
+            None => month.apps.entry(Box::from(booking.app_id)).or_default().apply(&deltas),
+        }
+        stripe.entry(booking.month).or_default().apply(&deltas);
+        drop(stripe);
+        let month_total = month.usage.total;
+        state.credit = new_credit;
+        let overuse_multiple = if new_credit.left() == Money::ZERO {
+            pools::overuse_multiple_crossed(before, month_total, booking.allowance)
+        } else {
+            None
+        };
+        Ok(Receipt { accepted: true, month_total, cost, split, overuse_multiple, unmapped_items })
+    }
+
+    /// Adds purchased credit to a user (lifetime, used after the monthly allowance).
+    pub fn add_purchased(&self, user_id: &str, amount: Money) -> LedgerResult<Credit> {
+        if amount.is_negative() {
+            return Err(LedgerError::InvalidInput("purchased credit cannot be negative".into()));
+        }
+        let accounts = self.accounts.pin();
+        let account = accounts.get_or_insert_with(Box::from(user_id), Account::default);
+        let mut state = account.state.lock();
+        let purchased = state.credit.purchased.checked_add(amount).ok_or_else(|| overflow("purchased credit"))?;
+        state.credit.purchased = purchased;
+        Ok(state.credit)
+    }
+
+    /// Runs `read` on a user's state, or on an empty one for a user never seen (creating nothing).
+    fn read_account<T>(&self, user_id: &str, read: impl FnOnce(&AccountState) -> T) -> T {
+        let accounts = self.accounts.pin();
+        match accounts.get(user_id) {
+            Some(account) => read(&account.state.lock()),
+            None => read(&AccountState::default()),
+        }
+    }
+
+    pub fn budget(&self, user_id: &str, month: MonthId, allowance: Money) -> Budget {
+        self.read_account(user_id, |state| {
+            let pools = state.months.get(&month).map(|m| m.pools).unwrap_or_default();
+            let remaining = pools::remaining(allowance, &pools, &state.credit);
+            Budget { allowance, pools, credit: state.credit, remaining }
+        })
+    }
+
+    /// The user's month record (all apps together).
+    pub fn user_usage(&self, user_id: &str, month: MonthId) -> UsageReport {
+        self.read_account(user_id, |state| {
+            state.months.get(&month).map(|m| UsageReport::of(&m.usage)).unwrap_or_default()
+        })
+    }
+
+    /// The user's month record for one app.
+    pub fn app_usage(&self, user_id: &str, app_id: &str, month: MonthId) -> UsageReport {
+        self.read_account(user_id, |state| {
+            let record = state.months.get(&month).and_then(|m| m.apps.get(app_id));
+            record.map(UsageReport::of).unwrap_or_default()
+        })
+    }
+
+    /// `(app, total, count)` for every app the user used this month, sorted by app.
+    pub fn app_totals(&self, user_id: &str, month: MonthId) -> Vec<(String, Money, u64)> {
+        let mut totals = self.read_account(user_id, |state| match state.months.get(&month) {
+            Some(m) => m.apps.iter().map(|(app, r)| (app.to_string(), r.total, r.count)).collect(),
+            None => Vec::new(),
+        });
+        totals.sort();
+        totals
+    }
+
+    /// Months in which the user has records, oldest first.
+    pub fn months_of(&self, user_id: &str) -> Vec<MonthId> {
+        self.read_account(user_id, |state| state.months.keys().copied().collect())
+    }
+
+    pub fn global_usage(&self, month: MonthId) -> UsageReport {
+        self.global.report(month)
+    }
+
+    /// Number of users with an account.
+    pub fn user_count(&self) -> usize {
+        self.accounts.len()
+    }
+}
+
+fn validate_usage_type(usage_type: &str) -> LedgerResult<()> {
+    if usage_type.is_empty() {
+        return Err(LedgerError::InvalidInput("usage type must be a non-empty string".into()));
+    }
+    if RESERVED_USAGE_TYPES.contains(&usage_type) {
+        return Err(LedgerError::InvalidInput(format!(
+            "usage type {usage_type:?} is reserved: reports use it for the total"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,79 @@
+//! Calendar months in UTC, as a compact id (`year * 12 + month - 1`).
+
+/// A UTC month: `year * 12 + (month - 1)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MonthId(pub u32);
+
+impl MonthId {
+    /// The UTC month containing `epoch_ms` (milliseconds since 1970-01-01T00:00:00Z).
+    pub fn from_epoch_ms(epoch_ms: i64) -> MonthId {
+        let days = epoch_ms.div_euclid(86_400_000);
+        let (year, month) = civil_year_month(days);
+        MonthId((year * 12 + month - 1) as u32)
+    }
+
+    /// Parses `YYYY-MM`.
+    pub fn parse(label: &str) -> Option<MonthId> {
+        let (year, month) = label.split_once('-')?;
+        if year.len() != 4 || month.len() != 2 {
+            return None;
+        }
+        let year: u32 = year.parse().ok()?;
+        let month: u32 = month.parse().ok()?;
+        (1..=12).contains(&month).then(|| MonthId(year * 12 + month - 1))
+    }
+
+    pub fn year(self) -> u32 {
+        self.0 / 12
+    }
+
+    pub fn month(self) -> u32 {
+        self.0 % 12 + 1
+    }
+
+    /// `YYYY-MM`.
+    pub fn label(self) -> String {
+        format!("{:04}-{:02}", self.year(), self.month())
+    }
+}
+
+/// Year and month (1-12) of a day count since 1970-01-01, proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_year_month(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_of_known_instants() {
+        assert_eq!(MonthId::from_epoch_ms(0).label(), "1970-01");
+        // 2026-10-31T23:59:59.999Z and one millisecond later
+        assert_eq!(MonthId::from_epoch_ms(1_793_491_199_999).label(), "2026-10");
+        assert_eq!(MonthId::from_epoch_ms(1_793_491_200_000).label(), "2026-11");
+        // 2024-02-29T12:00:00Z (leap day)
+        assert_eq!(MonthId::from_epoch_ms(1_709_208_000_000).label(), "2024-02");
+        // 1969-12-31T23:59:59Z
+        assert_eq!(MonthId::from_epoch_ms(-1_000).label(), "1969-12");
+    }
+
+    #[test]
+    fn labels_round_trip() {
+        for label in ["2026-01", "2026-12", "1999-07"] {
+            assert_eq!(MonthId::parse(label).unwrap().label(), label);
+        }
+        for bad in ["2026-13", "2026-00", "26-01", "2026/01", "2026-1", ""] {
+            assert_eq!(MonthId::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Usage records: a total plus `{units, cost, count}` per usage type, updated all-or-nothing.
+
+use std::collections::HashMap;
+
+use crate::error::{overflow, LedgerResult};
+use crate::money::Money;
+
+/// Interned usage type: a cost-map index, or a later id for types the cost map does not price.
+pub type TypeId = u32;
+
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What one usage type has accumulated in one record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageCounter {
+    pub units: u64,
+    pub cost: Money,
+    pub count: u64,
+}
+
+/// One change to one usage type. A batch is first folded into one delta per type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub usage_type: TypeId,
+    pub units: u64,
+    pub cost: Money,
+    pub count: u64,
+}
+
+impl Delta {
+    /// Adds `other` (same type) into `self`, refusing a batch whose own sums leave the range.
+    pub fn absorb(&mut self, other: &Delta) -> LedgerResult<()> {
+        self.units = self.units.checked_add(other.units).ok_or_else(|| overflow("the batch's units"))?;
+        self.cost = self.cost.checked_add(other.cost).ok_or_else(|| overflow("the batch's cost"))?;
+        self.count = self.count.checked_add(other.count).ok_or_else(|| overflow("the batch's count"))?;
+        Ok(())
+    }
+}
+
+/// Folds deltas so each usage type appears once (a batch may name a type several times).
+pub fn fold_deltas(deltas: &mut Vec<Delta>) -> LedgerResult<()> {
+    deltas.sort_by_key(|d| d.usage_type);
+    let mut folded: Vec<Delta> = Vec::with_capacity(deltas.len());
+    for delta in deltas.iter() {
+        match folded.last_mut() {
+            Some(last) if last.usage_type == delta.usage_type => last.absorb(delta)?,
+            _ => folded.push(*delta),
+        }
+    }
+    *deltas = folded;
+    Ok(())
+}
+
+/// A total and per-type counters: an actor's month, one of its apps' month, or a global stripe.
+#[derive(Clone, Debug, Default)]
+pub struct UsageRecord {
+    pub total: Money,
+    pub count: u64,
+    by_type: FastMap<TypeId, UsageCounter>,
+}
+
+impl UsageRecord {
+    /// Fails, changing nothing, if applying `deltas` (one per type) would leave any range.
+    pub fn check(&self, deltas: &[Delta], what: &str) -> LedgerResult<()> {
+        let mut total = self.total;
+        let mut count = self.count;
+        for delta in deltas {
+            let current = self.by_type.get(&delta.usage_type).copied().unwrap_or_default();
+            current.units.checked_add(delta.units).ok_or_else(|| overflow(&format!("{what} units")))?;
+            current.cost.checked_add(delta.cost).ok_or_else(|| overflow(&format!("{what} cost")))?;
+            current.count.checked_add(delta.count).ok_or_else(|| overflow(&format!("{what} count")))?;
+            total = total.checked_add(delta.cost).ok_or_else(|| overflow(&format!("{what} total")))?;
+            count = count.checked_add(delta.count).ok_or_else(|| overflow(&format!("{what} count")))?;
+        }
+        Ok(())
+    }
+
+    /// Applies deltas that `check` accepted.
+    pub fn apply(&mut self, deltas: &[Delta]) {
+        for delta in deltas {
+            let counter = self.by_type.entry(delta.usage_type).or_default();
+            counter.units += delta.units;
+            counter.cost = counter.cost.add(delta.cost);
+            counter.count += delta.count;
+            self.total = self.total.add(delta.cost);
+            self.count += delta.count;
+        }
+    }
+
+    pub fn counter(&self, usage_type: TypeId) -> Option<&UsageCounter> {
+        self.by_type.get(&usage_type)
+    }
+
+    pub fn counters(&self) -> impl Iterator<Item = (TypeId, &UsageCounter)> {
+        self.by_type.iter().map(|(id, counter)| (*id, counter))
+    }
+
+    pub fn type_count(&self) -> usize {
+        self.by_type.len()
+    }
+}
+
+/// A read-only sum of records (wide enough that summing stripes cannot overflow).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageReport {
+    pub total: Money,
+    pub count: u128,
+    /// Sorted by type id.
+    pub by_type: Vec<(TypeId, TypeReport)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TypeReport {
+    pub units: u128,
+    pub cost: Money,
+    pub count: u128,
+}
+
+impl UsageReport {
+    pub fn of(record: &UsageRecord) -> UsageReport {
+        let mut report = UsageReport::default();
+        report.add(record);
+        report
+    }
+
+    /// Adds a record in. Money stays in range because a report sums at most one record per
+    /// stripe (see `money::MAX_ABS_ATTOCENTS`).
+    pub fn add(&mut self, record: &UsageRecord) {
+        self.total = Money::from_attocents(self.total.attocents() + record.total.attocents())
+            .expect("a report sums few enough records to stay in range");
+        self.count += u128::from(record.count);
+        for (usage_type, counter) in record.counters() {
+            let at = match self.by_type.binary_search_by_key(&usage_type, |(id, _)| *id) {
+                Ok(at) => at,
+                Err(at) => {
+                    self.by_type.insert(at, (usage_type, TypeReport::default()));
+                    at
+                }
+            };
+            let entry = &mut self.by_type[at].1;
+            entry.units += u128::from(counter.units);
+            entry.cost = Money::from_attocents(entry.cost.attocents() + counter.cost.attocents())
+                .expect("a report sums few enough records to stay in range");
+            entry.count += u128::from(counter.count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(usage_type: TypeId, units: u64, microcents: i128) -> Delta {
+        Delta { usage_type, units, cost: Money::from_microcents(microcents).unwrap(), count: 1 }
+    }
+
+    #[test]
+    fn fold_merges_repeated_types() {
+        let mut deltas = vec![delta(2, 1, 125), delta(1, 1, 63), delta(2, 1, 125)];
+        fold_deltas(&mut deltas).unwrap();
+        assert_eq!(deltas, vec![delta(1, 1, 63), Delta { count: 2, ..delta(2, 2, 250) }]);
+    }
+
+    #[test]
+    fn check_refuses_overflow_and_apply_adds() {
+        let mut record = UsageRecord::default();
+        let big = delta(7, u64::MAX, 1);
+        record.check(&[big], "test").unwrap();
+        record.apply(&[big]);
+        assert!(record.check(&[delta(7, 1, 1)], "test").is_err());
+        assert_eq!(record.counter(7).unwrap().units, u64::MAX);
+        assert_eq!(record.total, Money::from_microcents(1).unwrap());
+        record.check(&[delta(8, 1, 1)], "test").unwrap();
+    }
+
+    #[test]
+    fn reports_sum_records_without_overflow() {
+        let mut record = UsageRecord::default();
+        record.apply(&[delta(1, u64::MAX, 5)]);
+        let mut report = UsageReport::of(&record);
+        report.add(&record);
+        assert_eq!(report.by_type[0].1.units, 2 * u128::from(u64::MAX));
+        assert_eq!(report.total, Money::from_microcents(10).unwrap());
+        assert_eq!(report.count, 2);
+    }
+}

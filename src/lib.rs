@@ -1,0 +1,4 @@
+pub mod costmap;
+pub mod money;
+pub mod error;
+pub mod ledger;
