@@ -1,0 +1,48 @@
+"""usagemeter: exact, thread-safe usage metering and credits for Python servers.
+
+Prices come from cost maps (µ¢ per unit, exact decimals); each actor has a monthly allowance
+from a policy plus purchased credits; usage is kept per actor, month, usage type and app. The
+ledger is native (Rust): money is fixed-point, never a float, and every charge is atomic.
+"""
+
+from usagemeter._core import Actor, CostMap, CostMapError, UnknownUsageType, __version__
+from usagemeter.events import (
+    ALARM,
+    GET_USER_SUBSCRIPTION,
+    OVERRIDE_DEFAULT_SUBSCRIPTION,
+    REGISTER_AVAILABLE_POLICIES,
+    AlarmEvent,
+    EventBus,
+    GetUserSubscriptionEvent,
+    OverrideDefaultSubscriptionEvent,
+    RegisterAvailablePoliciesEvent,
+)
+from usagemeter.money import MICROCENTS_PER_DOLLAR, to_microcents
+from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
+from usagemeter.service import SERVICE_METHODS, MeteringService, MeteringServiceWrapper
+
+__all__ = [
+    "ALARM",
+    "BUILTIN_POLICIES",
+    "GET_USER_SUBSCRIPTION",
+    "MICROCENTS_PER_DOLLAR",
+    "OVERRIDE_DEFAULT_SUBSCRIPTION",
+    "REGISTER_AVAILABLE_POLICIES",
+    "SERVICE_METHODS",
+    "TEMP_FREE",
+    "USER_FREE",
+    "Actor",
+    "AlarmEvent",
+    "CostMap",
+    "CostMapError",
+    "EventBus",
+    "GetUserSubscriptionEvent",
+    "MeteringService",
+    "MeteringServiceWrapper",
+    "OverrideDefaultSubscriptionEvent",
+    "Policy",
+    "RegisterAvailablePoliciesEvent",
+    "UnknownUsageType",
+    "__version__",
+    "to_microcents",
+]

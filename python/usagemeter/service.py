@@ -1,0 +1,203 @@
+"""``MeteringService``: the public service class, and its wrapper.
+
+The hot methods (``increment_usage``, ``try_increment_usage``, the credit checks, the reports)
+are inherited from the native ``MeteringCore`` and run without any Python frame. This module
+adds what is Python's to own: argument defaults, plan resolution through the events, alarms,
+logging, and ``record_usage_object``.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from usagemeter._core import Actor, CostMap, MeteringCore
+from usagemeter.events import (
+    ALARM,
+    GET_USER_SUBSCRIPTION,
+    OVERRIDE_DEFAULT_SUBSCRIPTION,
+    REGISTER_AVAILABLE_POLICIES,
+    AlarmEvent,
+    EventBus,
+    GetUserSubscriptionEvent,
+    OverrideDefaultSubscriptionEvent,
+    RegisterAvailablePoliciesEvent,
+)
+from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
+
+__all__ = ["SERVICE_METHODS", "MeteringService", "MeteringServiceWrapper"]
+
+logger = logging.getLogger("usagemeter")
+
+Clock = Callable[[], float | int]
+
+
+class MeteringService(MeteringCore):
+    """Meters usage per actor, month, usage type and app, with monthly allowances and credits.
+
+    ``cost_map`` (default ``CostMap.default()``) prices usage types in µ¢ per unit.
+    ``policies`` are plans available besides the built-in ``temp_free`` and ``user_free``.
+    ``unmapped="free"`` records usage types missing from the cost map at 0 µ¢ and raises a
+    ``metering:alarm``; the default ``"error"`` raises ``UnknownUsageType``.
+    A user's plan is resolved through the events and cached for ``subscription_ttl`` seconds.
+    ``clock`` returns epoch seconds (default: the system clock); months are UTC ``YYYY-MM``.
+
+    Every method is thread-safe. Money crosses the API as ``int`` microcents.
+    """
+
+    events: EventBus
+
+    def __new__(
+        cls,
+        cost_map: CostMap | None = None,
+        *,
+        policies: Iterable[Policy] = (),
+        unmapped: Literal["error", "free"] = "error",
+        subscription_ttl: float = 60.0,
+        clock: Clock | None = None,
+    ) -> MeteringService:
+        """Validate the options and build the native ledger."""
+        if cost_map is None:
+            cost_map = CostMap.default()
+        elif not isinstance(cost_map, CostMap):
+            raise TypeError(f"cost_map must be a usagemeter.CostMap, not {type(cost_map).__name__}")
+        if unmapped not in ("error", "free"):
+            raise ValueError(f"unmapped must be 'error' or 'free', not {unmapped!r}")
+        if isinstance(subscription_ttl, bool) or not isinstance(subscription_ttl, int | float):
+            raise TypeError("subscription_ttl must be a number of seconds")
+        if not subscription_ttl >= 0:
+            raise ValueError(f"subscription_ttl must be >= 0 seconds, got {subscription_ttl}")
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a callable returning epoch seconds")
+        ttl_ms = round(subscription_ttl * 1000)
+        return super().__new__(cls, cost_map, unmapped == "free", ttl_ms, clock)
+
+    def __init__(
+        self,
+        cost_map: CostMap | None = None,
+        *,
+        policies: Iterable[Policy] = (),
+        unmapped: Literal["error", "free"] = "error",
+        subscription_ttl: float = 60.0,
+        clock: Clock | None = None,
+    ) -> None:
+        """Set up the events and connect plan resolution and alarms to the native ledger."""
+        self.events = EventBus()
+        self._policies = tuple(policies)
+        for policy in self._policies:
+            if not isinstance(policy, Policy):
+                raise TypeError(f"policies must be Policy objects, not {type(policy).__name__}")
+        # Weak references: the native ledger keeps these callables, and a strong reference back
+        # to the service would be a cycle through a native object that the GC cannot see.
+        this = weakref.ref(self)
+        self._install_hooks(_call_weak(this, "_resolve_policy"), _call_weak(this, "_raise_alarm"))
+
+    def _resolve_policy(self, actor: Actor) -> Policy:
+        """Decide an actor's plan through the three subscription events."""
+        default = OverrideDefaultSubscriptionEvent(actor, USER_FREE.id if actor.email else TEMP_FREE.id)
+        self.events.emit(OVERRIDE_DEFAULT_SUBSCRIPTION, default)
+        register = RegisterAvailablePoliciesEvent(actor, list(self._policies))
+        self.events.emit(REGISTER_AVAILABLE_POLICIES, register)
+        chosen = GetUserSubscriptionEvent(actor)
+        self.events.emit(GET_USER_SUBSCRIPTION, chosen)
+
+        available: dict[str, Policy] = {}
+        for policy in (*register.available_policies, *BUILTIN_POLICIES):
+            if isinstance(policy, Policy):
+                available.setdefault(policy.id, policy)  # registered ones come first and win
+            else:
+                logger.error("ignoring a registered policy that is not a Policy: %r", policy)
+        for wanted in (chosen.user_subscription_id, default.default_subscription_id):
+            if wanted is not None and wanted in available:
+                return available[wanted]
+        self._raise_alarm(
+            "unknown_plan",
+            actor,
+            None,
+            f"neither the user's plan {chosen.user_subscription_id!r} nor the default "
+            f"{default.default_subscription_id!r} is an available policy; using {USER_FREE.id}",
+        )
+        return USER_FREE
+
+    def _raise_alarm(self, kind: str, actor: Actor, usage_type: str | None, message: str) -> None:
+        """Log an alarm and emit ``metering:alarm``; never raises."""
+        logger.warning("metering alarm %s for %r: %s", kind, actor, message)
+        self.events.emit(ALARM, AlarmEvent(actor, kind, usage_type, message))
+
+    def record_usage_object(
+        self,
+        usage: Mapping[str, int],
+        actor: Actor,
+        model_prefix: str,
+        cost_overrides: Mapping[str, int] | None = None,
+    ) -> int:
+        """Book ``f"{model_prefix}:{kind}"`` for each ``kind: amount`` of ``usage``, atomically.
+
+        ``cost_overrides`` maps a kind to the cost (µ¢) of that whole item. Returns the user's
+        month total in µ¢.
+        """
+        if not isinstance(model_prefix, str) or not model_prefix:
+            raise ValueError("model_prefix must be a non-empty string")
+        overrides = dict(cost_overrides or {})
+        unknown = set(overrides) - set(usage)
+        if unknown:
+            raise ValueError(f"cost_overrides name kinds that are not in usage: {sorted(unknown)}")
+        items = [(f"{model_prefix}:{kind}", amount, overrides.get(kind)) for kind, amount in usage.items()]
+        return self.batch_increment_usages(actor, items)
+
+
+def _call_weak(ref: weakref.ReferenceType[MeteringService], method: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        service = ref()
+        if service is None:
+            raise RuntimeError("the MeteringService is gone")
+        return getattr(service, method)(*args)
+
+    return call
+
+
+SERVICE_METHODS: tuple[str, ...] = (
+    "increment_usage",
+    "try_increment_usage",
+    "batch_increment_usages",
+    "record_usage_object",
+    "has_enough_credits_for",
+    "has_enough_credits",
+    "has_any_usage",
+    "get_remaining_usage",
+    "get_allowed_usage",
+    "get_actor_budget",
+    "get_actor_current_month_usage_details",
+    "get_actor_month_usage_details",
+    "get_actor_current_month_app_usage_details",
+    "get_actor_app_usage",
+    "get_global_usage",
+    "get_actor_subscription",
+    "get_actor_addons",
+    "update_addon_credit",
+    "set_actor_current_month_usage_total",
+    "invalidate_subscription",
+)
+"""Every public method of ``MeteringService``, as ``MeteringServiceWrapper`` exposes them."""
+
+
+class MeteringServiceWrapper:
+    """Exposes every public method of a service directly, and the service as ``.metering_service``.
+
+    The methods are the service's own bound methods, so calling through the wrapper costs nothing.
+    """
+
+    def __init__(self, service: MeteringService) -> None:
+        """Wrap ``service``."""
+        if not isinstance(service, MeteringService):
+            raise TypeError(f"expected a MeteringService, not {type(service).__name__}")
+        self.metering_service = service
+        for name in SERVICE_METHODS:
+            setattr(self, name, getattr(service, name))
+
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            """Every name of ``SERVICE_METHODS`` (bound in ``__init__``)."""

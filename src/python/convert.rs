@@ -1,0 +1,66 @@
+//! Conversions at the boundary: Python ints to units and money, money to Python ints.
+//!
+//! Money crosses as `int` microcents only. A `float` never becomes money: it is a `TypeError`.
+
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt, PyString};
+
+use crate::money::Money;
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+}
+
+/// Refuses everything that is not a plain `int` (bools included), naming what was given.
+fn require_int(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
+    if obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>() {
+        return Ok(());
+    }
+    let hint = if obj.is_instance_of::<PyBool>() { " (bool is not accepted as a number)" } else { "" };
+    Err(PyTypeError::new_err(format!("{what} must be an int, not {}{hint}", type_name(obj))))
+}
+
+/// The error for an int outside `0..=max`: `ValueError` when negative, else `OverflowError`.
+fn out_of_range(obj: &Bound<'_, PyAny>, what: &str, max: &str) -> PyErr {
+    match obj.lt(0) {
+        Ok(true) => PyValueError::new_err(format!("{what} must not be negative, got {obj}")),
+        _ => PyOverflowError::new_err(format!("{what} {obj} is larger than {max}")),
+    }
+}
+
+/// Units of usage: an `int` in `0..=2**64-1`.
+pub fn units(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    require_int(obj, what)?;
+    obj.extract::<u64>().map_err(|_| out_of_range(obj, what, "2**64-1"))
+}
+
+/// A non-negative amount of whole microcents, as exact money.
+pub fn microcents(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Money> {
+    require_int(obj, what)?;
+    obj.extract::<i128>()
+        .ok()
+        .filter(|value| *value >= 0)
+        .and_then(Money::from_microcents)
+        .ok_or_else(|| out_of_range(obj, what, "the ledger's range (10**24 µ¢)"))
+}
+
+pub fn optional_microcents(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Money>> {
+    match obj {
+        Some(obj) if !obj.is_none() => microcents(obj, what).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// A usage type name, borrowed from the Python string (no copy).
+pub fn usage_type<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
+    let text = obj
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("usage type must be a str, not {}", type_name(obj))))?;
+    text.to_str()
+}
+
+/// Money as whole microcents, rounded half up.
+pub fn money_to_int(py: Python<'_>, money: Money) -> Bound<'_, PyInt> {
+    money.to_microcents_half_up().into_pyobject(py).expect("i128 converts to int")
+}
