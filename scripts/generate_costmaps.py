@@ -49,7 +49,9 @@ def generate(reference: Path, out_dir: Path) -> dict[str, int]:
 
 def main() -> None:
     root = Path(__file__).resolve().parent.parent
-    reference = Path(sys.argv[1]) if len(sys.argv) > 1 else root.parent / "shared/data/reference-costmaps.json"
+    reference = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else root.parent / "shared/data/reference-costmaps.json"
+    )
     written = generate(reference, root / "costmaps")
     for name, count in written.items():
         print(f"{name}: {count} prices")

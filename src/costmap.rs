@@ -12,13 +12,14 @@ use std::sync::Arc;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::money::{parse_microcents, Money, Price};
+use crate::money::{parse_microcents, Price};
 
 /// Usage type names that cannot be priced because the usage reports use them as field names.
 pub const RESERVED_USAGE_TYPES: [&str; 1] = ["total"];
 
 /// The cost maps compiled into the library (`costmaps/*.json`), as (file name, JSON text).
-pub const DEFAULT_SOURCES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/default_costmaps.rs"));
+pub const DEFAULT_SOURCES: &[(&str, &str)] =
+    include!(concat!(env!("OUT_DIR"), "/default_costmaps.rs"));
 
 /// Index of a priced usage type inside its cost map.
 pub type PriceIndex = u32;
@@ -103,7 +104,12 @@ impl CostMap {
         Ok(map)
     }
 
-    fn insert(&mut self, source: &Arc<str>, key: String, price_text: &str) -> Result<(), CostMapError> {
+    fn insert(
+        &mut self,
+        source: &Arc<str>,
+        key: String,
+        price_text: &str,
+    ) -> Result<(), CostMapError> {
         let error = |reason: String| CostMapError {
             source: source.to_string(),
             key: Some(key.clone()),
@@ -113,7 +119,9 @@ impl CostMap {
             return Err(error("usage type is empty".into()));
         }
         if RESERVED_USAGE_TYPES.contains(&key.as_str()) {
-            return Err(error("usage type name is reserved for the report's total".into()));
+            return Err(error(
+                "usage type name is reserved for the report's total".into(),
+            ));
         }
         if let Some(&existing) = self.index.get(key.as_str()) {
             let first = &self.entries[existing as usize].source;
@@ -133,7 +141,11 @@ impl CostMap {
         let index = PriceIndex::try_from(self.entries.len())
             .map_err(|_| error("too many usage types in one cost map".into()))?;
         self.index.insert(key.clone().into_boxed_str(), index);
-        self.entries.push(CostEntry { usage_type: key.into_boxed_str(), price, source: Arc::clone(source) });
+        self.entries.push(CostEntry {
+            usage_type: key.into_boxed_str(),
+            price,
+            source: Arc::clone(source),
+        });
         Ok(())
     }
 
@@ -154,7 +166,11 @@ impl CostMap {
             .rounded
             .iter()
             .chain(&other.rounded)
-            .filter(|r| merged.get(&r.usage_type).is_some_and(|e| *e.source == *r.source))
+            .filter(|r| {
+                merged
+                    .get(&r.usage_type)
+                    .is_some_and(|e| *e.source == *r.source)
+            })
             .cloned()
             .collect();
         merged
@@ -187,11 +203,6 @@ impl CostMap {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    /// Sum of all prices: a cheap fingerprint for tests.
-    pub fn price_sum(&self) -> Money {
-        self.entries.iter().fold(Money::ZERO, |sum, e| sum.add(e.price.as_money()))
-    }
 }
 
 /// The text of a price written as a JSON number or string.
@@ -203,7 +214,10 @@ fn price_text(source: &str, key: &str, value: &Value) -> Result<String, CostMapE
         other => Err(CostMapError {
             source: source.to_string(),
             key: Some(key.to_string()),
-            reason: format!("price must be a number or a numeric string, not {}", json_kind(other)),
+            reason: format!(
+                "price must be a number or a numeric string, not {}",
+                json_kind(other)
+            ),
         }),
     }
 }
@@ -265,6 +279,7 @@ impl<'de> Visitor<'de> for PairsVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::money::Money;
 
     fn load(text: &str) -> Result<CostMap, CostMapError> {
         CostMap::from_json_sources([("test.json", text)])
@@ -274,19 +289,38 @@ mod tests {
     fn default_maps_load_every_shipped_price() {
         let map = CostMap::default_maps().unwrap();
         assert_eq!(map.len(), 1105);
-        assert_eq!(map.get("kv:write").unwrap().price.as_money(), Money::from_microcents(125).unwrap());
-        assert_eq!(map.get("kv:read").unwrap().price.as_money(), Money::from_microcents(63).unwrap());
+        assert_eq!(
+            map.get("kv:write").unwrap().price.as_money(),
+            Money::from_microcents(125).unwrap()
+        );
+        assert_eq!(
+            map.get("kv:read").unwrap().price.as_money(),
+            Money::from_microcents(63).unwrap()
+        );
         assert!(map.get("openrouter:openrouter/auto:prompt").is_none());
-        let rounded: Vec<_> = map.rounded().iter().map(|r| r.usage_type.as_str()).collect();
-        assert_eq!(rounded, ["filesystem:egress:bytes", "filesystem:cached-egress:bytes"]);
+        let rounded: Vec<_> = map
+            .rounded()
+            .iter()
+            .map(|r| r.usage_type.as_str())
+            .collect();
+        assert_eq!(
+            rounded,
+            ["filesystem:egress:bytes", "filesystem:cached-egress:bytes"]
+        );
     }
 
     #[test]
     fn numbers_and_strings_are_read_from_their_text() {
         let map = load(r#"{"a": 31.25, "b": "31.25", "c": 0.1, "d": 1e2}"#).unwrap();
         assert_eq!(map.get("a").unwrap().price, map.get("b").unwrap().price);
-        assert_eq!(map.get("c").unwrap().price.as_money().attocents(), 100_000_000_000);
-        assert_eq!(map.get("d").unwrap().price.as_money(), Money::from_microcents(100).unwrap());
+        assert_eq!(
+            map.get("c").unwrap().price.as_money().attocents(),
+            100_000_000_000
+        );
+        assert_eq!(
+            map.get("d").unwrap().price.as_money(),
+            Money::from_microcents(100).unwrap()
+        );
     }
 
     #[test]
@@ -321,8 +355,9 @@ mod tests {
 
     #[test]
     fn a_key_in_two_files_is_an_error() {
-        let error = CostMap::from_json_sources([("one.json", r#"{"a": 1}"#), ("two.json", r#"{"a": 2}"#)])
-            .unwrap_err();
+        let error =
+            CostMap::from_json_sources([("one.json", r#"{"a": 1}"#), ("two.json", r#"{"a": 2}"#)])
+                .unwrap_err();
         assert_eq!(error.source, "two.json");
         assert_eq!(error.key.as_deref(), Some("a"));
         assert!(error.reason.contains("one.json"));
@@ -334,8 +369,14 @@ mod tests {
         let other = CostMap::from_json_sources([("o.json", r#"{"b": 20, "c": 30}"#)]).unwrap();
         let merged = base.merged(&other);
         assert_eq!(merged.len(), 3);
-        assert_eq!(merged.get("b").unwrap().price.as_money(), Money::from_microcents(20).unwrap());
+        assert_eq!(
+            merged.get("b").unwrap().price.as_money(),
+            Money::from_microcents(20).unwrap()
+        );
         assert_eq!(&*merged.get("b").unwrap().source, "o.json");
-        assert_eq!(merged.get("a").unwrap().price.as_money(), Money::from_microcents(1).unwrap());
+        assert_eq!(
+            merged.get("a").unwrap().price.as_money(),
+            Money::from_microcents(1).unwrap()
+        );
     }
 }

@@ -22,9 +22,14 @@ impl fmt::Display for LedgerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LedgerError::UnknownUsageType(name) => {
-                write!(f, "usage type {name:?} is not in the cost map (pass a cost override or add it)")
+                write!(
+                    f,
+                    "usage type {name:?} is not in the cost map (pass a cost override or add it)"
+                )
             }
-            LedgerError::InvalidInput(message) | LedgerError::Overflow(message) => f.write_str(message),
+            LedgerError::InvalidInput(message) | LedgerError::Overflow(message) => {
+                f.write_str(message)
+            }
             LedgerError::PlanNeeded => f.write_str("the user's plan must be resolved first"),
             LedgerError::CostMap(error) => error.fmt(f),
         }
@@ -43,5 +48,7 @@ pub type LedgerResult<T> = Result<T, LedgerError>;
 
 /// Shorthand for the overflow error of one named total.
 pub fn overflow(what: &str) -> LedgerError {
-    LedgerError::Overflow(format!("{what} would leave the ledger's range; nothing was recorded"))
+    LedgerError::Overflow(format!(
+        "{what} would leave the ledger's range; nothing was recorded"
+    ))
 }

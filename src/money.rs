@@ -58,15 +58,17 @@ impl Money {
 
     /// Sum of two amounts already known to be in range; used where the caller has checked.
     /// Panics (a bug, surfaced to Python as an exception) rather than wrapping.
-    pub fn add(self, other: Money) -> Money {
-        self.checked_add(other).expect("money sum checked before commit")
+    pub fn plus(self, other: Money) -> Money {
+        self.checked_add(other)
+            .expect("money sum checked before commit")
     }
 
-    pub fn sub(self, other: Money) -> Money {
-        self.checked_sub(other).expect("money difference checked before commit")
+    pub fn minus(self, other: Money) -> Money {
+        self.checked_sub(other)
+            .expect("money difference checked before commit")
     }
 
-    pub fn neg(self) -> Money {
+    pub fn negated(self) -> Money {
         Money(-self.0)
     }
 
@@ -215,14 +217,27 @@ fn split_decimal(text: &str) -> Option<(bool, String, i64)> {
         Some(_) => return None,
         None => (mantissa, ""),
     };
-    if whole.is_empty() || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let all_digits = format!("{whole}{fraction}");
     let significant = all_digits.trim_start_matches('0');
-    let significant = if significant.is_empty() { "0" } else { significant };
+    let significant = if significant.is_empty() {
+        "0"
+    } else {
+        significant
+    };
     let fraction_len = i64::try_from(fraction.len()).ok()?;
-    Some((negative, significant.to_string(), exponent.checked_sub(fraction_len)?))
+    Some((
+        negative,
+        significant.to_string(),
+        exponent.checked_sub(fraction_len)?,
+    ))
 }
 
 fn parse_exponent(text: &str) -> Option<i64> {
@@ -244,7 +259,10 @@ mod tests {
 
     #[test]
     fn reads_integers_fractions_and_exponents_exactly() {
-        assert_eq!(parse("400").money.attocents(), 400 * ATTOCENTS_PER_MICROCENT);
+        assert_eq!(
+            parse("400").money.attocents(),
+            400 * ATTOCENTS_PER_MICROCENT
+        );
         assert_eq!(parse("31.25").money.attocents(), 31_250_000_000_000);
         assert_eq!(parse("2.8").money.attocents(), 2_800_000_000_000);
         assert_eq!(parse("1.5e2").money, parse("150").money);
@@ -271,8 +289,14 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_plain_decimal() {
-        for bad in ["", "abc", "NaN", "Infinity", "1.", ".5", "+1", "1e", "1e+", "1.2.3", " 1", "0x10"] {
-            assert_eq!(parse_microcents(bad), Err(DecimalError::NotANumber), "{bad:?}");
+        for bad in [
+            "", "abc", "NaN", "Infinity", "1.", ".5", "+1", "1e", "1e+", "1.2.3", " 1", "0x10",
+        ] {
+            assert_eq!(
+                parse_microcents(bad),
+                Err(DecimalError::NotANumber),
+                "{bad:?}"
+            );
         }
         assert_eq!(parse_microcents("-1"), Err(DecimalError::Negative));
         assert_eq!(parse_microcents("-0.5"), Err(DecimalError::Negative));
@@ -288,7 +312,10 @@ mod tests {
         assert_eq!(Money(half - 1).to_microcents_half_up(), 0);
         assert_eq!(Money(-half).to_microcents_half_up(), 0);
         assert_eq!(Money(-half - 1).to_microcents_half_up(), -1);
-        assert_eq!(Money(3 * ATTOCENTS_PER_MICROCENT).to_microcents_half_up(), 3);
+        assert_eq!(
+            Money(3 * ATTOCENTS_PER_MICROCENT).to_microcents_half_up(),
+            3
+        );
     }
 
     #[test]
@@ -297,19 +324,29 @@ mod tests {
         let one_call = egress.cost_of(1_000_000).unwrap();
         let mut many = Money::ZERO;
         for _ in 0..1_000_000 {
-            many = many.add(egress.cost_of(1).unwrap());
+            many = many.plus(egress.cost_of(1).unwrap());
         }
         assert_eq!(one_call, many);
         let huge = Price::from_money(parse("1e24").money).unwrap();
         assert_eq!(huge.cost_of(2), None);
-        assert_eq!(Money::from_attocents(MAX_ABS_ATTOCENTS).unwrap().checked_add(Money(1)), None);
+        assert_eq!(
+            Money::from_attocents(MAX_ABS_ATTOCENTS)
+                .unwrap()
+                .checked_add(Money(1)),
+            None
+        );
     }
 
     #[test]
     fn prints_exact_decimal_text() {
         assert_eq!(parse("31.25").money.to_microcent_string(), "31.25");
         assert_eq!(parse("400").money.to_microcent_string(), "400");
-        assert_eq!(parse("0.0111758708953857421875").money.to_microcent_string(), "0.011175870895");
+        assert_eq!(
+            parse("0.0111758708953857421875")
+                .money
+                .to_microcent_string(),
+            "0.011175870895"
+        );
         assert_eq!(Money(-1_500_000_000_000).to_microcent_string(), "-1.5");
     }
 }

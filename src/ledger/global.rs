@@ -31,7 +31,11 @@ impl StripedAggregate {
     pub fn new() -> StripedAggregate {
         let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
         let count = (threads * 2).next_power_of_two().clamp(4, 64);
-        StripedAggregate { stripes: (0..count).map(|_| CachePadded::new(Mutex::new(Stripe::new()))).collect() }
+        StripedAggregate {
+            stripes: (0..count)
+                .map(|_| CachePadded::new(Mutex::new(Stripe::new())))
+                .collect(),
+        }
     }
 
     /// The calling thread's stripe, locked.

@@ -151,7 +151,12 @@ impl Ledger {
     pub fn cost_of(&self, usage_type: &str, units: u64) -> LedgerResult<Money> {
         validate_usage_type(usage_type)?;
         match self.types.priced(usage_type) {
-            Some(id) => self.cost_map().entry(id).price.cost_of(units).ok_or_else(|| overflow("the cost")),
+            Some(id) => self
+                .cost_map()
+                .entry(id)
+                .price
+                .cost_of(units)
+                .ok_or_else(|| overflow("the cost")),
             None if self.unmapped == Unmapped::Free => Ok(Money::ZERO),
             None => Err(LedgerError::UnknownUsageType(usage_type.to_string())),
         }
@@ -167,7 +172,8 @@ impl Ledger {
             if item.units == 0 && item.cost_override.is_none() {
                 continue; // records nothing, as documented
             }
-            let (usage_type, cost) = match (self.types.priced(item.usage_type), item.cost_override) {
+            let (usage_type, cost) = match (self.types.priced(item.usage_type), item.cost_override)
+            {
                 (Some(id), Some(cost)) => (id, cost),
                 (Some(id), None) => {
                     let cost = self.cost_map().entry(id).price.cost_of(item.units);
@@ -178,9 +184,16 @@ impl Ledger {
                     unmapped_items += 1;
                     (self.types.intern(item.usage_type), Money::ZERO)
                 }
-                (None, None) => return Err(LedgerError::UnknownUsageType(item.usage_type.to_string())),
+                (None, None) => {
+                    return Err(LedgerError::UnknownUsageType(item.usage_type.to_string()))
+                }
             };
-            deltas.push(Delta { usage_type, units: item.units, cost, count: 1 });
+            deltas.push(Delta {
+                usage_type,
+                units: item.units,
+                cost,
+                count: 1,
+            });
         }
         if deltas.len() > 1 {
             fold_deltas(&mut deltas)?;
@@ -191,7 +204,12 @@ impl Ledger {
     /// Records `items` for one user, atomically: the user's month record, its app's record, the
     /// pools and the global aggregate all change together, or (on any error or refusal) nothing
     /// changes at all.
-    pub fn charge(&self, booking: &Booking<'_>, items: &[UsageItem<'_>], mode: ChargeMode) -> LedgerResult<Receipt> {
+    pub fn charge(
+        &self,
+        booking: &Booking<'_>,
+        items: &[UsageItem<'_>],
+        mode: ChargeMode,
+    ) -> LedgerResult<Receipt> {
         let (mut deltas, unmapped_items) = self.deltas_of(items)?;
         let accounts = self.accounts.pin();
         let account = match accounts.get(booking.user_id) {
@@ -210,22 +228,41 @@ impl Ledger {
         };
         let before = current.usage.total;
         if let ChargeMode::SetTotal(target) = mode {
-            let difference = target.checked_sub(before).ok_or_else(|| overflow("the adjustment"))?;
+            let difference = target
+                .checked_sub(before)
+                .ok_or_else(|| overflow("the adjustment"))?;
             if difference != Money::ZERO {
                 let usage_type = self.types.intern(MANUAL_ADJUSTMENT);
-                deltas = vec![Delta { usage_type, units: 0, cost: difference, count: 1 }];
+                deltas = vec![Delta {
+                    usage_type,
+                    units: 0,
+                    cost: difference,
+                    count: 1,
+                }];
             }
         }
         if deltas.is_empty() {
-            return Ok(Receipt { accepted: true, month_total: before, unmapped_items, ..Receipt::default() });
+            return Ok(Receipt {
+                accepted: true,
+                month_total: before,
+                unmapped_items,
+                ..Receipt::default()
+            });
         }
-        let cost = deltas.iter().try_fold(Money::ZERO, |sum, d| sum.checked_add(d.cost));
+        let cost = deltas
+            .iter()
+            .try_fold(Money::ZERO, |sum, d| sum.checked_add(d.cost));
         let cost = cost.ok_or_else(|| overflow("the cost of the call"))?;
         if mode == ChargeMode::IfAffordable
             && cost.is_positive()
             && pools::remaining(booking.allowance, &current.pools, &credit) < cost
         {
-            return Ok(Receipt { accepted: false, month_total: before, cost, ..Receipt::default() });
+            return Ok(Receipt {
+                accepted: false,
+                month_total: before,
+                cost,
+                ..Receipt::default()
+            });
         }
         current.usage.check(&deltas, "the actor's month")?;
         if let Some(record) = current.apps.get(booking.app_id) {
@@ -243,7 +280,11 @@ impl Ledger {
         month.usage.apply(&deltas);
         match month.apps.get_mut(booking.app_id) {
             Some(record) => record.apply(&deltas),
-            None => month.apps.entry(Box::from(booking.app_id)).or_default().apply(&deltas),
+            None => month
+                .apps
+                .entry(Box::from(booking.app_id))
+                .or_default()
+                .apply(&deltas),
         }
         stripe.entry(booking.month).or_default().apply(&deltas);
         drop(stripe);
@@ -254,18 +295,31 @@ impl Ledger {
         } else {
             None
         };
-        Ok(Receipt { accepted: true, month_total, cost, split, overuse_multiple, unmapped_items })
+        Ok(Receipt {
+            accepted: true,
+            month_total,
+            cost,
+            split,
+            overuse_multiple,
+            unmapped_items,
+        })
     }
 
     /// Adds purchased credit to a user (lifetime, used after the monthly allowance).
     pub fn add_purchased(&self, user_id: &str, amount: Money) -> LedgerResult<Credit> {
         if amount.is_negative() {
-            return Err(LedgerError::InvalidInput("purchased credit cannot be negative".into()));
+            return Err(LedgerError::InvalidInput(
+                "purchased credit cannot be negative".into(),
+            ));
         }
         let accounts = self.accounts.pin();
         let account = accounts.get_or_insert_with(Box::from(user_id), Account::default);
         let mut state = account.state.lock();
-        let purchased = state.credit.purchased.checked_add(amount).ok_or_else(|| overflow("purchased credit"))?;
+        let purchased = state
+            .credit
+            .purchased
+            .checked_add(amount)
+            .ok_or_else(|| overflow("purchased credit"))?;
         state.credit.purchased = purchased;
         Ok(state.credit)
     }
@@ -281,16 +335,29 @@ impl Ledger {
 
     pub fn budget(&self, user_id: &str, month: MonthId, allowance: Money) -> Budget {
         self.read_account(user_id, |state| {
-            let pools = state.months.get(&month).map(|m| m.pools).unwrap_or_default();
+            let pools = state
+                .months
+                .get(&month)
+                .map(|m| m.pools)
+                .unwrap_or_default();
             let remaining = pools::remaining(allowance, &pools, &state.credit);
-            Budget { allowance, pools, credit: state.credit, remaining }
+            Budget {
+                allowance,
+                pools,
+                credit: state.credit,
+                remaining,
+            }
         })
     }
 
     /// The user's month record (all apps together).
     pub fn user_usage(&self, user_id: &str, month: MonthId) -> UsageReport {
         self.read_account(user_id, |state| {
-            state.months.get(&month).map(|m| UsageReport::of(&m.usage)).unwrap_or_default()
+            state
+                .months
+                .get(&month)
+                .map(|m| UsageReport::of(&m.usage))
+                .unwrap_or_default()
         })
     }
 
@@ -305,7 +372,11 @@ impl Ledger {
     /// `(app, total, count)` for every app the user used this month, sorted by app.
     pub fn app_totals(&self, user_id: &str, month: MonthId) -> Vec<(String, Money, u64)> {
         let mut totals = self.read_account(user_id, |state| match state.months.get(&month) {
-            Some(m) => m.apps.iter().map(|(app, r)| (app.to_string(), r.total, r.count)).collect(),
+            Some(m) => m
+                .apps
+                .iter()
+                .map(|(app, r)| (app.to_string(), r.total, r.count))
+                .collect(),
             None => Vec::new(),
         });
         totals.sort();
@@ -329,7 +400,9 @@ impl Ledger {
 
 fn validate_usage_type(usage_type: &str) -> LedgerResult<()> {
     if usage_type.is_empty() {
-        return Err(LedgerError::InvalidInput("usage type must be a non-empty string".into()));
+        return Err(LedgerError::InvalidInput(
+            "usage type must be a non-empty string".into(),
+        ));
     }
     if RESERVED_USAGE_TYPES.contains(&usage_type) {
         return Err(LedgerError::InvalidInput(format!(

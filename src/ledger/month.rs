@@ -20,7 +20,9 @@ impl MonthId {
         }
         let year: u32 = year.parse().ok()?;
         let month: u32 = month.parse().ok()?;
-        (1..=12).contains(&month).then(|| MonthId(year * 12 + month - 1))
+        (1..=12)
+            .contains(&month)
+            .then(|| MonthId(year * 12 + month - 1))
     }
 
     pub fn year(self) -> u32 {
@@ -43,10 +45,15 @@ fn civil_year_month(days: i64) -> (i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month)
 }

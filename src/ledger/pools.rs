@@ -23,7 +23,7 @@ pub struct Credit {
 
 impl Credit {
     pub fn left(&self) -> Money {
-        self.purchased.sub(self.consumed)
+        self.purchased.minus(self.consumed)
     }
 }
 
@@ -37,7 +37,10 @@ pub struct Split {
 
 /// What a user may still spend this month without going into overage.
 pub fn remaining(allowance: Money, pools: &MonthPools, credit: &Credit) -> Money {
-    allowance.sub(pools.allowance_used).max(Money::ZERO).add(credit.left())
+    allowance
+        .minus(pools.allowance_used)
+        .max(Money::ZERO)
+        .plus(credit.left())
 }
 
 /// Splits `cost` over the pools. A charge fills the allowance, then purchased credit, then
@@ -45,24 +48,32 @@ pub fn remaining(allowance: Money, pools: &MonthPools, credit: &Credit) -> Money
 /// never more than this month took from each pool.
 pub fn split(cost: Money, allowance: Money, pools: &MonthPools, credit: &Credit) -> Split {
     if cost.is_negative() {
-        let refund = cost.neg();
+        let refund = cost.negated();
         let overage = refund.min(pools.overage);
-        let purchased = refund.sub(overage).min(pools.purchased_consumed);
-        let allowance_part = refund.sub(overage).sub(purchased);
-        return Split { allowance: allowance_part.neg(), purchased: purchased.neg(), overage: overage.neg() };
+        let purchased = refund.minus(overage).min(pools.purchased_consumed);
+        let allowance_part = refund.minus(overage).minus(purchased);
+        return Split {
+            allowance: allowance_part.negated(),
+            purchased: purchased.negated(),
+            overage: overage.negated(),
+        };
     }
-    let room = allowance.sub(pools.allowance_used).max(Money::ZERO);
+    let room = allowance.minus(pools.allowance_used).max(Money::ZERO);
     let allowance_part = cost.min(room);
-    let purchased = cost.sub(allowance_part).min(credit.left());
-    Split { allowance: allowance_part, purchased, overage: cost.sub(allowance_part).sub(purchased) }
+    let purchased = cost.minus(allowance_part).min(credit.left());
+    Split {
+        allowance: allowance_part,
+        purchased,
+        overage: cost.minus(allowance_part).minus(purchased),
+    }
 }
 
 /// Records a split. Every sum here is bounded by a month total that was range-checked.
 pub fn apply(split: &Split, pools: &mut MonthPools, credit: &mut Credit) {
-    pools.allowance_used = pools.allowance_used.add(split.allowance);
-    pools.purchased_consumed = pools.purchased_consumed.add(split.purchased);
-    pools.overage = pools.overage.add(split.overage);
-    credit.consumed = credit.consumed.add(split.purchased);
+    pools.allowance_used = pools.allowance_used.plus(split.allowance);
+    pools.purchased_consumed = pools.purchased_consumed.plus(split.purchased);
+    pools.overage = pools.overage.plus(split.overage);
+    credit.consumed = credit.consumed.plus(split.purchased);
 }
 
 /// The overuse multiple crossed by a month total going from `before` to `after`: the whole
@@ -93,12 +104,29 @@ mod tests {
     #[test]
     fn allowance_then_purchased_then_overage() {
         let mut pools = MonthPools::default();
-        let mut credit = Credit { purchased: m(50), consumed: m(0) };
+        let mut credit = Credit {
+            purchased: m(50),
+            consumed: m(0),
+        };
         assert_eq!(remaining(m(100), &pools, &credit), m(150));
         let s = charge(120, 100, &mut pools, &mut credit);
-        assert_eq!(s, Split { allowance: m(100), purchased: m(20), overage: m(0) });
+        assert_eq!(
+            s,
+            Split {
+                allowance: m(100),
+                purchased: m(20),
+                overage: m(0)
+            }
+        );
         let s = charge(40, 100, &mut pools, &mut credit);
-        assert_eq!(s, Split { allowance: m(0), purchased: m(30), overage: m(10) });
+        assert_eq!(
+            s,
+            Split {
+                allowance: m(0),
+                purchased: m(30),
+                overage: m(10)
+            }
+        );
         assert_eq!(remaining(m(100), &pools, &credit), m(0));
         assert_eq!(credit.consumed, m(50));
         assert_eq!(pools.overage, m(10));
@@ -107,12 +135,29 @@ mod tests {
     #[test]
     fn refunds_go_back_in_reverse_order() {
         let mut pools = MonthPools::default();
-        let mut credit = Credit { purchased: m(50), consumed: m(0) };
+        let mut credit = Credit {
+            purchased: m(50),
+            consumed: m(0),
+        };
         charge(170, 100, &mut pools, &mut credit);
         let s = charge(-40, 100, &mut pools, &mut credit);
-        assert_eq!(s, Split { allowance: m(0), purchased: m(-20), overage: m(-20) });
+        assert_eq!(
+            s,
+            Split {
+                allowance: m(0),
+                purchased: m(-20),
+                overage: m(-20)
+            }
+        );
         let s = charge(-130, 100, &mut pools, &mut credit);
-        assert_eq!(s, Split { allowance: m(-100), purchased: m(-30), overage: m(0) });
+        assert_eq!(
+            s,
+            Split {
+                allowance: m(-100),
+                purchased: m(-30),
+                overage: m(0)
+            }
+        );
         assert_eq!(pools, MonthPools::default());
         assert_eq!(credit.consumed, m(0));
     }

@@ -30,9 +30,18 @@ pub struct Delta {
 impl Delta {
     /// Adds `other` (same type) into `self`, refusing a batch whose own sums leave the range.
     pub fn absorb(&mut self, other: &Delta) -> LedgerResult<()> {
-        self.units = self.units.checked_add(other.units).ok_or_else(|| overflow("the batch's units"))?;
-        self.cost = self.cost.checked_add(other.cost).ok_or_else(|| overflow("the batch's cost"))?;
-        self.count = self.count.checked_add(other.count).ok_or_else(|| overflow("the batch's count"))?;
+        self.units = self
+            .units
+            .checked_add(other.units)
+            .ok_or_else(|| overflow("the batch's units"))?;
+        self.cost = self
+            .cost
+            .checked_add(other.cost)
+            .ok_or_else(|| overflow("the batch's cost"))?;
+        self.count = self
+            .count
+            .checked_add(other.count)
+            .ok_or_else(|| overflow("the batch's count"))?;
         Ok(())
     }
 }
@@ -65,12 +74,29 @@ impl UsageRecord {
         let mut total = self.total;
         let mut count = self.count;
         for delta in deltas {
-            let current = self.by_type.get(&delta.usage_type).copied().unwrap_or_default();
-            current.units.checked_add(delta.units).ok_or_else(|| overflow(&format!("{what} units")))?;
-            current.cost.checked_add(delta.cost).ok_or_else(|| overflow(&format!("{what} cost")))?;
-            current.count.checked_add(delta.count).ok_or_else(|| overflow(&format!("{what} count")))?;
-            total = total.checked_add(delta.cost).ok_or_else(|| overflow(&format!("{what} total")))?;
-            count = count.checked_add(delta.count).ok_or_else(|| overflow(&format!("{what} count")))?;
+            let current = self
+                .by_type
+                .get(&delta.usage_type)
+                .copied()
+                .unwrap_or_default();
+            current
+                .units
+                .checked_add(delta.units)
+                .ok_or_else(|| overflow(&format!("{what} units")))?;
+            current
+                .cost
+                .checked_add(delta.cost)
+                .ok_or_else(|| overflow(&format!("{what} cost")))?;
+            current
+                .count
+                .checked_add(delta.count)
+                .ok_or_else(|| overflow(&format!("{what} count")))?;
+            total = total
+                .checked_add(delta.cost)
+                .ok_or_else(|| overflow(&format!("{what} total")))?;
+            count = count
+                .checked_add(delta.count)
+                .ok_or_else(|| overflow(&format!("{what} count")))?;
         }
         Ok(())
     }
@@ -80,9 +106,9 @@ impl UsageRecord {
         for delta in deltas {
             let counter = self.by_type.entry(delta.usage_type).or_default();
             counter.units += delta.units;
-            counter.cost = counter.cost.add(delta.cost);
+            counter.cost = counter.cost.plus(delta.cost);
             counter.count += delta.count;
-            self.total = self.total.add(delta.cost);
+            self.total = self.total.plus(delta.cost);
             self.count += delta.count;
         }
     }
@@ -130,7 +156,10 @@ impl UsageReport {
             .expect("a report sums few enough records to stay in range");
         self.count += u128::from(record.count);
         for (usage_type, counter) in record.counters() {
-            let at = match self.by_type.binary_search_by_key(&usage_type, |(id, _)| *id) {
+            let at = match self
+                .by_type
+                .binary_search_by_key(&usage_type, |(id, _)| *id)
+            {
                 Ok(at) => at,
                 Err(at) => {
                     self.by_type.insert(at, (usage_type, TypeReport::default()));
@@ -151,14 +180,28 @@ mod tests {
     use super::*;
 
     fn delta(usage_type: TypeId, units: u64, microcents: i128) -> Delta {
-        Delta { usage_type, units, cost: Money::from_microcents(microcents).unwrap(), count: 1 }
+        Delta {
+            usage_type,
+            units,
+            cost: Money::from_microcents(microcents).unwrap(),
+            count: 1,
+        }
     }
 
     #[test]
     fn fold_merges_repeated_types() {
         let mut deltas = vec![delta(2, 1, 125), delta(1, 1, 63), delta(2, 1, 125)];
         fold_deltas(&mut deltas).unwrap();
-        assert_eq!(deltas, vec![delta(1, 1, 63), Delta { count: 2, ..delta(2, 2, 250) }]);
+        assert_eq!(
+            deltas,
+            vec![
+                delta(1, 1, 63),
+                Delta {
+                    count: 2,
+                    ..delta(2, 2, 250)
+                }
+            ]
+        );
     }
 
     #[test]

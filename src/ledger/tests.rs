@@ -9,8 +9,11 @@ const OCTOBER: MonthId = MonthId(2026 * 12 + 9);
 const NOVEMBER: MonthId = MonthId(2026 * 12 + 10);
 
 fn ledger() -> Ledger {
-    let map = CostMap::from_json_sources([("t.json", r#"{"kv:write": 125, "kv:read": 63, "egress": "0.0111758708953857421875"}"#)])
-        .unwrap();
+    let map = CostMap::from_json_sources([(
+        "t.json",
+        r#"{"kv:write": 125, "kv:read": 63, "egress": "0.0111758708953857421875"}"#,
+    )])
+    .unwrap();
     Ledger::new(Arc::new(map), Unmapped::Error)
 }
 
@@ -19,18 +22,35 @@ fn m(microcents: i128) -> Money {
 }
 
 fn booking(user_id: &str) -> Booking<'_> {
-    Booking { user_id, app_id: "os-global", month: OCTOBER, allowance: m(1_000) }
+    Booking {
+        user_id,
+        app_id: "os-global",
+        month: OCTOBER,
+        allowance: m(1_000),
+    }
 }
 
 fn item(usage_type: &str, units: u64) -> UsageItem<'_> {
-    UsageItem { usage_type, units, cost_override: None }
+    UsageItem {
+        usage_type,
+        units,
+        cost_override: None,
+    }
 }
 
 #[test]
 fn seed_batch_costs_439() {
     let ledger = ledger();
-    let items = [item("kv:write", 1), item("kv:write", 1), item("kv:read", 1), item("kv:read", 1), item("kv:read", 1)];
-    let receipt = ledger.charge(&booking("u"), &items, ChargeMode::Always).unwrap();
+    let items = [
+        item("kv:write", 1),
+        item("kv:write", 1),
+        item("kv:read", 1),
+        item("kv:read", 1),
+        item("kv:read", 1),
+    ];
+    let receipt = ledger
+        .charge(&booking("u"), &items, ChargeMode::Always)
+        .unwrap();
     assert_eq!(receipt.month_total, m(439));
     let report = ledger.user_usage("u", OCTOBER);
     assert_eq!(report.count, 5);
@@ -43,42 +63,86 @@ fn seed_batch_costs_439() {
 fn many_small_calls_cost_what_one_big_call_costs() {
     let ledger = ledger();
     for _ in 0..1000 {
-        ledger.charge(&booking("a"), &[item("egress", 1)], ChargeMode::Always).unwrap();
+        ledger
+            .charge(&booking("a"), &[item("egress", 1)], ChargeMode::Always)
+            .unwrap();
     }
-    ledger.charge(&booking("b"), &[item("egress", 1000)], ChargeMode::Always).unwrap();
-    assert_eq!(ledger.user_usage("a", OCTOBER).total, ledger.user_usage("b", OCTOBER).total);
+    ledger
+        .charge(&booking("b"), &[item("egress", 1000)], ChargeMode::Always)
+        .unwrap();
+    assert_eq!(
+        ledger.user_usage("a", OCTOBER).total,
+        ledger.user_usage("b", OCTOBER).total
+    );
 }
 
 #[test]
 fn overflow_records_nothing_anywhere() {
     let ledger = ledger();
-    ledger.charge(&booking("u"), &[item("kv:read", u64::MAX)], ChargeMode::Always).unwrap();
-    let before = (ledger.user_usage("u", OCTOBER), ledger.global_usage(OCTOBER), ledger.budget("u", OCTOBER, m(1_000)));
-    let error = ledger.charge(&booking("u"), &[item("kv:write", 1), item("kv:read", 1)], ChargeMode::Always);
+    ledger
+        .charge(
+            &booking("u"),
+            &[item("kv:read", u64::MAX)],
+            ChargeMode::Always,
+        )
+        .unwrap();
+    let before = (
+        ledger.user_usage("u", OCTOBER),
+        ledger.global_usage(OCTOBER),
+        ledger.budget("u", OCTOBER, m(1_000)),
+    );
+    let error = ledger.charge(
+        &booking("u"),
+        &[item("kv:write", 1), item("kv:read", 1)],
+        ChargeMode::Always,
+    );
     assert!(matches!(error, Err(LedgerError::Overflow(_))), "{error:?}");
-    let after = (ledger.user_usage("u", OCTOBER), ledger.global_usage(OCTOBER), ledger.budget("u", OCTOBER, m(1_000)));
+    let after = (
+        ledger.user_usage("u", OCTOBER),
+        ledger.global_usage(OCTOBER),
+        ledger.budget("u", OCTOBER, m(1_000)),
+    );
     assert_eq!(before, after);
 }
 
 #[test]
 fn unknown_types_fail_or_are_free() {
     let strict = ledger();
-    let error = strict.charge(&booking("u"), &[item("kv:write", 1), item("nope", 1)], ChargeMode::Always);
+    let error = strict.charge(
+        &booking("u"),
+        &[item("kv:write", 1), item("nope", 1)],
+        ChargeMode::Always,
+    );
     assert_eq!(error, Err(LedgerError::UnknownUsageType("nope".into())));
     assert_eq!(strict.user_usage("u", OCTOBER), UsageReport::default());
 
     let free = Ledger::new(Arc::new(CostMap::default()), Unmapped::Free);
-    let receipt = free.charge(&booking("u"), &[item("nope", 5)], ChargeMode::Always).unwrap();
-    assert_eq!((receipt.month_total, receipt.unmapped_items), (Money::ZERO, 1));
+    let receipt = free
+        .charge(&booking("u"), &[item("nope", 5)], ChargeMode::Always)
+        .unwrap();
+    assert_eq!(
+        (receipt.month_total, receipt.unmapped_items),
+        (Money::ZERO, 1)
+    );
     assert_eq!(free.user_usage("u", OCTOBER).by_type[0].1.units, 5);
 }
 
 #[test]
 fn try_charge_refuses_without_recording() {
     let ledger = ledger();
-    let tight = Booking { allowance: m(200), ..booking("u") };
-    assert!(ledger.charge(&tight, &[item("kv:write", 1)], ChargeMode::IfAffordable).unwrap().accepted);
-    let refused = ledger.charge(&tight, &[item("kv:write", 1)], ChargeMode::IfAffordable).unwrap();
+    let tight = Booking {
+        allowance: m(200),
+        ..booking("u")
+    };
+    assert!(
+        ledger
+            .charge(&tight, &[item("kv:write", 1)], ChargeMode::IfAffordable)
+            .unwrap()
+            .accepted
+    );
+    let refused = ledger
+        .charge(&tight, &[item("kv:write", 1)], ChargeMode::IfAffordable)
+        .unwrap();
     assert!(!refused.accepted);
     assert_eq!(ledger.user_usage("u", OCTOBER).total, m(125));
     assert_eq!(ledger.budget("u", OCTOBER, m(200)).remaining, m(75));
@@ -87,33 +151,78 @@ fn try_charge_refuses_without_recording() {
 #[test]
 fn set_total_books_the_difference_and_refunds_pools() {
     let ledger = ledger();
-    ledger.charge(&booking("u"), &[item("kv:write", 10)], ChargeMode::Always).unwrap();
+    ledger
+        .charge(&booking("u"), &[item("kv:write", 10)], ChargeMode::Always)
+        .unwrap();
     let budget = ledger.budget("u", OCTOBER, m(1_000));
-    assert_eq!((budget.pools.allowance_used, budget.pools.overage), (m(1_000), m(250)));
-    let receipt = ledger.charge(&booking("u"), &[], ChargeMode::SetTotal(m(1_000))).unwrap();
+    assert_eq!(
+        (budget.pools.allowance_used, budget.pools.overage),
+        (m(1_000), m(250))
+    );
+    let receipt = ledger
+        .charge(&booking("u"), &[], ChargeMode::SetTotal(m(1_000)))
+        .unwrap();
     assert_eq!(receipt.month_total, m(1_000));
     assert_eq!(receipt.split.overage, m(-250));
     let budget = ledger.budget("u", OCTOBER, m(1_000));
-    assert_eq!((budget.pools.allowance_used, budget.pools.overage), (m(1_000), m(0)));
-    let receipt = ledger.charge(&booking("u"), &[], ChargeMode::SetTotal(m(100))).unwrap();
+    assert_eq!(
+        (budget.pools.allowance_used, budget.pools.overage),
+        (m(1_000), m(0))
+    );
+    let receipt = ledger
+        .charge(&booking("u"), &[], ChargeMode::SetTotal(m(100)))
+        .unwrap();
     assert_eq!(receipt.month_total, m(100));
     let budget = ledger.budget("u", OCTOBER, m(1_000));
-    assert_eq!((budget.pools.allowance_used, budget.pools.overage), (m(100), m(0)));
+    assert_eq!(
+        (budget.pools.allowance_used, budget.pools.overage),
+        (m(100), m(0))
+    );
 }
 
 #[test]
 fn months_are_separate_and_credit_is_lifetime() {
     let ledger = ledger();
     ledger.add_purchased("u", m(100)).unwrap();
-    let october = Booking { allowance: m(100), ..booking("u") };
-    let november = Booking { month: NOVEMBER, ..october };
-    ledger.charge(&october, &[UsageItem { usage_type: "x", units: 0, cost_override: Some(m(150)) }], ChargeMode::Always)
+    let october = Booking {
+        allowance: m(100),
+        ..booking("u")
+    };
+    let november = Booking {
+        month: NOVEMBER,
+        ..october
+    };
+    ledger
+        .charge(
+            &october,
+            &[UsageItem {
+                usage_type: "x",
+                units: 0,
+                cost_override: Some(m(150)),
+            }],
+            ChargeMode::Always,
+        )
         .unwrap();
     assert_eq!(ledger.budget("u", NOVEMBER, m(100)).remaining, m(150));
     let receipt = ledger
-        .charge(&november, &[UsageItem { usage_type: "x", units: 0, cost_override: Some(m(400)) }], ChargeMode::Always)
+        .charge(
+            &november,
+            &[UsageItem {
+                usage_type: "x",
+                units: 0,
+                cost_override: Some(m(400)),
+            }],
+            ChargeMode::Always,
+        )
         .unwrap();
-    assert_eq!(receipt.split, Split { allowance: m(100), purchased: m(50), overage: m(250) });
+    assert_eq!(
+        receipt.split,
+        Split {
+            allowance: m(100),
+            purchased: m(50),
+            overage: m(250)
+        }
+    );
     assert_eq!(receipt.overuse_multiple, Some(4));
     assert_eq!(ledger.months_of("u"), vec![OCTOBER, NOVEMBER]);
     assert_eq!(ledger.user_usage("u", OCTOBER).total, m(150));
@@ -127,7 +236,9 @@ fn threads_lose_no_update_on_one_hot_user() {
             let ledger = Arc::clone(&ledger);
             std::thread::spawn(move || {
                 for _ in 0..20_000 {
-                    ledger.charge(&booking("hot"), &[item("kv:read", 1)], ChargeMode::Always).unwrap();
+                    ledger
+                        .charge(&booking("hot"), &[item("kv:read", 1)], ChargeMode::Always)
+                        .unwrap();
                 }
             })
         })
@@ -145,8 +256,18 @@ fn racing_try_charges_never_overspend() {
         .map(|_| {
             let ledger = Arc::clone(&ledger);
             std::thread::spawn(move || {
-                let b = Booking { allowance, ..booking("racer") };
-                (0..50).filter(|_| ledger.charge(&b, &[item("kv:write", 1)], ChargeMode::IfAffordable).unwrap().accepted).count()
+                let b = Booking {
+                    allowance,
+                    ..booking("racer")
+                };
+                (0..50)
+                    .filter(|_| {
+                        ledger
+                            .charge(&b, &[item("kv:write", 1)], ChargeMode::IfAffordable)
+                            .unwrap()
+                            .accepted
+                    })
+                    .count()
             })
         })
         .collect();

@@ -19,7 +19,11 @@ pub struct TypeRegistry {
 
 impl TypeRegistry {
     pub fn new(cost_map: Arc<CostMap>) -> TypeRegistry {
-        let names = cost_map.entries().iter().map(|e| Arc::from(&*e.usage_type)).collect();
+        let names = cost_map
+            .entries()
+            .iter()
+            .map(|e| Arc::from(&*e.usage_type))
+            .collect();
         TypeRegistry {
             cost_map,
             unpriced: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),

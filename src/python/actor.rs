@@ -43,19 +43,35 @@ impl PyActor {
             return Err(PyValueError::new_err("user_id must be a non-empty string"));
         }
         match app_id.as_deref() {
-            Some("") => return Err(PyValueError::new_err("app_id must be a non-empty string or None")),
+            Some("") => {
+                return Err(PyValueError::new_err(
+                    "app_id must be a non-empty string or None",
+                ))
+            }
             Some(OTHER_APPS) => {
-                return Err(PyValueError::new_err("app_id 'others' is reserved: reports use it for other apps"))
+                return Err(PyValueError::new_err(
+                    "app_id 'others' is reserved: reports use it for other apps",
+                ))
             }
             _ => {}
         }
-        Ok(PyActor { user_id, app_id, email, is_system: false })
+        Ok(PyActor {
+            user_id,
+            app_id,
+            email,
+            is_system: false,
+        })
     }
 
     /// The system actor: never metered, its calls record nothing.
     #[staticmethod]
     fn system() -> Self {
-        PyActor { user_id: "system".into(), app_id: None, email: None, is_system: true }
+        PyActor {
+            user_id: "system".into(),
+            app_id: None,
+            email: None,
+            is_system: true,
+        }
     }
 
     fn __repr__(&self) -> String {

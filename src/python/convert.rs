@@ -9,7 +9,9 @@ use pyo3::types::{PyBool, PyInt, PyString};
 use crate::money::Money;
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+    obj.get_type()
+        .name()
+        .map_or_else(|_| "?".into(), |n| n.to_string())
 }
 
 /// Refuses everything that is not a plain `int` (bools included), naming what was given.
@@ -17,8 +19,15 @@ fn require_int(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
     if obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>() {
         return Ok(());
     }
-    let hint = if obj.is_instance_of::<PyBool>() { " (bool is not accepted as a number)" } else { "" };
-    Err(PyTypeError::new_err(format!("{what} must be an int, not {}{hint}", type_name(obj))))
+    let hint = if obj.is_instance_of::<PyBool>() {
+        " (bool is not accepted as a number)"
+    } else {
+        ""
+    };
+    Err(PyTypeError::new_err(format!(
+        "{what} must be an int, not {}{hint}",
+        type_name(obj)
+    )))
 }
 
 /// The error for an int outside `0..=max`: `ValueError` when negative, else `OverflowError`.
@@ -32,7 +41,8 @@ fn out_of_range(obj: &Bound<'_, PyAny>, what: &str, max: &str) -> PyErr {
 /// Units of usage: an `int` in `0..=2**64-1`.
 pub fn units(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     require_int(obj, what)?;
-    obj.extract::<u64>().map_err(|_| out_of_range(obj, what, "2**64-1"))
+    obj.extract::<u64>()
+        .map_err(|_| out_of_range(obj, what, "2**64-1"))
 }
 
 /// A non-negative amount of whole microcents, as exact money.
@@ -54,13 +64,16 @@ pub fn optional_microcents(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResu
 
 /// A usage type name, borrowed from the Python string (no copy).
 pub fn usage_type<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
-    let text = obj
-        .cast::<PyString>()
-        .map_err(|_| PyTypeError::new_err(format!("usage type must be a str, not {}", type_name(obj))))?;
+    let text = obj.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!("usage type must be a str, not {}", type_name(obj)))
+    })?;
     text.to_str()
 }
 
 /// Money as whole microcents, rounded half up.
 pub fn money_to_int(py: Python<'_>, money: Money) -> Bound<'_, PyInt> {
-    money.to_microcents_half_up().into_pyobject(py).expect("i128 converts to int")
+    money
+        .to_microcents_half_up()
+        .into_pyobject(py)
+        .expect("i128 converts to int")
 }

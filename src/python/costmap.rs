@@ -18,10 +18,17 @@ pub struct PyCostMap {
     pub inner: Arc<CostMap>,
 }
 
+/// `(usage_type, source, original_text, rounded Decimal)`.
+type RoundedRow<'py> = (String, String, String, Bound<'py, PyAny>);
+
 fn decimal<'py>(py: Python<'py>, price: Price) -> PyResult<Bound<'py, PyAny>> {
     static DECIMAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let class = DECIMAL.get_or_try_init(py, || py.import("decimal")?.getattr("Decimal").map(Bound::unbind))?;
-    class.bind(py).call1((price.as_money().to_microcent_string(),))
+    let class = DECIMAL.get_or_try_init(py, || {
+        py.import("decimal")?.getattr("Decimal").map(Bound::unbind)
+    })?;
+    class
+        .bind(py)
+        .call1((price.as_money().to_microcent_string(),))
 }
 
 /// The text of a price given in a dict: int, str or Decimal; never a float.
@@ -48,7 +55,9 @@ fn price_text(key: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
 
 impl PyCostMap {
     fn wrap(inner: CostMap) -> Self {
-        PyCostMap { inner: Arc::new(inner) }
+        PyCostMap {
+            inner: Arc::new(inner),
+        }
     }
 }
 
@@ -58,8 +67,14 @@ impl PyCostMap {
     #[staticmethod]
     fn default(py: Python<'_>) -> PyResult<Self> {
         static DEFAULT: PyOnceLock<Arc<CostMap>> = PyOnceLock::new();
-        let inner = DEFAULT.get_or_try_init(py, || CostMap::default_maps().map(Arc::new).map_err(cost_map_error))?;
-        Ok(PyCostMap { inner: Arc::clone(inner) })
+        let inner = DEFAULT.get_or_try_init(py, || {
+            CostMap::default_maps()
+                .map(Arc::new)
+                .map_err(cost_map_error)
+        })?;
+        Ok(PyCostMap {
+            inner: Arc::clone(inner),
+        })
     }
 
     /// Loads JSON files, each one object `{"usage:type": price}`; a key in two files is an error.
@@ -77,7 +92,11 @@ impl PyCostMap {
                 })?;
                 texts.push((name, text));
             }
-            CostMap::from_json_sources(texts.iter().map(|(name, text)| (name.as_str(), text.as_str())))
+            CostMap::from_json_sources(
+                texts
+                    .iter()
+                    .map(|(name, text)| (name.as_str(), text.as_str())),
+            )
         });
         loaded.map(PyCostMap::wrap).map_err(cost_map_error)
     }
@@ -87,9 +106,9 @@ impl PyCostMap {
     fn from_dict(prices: &Bound<'_, PyDict>) -> PyResult<Self> {
         let mut pairs = Vec::with_capacity(prices.len());
         for (key, value) in prices.iter() {
-            let key: String = key
-                .extract()
-                .map_err(|_| PyTypeError::new_err(format!("usage types must be str, not {}", key.get_type())))?;
+            let key: String = key.extract().map_err(|_| {
+                PyTypeError::new_err(format!("usage types must be str, not {}", key.get_type()))
+            })?;
             let text = price_text(&key, &value)?;
             pairs.push((key, text));
         }
@@ -107,7 +126,8 @@ impl PyCostMap {
     }
 
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> bool {
-        key.extract::<&str>().is_ok_and(|key| self.inner.get(key).is_some())
+        key.extract::<&str>()
+            .is_ok_and(|key| self.inner.get(key).is_some())
     }
 
     fn __getitem__<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -131,7 +151,11 @@ impl PyCostMap {
 
     /// Usage types in load order.
     fn keys(&self) -> Vec<&str> {
-        self.inner.entries().iter().map(|e| &*e.usage_type).collect()
+        self.inner
+            .entries()
+            .iter()
+            .map(|e| &*e.usage_type)
+            .collect()
     }
 
     /// `(usage_type, Decimal price)` pairs in load order.
@@ -140,27 +164,47 @@ impl PyCostMap {
             .inner
             .entries()
             .iter()
-            .map(|e| Ok(PyTuple::new(py, [e.usage_type.into_pyobject(py)?.into_any(), decimal(py, e.price)?])?))
+            .map(|e| {
+                PyTuple::new(
+                    py,
+                    [
+                        e.usage_type.into_pyobject(py)?.into_any(),
+                        decimal(py, e.price)?,
+                    ],
+                )
+            })
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, items)
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        PyList::new(py, self.keys())?.try_iter().map(Bound::into_any)
+        PyList::new(py, self.keys())?
+            .try_iter()
+            .map(Bound::into_any)
     }
 
     /// The file (or "dict") a usage type's price came from.
     fn source_of(&self, key: &str) -> PyResult<String> {
-        self.inner.get(key).map(|e| e.source.to_string()).ok_or_else(|| missing_key(key))
+        self.inner
+            .get(key)
+            .map(|e| e.source.to_string())
+            .ok_or_else(|| missing_key(key))
     }
 
     /// Prices that had more than 12 fractional digits, rounded half-even at load:
     /// `(usage_type, source, original_text, rounded_price)`.
-    fn rounded_prices<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, String, String, Bound<'py, PyAny>)>> {
+    fn rounded_prices<'py>(&self, py: Python<'py>) -> PyResult<Vec<RoundedRow<'py>>> {
         self.inner
             .rounded()
             .iter()
-            .map(|r| Ok((r.usage_type.clone(), r.source.clone(), r.original.clone(), decimal(py, r.rounded)?)))
+            .map(|r| {
+                Ok((
+                    r.usage_type.clone(),
+                    r.source.clone(),
+                    r.original.clone(),
+                    decimal(py, r.rounded)?,
+                ))
+            })
             .collect()
     }
 

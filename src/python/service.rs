@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyPermissionError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyIterator, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyIterator, PyList, PyString, PyTuple};
 
 use super::actor::{PyActor, OTHER_APPS};
 use super::convert::{self, money_to_int};
@@ -49,7 +49,10 @@ pub struct MeteringCore {
 
 fn as_actor<'a>(actor: &'a Bound<'_, PyAny>) -> PyResult<&'a PyActor> {
     let actor = actor.cast::<PyActor>().map_err(|_| {
-        PyTypeError::new_err(format!("actor must be a usagemeter.Actor, not {}", actor.get_type()))
+        PyTypeError::new_err(format!(
+            "actor must be a usagemeter.Actor, not {}",
+            actor.get_type()
+        ))
     })?;
     Ok(actor.get())
 }
@@ -59,7 +62,11 @@ fn not_metered() -> PyErr {
 }
 
 /// `{"total": µ¢, "<type>": {"units", "cost", "count"}}`.
-fn report_dict<'py>(py: Python<'py>, ledger: &Ledger, report: &UsageReport) -> PyResult<Bound<'py, PyDict>> {
+fn report_dict<'py>(
+    py: Python<'py>,
+    ledger: &Ledger,
+    report: &UsageReport,
+) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("total", money_to_int(py, report.total))?;
     for (usage_type, counter) in &report.by_type {
@@ -81,8 +88,14 @@ fn totals_dict<'py>(py: Python<'py>, total: Money, count: u128) -> PyResult<Boun
 
 fn addons_dict<'py>(py: Python<'py>, budget: &Budget) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    dict.set_item("purchased_credits", money_to_int(py, budget.credit.purchased))?;
-    dict.set_item("consumed_purchase_credits", money_to_int(py, budget.credit.consumed))?;
+    dict.set_item(
+        "purchased_credits",
+        money_to_int(py, budget.credit.purchased),
+    )?;
+    dict.set_item(
+        "consumed_purchase_credits",
+        money_to_int(py, budget.credit.consumed),
+    )?;
     Ok(dict)
 }
 
@@ -94,31 +107,41 @@ struct OwnedItem<'py> {
 }
 
 fn batch_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<OwnedItem<'py>> {
-    let fields = item
-        .cast::<PyTuple>()
-        .map(|t| t.clone())
-        .or_else(|_| item.extract::<Vec<Bound<'py, PyAny>>>().map(|v| PyTuple::new(item.py(), v).unwrap()))
-        .map_err(|_| PyTypeError::new_err("each usage must be a (usage_type, amount[, cost_override]) tuple"))?;
+    let fields: Vec<Bound<'py, PyAny>> = if let Ok(tuple) = item.cast::<PyTuple>() {
+        tuple.iter().collect()
+    } else if let Ok(list) = item.cast::<PyList>() {
+        list.iter().collect()
+    } else {
+        return Err(PyTypeError::new_err(
+            "each usage must be a (usage_type, amount[, cost_override]) tuple",
+        ));
+    };
     if !(2..=3).contains(&fields.len()) {
         return Err(PyValueError::new_err(format!(
             "each usage must have 2 or 3 fields (usage_type, amount[, cost_override]), got {}",
             fields.len()
         )));
     }
-    let usage_type = fields.get_item(0)?;
+    let usage_type = fields[0].clone();
     convert::usage_type(&usage_type)?;
-    let units = convert::units(&fields.get_item(1)?, "amount")?;
+    let units = convert::units(&fields[1], "amount")?;
     let cost_override = match fields.len() {
-        3 => convert::optional_microcents(Some(&fields.get_item(2)?), "cost_override")?,
+        3 => convert::optional_microcents(Some(&fields[2]), "cost_override")?,
         _ => None,
     };
-    Ok(OwnedItem { usage_type, units, cost_override })
+    Ok(OwnedItem {
+        usage_type,
+        units,
+        cost_override,
+    })
 }
 
 impl MeteringCore {
     fn now_ms(&self, py: Python<'_>) -> PyResult<i64> {
         let Some(clock) = &self.clock else {
-            let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let since_epoch = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             return Ok(since_epoch.as_millis() as i64);
         };
         let now = clock.call0(py)?.into_bound(py);
@@ -129,15 +152,26 @@ impl MeteringCore {
             // Time, not money: a float clock is fine. Millisecond resolution is enough for months.
             return Ok((seconds.value() * 1000.0).floor() as i64);
         }
-        Err(PyTypeError::new_err(format!("clock() must return int or float seconds, not {}", now.get_type())))
+        Err(PyTypeError::new_err(format!(
+            "clock() must return int or float seconds, not {}",
+            now.get_type()
+        )))
     }
 
     fn hooks(&self) -> PyResult<&Hooks> {
-        self.hooks.get().ok_or_else(|| PyRuntimeError::new_err("MeteringCore is used through MeteringService"))
+        self.hooks
+            .get()
+            .ok_or_else(|| PyRuntimeError::new_err("MeteringCore is used through MeteringService"))
     }
 
     /// The user's plan: from the cache, or resolved through the events (no lock held).
-    fn plan(&self, py: Python<'_>, actor_obj: &Bound<'_, PyAny>, actor: &PyActor, now_ms: i64) -> PyResult<(Money, Py<PyAny>)> {
+    fn plan(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        now_ms: i64,
+    ) -> PyResult<(Money, Py<PyAny>)> {
         if let Some(plan) = self.plans.pin().get(actor.user_id.as_str()) {
             if plan.expires_at_ms > now_ms {
                 return Ok((plan.allowance, plan.policy.clone_ref(py)));
@@ -147,18 +181,31 @@ impl MeteringCore {
         let allowance = policy.getattr(py, "monthly_allowance")?;
         let allowance = convert::microcents(allowance.bind(py), "monthly_allowance")?;
         let expires_at_ms = now_ms.saturating_add(self.subscription_ttl_ms);
-        let cached = CachedPlan { policy: policy.clone_ref(py), allowance, expires_at_ms };
-        self.plans.pin().insert(Box::from(actor.user_id.as_str()), cached);
+        let cached = CachedPlan {
+            policy: policy.clone_ref(py),
+            allowance,
+            expires_at_ms,
+        };
+        self.plans
+            .pin()
+            .insert(Box::from(actor.user_id.as_str()), cached);
         Ok((allowance, policy))
     }
 
-    fn allowance(&self, py: Python<'_>, actor_obj: &Bound<'_, PyAny>, actor: &PyActor, now_ms: i64) -> PyResult<Money> {
+    fn allowance(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        now_ms: i64,
+    ) -> PyResult<Money> {
         if let Some(plan) = self.plans.pin().get(actor.user_id.as_str()) {
             if plan.expires_at_ms > now_ms {
                 return Ok(plan.allowance);
             }
         }
-        self.plan(py, actor_obj, actor, now_ms).map(|(allowance, _)| allowance)
+        self.plan(py, actor_obj, actor, now_ms)
+            .map(|(allowance, _)| allowance)
     }
 
     /// Records items for a (non-system) actor, then raises the alarms the receipt calls for.
@@ -178,21 +225,37 @@ impl MeteringCore {
             month: MonthId::from_epoch_ms(now_ms),
             allowance,
         };
-        let receipt = self.ledger.charge(&booking, items, mode).map_err(ledger_error)?;
+        let receipt = self
+            .ledger
+            .charge(&booking, items, mode)
+            .map_err(ledger_error)?;
         if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
             self.raise_alarms(py, actor_obj, items, &receipt, allowance);
         }
         Ok(receipt)
     }
 
-    fn raise_alarms(&self, py: Python<'_>, actor_obj: &Bound<'_, PyAny>, items: &[UsageItem<'_>], receipt: &Receipt, allowance: Money) {
+    fn raise_alarms(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        items: &[UsageItem<'_>],
+        receipt: &Receipt,
+        allowance: Money,
+    ) {
         let Ok(hooks) = self.hooks() else { return };
         let mut alarms: Vec<(&str, Option<&str>, String)> = Vec::new();
         if receipt.unmapped_items > 0 {
             let cost_map = self.ledger.cost_map();
-            for item in items.iter().filter(|i| i.cost_override.is_none() && i.units > 0) {
+            for item in items
+                .iter()
+                .filter(|i| i.cost_override.is_none() && i.units > 0)
+            {
                 if cost_map.get(item.usage_type).is_none() {
-                    let message = format!("usage type {:?} is not in the cost map; recorded at 0 µ¢", item.usage_type);
+                    let message = format!(
+                        "usage type {:?} is not in the cost map; recorded at 0 µ¢",
+                        item.usage_type
+                    );
                     alarms.push(("unmapped_usage", Some(item.usage_type), message));
                 }
             }
@@ -207,7 +270,10 @@ impl MeteringCore {
         }
         for (kind, usage_type, message) in alarms {
             // The usage is recorded: an alarm that fails must not make the call look failed.
-            if let Err(error) = hooks.raise_alarm.call1(py, (kind, actor_obj, usage_type, message)) {
+            if let Err(error) = hooks
+                .raise_alarm
+                .call1(py, (kind, actor_obj, usage_type, message))
+            {
                 error.write_unraisable(py, Some(hooks.raise_alarm.bind(py)));
             }
         }
@@ -224,7 +290,9 @@ impl MeteringCore {
         }
         let now_ms = self.now_ms(py)?;
         let allowance = self.allowance(py, actor_obj, actor, now_ms)?;
-        Ok(self.ledger.budget(&actor.user_id, MonthId::from_epoch_ms(now_ms), allowance))
+        Ok(self
+            .ledger
+            .budget(&actor.user_id, MonthId::from_epoch_ms(now_ms), allowance))
     }
 
     fn one_usage(
@@ -251,19 +319,29 @@ impl MeteringCore {
     /// Refuses an app actor reading another app's records (checked before anything is read).
     fn check_app_access(actor: &PyActor, app_id: &str) -> PyResult<()> {
         match &actor.app_id {
-            Some(own) if own != app_id && app_id != super::actor::GLOBAL_APP => Err(PyPermissionError::new_err(
-                format!("app {own:?} may not read the usage of app {app_id:?}"),
-            )),
+            Some(own) if own != app_id && app_id != super::actor::GLOBAL_APP => {
+                Err(PyPermissionError::new_err(format!(
+                    "app {own:?} may not read the usage of app {app_id:?}"
+                )))
+            }
             _ => Ok(()),
         }
     }
 
-    fn month_details<'py>(&self, py: Python<'py>, actor: &PyActor, month: MonthId) -> PyResult<Bound<'py, PyDict>> {
+    fn month_details<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &PyActor,
+        month: MonthId,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let details = PyDict::new(py);
         let (usage, app_totals) = if actor.is_system {
             (UsageReport::default(), Vec::new())
         } else {
-            (self.ledger.user_usage(&actor.user_id, month), self.ledger.app_totals(&actor.user_id, month))
+            (
+                self.ledger.user_usage(&actor.user_id, month),
+                self.ledger.app_totals(&actor.user_id, month),
+            )
         };
         details.set_item("usage", report_dict(py, &self.ledger, &usage)?)?;
         let apps = PyDict::new(py);
@@ -278,8 +356,13 @@ impl MeteringCore {
                 let (mut own_total, mut own_count) = (Money::ZERO, 0u128);
                 let (mut other_total, mut other_count) = (Money::ZERO, 0u128);
                 for (app, total, count) in &app_totals {
-                    let (sum, n) = if app == own { (&mut own_total, &mut own_count) } else { (&mut other_total, &mut other_count) };
-                    *sum = Money::from_attocents(sum.attocents() + total.attocents()).expect("bounded by the user's total");
+                    let (sum, n) = if app == own {
+                        (&mut own_total, &mut own_count)
+                    } else {
+                        (&mut other_total, &mut other_count)
+                    };
+                    *sum = Money::from_attocents(sum.attocents() + total.attocents())
+                        .expect("bounded by the user's total");
                     *n += u128::from(*count);
                 }
                 apps.set_item(own, totals_dict(py, own_total, own_count)?)?;
@@ -295,11 +378,22 @@ impl MeteringCore {
 impl MeteringCore {
     #[new]
     #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None))]
-    fn new(cost_map: Bound<'_, PyCostMap>, unmapped_free: bool, subscription_ttl_ms: i64, clock: Option<Py<PyAny>>) -> PyResult<Self> {
+    fn new(
+        cost_map: Bound<'_, PyCostMap>,
+        unmapped_free: bool,
+        subscription_ttl_ms: i64,
+        clock: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
         if subscription_ttl_ms < 0 {
-            return Err(PyValueError::new_err("subscription_ttl must not be negative"));
+            return Err(PyValueError::new_err(
+                "subscription_ttl must not be negative",
+            ));
         }
-        let unmapped = if unmapped_free { Unmapped::Free } else { Unmapped::Error };
+        let unmapped = if unmapped_free {
+            Unmapped::Free
+        } else {
+            Unmapped::Error
+        };
         Ok(MeteringCore {
             ledger: Ledger::new(std::sync::Arc::clone(&cost_map.get().inner), unmapped),
             cost_map: cost_map.unbind(),
@@ -313,7 +407,10 @@ impl MeteringCore {
     /// Installs the plan resolver and the alarm dispatcher (once).
     fn _install_hooks(&self, resolve_policy: Py<PyAny>, raise_alarm: Py<PyAny>) -> PyResult<()> {
         self.hooks
-            .set(Hooks { resolve_policy, raise_alarm })
+            .set(Hooks {
+                resolve_policy,
+                raise_alarm,
+            })
             .map_err(|_| PyRuntimeError::new_err("hooks are already installed"))
     }
 
@@ -333,8 +430,18 @@ impl MeteringCore {
         amount: &Bound<'py, PyAny>,
         cost_override: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyInt>> {
-        let receipt = self.one_usage(py, actor, usage_type, amount, cost_override, ChargeMode::Always)?;
-        Ok(money_to_int(py, receipt.map_or(Money::ZERO, |r| r.month_total)))
+        let receipt = self.one_usage(
+            py,
+            actor,
+            usage_type,
+            amount,
+            cost_override,
+            ChargeMode::Always,
+        )?;
+        Ok(money_to_int(
+            py,
+            receipt.map_or(Money::ZERO, |r| r.month_total),
+        ))
     }
 
     /// Records only if the user's remaining budget covers the cost; returns the new total or None.
@@ -347,7 +454,14 @@ impl MeteringCore {
         amount: &Bound<'py, PyAny>,
         cost_override: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyInt>>> {
-        let receipt = self.one_usage(py, actor, usage_type, amount, cost_override, ChargeMode::IfAffordable)?;
+        let receipt = self.one_usage(
+            py,
+            actor,
+            usage_type,
+            amount,
+            cost_override,
+            ChargeMode::IfAffordable,
+        )?;
         Ok(match receipt {
             None => Some(money_to_int(py, Money::ZERO)),
             Some(receipt) if receipt.accepted => Some(money_to_int(py, receipt.month_total)),
@@ -369,8 +483,16 @@ impl MeteringCore {
         let items = owned
             .iter()
             .map(|o| {
-                let usage_type = o.usage_type.cast::<PyString>().expect("checked in batch_item").to_str()?;
-                Ok(UsageItem { usage_type, units: o.units, cost_override: o.cost_override })
+                let usage_type = o
+                    .usage_type
+                    .cast::<PyString>()
+                    .expect("checked in batch_item")
+                    .to_str()?;
+                Ok(UsageItem {
+                    usage_type,
+                    units: o.units,
+                    cost_override: o.cost_override,
+                })
             })
             .collect::<PyResult<Vec<_>>>()?;
         if actor_ref.is_system {
@@ -391,7 +513,10 @@ impl MeteringCore {
         let actor_ref = as_actor(actor)?;
         let usage_type = convert::usage_type(usage_type)?;
         let units = convert::units(amount, "amount")?;
-        let cost = self.ledger.cost_of(usage_type, units).map_err(ledger_error)?;
+        let cost = self
+            .ledger
+            .cost_of(usage_type, units)
+            .map_err(ledger_error)?;
         if actor_ref.is_system {
             return Ok(true);
         }
@@ -399,7 +524,12 @@ impl MeteringCore {
     }
 
     /// Whether the user's remaining budget covers `amount` µ¢.
-    fn has_enough_credits(&self, py: Python<'_>, actor: &Bound<'_, PyAny>, amount: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn has_enough_credits(
+        &self,
+        py: Python<'_>,
+        actor: &Bound<'_, PyAny>,
+        amount: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
         let actor_ref = as_actor(actor)?;
         let cost = convert::microcents(amount, "amount")?;
         if actor_ref.is_system {
@@ -414,16 +544,28 @@ impl MeteringCore {
         if actor.is_system {
             return Ok(false);
         }
-        Ok(self.ledger.user_usage(&actor.user_id, self.month_now(py)?).count > 0)
+        Ok(self
+            .ledger
+            .user_usage(&actor.user_id, self.month_now(py)?)
+            .count
+            > 0)
     }
 
     /// Allowance left this month plus purchased credit left, in µ¢.
-    fn get_remaining_usage<'py>(&self, py: Python<'py>, actor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyInt>> {
+    fn get_remaining_usage<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyInt>> {
         Ok(money_to_int(py, self.budget(py, actor)?.remaining))
     }
 
     /// `{"remaining", "monthly_allowance", "addons": {"purchased_credits", "consumed_purchase_credits"}}`.
-    fn get_allowed_usage<'py>(&self, py: Python<'py>, actor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    fn get_allowed_usage<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let budget = self.budget(py, actor)?;
         let dict = PyDict::new(py);
         dict.set_item("remaining", money_to_int(py, budget.remaining))?;
@@ -433,33 +575,66 @@ impl MeteringCore {
     }
 
     /// This month's pools: allowance used, purchased credit, overage and what remains, in µ¢.
-    fn get_actor_budget<'py>(&self, py: Python<'py>, actor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    fn get_actor_budget<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let budget = self.budget(py, actor)?;
         let dict = PyDict::new(py);
         dict.set_item("monthly_allowance", money_to_int(py, budget.allowance))?;
-        dict.set_item("allowance_used", money_to_int(py, budget.pools.allowance_used))?;
-        dict.set_item("purchased_credits", money_to_int(py, budget.credit.purchased))?;
-        dict.set_item("consumed_purchase_credits", money_to_int(py, budget.credit.consumed))?;
-        dict.set_item("consumed_this_month", money_to_int(py, budget.pools.purchased_consumed))?;
+        dict.set_item(
+            "allowance_used",
+            money_to_int(py, budget.pools.allowance_used),
+        )?;
+        dict.set_item(
+            "purchased_credits",
+            money_to_int(py, budget.credit.purchased),
+        )?;
+        dict.set_item(
+            "consumed_purchase_credits",
+            money_to_int(py, budget.credit.consumed),
+        )?;
+        dict.set_item(
+            "consumed_this_month",
+            money_to_int(py, budget.pools.purchased_consumed),
+        )?;
         dict.set_item("overage", money_to_int(py, budget.pools.overage))?;
         dict.set_item("remaining", money_to_int(py, budget.remaining))?;
         Ok(dict)
     }
 
     /// `{"purchased_credits", "consumed_purchase_credits"}` in µ¢ (lifetime).
-    fn get_actor_addons<'py>(&self, py: Python<'py>, actor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    fn get_actor_addons<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let actor = as_actor(actor)?;
-        let budget = if actor.is_system { Budget::default() } else { self.ledger.budget(&actor.user_id, self.month_now(py)?, Money::ZERO) };
+        let budget = if actor.is_system {
+            Budget::default()
+        } else {
+            self.ledger
+                .budget(&actor.user_id, self.month_now(py)?, Money::ZERO)
+        };
         addons_dict(py, &budget)
     }
 
     /// Adds purchased credit (µ¢, >= 0) to a user; returns the user's purchased total.
-    fn update_addon_credit<'py>(&self, py: Python<'py>, user_id: &str, amount: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyInt>> {
+    fn update_addon_credit<'py>(
+        &self,
+        py: Python<'py>,
+        user_id: &str,
+        amount: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyInt>> {
         let amount = convert::microcents(amount, "amount")?;
         if user_id.is_empty() {
             return Err(PyValueError::new_err("user_id must be a non-empty string"));
         }
-        let credit = self.ledger.add_purchased(user_id, amount).map_err(ledger_error)?;
+        let credit = self
+            .ledger
+            .add_purchased(user_id, amount)
+            .map_err(ledger_error)?;
         Ok(money_to_int(py, credit.purchased))
     }
 
@@ -480,14 +655,25 @@ impl MeteringCore {
     }
 
     /// The user's usage in a month (`YYYY-MM`, UTC): `{"usage": {...}, "app_totals": {...}}`.
-    fn get_actor_month_usage_details<'py>(&self, py: Python<'py>, actor: &Bound<'py, PyAny>, month: &str) -> PyResult<Bound<'py, PyDict>> {
+    fn get_actor_month_usage_details<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        month: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let actor = as_actor(actor)?;
-        let month = MonthId::parse(month).ok_or_else(|| PyValueError::new_err(format!("month must be 'YYYY-MM', got {month:?}")))?;
+        let month = MonthId::parse(month).ok_or_else(|| {
+            PyValueError::new_err(format!("month must be 'YYYY-MM', got {month:?}"))
+        })?;
         self.month_details(py, actor, month)
     }
 
     /// The user's usage this month: `{"usage": {...}, "app_totals": {...}}`.
-    fn get_actor_current_month_usage_details<'py>(&self, py: Python<'py>, actor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    fn get_actor_current_month_usage_details<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let actor = as_actor(actor)?;
         let month = self.month_now(py)?;
         self.month_details(py, actor, month)
@@ -504,15 +690,30 @@ impl MeteringCore {
         let actor = as_actor(actor)?;
         let app_id = app_id.unwrap_or_else(|| actor.booking_app());
         Self::check_app_access(actor, app_id)?;
-        let report = if actor.is_system { UsageReport::default() } else { self.ledger.app_usage(&actor.user_id, app_id, self.month_now(py)?) };
+        let report = if actor.is_system {
+            UsageReport::default()
+        } else {
+            self.ledger
+                .app_usage(&actor.user_id, app_id, self.month_now(py)?)
+        };
         report_dict(py, &self.ledger, &report)
     }
 
     /// `{"total", "count"}` of the user's usage this month through one app.
-    fn get_actor_app_usage<'py>(&self, py: Python<'py>, actor: &Bound<'py, PyAny>, app_id: &str) -> PyResult<Bound<'py, PyDict>> {
+    fn get_actor_app_usage<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        app_id: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let actor = as_actor(actor)?;
         Self::check_app_access(actor, app_id)?;
-        let report = if actor.is_system { UsageReport::default() } else { self.ledger.app_usage(&actor.user_id, app_id, self.month_now(py)?) };
+        let report = if actor.is_system {
+            UsageReport::default()
+        } else {
+            self.ledger
+                .app_usage(&actor.user_id, app_id, self.month_now(py)?)
+        };
         totals_dict(py, report.total, report.count)
     }
 
@@ -523,10 +724,15 @@ impl MeteringCore {
     }
 
     /// The actor's plan (cached per user for `subscription_ttl` seconds).
-    fn get_actor_subscription(&self, py: Python<'_>, actor: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn get_actor_subscription(
+        &self,
+        py: Python<'_>,
+        actor: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         let actor_ref = as_actor(actor)?;
         let now_ms = self.now_ms(py)?;
-        self.plan(py, actor, actor_ref, now_ms).map(|(_, policy)| policy)
+        self.plan(py, actor, actor_ref, now_ms)
+            .map(|(_, policy)| policy)
     }
 
     /// Forgets the cached plan of a user, so the next call resolves it again.

@@ -1,0 +1,148 @@
+"""Type stubs of the native module ``usagemeter._core`` (hand-written; checked by stubtest)."""
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
+from typing import Any, TypeVar, final
+
+from typing_extensions import disjoint_base
+
+__all__ = [
+    "GLOBAL_APP",
+    "MANUAL_ADJUSTMENT",
+    "Actor",
+    "CostMap",
+    "CostMapError",
+    "MeteringCore",
+    "UnknownUsageType",
+    "__version__",
+]
+
+__version__: str
+GLOBAL_APP: str
+MANUAL_ADJUSTMENT: str
+
+_T = TypeVar("_T")
+
+class CostMapError(ValueError):
+    """A cost map could not be loaded; the message names the file and the key."""
+
+class UnknownUsageType(KeyError):
+    """A usage type that is not in the cost map was charged without a cost override."""
+
+@final
+class Actor:
+    """A user, optionally acting through an app. Frozen and hashable."""
+
+    @property
+    def user_id(self) -> str:
+        """The user whose budget pays."""
+    @property
+    def app_id(self) -> str | None:
+        """The app acting for the user, or None."""
+    @property
+    def email(self) -> str | None:
+        """The user's email; users with one default to the ``user_free`` plan."""
+    @property
+    def is_system(self) -> bool:
+        """True only for ``Actor.system()``, which is never metered."""
+    def __new__(cls, user_id: str, app_id: str | None = None, *, email: str | None = None) -> Actor:
+        """Build an actor; ``user_id`` and ``app_id`` must be non-empty; app ``others`` is reserved."""
+    @staticmethod
+    def system() -> Actor:
+        """The system actor: never metered, its calls record nothing."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class CostMap:
+    """Immutable prices per usage type, in µ¢ per unit, exact to 12 fractional digits."""
+
+    @staticmethod
+    def default() -> CostMap:
+        """The prices shipped with the library (one file per provider)."""
+    @staticmethod
+    def from_files(*paths: str | os.PathLike[str]) -> CostMap:
+        """Load JSON files, each one object ``{"usage:type": price}``; a key in two files is an error."""
+    @staticmethod
+    def from_dict(prices: dict[str, int | str | Decimal]) -> CostMap:
+        """Build a map from ``{usage_type: price}`` with int, str or Decimal prices (never float)."""
+    def merged(self, other: CostMap) -> CostMap:
+        """A new map with the prices of both; ``other`` wins where both price a usage type."""
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __getitem__(self, key: str, /) -> Decimal: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def get(self, key: str, default: _T | None = None) -> Decimal | _T | None:
+        """The price of ``key`` as a Decimal, or ``default``."""
+    def keys(self) -> list[str]:
+        """Usage types in load order."""
+    def items(self) -> list[tuple[str, Decimal]]:
+        """``(usage_type, Decimal price)`` pairs in load order."""
+    def source_of(self, key: str) -> str:
+        """The file (or ``"dict"``) a usage type's price came from."""
+    def rounded_prices(self) -> list[tuple[str, str, str, Decimal]]:
+        """Prices rounded half-even at load: ``(usage_type, source, original_text, rounded)``."""
+
+@disjoint_base
+class MeteringCore:
+    """The ledger and plan cache behind ``MeteringService``. Use ``MeteringService``."""
+
+    def __new__(
+        cls,
+        cost_map: CostMap,
+        unmapped_free: bool,
+        subscription_ttl_ms: int,
+        clock: Callable[[], float | int] | None = None,
+    ) -> MeteringCore: ...
+    def _install_hooks(self, resolve_policy: Callable[..., Any], raise_alarm: Callable[..., Any]) -> None:
+        """Install the plan resolver and the alarm dispatcher (once)."""
+    @property
+    def cost_map(self) -> CostMap:
+        """The cost map this service prices with."""
+    def increment_usage(
+        self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
+    ) -> int:
+        """Record ``amount`` units of ``usage_type``; return the user's month total in µ¢."""
+    def try_increment_usage(
+        self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
+    ) -> int | None:
+        """Record only if the user's remaining budget covers the cost; return the new total or None."""
+    def batch_increment_usages(
+        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+    ) -> int:
+        """Record several usages as one atomic event: all validated first, all or nothing."""
+    def has_enough_credits_for(self, actor: Actor, usage_type: str, amount: int) -> bool:
+        """Whether the user's remaining budget covers ``amount`` units of ``usage_type``."""
+    def has_enough_credits(self, actor: Actor, amount: int) -> bool:
+        """Whether the user's remaining budget covers ``amount`` µ¢."""
+    def has_any_usage(self, actor: Actor) -> bool:
+        """Whether the user recorded any usage this month."""
+    def get_remaining_usage(self, actor: Actor) -> int:
+        """Allowance left this month plus purchased credit left, in µ¢."""
+    def get_allowed_usage(self, actor: Actor) -> dict[str, Any]:
+        """``{"remaining", "monthly_allowance", "addons": {"purchased_credits", "consumed_purchase_credits"}}``."""
+    def get_actor_budget(self, actor: Actor) -> dict[str, int]:
+        """This month's pools: allowance used, purchased credit, overage and what remains, in µ¢."""
+    def get_actor_addons(self, actor: Actor) -> dict[str, int]:
+        """``{"purchased_credits", "consumed_purchase_credits"}`` in µ¢ (lifetime)."""
+    def update_addon_credit(self, user_id: str, amount: int) -> int:
+        """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total."""
+    def set_actor_current_month_usage_total(self, actor: Actor, total: int) -> int:
+        """Set the user's month total by booking the difference as ``manual_adjustment``."""
+    def get_actor_month_usage_details(self, actor: Actor, month: str) -> dict[str, Any]:
+        """The user's usage in a month (``YYYY-MM``, UTC): ``{"usage": {...}, "app_totals": {...}}``."""
+    def get_actor_current_month_usage_details(self, actor: Actor) -> dict[str, Any]:
+        """The user's usage this month: ``{"usage": {...}, "app_totals": {...}}``."""
+    def get_actor_current_month_app_usage_details(
+        self, actor: Actor, app_id: str | None = None
+    ) -> dict[str, Any]:
+        """The user's usage this month through one app (default: the actor's own app)."""
+    def get_actor_app_usage(self, actor: Actor, app_id: str) -> dict[str, int]:
+        """``{"total", "count"}`` of the user's usage this month through one app."""
+    def get_global_usage(self) -> dict[str, Any]:
+        """This month's usage over all actors: ``{"total", "<type>": {"units", "cost", "count"}}``."""
+    def get_actor_subscription(self, actor: Actor) -> Any:
+        """The actor's plan (a ``Policy``; cached per user for ``subscription_ttl`` seconds)."""
+    def invalidate_subscription(self, user_id: str) -> None:
+        """Forget the cached plan of a user, so the next call resolves it again."""
