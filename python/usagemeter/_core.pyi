@@ -3,7 +3,7 @@
 import os
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from typing import Any, TypeVar, final
+from typing import Any, Self, TypeVar, final
 
 from typing_extensions import disjoint_base
 
@@ -94,7 +94,7 @@ class MeteringCore:
         unmapped_free: bool,
         subscription_ttl_ms: int,
         clock: Callable[[], float | int] | None = None,
-    ) -> MeteringCore: ...
+    ) -> Self: ...
     def _install_hooks(self, resolve_policy: Callable[..., Any], raise_alarm: Callable[..., Any]) -> None:
         """Install the plan resolver and the alarm dispatcher (once)."""
     @property
@@ -121,7 +121,7 @@ class MeteringCore:
     def get_remaining_usage(self, actor: Actor) -> int:
         """Allowance left this month plus purchased credit left, in µ¢."""
     def get_allowed_usage(self, actor: Actor) -> dict[str, Any]:
-        """``{"remaining", "monthly_allowance", "addons": {"purchased_credits", "consumed_purchase_credits"}}``."""
+        """``{"remaining", "monthly_allowance", "addons": {...}}`` in µ¢; addons are purchased and consumed credit."""
     def get_actor_budget(self, actor: Actor) -> dict[str, int]:
         """This month's pools: allowance used, purchased credit, overage and what remains, in µ¢."""
     def get_actor_addons(self, actor: Actor) -> dict[str, int]:

@@ -22,7 +22,7 @@ def to_microcents(dollars: str | Decimal | int) -> int:
             "pass a str or decimal.Decimal (e.g. '0.04') so the amount stays exact"
         )
     if isinstance(dollars, int):
-        return dollars * MICROCENTS_PER_DOLLAR
+        return int(dollars) * MICROCENTS_PER_DOLLAR
     if isinstance(dollars, str):
         try:
             dollars = Decimal(dollars.strip())
@@ -37,6 +37,7 @@ def to_microcents(dollars: str | Decimal | int) -> int:
     assert isinstance(exponent, int)
     coefficient = int("".join(map(str, digits)) or "0")
     scaled_exponent = exponent + 8  # $1 = 10^8 µ¢
+    microcents: int
     if scaled_exponent >= 0:
         microcents = coefficient * 10**scaled_exponent
     else:
