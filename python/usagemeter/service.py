@@ -48,6 +48,8 @@ class MeteringService(MeteringCore):
     """
 
     events: EventBus
+    """The events of this service: ``events.on(name, listener)``, ``events.off(name, listener)``."""
+    _policies: tuple[Policy, ...]
 
     def __new__(
         cls,
@@ -58,7 +60,7 @@ class MeteringService(MeteringCore):
         subscription_ttl: float = 60.0,
         clock: Clock | None = None,
     ) -> MeteringService:
-        """Validate the options and build the native ledger."""
+        """Validate the options, build the native ledger and connect it to the events."""
         if cost_map is None:
             cost_map = CostMap.default()
         elif not isinstance(cost_map, CostMap):
@@ -71,28 +73,20 @@ class MeteringService(MeteringCore):
             raise ValueError(f"subscription_ttl must be >= 0 seconds, got {subscription_ttl}")
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning epoch seconds")
-        ttl_ms = round(subscription_ttl * 1000)
-        return super().__new__(cls, cost_map, unmapped == "free", ttl_ms, clock)
-
-    def __init__(
-        self,
-        cost_map: CostMap | None = None,
-        *,
-        policies: Iterable[Policy] = (),
-        unmapped: Literal["error", "free"] = "error",
-        subscription_ttl: float = 60.0,
-        clock: Clock | None = None,
-    ) -> None:
-        """Set up the events and connect plan resolution and alarms to the native ledger."""
-        self.events = EventBus()
-        self._policies = tuple(policies)
-        for policy in self._policies:
+        policies = tuple(policies)
+        for policy in policies:
             if not isinstance(policy, Policy):
                 raise TypeError(f"policies must be Policy objects, not {type(policy).__name__}")
+        ttl_ms = round(subscription_ttl * 1000)
+        self = super().__new__(cls, cost_map, unmapped == "free", ttl_ms, clock)
+        # Set up here rather than in __init__, so the options are declared once.
+        self.events = EventBus()
+        self._policies = policies
         # Weak references: the native ledger keeps these callables, and a strong reference back
         # to the service would be a cycle through a native object that the GC cannot see.
         this = weakref.ref(self)
         self._install_hooks(_call_weak(this, "_resolve_policy"), _call_weak(this, "_raise_alarm"))
+        return self
 
     def _resolve_policy(self, actor: Actor) -> Policy:
         """Decide an actor's plan through the three subscription events."""
