@@ -13,8 +13,6 @@ pub enum LedgerError {
     InvalidInput(String),
     /// A total would leave the ledger's range; nothing was recorded.
     Overflow(String),
-    /// The user's plan is not cached (or expired): resolve it, `set_plan`, and call again.
-    PlanNeeded,
     CostMap(CostMapError),
 }
 
@@ -30,7 +28,6 @@ impl fmt::Display for LedgerError {
             LedgerError::InvalidInput(message) | LedgerError::Overflow(message) => {
                 f.write_str(message)
             }
-            LedgerError::PlanNeeded => f.write_str("the user's plan must be resolved first"),
             LedgerError::CostMap(error) => error.fmt(f),
         }
     }

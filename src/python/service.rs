@@ -164,19 +164,28 @@ impl MeteringCore {
             .ok_or_else(|| PyRuntimeError::new_err("MeteringCore is used through MeteringService"))
     }
 
-    /// The user's plan: from the cache, or resolved through the events (no lock held).
-    fn plan(
+    /// Reads the user's cached plan if it has not expired.
+    fn cached_plan<T>(
+        &self,
+        user_id: &str,
+        now_ms: i64,
+        read: impl FnOnce(&CachedPlan) -> T,
+    ) -> Option<T> {
+        let plans = self.plans.pin();
+        plans
+            .get(user_id)
+            .filter(|plan| plan.expires_at_ms > now_ms)
+            .map(read)
+    }
+
+    /// Resolves the user's plan through the events (no lock held) and caches it.
+    fn resolve_plan(
         &self,
         py: Python<'_>,
         actor_obj: &Bound<'_, PyAny>,
         actor: &PyActor,
         now_ms: i64,
     ) -> PyResult<(Money, Py<PyAny>)> {
-        if let Some(plan) = self.plans.pin().get(actor.user_id.as_str()) {
-            if plan.expires_at_ms > now_ms {
-                return Ok((plan.allowance, plan.policy.clone_ref(py)));
-            }
-        }
         let policy = self.hooks()?.resolve_policy.call1(py, (actor_obj,))?;
         let allowance = policy.getattr(py, "monthly_allowance")?;
         let allowance = convert::microcents(allowance.bind(py), "monthly_allowance")?;
@@ -192,6 +201,23 @@ impl MeteringCore {
         Ok((allowance, policy))
     }
 
+    /// The user's plan (its `Policy`), cached or resolved.
+    fn policy(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        now_ms: i64,
+    ) -> PyResult<Py<PyAny>> {
+        match self.cached_plan(&actor.user_id, now_ms, |plan| plan.policy.clone_ref(py)) {
+            Some(policy) => Ok(policy),
+            None => self
+                .resolve_plan(py, actor_obj, actor, now_ms)
+                .map(|(_, policy)| policy),
+        }
+    }
+
+    /// The user's monthly allowance, cached or resolved. The hot path: one lock-free lookup.
     fn allowance(
         &self,
         py: Python<'_>,
@@ -199,13 +225,12 @@ impl MeteringCore {
         actor: &PyActor,
         now_ms: i64,
     ) -> PyResult<Money> {
-        if let Some(plan) = self.plans.pin().get(actor.user_id.as_str()) {
-            if plan.expires_at_ms > now_ms {
-                return Ok(plan.allowance);
-            }
+        match self.cached_plan(&actor.user_id, now_ms, |plan| plan.allowance) {
+            Some(allowance) => Ok(allowance),
+            None => self
+                .resolve_plan(py, actor_obj, actor, now_ms)
+                .map(|(allowance, _)| allowance),
         }
-        self.plan(py, actor_obj, actor, now_ms)
-            .map(|(allowance, _)| allowance)
     }
 
     /// Records items for a (non-system) actor, then raises the alarms the receipt calls for.
@@ -731,8 +756,7 @@ impl MeteringCore {
     ) -> PyResult<Py<PyAny>> {
         let actor_ref = as_actor(actor)?;
         let now_ms = self.now_ms(py)?;
-        self.plan(py, actor, actor_ref, now_ms)
-            .map(|(_, policy)| policy)
+        self.policy(py, actor, actor_ref, now_ms)
     }
 
     /// Forgets the cached plan of a user, so the next call resolves it again.
