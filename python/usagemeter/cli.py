@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import logging
 import os
 import random
 import sys
@@ -19,12 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, Inexact, localcontext
 from typing import Protocol, TextIO
 
 from usagemeter import (
     ALARM,
     GET_USER_SUBSCRIPTION,
+    MICROCENTS_PER_DOLLAR,
     REGISTER_AVAILABLE_POLICIES,
     Actor,
     AlarmEvent,
@@ -37,9 +39,7 @@ from usagemeter import (
     to_microcents,
 )
 
-__all__ = ["build_parser", "format_dollars", "main"]
-
-MICROCENTS_PER_DOLLAR = 100_000_000
+__all__ = ["build_parser", "format_dollars", "main", "run_costmap_check", "run_costmap_show", "run_demo"]
 
 
 def format_dollars(microcents: int) -> str:
@@ -50,6 +50,14 @@ def format_dollars(microcents: int) -> str:
     sign = "-" if microcents < 0 else ""
     dollars, rest = divmod(abs(microcents), MICROCENTS_PER_DOLLAR)
     return f"{sign}${dollars:,}.{rest:08d}"
+
+
+def _count(number: int, noun: str) -> str:
+    """``_count(1, "entry")`` -> ``"1 entry"``, ``_count(1105, "entry")`` -> ``"1,105 entries"``."""
+    if number == 1:
+        return f"1 {noun}"
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{number:,} {plural}"
 
 
 def _plain_decimal(value: Decimal) -> str:
@@ -86,8 +94,8 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: S
 # A plan small enough that its actors run dry after a few requests. It reaches the service the way
 # a real server's plans do: registered and selected through the metering events.
 DEMO_TINY_PLAN = Policy("demo-tiny", 2_000_000)  # $0.02 a month
-TOP_UP = to_microcents("1")  # what a buyer purchases when a request is refused
-MAX_TOP_UPS = 5  # purchases per buyer, so hot buyers eventually run dry too
+TOP_UP = to_microcents("5")  # what a buyer purchases when a request is refused
+MAX_TOP_UPS = 10  # purchases per buyer, so hot buyers eventually run dry too
 ZIPF_EXPONENT = 1.0  # actor popularity ~ 1 / rank**s: a few actors send most of the traffic
 
 
@@ -187,26 +195,31 @@ class _Population:
 
 
 def _make_population(actor_count: int, rng: random.Random) -> _Population:
-    """Creates ``actor_count`` actors: ~35% with an app id, ~35% with an email, the rest anonymous."""
+    """Creates ``actor_count`` actors: ~35% with an app id, ~35% with an email, the rest anonymous.
+
+    Purchases follow popularity as on a real service: the busiest 1% of actors and 2% of the
+    others buy credit when refused; 5% of the others are on the tiny plan.
+    """
     actors: list[Actor] = []
-    tiny_plan_users: set[str] = set()
-    buyers: set[str] = set()
     for index in range(actor_count):
         user_id = f"user-{index:05d}"
         app_id = f"app-{rng.randrange(8)}" if rng.random() < 0.35 else None
         email = f"{user_id}@example.com" if rng.random() < 0.35 else None
         actors.append(Actor(user_id, app_id, email=email))
-        draw = rng.random()
-        if draw < 0.05:
-            tiny_plan_users.add(user_id)
-        elif draw < 0.08:
-            buyers.add(user_id)
-    rng.shuffle(actors)  # popularity rank is independent of the attributes
+    rng.shuffle(actors)  # popularity rank is independent of the user id and attributes
+    busiest = max(1, actor_count // 100)
+    tiny_plan_users: set[str] = set()
+    buyers: set[str] = set()
     cumulative: list[float] = []
     total = 0.0
-    for rank in range(1, actor_count + 1):
+    for rank, actor in enumerate(actors, start=1):
         total += 1.0 / rank**ZIPF_EXPONENT
         cumulative.append(total)
+        draw = rng.random()
+        if rank <= busiest or 0.05 <= draw < 0.07:
+            buyers.add(actor.user_id)
+        elif draw < 0.05:
+            tiny_plan_users.add(actor.user_id)
     return _Population(actors, cumulative, frozenset(tiny_plan_users), frozenset(buyers))
 
 
@@ -279,17 +292,21 @@ def _serve_requests(
     actors = rng.choices(population.actors, cum_weights=population.cumulative_weights, k=request_count)
     weights = [weight for weight, _ in REQUEST_MIX]
     requests = rng.choices([request for _, request in REQUEST_MIX], weights=weights, k=request_count)
-    for index, (actor, request) in enumerate(zip(actors, requests, strict=True)):
-        if index % 1024 == 0 and stop.is_set():
-            return
-        booked = request.serve(service, actor, rng)
-        if booked:
-            stats.served += 1
-            stats.increments += booked
-        else:
-            stats.refused += 1
-            stats.refused_users.add(actor.user_id)
-            shop.offer(actor.user_id)
+    try:
+        for index, (actor, request) in enumerate(zip(actors, requests, strict=True)):
+            if index % 1024 == 0 and stop.is_set():
+                return
+            booked = request.serve(service, actor, rng)
+            if booked:
+                stats.served += 1
+                stats.increments += booked
+            else:
+                stats.refused += 1
+                stats.refused_users.add(actor.user_id)
+                shop.offer(actor.user_id)
+    except BaseException:
+        stop.set()  # one worker failed: the others stop too, and the error is re-raised in main
+        raise
 
 
 class _Progress:
@@ -334,16 +351,20 @@ def _ledger_check(service: MeteringService, cost_map: CostMap, increments: int) 
     global_usage = service.get_global_usage()
     exact_total = Decimal(0)
     counted = 0
-    for usage_type, record in global_usage.items():
-        if usage_type == "total" or isinstance(record, int):
-            continue
-        exact_cost = record["units"] * cost_map[usage_type]
-        exact_total += exact_cost
-        counted += record["count"]
-        if record["cost"] != _round_half_up(exact_cost):
-            problems.append(f"{usage_type}: ledger cost {record['cost']} µ¢, units x price {exact_cost} µ¢")
-    if global_usage["total"] != _round_half_up(exact_total):
-        problems.append(f"global total {global_usage['total']} µ¢, units x price {exact_total} µ¢")
+    # Enough digits for any µ¢ total, and Inexact trapped: this arithmetic must be exact too.
+    with localcontext(prec=100) as context:
+        context.traps[Inexact] = True
+        for usage_type, record in global_usage.items():
+            if usage_type == "total" or isinstance(record, int):
+                continue
+            exact_cost = record["units"] * cost_map[usage_type]
+            exact_total += exact_cost
+            counted += record["count"]
+            if record["cost"] != _round_half_up(exact_cost):
+                ledger_cost = record["cost"]
+                problems.append(f"{usage_type}: ledger cost {ledger_cost} µ¢, units x price {exact_cost} µ¢")
+        if global_usage["total"] != _round_half_up(exact_total):
+            problems.append(f"global total {global_usage['total']} µ¢, units x price {exact_total} µ¢")
     if counted != increments:
         problems.append(f"ledger counts {counted:,} increments, the workers made {increments:,}")
     return problems
@@ -366,8 +387,8 @@ def _print_usage_types(service: MeteringService, limit: int) -> None:
     _print_table(["usage type", "units", "increments", "cost"], rows, [False, True, True, True])
 
 
-def _print_top_actors(service: MeteringService, actors: Sequence[Actor], limit: int) -> int:
-    """Prints the ``limit`` actors who spent the most; returns the sum of all actors' totals."""
+def _print_top_actors(service: MeteringService, actors: Sequence[Actor], limit: int) -> None:
+    """Prints the ``limit`` actors who spent the most this month, with what they have left."""
     spending = [
         (service.get_actor_current_month_usage_details(actor)["usage"]["total"], actor) for actor in actors
     ]
@@ -392,7 +413,6 @@ def _print_top_actors(service: MeteringService, actors: Sequence[Actor], limit: 
         rows,
         [False, False, True, True, True, True],
     )
-    return sum(spent for spent, _ in spending)
 
 
 def run_demo(actor_count: int, thread_count: int, request_count: int, seed: int) -> int:
@@ -400,6 +420,9 @@ def run_demo(actor_count: int, thread_count: int, request_count: int, seed: int)
 
     Returns the exit code: 0, or 1 if the ledger disagrees with the recomputation.
     """
+    # The service logs every alarm as a warning; the demo counts them and prints a summary
+    # instead of thousands of lines. Errors (a listener that raised) still show.
+    logging.getLogger("usagemeter").setLevel(logging.ERROR)
     cost_map = CostMap.default()
     service = MeteringService(cost_map)
     population = _make_population(actor_count, random.Random(seed))
@@ -449,13 +472,13 @@ def run_demo(actor_count: int, thread_count: int, request_count: int, seed: int)
             raise
         for future in futures:
             future.result()  # re-raises a worker's exception
-    elapsed = time.perf_counter() - started
+    elapsed = max(time.perf_counter() - started, 1e-9)
     progress.show(stats, final=True)
 
     served = sum(worker.served for worker in stats)
     refused = sum(worker.refused for worker in stats)
     increments = sum(worker.increments for worker in stats)
-    refused_users = set().union(*(worker.refused_users for worker in stats))
+    refused_users = set[str]().union(*(worker.refused_users for worker in stats))
     purchases, buyers = shop.sales()
     print(f"\nrequests: {served + refused:,} ({served:,} served, {refused:,} refused) in {elapsed:.2f} s")
     print(
@@ -470,7 +493,7 @@ def run_demo(actor_count: int, thread_count: int, request_count: int, seed: int)
     print(f"alarms: {alarm_text or 'none'}")
 
     _print_usage_types(service, limit=10)
-    actors_total = _print_top_actors(service, population.actors, limit=10)
+    _print_top_actors(service, population.actors, limit=10)
 
     global_total = service.get_global_usage()["total"]
     print(f"\nglobal total: {format_dollars(global_total)} ({global_total:,} µ¢)")
@@ -480,9 +503,8 @@ def run_demo(actor_count: int, thread_count: int, request_count: int, seed: int)
             print(f"ledger check FAILED: {problem}", file=sys.stderr)
         return 1
     print(
-        f"ledger check: {increments:,} increments all counted; every cost equals units x price "
-        f"recomputed with Decimal, to the µ¢ (sum of actor totals {format_dollars(actors_total)}, "
-        "each rounded to whole µ¢)"
+        f"ledger check: all {increments:,} increments counted; every cost and the global total equal "
+        "units x price recomputed with Decimal, to the µ¢"
     )
     return 0
 
@@ -506,12 +528,12 @@ def run_costmap_check(paths: Sequence[str]) -> int:
         print(f"usagemeter costmap check: {error}", file=sys.stderr)
         return 1
     for path, count in zip(paths, counts, strict=True):
-        print(f"{path}: {count:,} entries")
-    files = "file" if len(paths) == 1 else "files"
-    print(f"ok: {len(combined):,} entries in {len(paths)} {files}")
+        print(f"{path}: {_count(count, 'entry')}")
+    print(f"ok: {_count(len(combined), 'entry')} in {_count(len(paths), 'file')}")
     rounded = combined.rounded_prices()
     if rounded:
-        print(f"{len(rounded)} prices had more than 12 fractional digits and were rounded half-even at load:")
+        prices = _count(len(rounded), "price")
+        print(f"{prices} with more than 12 fractional digits, rounded half-even at load:")
         for usage_type, source, original_text, rounded_price in rounded:
             print(f"  {usage_type} ({source}): {original_text} -> {_plain_decimal(rounded_price)} µ¢/unit")
     return 0
@@ -525,7 +547,7 @@ def run_costmap_show(prefix: str) -> int:
         rows = [[key, _plain_decimal(price), cost_map.source_of(key)] for key, price in entries]
         _print_table(["usage type", "µ¢/unit", "source"], rows, [False, True, False])
     matching = f" matching {prefix!r}" if prefix else ""
-    print(f"{len(entries):,} of {len(cost_map):,} entries{matching}")
+    print(f"{len(entries):,} of {_count(len(cost_map), 'entry')}{matching}")
     return 0
 
 
@@ -591,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the ``usagemeter`` command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    """Runs the ``usagemeter`` command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":

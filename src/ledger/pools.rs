@@ -87,6 +87,54 @@ pub fn overuse_multiple_crossed(before: Money, after: Money, allowance: Money) -
     (reached >= 2 && reached > multiple(before)).then_some(reached)
 }
 
+/// A month's budget in whole microcents, rounded so that the documented identities hold on the
+/// reported integers themselves:
+/// `allowance_used + consumed_this_month + overage == round(month total)` and
+/// `remaining == max(0, allowance - allowance_used) + (purchased - consumed)`.
+///
+/// Rounding each figure on its own (half up) would break them by 1 µ¢ when prices have
+/// fractions: 0.5 + 0.5 is 1, but round(0.5) + round(0.5) is 2. So the month's pools are rounded
+/// as running sums (allowance, allowance + purchased, total) and reported as differences, and
+/// `remaining` is computed from the rounded figures. Decisions (`try_increment_usage`, the
+/// credit checks) never use these: they compare exact values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundedBudget {
+    pub allowance: i128,
+    pub allowance_used: i128,
+    pub consumed_this_month: i128,
+    pub overage: i128,
+    pub purchased: i128,
+    pub consumed: i128,
+    pub remaining: i128,
+}
+
+impl RoundedBudget {
+    pub fn of(allowance: Money, pools: &MonthPools, credit: &Credit) -> RoundedBudget {
+        let allowance_used = pools.allowance_used.to_microcents_half_up();
+        let through_purchased = pools
+            .allowance_used
+            .plus(pools.purchased_consumed)
+            .to_microcents_half_up();
+        let total = pools
+            .allowance_used
+            .plus(pools.purchased_consumed)
+            .plus(pools.overage)
+            .to_microcents_half_up();
+        let allowance = allowance.to_microcents_half_up();
+        let purchased = credit.purchased.to_microcents_half_up();
+        let consumed = credit.consumed.to_microcents_half_up();
+        RoundedBudget {
+            allowance,
+            allowance_used,
+            consumed_this_month: through_purchased - allowance_used,
+            overage: total - through_purchased,
+            purchased,
+            consumed,
+            remaining: (allowance - allowance_used).max(0) + (purchased - consumed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +208,41 @@ mod tests {
         );
         assert_eq!(pools, MonthPools::default());
         assert_eq!(credit.consumed, m(0));
+    }
+
+    #[test]
+    fn rounded_figures_keep_the_identities() {
+        let half = Money::from_attocents(500_000_000_000).unwrap();
+        let pools = MonthPools {
+            allowance_used: Money::ZERO,
+            purchased_consumed: half,
+            overage: half,
+        };
+        let credit = Credit {
+            purchased: m(10),
+            consumed: half,
+        };
+        let rounded = RoundedBudget::of(Money::ZERO, &pools, &credit);
+        assert_eq!(
+            rounded.allowance_used + rounded.consumed_this_month + rounded.overage,
+            1
+        );
+        assert_eq!(rounded.remaining, rounded.purchased - rounded.consumed);
+        let pools = MonthPools {
+            allowance_used: half,
+            purchased_consumed: half,
+            overage: half,
+        };
+        let rounded = RoundedBudget::of(m(3), &pools, &credit);
+        assert_eq!(
+            (
+                rounded.allowance_used,
+                rounded.consumed_this_month,
+                rounded.overage
+            ),
+            (1, 0, 1)
+        );
+        assert_eq!(rounded.remaining, (3 - 1) + (10 - 1));
     }
 
     #[test]

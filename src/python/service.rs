@@ -17,6 +17,7 @@ use super::convert::{self, money_to_int};
 use super::costmap::PyCostMap;
 use super::errors::ledger_error;
 use crate::ledger::month::MonthId;
+use crate::ledger::pools::RoundedBudget;
 use crate::ledger::record::UsageReport;
 use crate::ledger::{Booking, Budget, ChargeMode, Ledger, Receipt, Unmapped, UsageItem};
 use crate::money::Money;
@@ -86,16 +87,10 @@ fn totals_dict<'py>(py: Python<'py>, total: Money, count: u128) -> PyResult<Boun
     Ok(dict)
 }
 
-fn addons_dict<'py>(py: Python<'py>, budget: &Budget) -> PyResult<Bound<'py, PyDict>> {
+fn addons_dict<'py>(py: Python<'py>, budget: &RoundedBudget) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    dict.set_item(
-        "purchased_credits",
-        money_to_int(py, budget.credit.purchased),
-    )?;
-    dict.set_item(
-        "consumed_purchase_credits",
-        money_to_int(py, budget.credit.consumed),
-    )?;
+    dict.set_item("purchased_credits", budget.purchased)?;
+    dict.set_item("consumed_purchase_credits", budget.consumed)?;
     Ok(dict)
 }
 
@@ -318,6 +313,20 @@ impl MeteringCore {
         Ok(self
             .ledger
             .budget(&actor.user_id, MonthId::from_epoch_ms(now_ms), allowance))
+    }
+
+    /// The budget in whole µ¢, for reports (see `RoundedBudget`).
+    fn rounded_budget(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+    ) -> PyResult<RoundedBudget> {
+        let budget = self.budget(py, actor_obj)?;
+        Ok(RoundedBudget::of(
+            budget.allowance,
+            &budget.pools,
+            &budget.credit,
+        ))
     }
 
     fn one_usage(
@@ -582,7 +591,10 @@ impl MeteringCore {
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyInt>> {
-        Ok(money_to_int(py, self.budget(py, actor)?.remaining))
+        Ok(self
+            .rounded_budget(py, actor)?
+            .remaining
+            .into_pyobject(py)?)
     }
 
     /// `{"remaining", "monthly_allowance", "addons": {"purchased_credits", "consumed_purchase_credits"}}`.
@@ -591,10 +603,10 @@ impl MeteringCore {
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let budget = self.budget(py, actor)?;
+        let budget = self.rounded_budget(py, actor)?;
         let dict = PyDict::new(py);
-        dict.set_item("remaining", money_to_int(py, budget.remaining))?;
-        dict.set_item("monthly_allowance", money_to_int(py, budget.allowance))?;
+        dict.set_item("remaining", budget.remaining)?;
+        dict.set_item("monthly_allowance", budget.allowance)?;
         dict.set_item("addons", addons_dict(py, &budget)?)?;
         Ok(dict)
     }
@@ -605,27 +617,15 @@ impl MeteringCore {
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let budget = self.budget(py, actor)?;
+        let budget = self.rounded_budget(py, actor)?;
         let dict = PyDict::new(py);
-        dict.set_item("monthly_allowance", money_to_int(py, budget.allowance))?;
-        dict.set_item(
-            "allowance_used",
-            money_to_int(py, budget.pools.allowance_used),
-        )?;
-        dict.set_item(
-            "purchased_credits",
-            money_to_int(py, budget.credit.purchased),
-        )?;
-        dict.set_item(
-            "consumed_purchase_credits",
-            money_to_int(py, budget.credit.consumed),
-        )?;
-        dict.set_item(
-            "consumed_this_month",
-            money_to_int(py, budget.pools.purchased_consumed),
-        )?;
-        dict.set_item("overage", money_to_int(py, budget.pools.overage))?;
-        dict.set_item("remaining", money_to_int(py, budget.remaining))?;
+        dict.set_item("monthly_allowance", budget.allowance)?;
+        dict.set_item("allowance_used", budget.allowance_used)?;
+        dict.set_item("purchased_credits", budget.purchased)?;
+        dict.set_item("consumed_purchase_credits", budget.consumed)?;
+        dict.set_item("consumed_this_month", budget.consumed_this_month)?;
+        dict.set_item("overage", budget.overage)?;
+        dict.set_item("remaining", budget.remaining)?;
         Ok(dict)
     }
 
@@ -636,11 +636,14 @@ impl MeteringCore {
         actor: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let actor = as_actor(actor)?;
-        let budget = if actor.is_system {
-            Budget::default()
-        } else {
-            self.ledger
-                .budget(&actor.user_id, self.month_now(py)?, Money::ZERO)
+        let budget = match actor.is_system {
+            true => RoundedBudget::default(),
+            false => {
+                let budget = self
+                    .ledger
+                    .budget(&actor.user_id, self.month_now(py)?, Money::ZERO);
+                RoundedBudget::of(Money::ZERO, &budget.pools, &budget.credit)
+            }
         };
         addons_dict(py, &budget)
     }
