@@ -12,10 +12,15 @@ pub const ATTOCENTS_PER_MICROCENT: i128 = 1_000_000_000_000;
 /// Fractional digits of a microcent that are kept exactly.
 pub const FRACTION_DIGITS: u32 = 12;
 
-/// Largest magnitude any stored amount may have: 10^36 attocents = 10^24 µ¢ (10^16 dollars).
+/// Largest magnitude of any per-actor amount: a price, a cost override, purchased credit, and
+/// every total of an actor's or app's month: 10^30 attocents = 10^18 µ¢ (ten billion dollars).
+pub const MAX_RECORD_ATTOCENTS: i128 = 1_000_000_000_000_000_000_000_000_000_000;
+
+/// Largest magnitude of any amount at all (the global aggregate's stripes): 10^36 attocents.
 ///
-/// Kept well below `i128::MAX` (~1.7 * 10^38) so that summing the per-thread stripes of an
-/// aggregate (at most 64 of them) can never overflow when it is read.
+/// A million times the per-actor limit, so a global stripe can only fill up after a million
+/// actors at their own limit; and well below `i128::MAX` (~1.7 * 10^38), so summing the
+/// per-thread stripes (at most 64) can never overflow when a report is read.
 pub const MAX_ABS_ATTOCENTS: i128 = 1_000_000_000_000_000_000_000_000_000_000_000_000;
 
 /// An exact amount of money in attocents (signed: manual adjustments may be negative).
@@ -88,6 +93,11 @@ impl Money {
         self.0 < 0
     }
 
+    /// Whether the amount fits a per-actor record (see `MAX_RECORD_ATTOCENTS`).
+    pub fn fits_record(self) -> bool {
+        self.0.abs() <= MAX_RECORD_ATTOCENTS
+    }
+
     /// Exact decimal text in microcents, without trailing zeros (`31.25`, `0.011175870895`).
     pub fn to_microcent_string(self) -> String {
         let sign = if self.0 < 0 { "-" } else { "" };
@@ -143,7 +153,7 @@ impl fmt::Display for DecimalError {
         f.write_str(match self {
             DecimalError::NotANumber => "is not a decimal number",
             DecimalError::Negative => "is negative",
-            DecimalError::TooLarge => "is larger than the ledger's range (10^24 µ¢)",
+            DecimalError::TooLarge => "is larger than the ledger's range (10^18 µ¢)",
         })
     }
 }
@@ -162,30 +172,36 @@ pub fn parse_microcents(text: &str) -> Result<ParsedMicrocents, DecimalError> {
     let (negative, digits, exponent) = split_decimal(text).ok_or(DecimalError::NotANumber)?;
     // value = digits * 10^exponent µ¢ = digits * 10^(exponent + 12) attocents.
     let shift = exponent + i64::from(FRACTION_DIGITS);
-    let (kept, dropped): (String, &str) = if shift >= 0 {
+    let (kept, dropped): (String, String) = if shift >= 0 {
         let zeros = usize::try_from(shift).map_err(|_| DecimalError::TooLarge)?;
         if digits.len() + zeros > 40 {
             return Err(DecimalError::TooLarge);
         }
-        (format!("{digits}{}", "0".repeat(zeros)), "")
+        (format!("{digits}{}", "0".repeat(zeros)), String::new())
     } else {
         let cut = usize::try_from(-shift).unwrap_or(usize::MAX);
         if cut >= digits.len() {
-            (String::from("0"), &digits)
+            // Every significant digit is dropped; the zeros between the point where the value is
+            // cut and the first significant digit are dropped too, and decide the rounding
+            // ("06" is below one half, "6" alone would not be). More zeros than 40 change nothing.
+            let zeros = (cut - digits.len()).min(40);
+            (String::from("0"), format!("{}{digits}", "0".repeat(zeros)))
         } else {
             let split = digits.len() - cut;
-            (digits[..split].to_string(), &digits[split..])
+            (digits[..split].to_string(), digits[split..].to_string())
         }
     };
     let mut attocents: i128 = kept.parse().map_err(|_| DecimalError::TooLarge)?;
     let rounded = dropped.bytes().any(|b| b != b'0');
-    if rounds_up_half_even(attocents, dropped) {
+    if rounds_up_half_even(attocents, &dropped) {
         attocents += 1;
     }
     if negative && attocents != 0 {
         return Err(DecimalError::Negative);
     }
-    let money = Money::from_attocents(attocents).ok_or(DecimalError::TooLarge)?;
+    let money = Money::from_attocents(attocents)
+        .filter(|money| money.fits_record())
+        .ok_or(DecimalError::TooLarge)?;
     Ok(ParsedMicrocents { money, rounded })
 }
 
@@ -285,6 +301,13 @@ mod tests {
         assert_eq!(parse("0.00000000000050001").money.attocents(), 1);
         assert_eq!(parse("1e-13").money.attocents(), 0);
         assert!(parse("1e-13").rounded);
+        // far below the last kept digit: the zeros in between count
+        assert_eq!(parse("0.00000000000006").money.attocents(), 0);
+        assert_eq!(parse("6e-14").money.attocents(), 0);
+        assert_eq!(parse("0.0000000000000009").money.attocents(), 0);
+        assert_eq!(parse("6e-13").money.attocents(), 1);
+        assert_eq!(parse("5e-13").money.attocents(), 0);
+        assert_eq!(parse("5.1e-13").money.attocents(), 1);
     }
 
     #[test]
@@ -300,9 +323,13 @@ mod tests {
         }
         assert_eq!(parse_microcents("-1"), Err(DecimalError::Negative));
         assert_eq!(parse_microcents("-0.5"), Err(DecimalError::Negative));
-        assert_eq!(parse_microcents("1e25"), Err(DecimalError::TooLarge));
+        assert_eq!(parse_microcents("1e19"), Err(DecimalError::TooLarge));
+        assert_eq!(
+            parse_microcents("1000000000000000000.000000000001"),
+            Err(DecimalError::TooLarge)
+        );
         assert_eq!(parse_microcents("1e999999"), Err(DecimalError::TooLarge));
-        assert!(parse_microcents("1e24").is_ok());
+        assert!(parse_microcents("1e18").is_ok());
     }
 
     #[test]
@@ -327,8 +354,9 @@ mod tests {
             many = many.plus(egress.cost_of(1).unwrap());
         }
         assert_eq!(one_call, many);
-        let huge = Price::from_money(parse("1e24").money).unwrap();
-        assert_eq!(huge.cost_of(2), None);
+        let huge = Price::from_money(parse("1e18").money).unwrap();
+        assert!(huge.cost_of(2).is_some_and(|cost| !cost.fits_record()));
+        assert_eq!(huge.cost_of(u64::MAX), None);
         assert_eq!(
             Money::from_attocents(MAX_ABS_ATTOCENTS)
                 .unwrap()

@@ -121,7 +121,7 @@ class MeteringCore:
     def get_remaining_usage(self, actor: Actor) -> int:
         """Allowance left this month plus purchased credit left, in µ¢."""
     def get_allowed_usage(self, actor: Actor) -> dict[str, Any]:
-        """``{"remaining", "monthly_allowance", "addons": {...}}`` in µ¢; addons are purchased and consumed credit."""
+        """``{"remaining", "monthly_allowance", "addons": {...}}`` in µ¢ (addons: purchased, consumed)."""
     def get_actor_budget(self, actor: Actor) -> dict[str, int]:
         """This month's pools: allowance used, purchased credit, overage and what remains, in µ¢."""
     def get_actor_addons(self, actor: Actor) -> dict[str, int]:

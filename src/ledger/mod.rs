@@ -28,7 +28,9 @@ use crate::money::Money;
 use global::StripedAggregate;
 use month::MonthId;
 use pools::{Credit, MonthPools, Split};
-use record::{fold_deltas, Delta, FastMap, TypeId, UsageRecord, UsageReport};
+use record::{
+    fold_deltas, Delta, FastMap, TypeId, UsageRecord, UsageReport, RECORD_LIMITS, STRIPE_LIMITS,
+};
 use types::TypeRegistry;
 
 /// The usage type under which `set_month_total` books its difference.
@@ -253,6 +255,19 @@ impl Ledger {
             .iter()
             .try_fold(Money::ZERO, |sum, d| sum.checked_add(d.cost));
         let cost = cost.ok_or_else(|| overflow("the cost of the call"))?;
+        current
+            .usage
+            .check(&deltas, &RECORD_LIMITS, "the actor's month")?;
+        // A record that does not exist yet is checked as an empty one: a new app's (or month's)
+        // record starts from the deltas alone.
+        let no_record = UsageRecord::default();
+        let app_record = current.apps.get(booking.app_id).unwrap_or(&no_record);
+        app_record.check(&deltas, &RECORD_LIMITS, "the app's month")?;
+        let mut stripe = self.global.lock_own();
+        let global = stripe.get(&booking.month).unwrap_or(&no_record);
+        global.check(&deltas, &STRIPE_LIMITS, "the global month")?;
+        // Affordability is decided after validation: a call that could never be recorded raises
+        // the same error whether or not the user could afford it.
         if mode == ChargeMode::IfAffordable
             && cost.is_positive()
             && pools::remaining(booking.allowance, &current.pools, &credit) < cost
@@ -263,14 +278,6 @@ impl Ledger {
                 cost,
                 ..Receipt::default()
             });
-        }
-        current.usage.check(&deltas, "the actor's month")?;
-        if let Some(record) = current.apps.get(booking.app_id) {
-            record.check(&deltas, "the app's month")?;
-        }
-        let mut stripe = self.global.lock_own();
-        if let Some(global) = stripe.get(&booking.month) {
-            global.check(&deltas, "the global month")?;
         }
         // Everything is validated: commit. Nothing below can fail.
         let split = pools::split(cost, booking.allowance, &current.pools, &credit);

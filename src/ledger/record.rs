@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::error::{overflow, LedgerResult};
-use crate::money::Money;
+use crate::money::{Money, MAX_ABS_ATTOCENTS, MAX_RECORD_ATTOCENTS};
 
 /// Interned usage type: a cost-map index, or a later id for types the cost map does not price.
 pub type TypeId = u32;
@@ -13,7 +13,8 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// What one usage type has accumulated in one record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsageCounter {
-    pub units: u64,
+    /// Wider than an actor's limit (`u64`) so the global stripes share the type.
+    pub units: u128,
     pub cost: Money,
     pub count: u64,
 }
@@ -60,6 +61,26 @@ pub fn fold_deltas(deltas: &mut Vec<Delta>) -> LedgerResult<()> {
     Ok(())
 }
 
+/// How far a record's figures may go before a charge is refused with an overflow error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub units: u128,
+    pub money: i128,
+}
+
+/// An actor's or app's month: units are `0..=2**64-1` per type, money within 10^18 µ¢.
+pub const RECORD_LIMITS: Limits = Limits {
+    units: u64::MAX as u128,
+    money: MAX_RECORD_ATTOCENTS,
+};
+
+/// One stripe of the global aggregate: so far above any actor's limits that only a million
+/// actors at their limit in one thread could fill it (its sum over <= 64 stripes still fits).
+pub const STRIPE_LIMITS: Limits = Limits {
+    units: 1 << 120,
+    money: MAX_ABS_ATTOCENTS,
+};
+
 /// A total and per-type counters: an actor's month, one of its apps' month, or a global stripe.
 #[derive(Clone, Debug, Default)]
 pub struct UsageRecord {
@@ -69,35 +90,34 @@ pub struct UsageRecord {
 }
 
 impl UsageRecord {
-    /// Fails, changing nothing, if applying `deltas` (one per type) would leave any range.
-    pub fn check(&self, deltas: &[Delta], what: &str) -> LedgerResult<()> {
-        let mut total = self.total;
-        let mut count = self.count;
+    /// Fails, changing nothing, if applying `deltas` (one per type) would leave `limits`.
+    pub fn check(&self, deltas: &[Delta], limits: &Limits, what: &str) -> LedgerResult<()> {
+        let money_fits =
+            |money: Option<Money>| money.filter(|m| m.attocents().abs() <= limits.money);
+        let mut total = Some(self.total);
+        let mut count = Some(self.count);
         for delta in deltas {
             let current = self
                 .by_type
                 .get(&delta.usage_type)
                 .copied()
                 .unwrap_or_default();
-            current
+            let units = current
                 .units
-                .checked_add(delta.units)
-                .ok_or_else(|| overflow(&format!("{what} units")))?;
-            current
-                .cost
-                .checked_add(delta.cost)
+                .checked_add(u128::from(delta.units))
+                .filter(|u| *u <= limits.units);
+            units.ok_or_else(|| overflow(&format!("{what} units")))?;
+            money_fits(current.cost.checked_add(delta.cost))
                 .ok_or_else(|| overflow(&format!("{what} cost")))?;
             current
                 .count
                 .checked_add(delta.count)
                 .ok_or_else(|| overflow(&format!("{what} count")))?;
-            total = total
-                .checked_add(delta.cost)
-                .ok_or_else(|| overflow(&format!("{what} total")))?;
-            count = count
-                .checked_add(delta.count)
-                .ok_or_else(|| overflow(&format!("{what} count")))?;
+            total = money_fits(total.and_then(|t| t.checked_add(delta.cost)));
+            count = count.and_then(|c| c.checked_add(delta.count));
         }
+        total.ok_or_else(|| overflow(&format!("{what} total")))?;
+        count.ok_or_else(|| overflow(&format!("{what} count")))?;
         Ok(())
     }
 
@@ -105,7 +125,7 @@ impl UsageRecord {
     pub fn apply(&mut self, deltas: &[Delta]) {
         for delta in deltas {
             let counter = self.by_type.entry(delta.usage_type).or_default();
-            counter.units += delta.units;
+            counter.units += u128::from(delta.units);
             counter.cost = counter.cost.plus(delta.cost);
             counter.count += delta.count;
             self.total = self.total.plus(delta.cost);
@@ -167,7 +187,7 @@ impl UsageReport {
                 }
             };
             let entry = &mut self.by_type[at].1;
-            entry.units += u128::from(counter.units);
+            entry.units += counter.units;
             entry.cost = Money::from_attocents(entry.cost.attocents() + counter.cost.attocents())
                 .expect("a report sums few enough records to stay in range");
             entry.count += u128::from(counter.count);
@@ -208,12 +228,26 @@ mod tests {
     fn check_refuses_overflow_and_apply_adds() {
         let mut record = UsageRecord::default();
         let big = delta(7, u64::MAX, 1);
-        record.check(&[big], "test").unwrap();
+        record.check(&[big], &RECORD_LIMITS, "test").unwrap();
         record.apply(&[big]);
-        assert!(record.check(&[delta(7, 1, 1)], "test").is_err());
-        assert_eq!(record.counter(7).unwrap().units, u64::MAX);
+        assert!(record
+            .check(&[delta(7, 1, 1)], &RECORD_LIMITS, "test")
+            .is_err());
+        record
+            .check(&[delta(7, 1, 1)], &STRIPE_LIMITS, "test")
+            .unwrap();
+        assert_eq!(record.counter(7).unwrap().units, u128::from(u64::MAX));
         assert_eq!(record.total, Money::from_microcents(1).unwrap());
-        record.check(&[delta(8, 1, 1)], "test").unwrap();
+        record
+            .check(&[delta(8, 1, 1)], &RECORD_LIMITS, "test")
+            .unwrap();
+        let at_limit = Money::from_attocents(MAX_RECORD_ATTOCENTS).unwrap();
+        let costly = Delta {
+            cost: at_limit,
+            ..delta(9, 0, 0)
+        };
+        assert!(record.check(&[costly], &RECORD_LIMITS, "test").is_err());
+        record.check(&[costly], &STRIPE_LIMITS, "test").unwrap();
     }
 
     #[test]

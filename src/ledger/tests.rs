@@ -82,7 +82,7 @@ fn overflow_records_nothing_anywhere() {
     ledger
         .charge(
             &booking("u"),
-            &[item("kv:read", u64::MAX)],
+            &[item("egress", u64::MAX)],
             ChargeMode::Always,
         )
         .unwrap();
@@ -93,10 +93,19 @@ fn overflow_records_nothing_anywhere() {
     );
     let error = ledger.charge(
         &booking("u"),
-        &[item("kv:write", 1), item("kv:read", 1)],
+        &[item("kv:write", 1), item("egress", 1)],
         ChargeMode::Always,
     );
     assert!(matches!(error, Err(LedgerError::Overflow(_))), "{error:?}");
+    let too_costly = ledger.charge(
+        &booking("v"),
+        &[item("kv:read", u64::MAX)],
+        ChargeMode::Always,
+    );
+    assert!(
+        matches!(too_costly, Err(LedgerError::Overflow(_))),
+        "{too_costly:?}"
+    );
     let after = (
         ledger.user_usage("u", OCTOBER),
         ledger.global_usage(OCTOBER),

@@ -52,7 +52,24 @@ pub fn microcents(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Money> {
         .ok()
         .filter(|value| *value >= 0)
         .and_then(Money::from_microcents)
-        .ok_or_else(|| out_of_range(obj, what, "the ledger's range (10**24 µ¢)"))
+        .filter(|money| money.fits_record())
+        .ok_or_else(|| out_of_range(obj, what, "the ledger's range (10**18 µ¢)"))
+}
+
+/// A non-negative amount of microcents asked about (not recorded): `None` when it is beyond
+/// the ledger's range, which no budget can cover.
+pub fn microcents_query(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<Money>> {
+    require_int(obj, what)?;
+    match obj.extract::<i128>().ok() {
+        Some(value) if value < 0 => Err(PyValueError::new_err(format!(
+            "{what} must not be negative, got {obj}"
+        ))),
+        Some(value) => Ok(Money::from_microcents(value)),
+        None if obj.lt(0)? => Err(PyValueError::new_err(format!(
+            "{what} must not be negative, got {obj}"
+        ))),
+        None => Ok(None),
+    }
 }
 
 pub fn optional_microcents(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Money>> {

@@ -16,6 +16,7 @@ use super::actor::{PyActor, OTHER_APPS};
 use super::convert::{self, money_to_int};
 use super::costmap::PyCostMap;
 use super::errors::ledger_error;
+use crate::error::LedgerError;
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::RoundedBudget;
 use crate::ledger::record::UsageReport;
@@ -145,7 +146,13 @@ impl MeteringCore {
         }
         if let Ok(seconds) = now.cast::<PyFloat>() {
             // Time, not money: a float clock is fine. Millisecond resolution is enough for months.
-            return Ok((seconds.value() * 1000.0).floor() as i64);
+            let seconds = seconds.value();
+            if !seconds.is_finite() {
+                return Err(PyValueError::new_err(format!(
+                    "clock() returned {seconds}, not a time"
+                )));
+            }
+            return Ok((seconds * 1000.0).floor() as i64);
         }
         Err(PyTypeError::new_err(format!(
             "clock() must return int or float seconds, not {}",
@@ -327,6 +334,21 @@ impl MeteringCore {
             &budget.pools,
             &budget.credit,
         ))
+    }
+
+    /// Whether the actor can pay `cost` (`None`: a cost beyond the ledger's range).
+    fn affords(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        cost: Option<Money>,
+    ) -> PyResult<bool> {
+        if actor.is_system {
+            return Ok(true);
+        }
+        let Some(cost) = cost else { return Ok(false) };
+        Ok(self.budget(py, actor_obj)?.remaining >= cost)
     }
 
     fn one_usage(
@@ -547,14 +569,13 @@ impl MeteringCore {
         let actor_ref = as_actor(actor)?;
         let usage_type = convert::usage_type(usage_type)?;
         let units = convert::units(amount, "amount")?;
-        let cost = self
-            .ledger
-            .cost_of(usage_type, units)
-            .map_err(ledger_error)?;
-        if actor_ref.is_system {
-            return Ok(true);
-        }
-        Ok(self.budget(py, actor)?.remaining >= cost)
+        let cost = match self.ledger.cost_of(usage_type, units) {
+            Ok(cost) => Some(cost),
+            // A cost beyond the ledger's range is affordable to nobody (but the system actor).
+            Err(LedgerError::Overflow(_)) => None,
+            Err(error) => return Err(ledger_error(error)),
+        };
+        self.affords(py, actor, actor_ref, cost)
     }
 
     /// Whether the user's remaining budget covers `amount` µ¢.
@@ -565,11 +586,8 @@ impl MeteringCore {
         amount: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let actor_ref = as_actor(actor)?;
-        let cost = convert::microcents(amount, "amount")?;
-        if actor_ref.is_system {
-            return Ok(true);
-        }
-        Ok(self.budget(py, actor)?.remaining >= cost)
+        let cost = convert::microcents_query(amount, "amount")?;
+        self.affords(py, actor, actor_ref, cost)
     }
 
     /// Whether the user recorded any usage this month.
@@ -676,7 +694,7 @@ impl MeteringCore {
         let actor_ref = as_actor(actor)?;
         let target = convert::microcents(total, "total")?;
         if actor_ref.is_system {
-            return Err(not_metered());
+            return Ok(money_to_int(py, Money::ZERO));
         }
         let receipt = self.charge(py, actor, actor_ref, &[], ChargeMode::SetTotal(target))?;
         Ok(money_to_int(py, receipt.month_total))
