@@ -6,6 +6,7 @@ pub mod error;
 pub mod ledger;
 pub mod money;
 pub mod python;
+pub mod store;
 
 use pyo3::prelude::*;
 
@@ -21,7 +22,12 @@ mod _core {
     #[pymodule_export]
     use crate::python::costmap::PyCostMap;
     #[pymodule_export]
-    use crate::python::errors::{CostMapError, UnknownUsageType};
+    use crate::python::errors::{
+        CostMapError, StoreClosedError, StoreCorruptedError, StoreError, StoreLockedError,
+        StoreVersionError, StoreWriteError, UnknownUsageType,
+    };
+    #[pymodule_export]
+    use crate::python::persistence::{recover_store, verify_store};
     #[pymodule_export]
     use crate::python::service::MeteringCore;
 

@@ -5,7 +5,19 @@ from a policy plus purchased credits; usage is kept per actor, month, usage type
 ledger is native (Rust): money is fixed-point, never a float, and every charge is atomic.
 """
 
-from usagemeter._core import Actor, CostMap, CostMapError, UnknownUsageType, __version__
+from usagemeter._core import (
+    Actor,
+    CostMap,
+    CostMapError,
+    StoreClosedError,
+    StoreCorruptedError,
+    StoreError,
+    StoreLockedError,
+    StoreVersionError,
+    StoreWriteError,
+    UnknownUsageType,
+    __version__,
+)
 from usagemeter.events import (
     ALARM,
     GET_USER_SUBSCRIPTION,
@@ -42,6 +54,12 @@ __all__ = [
     "OverrideDefaultSubscriptionEvent",
     "Policy",
     "RegisterAvailablePoliciesEvent",
+    "StoreClosedError",
+    "StoreCorruptedError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreVersionError",
+    "StoreWriteError",
     "UnknownUsageType",
     "__version__",
     "to_microcents",

@@ -14,8 +14,16 @@ __all__ = [
     "CostMap",
     "CostMapError",
     "MeteringCore",
+    "StoreClosedError",
+    "StoreCorruptedError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreVersionError",
+    "StoreWriteError",
     "UnknownUsageType",
     "__version__",
+    "recover_store",
+    "verify_store",
 ]
 
 __version__: str
@@ -29,6 +37,30 @@ class CostMapError(ValueError):
 
 class UnknownUsageType(KeyError):
     """A usage type that is not in the cost map was charged without a cost override."""
+
+class StoreError(Exception):
+    """The store could not be opened, read or written."""
+
+class StoreLockedError(StoreError):
+    """Another process or service holds the store; the message names the path."""
+
+class StoreCorruptedError(StoreError):
+    """The store is damaged, truncated or lost data; the message names what failed."""
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer version of usagemeter."""
+
+class StoreWriteError(StoreError):
+    """A snapshot could not be written (disk full, read-only); usage stays in memory and is retried."""
+
+class StoreClosedError(StoreError):
+    """The service was closed."""
+
+def verify_store(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check every record of the store at ``path`` (taking its lock) and describe it."""
+
+def recover_store(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Keep every record of the store at ``path`` whose checksum holds; delete the others."""
 
 @final
 class Actor:
@@ -94,7 +126,25 @@ class MeteringCore:
         unmapped_free: bool,
         subscription_ttl_ms: int,
         clock: Callable[[], float | int] | None = None,
+        store_path: str | os.PathLike[str] | None = None,
+        store_backend: str = "sled",
+        snapshot_interval_ms: int = 1000,
     ) -> Self: ...
+    def flush(self) -> None:
+        """Block until everything recorded before the call is durable; ``StoreWriteError`` on failure."""
+    def close(self) -> None:
+        """Write a last snapshot, stop the snapshot thread, release the store. Idempotent."""
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has completed."""
+    @property
+    def store_path(self) -> str | None:
+        """The store directory, or None for a memory-only service."""
+    @property
+    def store_backend(self) -> str | None:
+        """The store backend (``"sled"`` or ``"redb"``), or None for a memory-only service."""
+    def get_actors_usage(self, month: str | None = None) -> list[tuple[str, int, int]]:
+        """``(user_id, total µ¢, count)`` of every user with usage in ``month``, largest total first."""
     def _install_hooks(self, resolve_policy: Callable[..., Any], raise_alarm: Callable[..., Any]) -> None:
         """Install the plan resolver and the alarm dispatcher (once)."""
     @property

@@ -8,10 +8,14 @@ logging, and ``record_usage_object``.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from usagemeter._core import Actor, CostMap, MeteringCore
 from usagemeter.events import (
@@ -44,6 +48,16 @@ class MeteringService(MeteringCore):
     A user's plan is resolved through the events and cached for ``subscription_ttl`` seconds.
     ``clock`` returns epoch seconds (default: the system clock); months are UTC ``YYYY-MM``.
 
+    ``store`` (a directory) makes the ledger durable: it is loaded (every record verified) when
+    the service opens, and a background thread writes the records changed since the last snapshot
+    every ``snapshot_interval`` seconds, as one atomic batch made durable with fsync.
+    ``store_backend`` is ``"sled"`` (default) or ``"redb"``. Loss bound: a crash loses at most
+    the changes of the last ``snapshot_interval`` plus the snapshot being written; whatever a
+    returned ``flush()`` covered is never lost. ``close()`` (or leaving a ``with`` block, or the
+    interpreter's exit) writes a last snapshot. SIGTERM is the host application's to handle:
+    call ``close()`` from its handler or shutdown hook. With ``store=None`` (the default) the
+    ledger lives in memory only.
+
     Every method is thread-safe. Money crosses the API as ``int`` microcents.
     """
 
@@ -59,8 +73,11 @@ class MeteringService(MeteringCore):
         unmapped: Literal["error", "free"] = "error",
         subscription_ttl: float = 60.0,
         clock: Clock | None = None,
+        store: str | os.PathLike[str] | None = None,
+        store_backend: Literal["sled", "redb"] = "sled",
+        snapshot_interval: float = 1.0,
     ) -> MeteringService:
-        """Validate the options, build the native ledger and connect it to the events."""
+        """Validate the options, open the store if any, and connect the ledger to the events."""
         if cost_map is None:
             cost_map = CostMap.default()
         elif not isinstance(cost_map, CostMap):
@@ -73,12 +90,22 @@ class MeteringService(MeteringCore):
             raise ValueError(f"subscription_ttl must be >= 0 seconds, got {subscription_ttl}")
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning epoch seconds")
+        if isinstance(snapshot_interval, bool) or not isinstance(snapshot_interval, int | float):
+            raise TypeError("snapshot_interval must be a number of seconds")
+        if not snapshot_interval > 0 or snapshot_interval == float("inf"):
+            raise ValueError(f"snapshot_interval must be positive seconds, got {snapshot_interval}")
+        if store_backend not in ("sled", "redb"):
+            raise ValueError(f"store_backend must be 'sled' or 'redb', not {store_backend!r}")
+        store_path = None if store is None else os.fspath(store)
         policies = tuple(policies)
         for policy in policies:
             if not isinstance(policy, Policy):
                 raise TypeError(f"policies must be Policy objects, not {type(policy).__name__}")
         ttl_ms = round(subscription_ttl * 1000)
-        self = super().__new__(cls, cost_map, unmapped == "free", ttl_ms, clock)
+        interval_ms = max(1, round(snapshot_interval * 1000))
+        self = super().__new__(
+            cls, cost_map, unmapped == "free", ttl_ms, clock, store_path, store_backend, interval_ms
+        )
         # Set up here rather than in __init__, so the options are declared once.
         self.events = EventBus()
         self._policies = policies
@@ -86,7 +113,22 @@ class MeteringService(MeteringCore):
         # to the service would be a cycle through a native object that the GC cannot see.
         this = weakref.ref(self)
         self._install_hooks(_call_weak(this, "_resolve_policy"), _call_weak(this, "_raise_alarm"))
+        if store_path is not None:
+            _open_services.add(self)
         return self
+
+    def __enter__(self) -> Self:
+        """Return the service; leaving the block closes it."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close the service (writing a last snapshot if it has a store)."""
+        self.close()
 
     def _resolve_policy(self, actor: Actor) -> Policy:
         """Decide an actor's plan through the three subscription events."""
@@ -142,6 +184,22 @@ class MeteringService(MeteringCore):
         return self.batch_increment_usages(actor, items)
 
 
+# Services with a store that are still open: closed (last snapshot written) at interpreter exit.
+_open_services: weakref.WeakSet[MeteringService] = weakref.WeakSet()
+_open_services_lock = threading.Lock()
+
+
+@atexit.register
+def _close_open_services() -> None:
+    with _open_services_lock:
+        services = list(_open_services)
+    for service in services:
+        try:
+            service.close()
+        except Exception:
+            logger.exception("could not write the last snapshot of %s at exit", service.store_path)
+
+
 def _call_weak(ref: weakref.ReferenceType[MeteringService], method: str) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         service = ref()
@@ -173,6 +231,9 @@ SERVICE_METHODS: tuple[str, ...] = (
     "update_addon_credit",
     "set_actor_current_month_usage_total",
     "invalidate_subscription",
+    "get_actors_usage",
+    "flush",
+    "close",
 )
 """Every public method of ``MeteringService``, as ``MeteringServiceWrapper`` exposes them."""
 

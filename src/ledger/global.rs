@@ -14,7 +14,13 @@ use parking_lot::{Mutex, MutexGuard};
 use super::month::MonthId;
 use super::record::{UsageRecord, UsageReport};
 
-pub type Stripe = BTreeMap<MonthId, UsageRecord>;
+/// One thread's share of the global aggregate, and of the list of users changed since the last
+/// snapshot (appended here because a charge holds this lock anyway).
+#[derive(Default)]
+pub struct Stripe {
+    pub months: BTreeMap<MonthId, UsageRecord>,
+    pub changed_users: Vec<Box<str>>,
+}
 
 pub struct StripedAggregate {
     stripes: Box<[CachePadded<Mutex<Stripe>>]>,
@@ -33,7 +39,7 @@ impl StripedAggregate {
         let count = (threads * 2).next_power_of_two().clamp(4, 64);
         StripedAggregate {
             stripes: (0..count)
-                .map(|_| CachePadded::new(Mutex::new(Stripe::new())))
+                .map(|_| CachePadded::new(Mutex::new(Stripe::default())))
                 .collect(),
         }
     }
@@ -48,11 +54,30 @@ impl StripedAggregate {
     pub fn report(&self, month: MonthId) -> UsageReport {
         let mut report = UsageReport::default();
         for stripe in self.stripes.iter() {
-            if let Some(record) = stripe.lock().get(&month) {
+            if let Some(record) = stripe.lock().months.get(&month) {
                 report.add(record);
             }
         }
         report
+    }
+}
+
+impl StripedAggregate {
+    /// Takes the users changed since the last call, from every stripe.
+    pub fn take_changed_users(&self) -> Vec<Box<str>> {
+        let mut users = Vec::new();
+        for stripe in self.stripes.iter() {
+            users.append(&mut stripe.lock().changed_users);
+        }
+        users
+    }
+
+    /// Adds a loaded record to the aggregate (at open, before any thread meters).
+    pub fn add_loaded(&self, month: MonthId, record: &UsageRecord) {
+        let mut stripe = self.stripes[0].lock();
+        let global = stripe.months.entry(month).or_default();
+        let deltas: Vec<_> = record.deltas().collect();
+        global.apply(&deltas);
     }
 }
 

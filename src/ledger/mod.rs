@@ -12,6 +12,7 @@
 //! process never serializes threads. Lock order is always account -> stripe.
 
 pub mod global;
+pub mod image;
 pub mod month;
 pub mod pools;
 pub mod record;
@@ -25,7 +26,8 @@ use parking_lot::Mutex;
 use crate::costmap::{CostMap, RESERVED_USAGE_TYPES};
 use crate::error::{overflow, LedgerError, LedgerResult};
 use crate::money::Money;
-use global::StripedAggregate;
+use global::{Stripe, StripedAggregate};
+use image::{MonthImage, RecordImage, UserImage};
 use month::MonthId;
 use pools::{Credit, MonthPools, Split};
 use record::{
@@ -107,6 +109,10 @@ struct Account {
 struct AccountState {
     credit: Credit,
     months: BTreeMap<MonthId, UserMonth>,
+    /// Months changed since a snapshot last took this account (only when tracking changes).
+    changed_months: Vec<MonthId>,
+    /// Whether the user id is already in a stripe's `changed_users`.
+    queued: bool,
 }
 
 #[derive(Default)]
@@ -120,11 +126,27 @@ impl AccountState {
     fn month_mut(&mut self, month: MonthId) -> &mut UserMonth {
         self.months.entry(month).or_default()
     }
+
+    /// Notes a change for the next snapshot; queues the user on the first change since the last.
+    fn mark_changed(&mut self, user_id: &str, month: Option<MonthId>, stripe: &mut Stripe) {
+        if let Some(month) = month {
+            if !self.changed_months.contains(&month) {
+                self.changed_months.push(month);
+            }
+        }
+        if !self.queued {
+            self.queued = true;
+            stripe.changed_users.push(Box::from(user_id));
+        }
+    }
 }
 
 pub struct Ledger {
     types: TypeRegistry,
     unmapped: Unmapped,
+    /// Whether charges note what changed for snapshots (only with a store: otherwise the lists of
+    /// changed users would grow without anyone taking them).
+    track_changes: bool,
     accounts: papaya::HashMap<Box<str>, Account, foldhash::fast::RandomState>,
     global: StripedAggregate,
 }
@@ -136,6 +158,7 @@ impl Ledger {
         Ledger {
             types,
             unmapped,
+            track_changes: false,
             accounts: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
             global: StripedAggregate::new(),
         }
@@ -264,7 +287,7 @@ impl Ledger {
         let app_record = current.apps.get(booking.app_id).unwrap_or(&no_record);
         app_record.check(&deltas, &RECORD_LIMITS, "the app's month")?;
         let mut stripe = self.global.lock_own();
-        let global = stripe.get(&booking.month).unwrap_or(&no_record);
+        let global = stripe.months.get(&booking.month).unwrap_or(&no_record);
         global.check(&deltas, &STRIPE_LIMITS, "the global month")?;
         // Affordability is decided after validation: a call that could never be recorded raises
         // the same error whether or not the user could afford it.
@@ -293,10 +316,17 @@ impl Ledger {
                 .or_default()
                 .apply(&deltas),
         }
-        stripe.entry(booking.month).or_default().apply(&deltas);
-        drop(stripe);
+        stripe
+            .months
+            .entry(booking.month)
+            .or_default()
+            .apply(&deltas);
         let month_total = month.usage.total;
         state.credit = new_credit;
+        if self.track_changes {
+            state.mark_changed(booking.user_id, Some(booking.month), &mut stripe);
+        }
+        drop(stripe);
         let overuse_multiple = if new_credit.left() == Money::ZERO {
             pools::overuse_multiple_crossed(before, month_total, booking.allowance)
         } else {
@@ -328,6 +358,9 @@ impl Ledger {
             .checked_add(amount)
             .ok_or_else(|| overflow("purchased credit"))?;
         state.credit.purchased = purchased;
+        if self.track_changes {
+            state.mark_changed(user_id, None, &mut self.global.lock_own());
+        }
         Ok(state.credit)
     }
 
@@ -402,6 +435,117 @@ impl Ledger {
     /// Number of users with an account.
     pub fn user_count(&self) -> usize {
         self.accounts.len()
+    }
+
+    /// `(user, total, count)` of every user with usage in `month`.
+    pub fn users_in_month(&self, month: MonthId) -> Vec<(String, Money, u64)> {
+        let accounts = self.accounts.pin();
+        let mut users = Vec::new();
+        for (user_id, account) in accounts.iter() {
+            if let Some(m) = account.state.lock().months.get(&month) {
+                users.push((user_id.to_string(), m.usage.total, m.usage.count));
+            }
+        }
+        users
+    }
+
+    /// Makes charges note what they change, for `take_changes` (set once, before use).
+    pub fn track_changes(mut self) -> Ledger {
+        self.track_changes = true;
+        self
+    }
+
+    /// Copies of every user changed since the last call: its credit and its changed months.
+    /// Each user is copied under its own lock, one at a time: metering never pauses as a whole.
+    pub fn take_changes(&self) -> Vec<UserImage> {
+        let accounts = self.accounts.pin();
+        let mut changes = Vec::new();
+        for user_id in self.global.take_changed_users() {
+            let Some(account) = accounts.get(&*user_id) else {
+                continue;
+            };
+            let mut state = account.state.lock();
+            state.queued = false;
+            let changed = std::mem::take(&mut state.changed_months);
+            let months = changed
+                .iter()
+                .map(|m| (*m, self.month_image(&state.months[m])))
+                .collect();
+            changes.push(UserImage {
+                user_id: user_id.into_string(),
+                credit: state.credit,
+                months,
+            });
+        }
+        changes
+    }
+
+    fn record_image(&self, record: &UsageRecord) -> RecordImage {
+        let mut by_type: Vec<_> = record
+            .counters()
+            .map(|(id, c)| (self.type_name(id).to_string(), *c))
+            .collect();
+        by_type.sort_by(|a, b| a.0.cmp(&b.0));
+        RecordImage {
+            total: record.total,
+            count: record.count,
+            by_type,
+        }
+    }
+
+    fn month_image(&self, month: &UserMonth) -> MonthImage {
+        let mut apps: Vec<_> = month
+            .apps
+            .iter()
+            .map(|(app, r)| (app.to_string(), self.record_image(r)))
+            .collect();
+        apps.sort_by(|a, b| a.0.cmp(&b.0));
+        MonthImage {
+            usage: self.record_image(&month.usage),
+            apps,
+            pools: month.pools,
+        }
+    }
+
+    fn record_from_image(&self, image: &RecordImage) -> UsageRecord {
+        let counters = image
+            .by_type
+            .iter()
+            .map(|(name, c)| (self.types.intern(name), *c));
+        UsageRecord::from_counters(image.total, image.count, counters)
+    }
+
+    /// Loads users read from a store into an empty ledger, and rebuilds the global aggregate
+    /// from them (it is not stored, so it can never disagree with the actor records).
+    pub fn restore(&self, users: Vec<UserImage>) {
+        let accounts = self.accounts.pin();
+        for user in users {
+            let mut state = AccountState {
+                credit: user.credit,
+                ..AccountState::default()
+            };
+            for (month, image) in user.months {
+                let usage = self.record_from_image(&image.usage);
+                self.global.add_loaded(month, &usage);
+                let apps = image
+                    .apps
+                    .iter()
+                    .map(|(app, r)| (Box::from(app.as_str()), self.record_from_image(r)))
+                    .collect();
+                state.months.insert(
+                    month,
+                    UserMonth {
+                        usage,
+                        apps,
+                        pools: image.pools,
+                    },
+                );
+            }
+            let account = Account {
+                state: Mutex::new(state),
+            };
+            accounts.insert(user.user_id.into_boxed_str(), account);
+        }
     }
 }
 

@@ -144,6 +144,29 @@ impl UsageRecord {
     pub fn type_count(&self) -> usize {
         self.by_type.len()
     }
+
+    /// The record as deltas from zero (for adding it into an aggregate).
+    pub fn deltas(&self) -> impl Iterator<Item = Delta> + '_ {
+        self.by_type.iter().map(|(id, c)| Delta {
+            usage_type: *id,
+            units: u64::try_from(c.units).expect("a record holds at most 2**64-1 units per type"),
+            cost: c.cost,
+            count: c.count,
+        })
+    }
+
+    /// A record from loaded counters (already checked by the store).
+    pub fn from_counters(
+        total: Money,
+        count: u64,
+        counters: impl IntoIterator<Item = (TypeId, UsageCounter)>,
+    ) -> Self {
+        UsageRecord {
+            total,
+            count,
+            by_type: counters.into_iter().collect(),
+        }
+    }
 }
 
 /// A read-only sum of records (wide enough that summing stripes cannot overflow).

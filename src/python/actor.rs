@@ -65,7 +65,7 @@ impl PyActor {
 
     /// The system actor: never metered, its calls record nothing.
     #[staticmethod]
-    fn system() -> Self {
+    pub fn system() -> Self {
         PyActor {
             user_id: "system".into(),
             app_id: None,

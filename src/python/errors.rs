@@ -1,10 +1,11 @@
 //! Python exceptions of the library, and the one place where core errors become them.
 
-use pyo3::exceptions::{PyKeyError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyException, PyKeyError, PyOverflowError, PyValueError};
 use pyo3::{create_exception, PyErr};
 
 use crate::costmap::CostMapError as CoreCostMapError;
 use crate::error::LedgerError;
+use crate::store::StoreError as CoreStoreError;
 
 create_exception!(
     usagemeter,
@@ -18,6 +19,54 @@ create_exception!(
     PyKeyError,
     "A usage type that is not in the cost map was charged without a cost override."
 );
+
+create_exception!(
+    usagemeter,
+    StoreError,
+    PyException,
+    "The store could not be opened, read or written."
+);
+create_exception!(
+    usagemeter,
+    StoreLockedError,
+    StoreError,
+    "Another process or service holds the store; the message names the path."
+);
+create_exception!(
+    usagemeter,
+    StoreCorruptedError,
+    StoreError,
+    "The store is damaged, truncated or lost data; the message names what failed."
+);
+create_exception!(
+    usagemeter,
+    StoreVersionError,
+    StoreError,
+    "The store was written by a newer version of usagemeter."
+);
+create_exception!(
+    usagemeter,
+    StoreWriteError,
+    StoreError,
+    "A snapshot could not be written (disk full, read-only); usage stays in memory and is retried."
+);
+create_exception!(
+    usagemeter,
+    StoreClosedError,
+    StoreError,
+    "The service was closed."
+);
+
+pub fn store_error(error: CoreStoreError) -> PyErr {
+    let message = error.to_string();
+    match error {
+        CoreStoreError::Locked(_) => StoreLockedError::new_err(message),
+        CoreStoreError::Corrupted(_) => StoreCorruptedError::new_err(message),
+        CoreStoreError::NewerVersion(_) => StoreVersionError::new_err(message),
+        CoreStoreError::Write(_) => StoreWriteError::new_err(message),
+        CoreStoreError::Other(_) => StoreError::new_err(message),
+    }
+}
 
 pub fn ledger_error(error: LedgerError) -> PyErr {
     match error {

@@ -5,4 +5,5 @@ pub mod actor;
 pub mod convert;
 pub mod costmap;
 pub mod errors;
+pub mod persistence;
 pub mod service;

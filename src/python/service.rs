@@ -6,7 +6,10 @@
 //! paths: resolving a user's plan when the cache misses (the event listeners), a custom `clock`,
 //! and alarms. None of it runs while a ledger lock is held.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyPermissionError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -15,7 +18,8 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyIterator, PyList, PyString, PyTuple}
 use super::actor::{PyActor, OTHER_APPS};
 use super::convert::{self, money_to_int};
 use super::costmap::PyCostMap;
-use super::errors::ledger_error;
+use super::errors::{ledger_error, StoreClosedError};
+use super::persistence::{self, AlarmHook, Persistence};
 use crate::error::LedgerError;
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::RoundedBudget;
@@ -41,12 +45,30 @@ struct Hooks {
 /// The ledger and plan cache behind `MeteringService`. Use `MeteringService`, not this class.
 #[pyclass(subclass, frozen, module = "usagemeter._core", name = "MeteringCore")]
 pub struct MeteringCore {
-    ledger: Ledger,
+    ledger: Arc<Ledger>,
     cost_map: Py<PyCostMap>,
     clock: Option<Py<PyAny>>,
     subscription_ttl_ms: i64,
     plans: papaya::HashMap<Box<str>, CachedPlan, foldhash::fast::RandomState>,
-    hooks: std::sync::OnceLock<Hooks>,
+    hooks: OnceLock<Hooks>,
+    /// The alarm callable again, shared with the snapshot thread (which reports store errors).
+    alarm: AlarmHook,
+    persistence: Option<Persistence>,
+    closed: AtomicBool,
+}
+
+impl Drop for MeteringCore {
+    /// A service dropped without `close()` still writes its last snapshot and stops its thread
+    /// (with the GIL released, since the thread may need it to report an error).
+    fn drop(&mut self) {
+        if let Some(persistence) = &self.persistence {
+            Python::attach(|py| {
+                if let Err(error) = persistence.close(py) {
+                    error.write_unraisable(py, None);
+                }
+            });
+        }
+    }
 }
 
 fn as_actor<'a>(actor: &'a Bound<'_, PyAny>) -> PyResult<&'a PyActor> {
@@ -57,6 +79,11 @@ fn as_actor<'a>(actor: &'a Bound<'_, PyAny>) -> PyResult<&'a PyActor> {
         ))
     })?;
     Ok(actor.get())
+}
+
+fn parse_month(label: &str) -> PyResult<MonthId> {
+    MonthId::parse(label)
+        .ok_or_else(|| PyValueError::new_err(format!("month must be 'YYYY-MM', got {label:?}")))
 }
 
 fn not_metered() -> PyErr {
@@ -133,7 +160,9 @@ fn batch_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<OwnedItem<'py>> {
 }
 
 impl MeteringCore {
+    /// Every operation reads the clock first, so this is also where a closed service refuses.
     fn now_ms(&self, py: Python<'_>) -> PyResult<i64> {
+        self.ensure_open()?;
         let Some(clock) = &self.clock else {
             let since_epoch = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -158,6 +187,13 @@ impl MeteringCore {
             "clock() must return int or float seconds, not {}",
             now.get_type()
         )))
+    }
+
+    fn ensure_open(&self) -> PyResult<()> {
+        match self.closed.load(Ordering::Acquire) {
+            true => Err(StoreClosedError::new_err("this MeteringService is closed")),
+            false => Ok(()),
+        }
     }
 
     fn hooks(&self) -> PyResult<&Hooks> {
@@ -432,36 +468,128 @@ impl MeteringCore {
 
 #[pymethods]
 impl MeteringCore {
+    // One argument per option of `MeteringService.__new__`, which owns the defaults.
+    #[allow(clippy::too_many_arguments)]
     #[new]
-    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None))]
+    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend="sled", snapshot_interval_ms=1000))]
     fn new(
+        py: Python<'_>,
         cost_map: Bound<'_, PyCostMap>,
         unmapped_free: bool,
         subscription_ttl_ms: i64,
         clock: Option<Py<PyAny>>,
+        store_path: Option<PathBuf>,
+        store_backend: &str,
+        snapshot_interval_ms: u64,
     ) -> PyResult<Self> {
         if subscription_ttl_ms < 0 {
             return Err(PyValueError::new_err(
                 "subscription_ttl must not be negative",
             ));
         }
+        if snapshot_interval_ms == 0 {
+            return Err(PyValueError::new_err("snapshot_interval must be positive"));
+        }
+        let backend = persistence::parse_backend(store_backend)?;
         let unmapped = if unmapped_free {
             Unmapped::Free
         } else {
             Unmapped::Error
         };
+        let ledger = Ledger::new(Arc::clone(&cost_map.get().inner), unmapped);
+        let alarm: AlarmHook = Arc::new(OnceLock::new());
+        let (ledger, persistence) = match store_path {
+            None => (Arc::new(ledger), None),
+            Some(path) => {
+                let (store, loaded) = persistence::open(py, &path, backend)?;
+                let ledger = ledger.track_changes();
+                ledger.restore(loaded.users);
+                let ledger = Arc::new(ledger);
+                let interval = Duration::from_millis(snapshot_interval_ms);
+                let persistence =
+                    Persistence::start(store, Arc::clone(&ledger), interval, Arc::clone(&alarm));
+                (ledger, Some(persistence))
+            }
+        };
         Ok(MeteringCore {
-            ledger: Ledger::new(std::sync::Arc::clone(&cost_map.get().inner), unmapped),
+            ledger,
             cost_map: cost_map.unbind(),
             clock,
             subscription_ttl_ms,
             plans: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
-            hooks: std::sync::OnceLock::new(),
+            hooks: OnceLock::new(),
+            alarm,
+            persistence,
+            closed: AtomicBool::new(false),
         })
     }
 
+    /// Blocks until everything recorded before the call is durable; `StoreWriteError` if the
+    /// snapshot cannot be written. Nothing to do without a store.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.ensure_open()?;
+        match &self.persistence {
+            Some(persistence) => persistence.flush(py),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a last snapshot, stops the snapshot thread and releases the store; later calls
+    /// raise `StoreClosedError`. Idempotent. If the last snapshot fails the service stays open.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(persistence) = &self.persistence {
+            persistence.close(py)?;
+        }
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether `close()` has completed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The store directory, or None for a memory-only service.
+    #[getter]
+    fn store_path(&self) -> Option<String> {
+        self.persistence.as_ref().map(|p| p.dir.clone())
+    }
+
+    /// The store backend ("sled" or "redb"), or None for a memory-only service.
+    #[getter]
+    fn store_backend(&self) -> Option<&'static str> {
+        self.persistence.as_ref().map(|p| p.backend.name())
+    }
+
+    /// `(user_id, total µ¢, count)` of every user with usage in `month` (`YYYY-MM`; default: this
+    /// month), largest total first.
+    #[pyo3(signature = (month=None))]
+    fn get_actors_usage(
+        &self,
+        py: Python<'_>,
+        month: Option<&str>,
+    ) -> PyResult<Vec<(String, Py<PyAny>, u64)>> {
+        let month = match month {
+            Some(label) => parse_month(label)?,
+            None => self.month_now(py)?,
+        };
+        let mut users = self.ledger.users_in_month(month);
+        users.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(users
+            .into_iter()
+            .map(|(user, total, count)| (user, money_to_int(py, total).into_any().unbind(), count))
+            .collect())
+    }
+
     /// Installs the plan resolver and the alarm dispatcher (once).
-    fn _install_hooks(&self, resolve_policy: Py<PyAny>, raise_alarm: Py<PyAny>) -> PyResult<()> {
+    fn _install_hooks(
+        &self,
+        py: Python<'_>,
+        resolve_policy: Py<PyAny>,
+        raise_alarm: Py<PyAny>,
+    ) -> PyResult<()> {
+        let _ = self.alarm.set(raise_alarm.clone_ref(py));
         self.hooks
             .set(Hooks {
                 resolve_policy,
@@ -708,9 +836,7 @@ impl MeteringCore {
         month: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
         let actor = as_actor(actor)?;
-        let month = MonthId::parse(month).ok_or_else(|| {
-            PyValueError::new_err(format!("month must be 'YYYY-MM', got {month:?}"))
-        })?;
+        let month = parse_month(month)?;
         self.month_details(py, actor, month)
     }
 

@@ -1,0 +1,80 @@
+//! Plain copies of ledger state, with usage types by name: what a snapshot writes and a store
+//! loads. Type ids are process-local (cost-map indexes), so they never leave the process.
+
+use super::month::MonthId;
+use super::pools::{Credit, MonthPools};
+use super::record::UsageCounter;
+use crate::money::Money;
+
+/// One record (an actor's month or one app's month): total, count and per-type counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordImage {
+    pub total: Money,
+    pub count: u64,
+    pub by_type: Vec<(String, UsageCounter)>,
+}
+
+/// One user's month: its record, its apps' records and where its charges went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MonthImage {
+    pub usage: RecordImage,
+    pub apps: Vec<(String, RecordImage)>,
+    pub pools: MonthPools,
+}
+
+/// A user: lifetime credit and some of its months (all of them when loading; the changed ones
+/// in a snapshot).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserImage {
+    pub user_id: String,
+    pub credit: Credit,
+    pub months: Vec<(MonthId, MonthImage)>,
+}
+
+impl RecordImage {
+    /// Whether the total and count are the sums of the per-type counters.
+    fn sums_hold(&self) -> bool {
+        let cost: Option<i128> = self
+            .by_type
+            .iter()
+            .try_fold(0i128, |sum, (_, c)| sum.checked_add(c.cost.attocents()));
+        let count: Option<u64> = self
+            .by_type
+            .iter()
+            .try_fold(0u64, |sum, (_, c)| sum.checked_add(c.count));
+        cost == Some(self.total.attocents()) && count == Some(self.count)
+    }
+}
+
+impl MonthImage {
+    /// Checks the invariants every stored month must satisfy; a record that passes its checksum
+    /// but breaks these was written wrong, and is refused like a corrupted one.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.usage.sums_hold() {
+            return Err("the month total is not the sum of its usage types".into());
+        }
+        if let Some((app, _)) = self.apps.iter().find(|(_, record)| !record.sums_hold()) {
+            return Err(format!(
+                "app {app:?}: the total is not the sum of its usage types"
+            ));
+        }
+        let app_sum = self
+            .apps
+            .iter()
+            .try_fold(0i128, |sum, (_, r)| sum.checked_add(r.total.attocents()));
+        if app_sum != Some(self.usage.total.attocents()) {
+            return Err("the app totals do not add up to the month total".into());
+        }
+        let pools = &self.pools;
+        let pooled = pools
+            .allowance_used
+            .checked_add(pools.purchased_consumed)
+            .and_then(|s| s.checked_add(pools.overage));
+        if pooled != Some(self.usage.total) {
+            return Err(
+                "allowance used + purchased credit + overage is not the month total".into(),
+            );
+        }
+        Ok(())
+    }
+}

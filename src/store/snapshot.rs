@@ -1,0 +1,183 @@
+//! The background thread that writes snapshots.
+//!
+//! Every `interval` (or at once when `flush` asks) it takes the users changed since the last
+//! snapshot from the ledger (each copied under its own lock: metering never pauses as a whole),
+//! writes them as one atomic batch and makes it durable. A failed write keeps the copies and
+//! retries them, merged with newer changes, at the next snapshot; `on_error` reports it.
+//!
+//! Loss bound: a crash loses at most what changed since the last snapshot that completed, that
+//! is the last `interval` plus the snapshot being written. `flush` returns only after a snapshot
+//! that started after it was called has completed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::{LedgerStore, StoreError, StoreResult};
+use crate::ledger::image::UserImage;
+use crate::ledger::Ledger;
+
+/// Called (from the snapshot thread) with the message of each failed background snapshot.
+pub type ErrorHook = Box<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default)]
+struct Progress {
+    /// Snapshots asked for by `flush`, numbered from 1.
+    requested: u64,
+    /// The last requested number covered by a snapshot that completed (successfully or not).
+    completed: u64,
+    /// The error of the snapshot that completed `completed`, if it failed.
+    last_error: Option<StoreError>,
+    stop: bool,
+}
+
+struct Shared {
+    progress: Mutex<Progress>,
+    wake: Condvar,
+    done: Condvar,
+}
+
+pub struct Snapshotter {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// State owned by the snapshot thread.
+struct Writer {
+    ledger: Arc<Ledger>,
+    store: LedgerStore,
+    /// Changes of failed snapshots, by user, to write with the next one.
+    unsaved: BTreeMap<String, UserImage>,
+    on_error: ErrorHook,
+}
+
+impl Writer {
+    /// Writes everything changed since the last successful snapshot.
+    fn snapshot(&mut self) -> StoreResult<()> {
+        for user in self.ledger.take_changes() {
+            match self.unsaved.get_mut(&user.user_id) {
+                // A newer copy of a month replaces the unsaved one; other unsaved months stay.
+                Some(pending) => {
+                    pending.credit = user.credit;
+                    for (month, image) in user.months {
+                        match pending.months.iter_mut().find(|(m, _)| *m == month) {
+                            Some(slot) => slot.1 = image,
+                            None => pending.months.push((month, image)),
+                        }
+                    }
+                }
+                None => {
+                    self.unsaved.insert(user.user_id.clone(), user);
+                }
+            }
+        }
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<UserImage> = self.unsaved.values().cloned().collect();
+        self.store.write_snapshot(&users)?;
+        self.unsaved.clear();
+        Ok(())
+    }
+}
+
+impl Snapshotter {
+    /// Starts the thread; it owns the store until `stop`.
+    pub fn start(
+        ledger: Arc<Ledger>,
+        store: LedgerStore,
+        interval: Duration,
+        on_error: ErrorHook,
+    ) -> Snapshotter {
+        let shared = Arc::new(Shared {
+            progress: Mutex::new(Progress::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let mut writer = Writer {
+            ledger,
+            store,
+            unsaved: BTreeMap::new(),
+            on_error,
+        };
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("usagemeter-snapshot".into())
+            .spawn(move || run(&thread_shared, &mut writer, interval))
+            .expect("the snapshot thread starts");
+        Snapshotter {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Blocks until everything recorded before the call is durable (a snapshot that started
+    /// after this call completed), or returns the error of that snapshot.
+    pub fn flush(&self) -> StoreResult<()> {
+        let mut progress = self.shared.progress.lock();
+        if progress.stop {
+            return Err(StoreError::Other("the store is closed".into()));
+        }
+        progress.requested += 1;
+        let target = progress.requested;
+        self.shared.wake.notify_all();
+        while progress.completed < target {
+            self.shared.done.wait(&mut progress);
+        }
+        match &progress.last_error {
+            Some(error) if progress.completed == target => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a last snapshot, then stops the thread and releases the store. Idempotent. If the
+    /// last snapshot fails, the thread keeps running (and retrying) and the error is returned, so
+    /// nothing recorded is dropped: free space and close again.
+    pub fn stop(&self) -> StoreResult<()> {
+        let mut thread = self.thread.lock();
+        if thread.is_none() {
+            return Ok(());
+        }
+        self.flush()?;
+        self.shared.progress.lock().stop = true;
+        self.shared.wake.notify_all();
+        thread
+            .take()
+            .expect("checked above")
+            .join()
+            .expect("the snapshot thread does not panic");
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.thread.lock().is_some()
+    }
+}
+
+fn run(shared: &Shared, writer: &mut Writer, interval: Duration) {
+    loop {
+        let target = {
+            let mut progress = shared.progress.lock();
+            if progress.requested == progress.completed && !progress.stop {
+                shared.wake.wait_for(&mut progress, interval);
+            }
+            if progress.stop {
+                return;
+            }
+            progress.requested
+        };
+        let result = writer.snapshot();
+        if let Err(error) = &result {
+            (writer.on_error)(&error.to_string());
+        }
+        let mut progress = shared.progress.lock();
+        // Requests made while this snapshot ran may have missed its copies: only the ones made
+        // before it started are covered.
+        progress.completed = progress.completed.max(target);
+        progress.last_error = result.err();
+        shared.done.notify_all();
+    }
+}
