@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HYPOTHESIS_PROFILE ?= default
 
-.PHONY: help dev test test-rust test-python lint demo clean
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+
+.PHONY: help dev test test-rust test-python lint demo crashloop bench-build bench-store clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,11 +34,24 @@ test-python: dev ## pytest (hypothesis profile from HYPOTHESIS_PROFILE), stubtes
 lint: $(VENV)/bin/activate ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests scripts
-	$(VENV)/bin/ruff format --check python tests scripts
+	$(VENV)/bin/ruff check python tests scripts benches
+	$(VENV)/bin/ruff format --check python tests scripts benches
 
 demo: dev ## run the demo on the debug build
 	$(PY) -m usagemeter demo
 
+crashloop: dev ## the long crash loop: 1,000 SIGKILLs per backend
+	$(PY) tests/crashloop.py --backend sled --kills 1000
+	$(PY) tests/crashloop.py --backend redb --kills 1000
+
+bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (benchmarks only)
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	rm -rf target/wheels
+	$(VENV)/bin/maturin build --release --quiet --interpreter $(BENCH_PY)
+	$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps target/wheels/*.whl
+
+bench-store: bench-build ## snapshot/reopen time of 1,000,000 records and throughput with snapshots
+	$(BENCH_PY) benches/bench_store.py
+
 clean: ## remove build outputs
-	rm -rf target $(VENV) .pytest_cache .mypy_cache .hypothesis
+	rm -rf target $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .hypothesis

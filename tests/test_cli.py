@@ -1,20 +1,37 @@
-"""The ``usagemeter`` command line, run as a user runs it: ``python -m usagemeter ...`` in a subprocess."""
+"""The ``usagemeter`` command line, run as a user runs it: ``python -m usagemeter ...`` in a subprocess.
+
+Every command that may touch ``./usagemeter-data`` runs with ``cwd`` in a temporary directory.
+"""
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
-from usagemeter import CostMap, to_microcents
+from support import FakeClock
+from usagemeter import Actor, CostMap, MeteringService, to_microcents
+from usagemeter.cli import format_dollars
+
+Backend = Literal["sled", "redb"]
+BACKENDS: tuple[Backend, ...] = ("sled", "redb")
+DATA = "usagemeter-data"  # the demo's default store, relative to its working directory
+MANIFEST = "usagemeter.manifest"
+PAST_MONTH = "2024-03"
+PAST = calendar.timegm((2024, 3, 10, 12, 0, 0))
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Runs ``python -m usagemeter *args`` and captures its output as text."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Runs ``python -m usagemeter *args`` (in ``cwd``) and captures its output as text."""
     return subprocess.run(
         [sys.executable, "-m", "usagemeter", *args],
         capture_output=True,
@@ -22,6 +39,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
         encoding="utf-8",
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -46,13 +64,36 @@ def table(lines: list[str], title: str) -> list[list[str]]:
     return rows
 
 
+def current_month() -> str:
+    """The current UTC month, ``YYYY-MM``."""
+    return time.strftime("%Y-%m", time.gmtime())
+
+
+def report_json(*args: str, cwd: Path | None = None) -> dict[str, Any]:
+    """Runs ``usagemeter report --json *args`` and parses its output."""
+    result = run_cli("report", "--json", *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def files_under(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (relative name -> content), to compare a store before and after."""
+    return {
+        str(file.relative_to(path)): file.read_bytes() for file in sorted(path.rglob("*")) if file.is_file()
+    }
+
+
 # ---- demo -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def demo_output() -> str:
-    """One small demo run, shared by the demo tests."""
-    result = run_cli("demo", "--requests", "3000", "--actors", "300", "--threads", "3", "--seed", "7")
+def demo_output(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One small demo run (on a new store in a temporary directory), shared by the demo tests."""
+    directory = tmp_path_factory.mktemp("demo")
+    result = run_cli(
+        "demo", "--requests", "3000", "--actors", "300", "--threads", "3", "--seed", "7", cwd=directory
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -80,7 +121,7 @@ def test_demo_prints_throughput(demo_output: str) -> None:
     assert served_match
     served = number(served_match.group(1))
     assert increments >= served  # a served request books one usage type or more
-    assert f"ledger check: all {increments:,} increments counted" in demo_output
+    assert f"ledger check: all {increments:,} increments counted; every cost" in demo_output
 
 
 def test_demo_tables_are_consistent(demo_output: str) -> None:
@@ -113,18 +154,414 @@ def test_demo_tables_are_consistent(demo_output: str) -> None:
         assert dollars_to_microcents(remaining) >= 0
 
 
-def test_demo_with_no_requests() -> None:
-    result = run_cli("demo", "--requests", "0", "--actors", "10", "--threads", "2")
+def test_demo_says_where_the_data_is(demo_output: str) -> None:
+    assert re.search(rf"^store: new (sled|redb) store at \./{DATA}, opened in [\d.]+ s$", demo_output, re.M)
+    assert re.search(
+        rf"^store: flushed and closed in [\d.]+ s; the data is in \./{DATA} \((sled|redb)\)",
+        demo_output,
+        re.M,
+    )
+
+
+def test_demo_with_no_requests(tmp_path: Path) -> None:
+    result = run_cli("demo", "--requests", "0", "--actors", "10", "--threads", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "requests: 0 (0 served, 0 refused)" in result.stdout
     assert "global total: $0.00000000 (0 µ¢)" in result.stdout
 
 
 @pytest.mark.parametrize("option", ["--actors", "--threads"])
-def test_demo_rejects_bad_counts(option: str) -> None:
-    result = run_cli("demo", option, "0")
+def test_demo_rejects_bad_counts(option: str, tmp_path: Path) -> None:
+    result = run_cli("demo", option, "0", cwd=tmp_path)
     assert result.returncode == 2
     assert "must be at least 1" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def demo_increments(stdout: str) -> int:
+    """The increments a demo run reports having made."""
+    match = re.search(r"^throughput: .* \(([\d,]+) increments\)$", stdout, re.M)
+    assert match, stdout
+    return number(match.group(1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_demo_continues_from_its_store(tmp_path: Path, backend: str) -> None:
+    month = current_month()
+    small = ("--requests", "2000", "--actors", "200", "--threads", "2", "--seed", "3")
+    first = run_cli("demo", *small, "--backend", backend, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert f"store: new {backend} store at ./{DATA}" in first.stdout
+    assert (tmp_path / DATA / MANIFEST).is_file()
+    first_increments = demo_increments(first.stdout)
+    after_first = report_json("--store", DATA, cwd=tmp_path)
+    assert after_first["backend"] == backend
+    assert after_first["increments"] == first_increments
+    assert after_first["total"] > 0
+
+    second = run_cli("demo", *small, cwd=tmp_path)  # no --backend: the store's own is detected
+    assert second.returncode == 0, second.stderr
+    continuing = re.search(
+        rf"^continuing from \./{DATA} \({backend}\): ([\d,]+) users, ([\d,]+) increments this month \("
+        r"(\$[\d,.]+)\); opened in [\d.]+ s$",
+        second.stdout,
+        re.M,
+    )
+    if current_month() != month:
+        pytest.skip("the month changed during the test")
+    assert continuing, second.stdout
+    assert number(continuing.group(1)) == after_first["users"]
+    assert number(continuing.group(2)) == first_increments
+    assert dollars_to_microcents(continuing.group(3)) == after_first["total"]
+    second_increments = demo_increments(second.stdout)
+    assert f"ledger check: all {second_increments:,} increments counted (this run's)" in second.stdout
+
+    after_second = report_json("--store", DATA, cwd=tmp_path)
+    assert after_second["increments"] == first_increments + second_increments
+    assert after_second["total"] > after_first["total"]
+    assert after_second["users"] >= after_first["users"]
+    for usage_type, record in after_first["usage"].items():
+        grown = after_second["usage"][usage_type]
+        assert grown["units"] >= record["units"]
+        assert grown["count"] >= record["count"]
+    global_line = re.search(r"^global total: \$[\d,.]+ \(([\d,]+) µ¢\)$", second.stdout, re.M)
+    assert global_line
+    assert number(global_line.group(1)) == after_second["total"]
+
+
+def test_demo_in_memory_creates_nothing(tmp_path: Path) -> None:
+    result = run_cli("demo", "--store", "none", "--requests", "500", "--actors", "50", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "store: none, memory only" in result.stdout
+    assert "ledger check: all" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_custom_store_path(tmp_path: Path) -> None:
+    result = run_cli("demo", "--store", "nested/data", "--requests", "300", "--actors", "30", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "nested" / "data" / MANIFEST).is_file()
+    assert not (tmp_path / DATA).exists()
+    assert "usagemeter demo --store nested/data` continues from it" in result.stdout
+
+
+def test_demo_refuses_a_store_held_by_another_process(tmp_path: Path) -> None:
+    with MeteringService(store=str(tmp_path / DATA)):
+        result = run_cli("demo", "--requests", "10", "--actors", "5", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "another process holds the store" in result.stderr
+
+
+# ---- a store with known contents ------------------------------------------------------------
+
+KV_USERS = 30  # user-00 .. user-29 book kv usage in PAST_MONTH and in the current month
+
+
+def book(service: MeteringService, scale: int) -> None:
+    """Books known usage: every user reads and writes kv, some through apps, some download."""
+    for index in range(KV_USERS):
+        actor = Actor(f"user-{index:02d}", f"app-{index % 3}" if index % 2 else None)
+        service.increment_usage(actor, "kv:read", scale * (10 + index))
+        service.increment_usage(actor, "kv:write", scale * (index + 1))
+        if index % 5 == 0:
+            service.increment_usage(actor, "filesystem:egress:bytes", scale * 123_457 * (index + 1))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Backend]]:
+    """A store (path, backend) holding usage in PAST_MONTH and in the current month."""
+    backend: Backend = request.param
+    path = tmp_path_factory.mktemp(f"store-{backend}") / "data"
+    clock = FakeClock(PAST)
+    with MeteringService(store=str(path), store_backend=backend, clock=clock) as service:
+        book(service, scale=1)
+        clock.now = time.time()
+        book(service, scale=3)
+        service.increment_usage(Actor("user-big", "app-x"), "kv:write", 1_000_000)
+    yield path, backend
+
+
+def open_store(path: Path, backend: Backend) -> MeteringService:
+    """The test's own view of a store: a MeteringService on it (use it in a ``with``)."""
+    return MeteringService(store=str(path), store_backend=backend)
+
+
+def expected_month(service: MeteringService, month: str) -> dict[str, Any]:
+    """What ``report --json`` must say about ``month``, computed from the service's own queries."""
+    actors = service.get_actors_usage(month)
+    usage: dict[str, dict[str, int]] = {}
+    if month == current_month():
+        global_usage = service.get_global_usage()
+        total = global_usage["total"]
+        usage = {key: dict(record) for key, record in global_usage.items() if key != "total"}
+    else:
+        for user_id, _, _ in actors:
+            details = service.get_actor_month_usage_details(Actor(user_id), month)["usage"]
+            for key, record in details.items():
+                if key == "total":
+                    continue
+                summed = usage.setdefault(key, {"units": 0, "cost": 0, "count": 0})
+                for field in ("units", "cost", "count"):
+                    summed[field] += record[field]
+        total = sum(spent for _, spent, _ in actors)
+    return {
+        "users": len(actors),
+        "increments": sum(count for _, _, count in actors),
+        "total": total,
+        "usage": usage,
+        "top_actors": [{"user_id": user, "total": spent, "count": count} for user, spent, count in actors],
+    }
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("month", [None, PAST_MONTH])
+def test_report_json_matches_the_service(store: tuple[Path, Backend], month: str | None) -> None:
+    path, backend = store
+    document = report_json("--store", str(path), *(("--month", month) if month else ()))
+    with open_store(path, backend) as service:
+        expected = expected_month(service, month or current_month())
+    assert document["store"] == str(path)
+    assert document["backend"] == backend
+    assert document["month"] == (month or current_month())
+    for key in ("users", "increments", "total", "usage", "top_actors"):
+        assert document[key] == expected[key], key
+    assert isinstance(document["total"], int)  # money stays an exact integer of µ¢
+    # ... and agrees with what was booked (units and counts do not depend on prices).
+    scale = 1 if month else 3
+    assert document["users"] == KV_USERS + (0 if month else 1)
+    assert document["usage"]["kv:read"]["units"] == scale * sum(10 + index for index in range(KV_USERS))
+    assert document["usage"]["kv:read"]["count"] == KV_USERS
+    assert document["usage"]["filesystem:egress:bytes"]["count"] == len(range(0, KV_USERS, 5))
+    assert document["increments"] == 2 * KV_USERS + len(range(0, KV_USERS, 5)) + (0 if month else 1)
+
+
+def test_report_top(store: tuple[Path, Backend]) -> None:
+    path, _ = store
+    document = report_json("--store", str(path), "--top", "3")
+    assert len(document["top_actors"]) == 3
+    assert document["top_actors"][0]["user_id"] == "user-big"
+    assert document["users"] == KV_USERS + 1
+
+
+def test_report_text(store: tuple[Path, Backend]) -> None:
+    path, backend = store
+    result = run_cli("report", "--store", str(path))
+    assert result.returncode == 0, result.stderr
+    with open_store(path, backend) as service:
+        expected = expected_month(service, current_month())
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"store {path} ({backend})"
+    total = expected["total"]
+    assert (
+        lines[1] == f"{current_month()}: {expected['users']:,} users, {expected['increments']:,} increments, "
+        f"total {format_dollars(total)} ({total:,} µ¢)"
+    )
+    types = table(lines, "Usage types by cost")
+    assert {row[0] for row in types} == set(expected["usage"])
+    for usage_type, units, count, cost in types:
+        record = expected["usage"][usage_type]
+        assert (number(units), number(count), dollars_to_microcents(cost)) == (
+            record["units"],
+            record["count"],
+            record["cost"],
+        )
+    users = table(lines, "Top users by spend")
+    assert len(users) == 10
+    for row, actor in zip(users, expected["top_actors"], strict=False):
+        assert row == [
+            actor["user_id"],
+            f"{actor['count']:,}",
+            format_dollars(actor["total"]),
+            f"{actor['total']:,}",
+        ]
+
+
+def test_report_past_month_text(store: tuple[Path, Backend]) -> None:
+    path, _ = store
+    result = run_cli("report", "--store", str(path), "--month", PAST_MONTH, "--top", "0")
+    assert result.returncode == 0, result.stderr
+    assert "sums of the per-user figures" in result.stdout
+    assert len(table(result.stdout.splitlines(), "Top users by spend")) == KV_USERS
+
+
+def test_report_empty_month(store: tuple[Path, Backend]) -> None:
+    path, _ = store
+    result = run_cli("report", "--store", str(path), "--month", "2001-01")
+    assert result.returncode == 0, result.stderr
+    assert "2001-01: 0 users, 0 increments, total $0.00000000 (0 µ¢)" in result.stdout
+    assert report_json("--store", str(path), "--month", "2001-01")["top_actors"] == []
+
+
+@pytest.mark.parametrize(
+    ("user_id", "month"), [("user-03", PAST_MONTH), ("user-03", None), ("user-04", None)]
+)
+def test_report_actor(store: tuple[Path, Backend], user_id: str, month: str | None) -> None:
+    path, backend = store
+    month_args = ("--month", month) if month else ()
+    document = report_json("--store", str(path), "--actor", user_id, *month_args)
+    with open_store(path, backend) as service:
+        details = service.get_actor_month_usage_details(Actor(user_id), month or current_month())
+    assert document["user_id"] == user_id
+    assert document["backend"] == backend
+    assert document["total"] == details["usage"]["total"]
+    assert document["usage"] == {key: value for key, value in details["usage"].items() if key != "total"}
+    assert document["app_totals"] == details["app_totals"]
+    assert document["increments"] == sum(record["count"] for record in document["usage"].values())
+    app = "app-0" if user_id == "user-03" else "os-global"  # user-03 books through app-0; user-04 has none
+    assert document["app_totals"][app]["total"] == document["total"]
+
+    result = run_cli("report", "--store", str(path), "--actor", user_id, *month_args)
+    assert result.returncode == 0, result.stderr
+    total = document["total"]
+    assert f"{user_id} in {month or current_month()}: " in result.stdout
+    assert f"total {format_dollars(total)} ({total:,} µ¢)" in result.stdout
+    apps = table(result.stdout.splitlines(), "Apps")
+    assert [app, f"{document['app_totals'][app]['count']:,}", format_dollars(total)] in apps
+
+
+def test_report_unknown_actor(store: tuple[Path, Backend]) -> None:
+    path, _ = store
+    result = run_cli("report", "--store", str(path), "--actor", "nobody")
+    assert result.returncode == 0, result.stderr
+    assert "total $0.00000000 (0 µ¢)" in result.stdout
+
+
+def test_report_reads_without_changing_what_is_stored(store: tuple[Path, Backend]) -> None:
+    path, _ = store
+    before = report_json("--store", str(path), "--month", PAST_MONTH)
+    report_json("--store", str(path))
+    assert report_json("--store", str(path), "--month", PAST_MONTH) == before
+
+
+def test_report_missing_store_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    result = run_cli("report", "--store", str(missing), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+    assert str(missing) in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_directory_without_a_store(tmp_path: Path) -> None:
+    result = run_cli("report", "--store", str(tmp_path))
+    assert result.returncode == 1
+    assert MANIFEST in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("month", ["2024-13", "2024-3", "march"])
+def test_report_bad_month(tmp_path: Path, month: str) -> None:
+    result = run_cli("report", "--store", str(tmp_path), "--month", month)
+    assert result.returncode == 2
+    assert "not a month YYYY-MM" in result.stderr
+
+
+def test_report_on_a_store_held_by_another_process(store: tuple[Path, Backend]) -> None:
+    path, backend = store
+    with open_store(path, backend):
+        result = run_cli("report", "--store", str(path))
+    assert result.returncode == 1
+    assert "another process holds the store" in result.stderr
+
+
+# ---- store verify / recover -----------------------------------------------------------------
+
+
+def verified(path: Path) -> dict[str, str]:
+    """Runs ``store verify`` (which must succeed) and returns its summary lines as a dict."""
+    result = run_cli("store", "verify", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{path}: ok, every record verified"
+    return dict(line.strip().split(": ", 1) for line in lines[1:])
+
+
+def test_store_verify_good_store(store: tuple[Path, Backend]) -> None:
+    path, backend = store
+    summary = verified(path)
+    assert summary["backend"] == backend
+    for key in ("format version", "generation", "records", "users", "user months"):
+        assert key in summary
+    assert number(summary["records"]) > 0
+    assert number(summary["users"].split()[0]) == KV_USERS + 1
+    # One per user and month: 30 users in PAST_MONTH, the same 30 and user-big this month.
+    assert number(summary["user months"]) == 2 * KV_USERS + 1
+
+
+def manifest_positions(path: Path) -> list[int]:
+    """Byte offsets to flip in a manifest: its first byte, its middle, its last before the newline."""
+    size = len((path / MANIFEST).read_bytes().rstrip(b"\n"))
+    return [0, size // 2, size - 1]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_store_verify_corrupted_manifest(store: tuple[Path, Backend], tmp_path: Path, which: int) -> None:
+    path, _ = store
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    manifest = copy / MANIFEST
+    content = bytearray(manifest.read_bytes())
+    content[manifest_positions(copy)[which]] ^= 0x01
+    manifest.write_bytes(bytes(content))
+
+    result = run_cli("store", "verify", str(copy))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"usagemeter store verify: {copy}: Store")
+    # Opening the copy to report on it must refuse too, never show an empty or altered ledger.
+    report = run_cli("report", "--store", str(copy))
+    assert report.returncode == 1, report.stdout
+    assert report.stderr.startswith("usagemeter report: Store")
+    verified(path)  # the original is untouched
+
+
+def test_store_verify_missing_path(tmp_path: Path) -> None:
+    for command in ("verify", "recover"):
+        result = run_cli("store", command, str(tmp_path / "missing"))
+        assert result.returncode == 1
+        assert "does not exist" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_verify_held_by_another_process(store: tuple[Path, Backend]) -> None:
+    path, backend = store
+    with open_store(path, backend):
+        result = run_cli("store", "verify", str(path))
+    assert result.returncode == 1
+    assert "another process holds the store" in result.stderr
+    assert str(path) in result.stderr
+
+
+def test_store_recover_good_store_keeps_everything(store: tuple[Path, Backend], tmp_path: Path) -> None:
+    path, _ = store
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    records = verified(copy)["records"]
+    before = [report_json("--store", str(copy), *month) for month in ((), ("--month", PAST_MONTH))]
+
+    result = run_cli("store", "recover", str(copy))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{copy}: kept {records} records, dropped 0 records"]
+    assert verified(copy)["records"] == records
+    after = [report_json("--store", str(copy), *month) for month in ((), ("--month", PAST_MONTH))]
+    for old, new in zip(before, after, strict=True):
+        old.pop("store")
+        new.pop("store")
+        assert new == old
+
+
+def test_store_command_needs_a_subcommand() -> None:
+    result = run_cli("store")
+    assert result.returncode == 2
+    assert "usage: usagemeter store" in result.stderr
+    help_text = run_cli("store", "--help").stdout
+    assert "verify" in help_text
+    assert "recover" in help_text
 
 
 # ---- costmap check --------------------------------------------------------------------------
@@ -249,8 +686,8 @@ def test_costmap_show_no_match() -> None:
 def test_help_lists_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    assert "demo" in result.stdout
-    assert "costmap" in result.stdout
+    for command in ("demo", "report", "store", "costmap"):
+        assert command in result.stdout
 
 
 def test_no_command_is_a_usage_error() -> None:

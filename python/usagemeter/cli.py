@@ -1,27 +1,35 @@
-"""The ``usagemeter`` command line: a load demo and cost-map tools.
+"""The ``usagemeter`` command line: a load demo, store tools, reports and cost-map tools.
 
-``usagemeter demo`` simulates an AI API server metering thousands of actors from several threads;
+``usagemeter demo`` simulates an AI API server metering thousands of actors from several threads,
+persisting to ``./usagemeter-data`` (a second run continues from it);
+``usagemeter report --store PATH`` prints what a store holds for a month (top users, per-type
+totals, or one user's details); ``usagemeter store verify PATH`` checks every record of a store and
+``usagemeter store recover PATH`` keeps the records whose checksum holds;
 ``usagemeter costmap check PATH...`` validates cost-map files; ``usagemeter costmap show [PREFIX]``
 lists the shipped prices. Everything here uses only the public API of the ``usagemeter`` package.
 
 Money is never a float here either: costs arrive as integer µ¢ and are printed in dollars with
-integer division; prices are ``decimal.Decimal``.
+integer division (and as µ¢ in ``--json``); prices are ``decimal.Decimal``.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import logging
 import os
 import random
+import re
+import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, Inexact, localcontext
-from typing import Protocol, TextIO
+from pathlib import Path
+from typing import Any, Literal, Protocol, TextIO
 
 from usagemeter import (
     ALARM,
@@ -36,10 +44,32 @@ from usagemeter import (
     MeteringService,
     Policy,
     RegisterAvailablePoliciesEvent,
+    StoreError,
+    StoreLockedError,
     to_microcents,
 )
+from usagemeter.store import recover_store, verify_store
 
-__all__ = ["build_parser", "format_dollars", "main", "run_costmap_check", "run_costmap_show", "run_demo"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_STORE",
+    "MANIFEST_NAME",
+    "build_parser",
+    "detect_backend",
+    "format_dollars",
+    "main",
+    "run_costmap_check",
+    "run_costmap_show",
+    "run_demo",
+    "run_report",
+    "run_store_recover",
+    "run_store_verify",
+]
+
+Backend = Literal["sled", "redb"]
+BACKENDS: tuple[Backend, ...] = ("sled", "redb")
+DEFAULT_STORE = "./usagemeter-data"  # where the demo persists unless told otherwise
+MANIFEST_NAME = "usagemeter.manifest"  # every store directory has one (format version, backend, ...)
 
 
 def format_dollars(microcents: int) -> str:
@@ -85,6 +115,69 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: S
     print(line(["-" * width for width in widths]))
     for row in rows:
         print(line(row))
+
+
+def _current_month() -> str:
+    """The current UTC month, ``YYYY-MM``, as the service computes it from the system clock."""
+    return time.strftime("%Y-%m", time.gmtime())
+
+
+# --------------------------------------------------------------------------------------------
+# Stores: finding one, its backend, opening it
+# --------------------------------------------------------------------------------------------
+
+
+def detect_backend(path: str | os.PathLike[str]) -> Backend | None:
+    """The backend of the store at ``path``: the ``backend=`` line of its manifest, else the one of
+    ``PATH/sled`` and ``PATH/redb`` that exists; None when neither tells (no store, or both present).
+    """
+    directory = Path(path)
+    try:
+        text = (directory / MANIFEST_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, equals, value = line.partition("=")
+        if equals and key.strip() == "backend":
+            for backend in BACKENDS:
+                if value.strip() == backend:
+                    return backend
+    present = [backend for backend in BACKENDS if (directory / backend).exists()]
+    return present[0] if len(present) == 1 else None
+
+
+def _store_problem(path: Path, *, need_manifest: bool) -> str | None:
+    """Why ``path`` is not an existing store directory, or None if it is one.
+
+    With ``need_manifest=False`` a directory holding a backend directory but no manifest counts as
+    a store too, so ``store verify`` / ``store recover`` can report on what is there. Looks only:
+    never creates anything.
+    """
+    if not path.exists():
+        return f"no store at {path}: the directory does not exist"
+    if not path.is_dir():
+        return f"no store at {path}: not a directory"
+    if (path / MANIFEST_NAME).is_file():
+        return None
+    if not need_manifest and any((path / backend).exists() for backend in BACKENDS):
+        return None
+    return f"{path} is not a usagemeter store: it has no {MANIFEST_NAME}"
+
+
+def _open_service(
+    store: str | None, backend: Backend | None, cost_map: CostMap | None = None
+) -> MeteringService:
+    """A MeteringService on ``store`` (None: memory only) with ``backend`` (None: the library default)."""
+    if store is None or backend is None:
+        return MeteringService(cost_map, store=store)
+    return MeteringService(cost_map, store=store, store_backend=backend)
+
+
+def _store_error_message(error: StoreError, store: str) -> str:
+    """The text shown for a StoreError: what happened, naming the store; a lock says who holds it."""
+    if isinstance(error, StoreLockedError):
+        return f"another process holds the store {store} (stop it, then retry): {error}"
+    return f"{type(error).__name__}: {error}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,32 +434,84 @@ class _Progress:
         self._stream.flush()
 
 
-def _ledger_check(service: MeteringService, cost_map: CostMap, increments: int) -> list[str]:
-    """Cross-checks the ledger against the workers and an independent Decimal recomputation.
+@dataclass(frozen=True, slots=True)
+class _LedgerState:
+    """What the ledger holds for the current month at one moment: the demo compares two of them."""
 
-    Returns the discrepancies (empty when the ledger is exact): every per-type cost and the global
-    total must equal units x price rounded half up, and the ledger must count every increment.
+    month: str
+    global_usage: dict[str, Any]  # get_global_usage(): {"total", "<type>": {"units", "cost", "count"}}
+    users: int  # users with usage this month
+    increments: int  # sum of the per-user counts of get_actors_usage()
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing at all was booked this month."""
+        return not any(isinstance(record, dict) for record in self.global_usage.values())
+
+
+def _ledger_state(service: MeteringService) -> _LedgerState:
+    """The current month's global usage and per-user counts of ``service``."""
+    month = _current_month()
+    actors = service.get_actors_usage(month)
+    return _LedgerState(month, service.get_global_usage(), len(actors), sum(count for _, _, count in actors))
+
+
+_ZERO_RECORD: Mapping[str, int] = {"units": 0, "cost": 0, "count": 0}
+
+
+def _ledger_check(before: _LedgerState, after: _LedgerState, cost_map: CostMap, increments: int) -> list[str]:
+    """Cross-checks what this run added to the ledger against the workers and a Decimal recomputation.
+
+    Returns the discrepancies (empty when the ledger is exact). The demo books only cost-map prices,
+    so what this run added to a usage type costs exactly (units added) x price. The ledger keeps
+    exact sums and reports them rounded half up to the µ¢: for a usage type (or a month) that was
+    empty before the run, the reported cost must equal that product rounded half up; for one that
+    already held earlier data (an earlier run on the same store), the growth of the reported cost
+    must be within the rounding of the two reported values, i.e. less than 1 µ¢ away from the
+    product. The ledger must also count every increment of this run, per type and per user.
     """
     problems: list[str] = []
-    global_usage = service.get_global_usage()
-    exact_total = Decimal(0)
+    exact_run_total = Decimal(0)
     counted = 0
     # Enough digits for any µ¢ total, and Inexact trapped: this arithmetic must be exact too.
     with localcontext(prec=100) as context:
         context.traps[Inexact] = True
-        for usage_type, record in global_usage.items():
-            if usage_type == "total" or isinstance(record, int):
+        for usage_type, record in after.global_usage.items():
+            if usage_type == "total" or not isinstance(record, dict):
                 continue
-            exact_cost = record["units"] * cost_map[usage_type]
-            exact_total += exact_cost
-            counted += record["count"]
-            if record["cost"] != _round_half_up(exact_cost):
-                ledger_cost = record["cost"]
-                problems.append(f"{usage_type}: ledger cost {ledger_cost} µ¢, units x price {exact_cost} µ¢")
-        if global_usage["total"] != _round_half_up(exact_total):
-            problems.append(f"global total {global_usage['total']} µ¢, units x price {exact_total} µ¢")
+            earlier = before.global_usage.get(usage_type)
+            new_type = not isinstance(earlier, dict)
+            old: Mapping[str, int] = _ZERO_RECORD if not isinstance(earlier, dict) else earlier
+            units = record["units"] - old["units"]
+            cost = record["cost"] - old["cost"]
+            count = record["count"] - old["count"]
+            if units == cost == count == 0:
+                continue  # not touched by this run
+            counted += count
+            if usage_type not in cost_map:
+                problems.append(f"{usage_type}: {count:,} increments this run, but the demo never books it")
+                continue
+            exact_cost = units * cost_map[usage_type]
+            exact_run_total += exact_cost
+            if new_type and cost != _round_half_up(exact_cost):
+                problems.append(f"{usage_type}: ledger cost {cost} µ¢, units x price {exact_cost} µ¢")
+            elif not new_type and not abs(cost - exact_cost) < 1:
+                problems.append(
+                    f"{usage_type}: ledger cost grew by {cost} µ¢, units added x price is {exact_cost} µ¢"
+                )
+        for usage_type, record in before.global_usage.items():
+            if isinstance(record, dict) and usage_type not in after.global_usage:
+                problems.append(f"{usage_type}: held usage before the run, gone after it")
+        total = after.global_usage["total"] - before.global_usage["total"]
+        if before.empty and total != _round_half_up(exact_run_total):
+            problems.append(f"global total {total} µ¢, units x price {exact_run_total} µ¢")
+        elif not before.empty and not abs(total - exact_run_total) < 1:
+            problems.append(f"global total grew by {total} µ¢, units added x price is {exact_run_total} µ¢")
     if counted != increments:
-        problems.append(f"ledger counts {counted:,} increments, the workers made {increments:,}")
+        problems.append(f"the ledger counts {counted:,} increments more, the workers made {increments:,}")
+    per_user = after.increments - before.increments
+    if per_user != increments:
+        problems.append(f"the per-user counts grew by {per_user:,}, the workers made {increments:,}")
     return problems
 
 
@@ -387,15 +532,16 @@ def _print_usage_types(service: MeteringService, limit: int) -> None:
     _print_table(["usage type", "units", "increments", "cost"], rows, [False, True, True, True])
 
 
-def _print_top_actors(service: MeteringService, actors: Sequence[Actor], limit: int) -> None:
-    """Prints the ``limit`` actors who spent the most this month, with what they have left."""
-    spending = [
-        (service.get_actor_current_month_usage_details(actor)["usage"]["total"], actor) for actor in actors
-    ]
-    spending.sort(key=lambda item: (-item[0], item[1].user_id))
+def _print_top_actors(service: MeteringService, population: _Population, limit: int) -> None:
+    """Prints the ``limit`` users who spent the most this month, with what they have left.
+
+    The store may hold users of earlier runs that this run's population lacks: they are shown too.
+    """
+    by_id = {actor.user_id: actor for actor in population.actors}
     print("\nTop actors by spend")
     rows = []
-    for spent, actor in spending[:limit]:
+    for user_id, spent, _count in service.get_actors_usage()[:limit]:
+        actor = by_id.get(user_id) or Actor(user_id)
         budget = service.get_actor_budget(actor)
         label = actor.user_id + (f" ({actor.app_id})" if actor.app_id else "")
         rows.append(
@@ -415,16 +561,91 @@ def _print_top_actors(service: MeteringService, actors: Sequence[Actor], limit: 
     )
 
 
-def run_demo(actor_count: int, thread_count: int, request_count: int, seed: int) -> int:
+def run_demo(
+    actor_count: int,
+    thread_count: int,
+    request_count: int,
+    seed: int,
+    store: str | None = DEFAULT_STORE,
+    backend: Backend | None = None,
+) -> int:
     """``usagemeter demo``: simulates an AI API server and prints throughput and usage tables.
+
+    Persists to the store directory ``store`` (None: memory only) and continues from what it
+    already holds; ``backend`` is the store backend (None: the existing store's, else the library
+    default). Flushes and closes the store at the end. Returns the exit code: 0, or 1 if the store
+    cannot be opened or written, or the ledger disagrees with the recomputation.
+    """
+    # The service logs every alarm as a warning; the demo counts them and prints a summary
+    # instead of thousands of lines. Errors (a listener that raised, a failed snapshot) still show.
+    logging.getLogger("usagemeter").setLevel(logging.ERROR)
+    cost_map = CostMap.default()
+    continuing = store is not None and (Path(store) / MANIFEST_NAME).is_file()
+    if store is not None and backend is None:
+        backend = detect_backend(store)  # None for a new store: the library's default backend
+    opening = time.perf_counter()
+    try:
+        service = _open_service(store, backend, cost_map)
+    except (StoreError, OSError) as error:
+        message = _store_error_message(error, str(store)) if isinstance(error, StoreError) else str(error)
+        print(f"usagemeter demo: cannot open the store {store}: {message}", file=sys.stderr)
+        return 1
+    open_seconds = time.perf_counter() - opening
+    opened_backend = service.store_backend
+    try:
+        with service:
+            code = _demo_session(
+                service,
+                cost_map,
+                actor_count,
+                thread_count,
+                request_count,
+                seed,
+                store,
+                continuing,
+                open_seconds,
+            )
+            closing = time.perf_counter()
+            service.flush()
+        close_seconds = time.perf_counter() - closing
+    except StoreError as error:
+        print(
+            f"usagemeter demo: the store {store} failed: {_store_error_message(error, str(store))}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        # Leaving the `with` closed the store, which flushed it.
+        where = f": what was recorded is flushed to {store}" if store is not None else ""
+        print(f"\ninterrupted{where}", file=sys.stderr)
+        return 130
+    if store is not None:
+        again = (
+            "usagemeter demo" if store == DEFAULT_STORE else f"usagemeter demo --store {shlex.quote(store)}"
+        )
+        print(
+            f"\nstore: flushed and closed in {close_seconds:.2f} s; the data is in {store} "
+            f"({opened_backend}): `usagemeter report --store {shlex.quote(store)}` shows it, "
+            f"and `{again}` continues from it"
+        )
+    return code
+
+
+def _demo_session(
+    service: MeteringService,
+    cost_map: CostMap,
+    actor_count: int,
+    thread_count: int,
+    request_count: int,
+    seed: int,
+    store: str | None,
+    continuing: bool,
+    open_seconds: float,
+) -> int:
+    """The demo proper on an open ``service``: simulate, print the tables, check the ledger.
 
     Returns the exit code: 0, or 1 if the ledger disagrees with the recomputation.
     """
-    # The service logs every alarm as a warning; the demo counts them and prints a summary
-    # instead of thousands of lines. Errors (a listener that raised) still show.
-    logging.getLogger("usagemeter").setLevel(logging.ERROR)
-    cost_map = CostMap.default()
-    service = MeteringService(cost_map)
     population = _make_population(actor_count, random.Random(seed))
     _install_plans(service, population.tiny_plan_users)
     alarms = _AlarmCounter()
@@ -443,6 +664,18 @@ def run_demo(actor_count: int, thread_count: int, request_count: int, seed: int)
         f"'{DEMO_TINY_PLAN.id}' plan, {len(population.buyers):,} buy {format_dollars(TOP_UP)} "
         f"top-ups when refused"
     )
+    before = _ledger_state(service)
+    if store is None:
+        print("store: none, memory only (nothing is kept after this run)")
+    elif continuing:
+        month_total = before.global_usage["total"]
+        print(
+            f"continuing from {store} ({service.store_backend}): {before.users:,} users, "
+            f"{before.increments:,} increments this month ({format_dollars(month_total)}); "
+            f"opened in {open_seconds:.2f} s"
+        )
+    else:
+        print(f"store: new {service.store_backend} store at {store}, opened in {open_seconds:.2f} s")
     sys.stdout.flush()
 
     share, extra = divmod(request_count, thread_count)
@@ -493,19 +726,274 @@ def run_demo(actor_count: int, thread_count: int, request_count: int, seed: int)
     print(f"alarms: {alarm_text or 'none'}")
 
     _print_usage_types(service, limit=10)
-    _print_top_actors(service, population.actors, limit=10)
+    _print_top_actors(service, population, limit=10)
 
-    global_total = service.get_global_usage()["total"]
+    after = _ledger_state(service)
+    global_total = after.global_usage["total"]
     print(f"\nglobal total: {format_dollars(global_total)} ({global_total:,} µ¢)")
-    problems = _ledger_check(service, cost_map, increments)
+    if after.month != before.month:
+        print(
+            f"ledger check skipped: the month changed during the run ({before.month} -> {after.month}), "
+            "and each month is kept apart"
+        )
+        return 0
+    if not before.empty:
+        run_total = global_total - before.global_usage["total"]
+        print(
+            f"this run added {format_dollars(run_total)} ({run_total:,} µ¢); the month now holds "
+            f"{after.users:,} users, {after.increments:,} increments"
+        )
+    problems = _ledger_check(before, after, cost_map, increments)
     if problems:
         for problem in problems:
             print(f"ledger check FAILED: {problem}", file=sys.stderr)
         return 1
+    if before.empty:
+        print(
+            f"ledger check: all {increments:,} increments counted; every cost and the global total equal "
+            "units x price recomputed with Decimal, to the µ¢"
+        )
+    else:
+        print(
+            f"ledger check: all {increments:,} increments counted (this run's); what this run added to "
+            "every cost and to the global total equals units x price recomputed with Decimal, within "
+            "the rounding of the reported totals (< 1 µ¢)"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# usagemeter report
+# --------------------------------------------------------------------------------------------
+
+
+def _usage_records(usage: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """The per-type records ``{"<type>": {"units", "cost", "count"}}`` of a usage dict (no "total")."""
+    return {
+        usage_type: {"units": record["units"], "cost": record["cost"], "count": record["count"]}
+        for usage_type, record in usage.items()
+        if usage_type != "total" and isinstance(record, Mapping)
+    }
+
+
+def _month_report(service: MeteringService, month: str, top: int | None) -> dict[str, Any]:
+    """What the open store holds for ``month``: the per-type totals and the users by spend.
+
+    For the current month the per-type totals are ``get_global_usage()`` (exact sums, each rounded
+    once); for another month they are the sums of every user's ``get_actor_month_usage_details``
+    (each user's figure rounded to the µ¢ before summing), since the global aggregate covers only
+    the current month.
+    """
+    current = month == _current_month()
+    actors = service.get_actors_usage(month)
+    if current:
+        global_usage = service.get_global_usage()
+        usage = _usage_records(global_usage)
+        total: int = global_usage["total"]
+        source = "get_global_usage"
+    else:
+        usage = {}
+        for user_id, _total, _count in actors:
+            details = service.get_actor_month_usage_details(Actor(user_id), month)
+            for usage_type, record in _usage_records(details["usage"]).items():
+                summed = usage.setdefault(usage_type, {"units": 0, "cost": 0, "count": 0})
+                for key in ("units", "cost", "count"):
+                    summed[key] += record[key]
+        total = sum(user_total for _, user_total, _ in actors)
+        source = "sum of get_actor_month_usage_details"
+    shown = actors if top is None else actors[:top]
+    return {
+        "month": month,
+        "users": len(actors),
+        "increments": sum(count for _, _, count in actors),
+        "total": total,
+        "per_type_totals": source,
+        "usage": dict(sorted(usage.items(), key=lambda item: (-item[1]["cost"], item[0]))),
+        "top_actors": [
+            {"user_id": user_id, "total": spent, "count": count} for user_id, spent, count in shown
+        ],
+    }
+
+
+def _actor_report(service: MeteringService, user_id: str, month: str) -> dict[str, Any]:
+    """One user's usage in ``month``: totals per usage type and per app."""
+    details = service.get_actor_month_usage_details(Actor(user_id), month)
+    usage = _usage_records(details["usage"])
+    return {
+        "month": month,
+        "user_id": user_id,
+        "total": details["usage"]["total"],
+        "increments": sum(record["count"] for record in usage.values()),
+        "usage": dict(sorted(usage.items(), key=lambda item: (-item[1]["cost"], item[0]))),
+        "app_totals": {
+            app: {"total": record["total"], "count": record["count"]}
+            for app, record in details["app_totals"].items()
+        },
+    }
+
+
+def _print_usage_table(title: str, usage: Mapping[str, Mapping[str, int]]) -> None:
+    """Prints per-type records (already sorted) under ``title``."""
+    print(f"\n{title}")
+    rows = [
+        [usage_type, f"{record['units']:,}", f"{record['count']:,}", format_dollars(record["cost"])]
+        for usage_type, record in usage.items()
+    ]
+    _print_table(["usage type", "units", "increments", "cost"], rows, [False, True, True, True])
+
+
+def _print_month_report(document: Mapping[str, Any]) -> None:
+    """Prints a ``_month_report`` as text: totals, per-type table, top users."""
+    total = document["total"]
     print(
-        f"ledger check: all {increments:,} increments counted; every cost and the global total equal "
-        "units x price recomputed with Decimal, to the µ¢"
+        f"{document['month']}: {document['users']:,} users, {document['increments']:,} increments, "
+        f"total {format_dollars(total)} ({total:,} µ¢)"
     )
+    if not document["users"]:
+        print("no usage recorded in this month")
+        return
+    usage = document["usage"]
+    how = "" if document["per_type_totals"] == "get_global_usage" else "; sums of the per-user figures"
+    _print_usage_table(f"Usage types by cost ({_count(len(usage), 'type')}{how})", usage)
+    shown = document["top_actors"]
+    print(f"\nTop users by spend ({len(shown):,} of {document['users']:,})")
+    rows = [
+        [row["user_id"], f"{row['count']:,}", format_dollars(row["total"]), f"{row['total']:,}"]
+        for row in shown
+    ]
+    _print_table(["user", "increments", "spent", "µ¢"], rows, [False, True, True, True])
+
+
+def _print_actor_report(document: Mapping[str, Any]) -> None:
+    """Prints an ``_actor_report`` as text: totals, per-type table, per-app table."""
+    total = document["total"]
+    print(
+        f"{document['user_id']} in {document['month']}: {document['increments']:,} increments, "
+        f"total {format_dollars(total)} ({total:,} µ¢)"
+    )
+    if not document["usage"] and not document["app_totals"]:
+        print("no usage recorded for this user in this month")
+        return
+    usage = document["usage"]
+    _print_usage_table(f"Usage types by cost ({_count(len(usage), 'type')})", usage)
+    apps = sorted(document["app_totals"].items(), key=lambda item: (-item[1]["total"], item[0]))
+    print(f"\nApps ({_count(len(apps), 'app')})")
+    rows = [[app, f"{record['count']:,}", format_dollars(record["total"])] for app, record in apps]
+    _print_table(["app", "increments", "total"], rows, [False, True, True])
+
+
+def run_report(store: str, month: str | None, actor: str | None, as_json: bool, top: int | None) -> int:
+    """``usagemeter report``: prints what the store at ``store`` holds for ``month`` (default: now).
+
+    Without ``actor``: the users, increments and total of the month, the per-type totals and the
+    ``top`` users by spend (default 10 in text, all of them in JSON; 0: all). With ``actor`` (a user
+    id): that user's usage per type and per app. ``as_json`` prints one JSON document (money as
+    integer µ¢). Never creates a store: a path without one is an error. Returns the exit code: 0, or
+    1 (message on stderr) if the store is missing, locked by another process or cannot be read.
+    """
+    path = Path(store)
+    problem = _store_problem(path, need_manifest=True)
+    if problem is not None:
+        print(f"usagemeter report: {problem}", file=sys.stderr)
+        return 1
+    month = month or _current_month()
+    if top is None:
+        limit = None if as_json else 10
+    else:
+        limit = top or None  # 0: every user
+    try:
+        with _open_service(store, detect_backend(path)) as service:
+            backend = service.store_backend
+            if actor is None:
+                document = _month_report(service, month, limit)
+            else:
+                document = _actor_report(service, actor, month)
+    except StoreError as error:
+        print(f"usagemeter report: {_store_error_message(error, store)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"usagemeter report: {error}", file=sys.stderr)
+        return 1
+    document = {"store": store, "backend": backend, **document}
+    if as_json:
+        json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    print(f"store {store} ({backend})")
+    if actor is None:
+        _print_month_report(document)
+    else:
+        _print_actor_report(document)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# usagemeter store verify / recover
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    """A summary value as text: ints with separators, lists as their count and items."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else list(value)
+        return f"{len(items):,}" + (f" ({', '.join(str(item) for item in items)})" if items else "")
+    return str(value)
+
+
+def run_store_verify(store: str) -> int:
+    """``usagemeter store verify``: checks every record of the store at ``store``.
+
+    Prints a summary (backend, format version, generation, records, users, user months); returns 0;
+    returns 1 with the error on stderr if the store is missing, corrupted, too new or locked.
+    """
+    problem = _store_problem(Path(store), need_manifest=False)
+    if problem is not None:
+        print(f"usagemeter store verify: {problem}", file=sys.stderr)
+        return 1
+    try:
+        summary = verify_store(store)
+    except StoreError as error:
+        print(f"usagemeter store verify: {store}: {_store_error_message(error, store)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"usagemeter store verify: {store}: {error}", file=sys.stderr)
+        return 1
+    print(f"{store}: ok, every record verified")
+    shown = ("backend", "format_version", "generation", "records", "users", "user_months")
+    for key in shown:
+        print(f"  {key.replace('_', ' ')}: {_describe(summary.get(key, '?'))}")
+    for key, value in summary.items():  # anything else the library reports
+        if key not in shown:
+            print(f"  {key.replace('_', ' ')}: {_describe(value)}")
+    return 0
+
+
+def run_store_recover(store: str) -> int:
+    """``usagemeter store recover``: keeps every record of ``store`` whose checksum holds.
+
+    Prints how many records were kept and each one dropped; returns 0, or 1 with the error on
+    stderr if the store is missing, locked or cannot be rewritten.
+    """
+    problem = _store_problem(Path(store), need_manifest=False)
+    if problem is not None:
+        print(f"usagemeter store recover: {problem}", file=sys.stderr)
+        return 1
+    try:
+        result = recover_store(store)
+    except StoreError as error:
+        print(f"usagemeter store recover: {store}: {_store_error_message(error, store)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"usagemeter store recover: {store}: {error}", file=sys.stderr)
+        return 1
+    dropped = list(result["dropped"])
+    print(f"{store}: kept {_count(result['kept'], 'record')}, dropped {_count(len(dropped), 'record')}")
+    for description in dropped:
+        print(f"  dropped: {description}")
     return 0
 
 
@@ -572,11 +1060,32 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _month_argument(text: str) -> str:
+    """An argparse type: a month ``YYYY-MM``."""
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
+        raise argparse.ArgumentTypeError(f"not a month YYYY-MM: {text!r}")
+    return text
+
+
+def _non_empty(text: str) -> str:
+    """An argparse type: a non-empty string."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _store_argument(text: str) -> str | None:
+    """An argparse type: a store directory, or ``none`` (memory only) -> None."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (use 'none' for memory only)")
+    return None if text == "none" else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``usagemeter`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="usagemeter",
-        description="Exact, thread-safe usage metering and credits: demo and cost-map tools.",
+        description="Exact, thread-safe usage metering and credits: demo, reports, store and cost-map tools.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -584,7 +1093,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="simulate an AI API server metering thousands of actors",
         description="Simulate an AI API server: worker threads serve requests from Zipf-skewed actors, "
-        "check their credit, book real cost-map usage types, then print throughput and usage tables.",
+        "check their credit, book real cost-map usage types, then print throughput and usage tables. "
+        f"The usage persists to a store ({DEFAULT_STORE} unless --store says otherwise) and the next "
+        "run continues from it.",
     )
     demo.add_argument("--actors", type=_at_least(1), default=5_000, help="distinct actors (default 5,000)")
     demo.add_argument("--threads", type=_at_least(1), default=4, help="worker threads (default 4)")
@@ -592,6 +1103,63 @@ def build_parser() -> argparse.ArgumentParser:
         "--requests", type=_at_least(0), default=200_000, help="total requests (default 200,000)"
     )
     demo.add_argument("--seed", type=int, default=42, help="random seed for actors and traffic (default 42)")
+    demo.add_argument(
+        "--store",
+        type=_store_argument,
+        default=DEFAULT_STORE,
+        metavar="PATH",
+        help=f"store directory, created if missing (default {DEFAULT_STORE}); 'none' keeps usage in "
+        "memory only",
+    )
+    demo.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="store backend (default: the existing store's, else the library default)",
+    )
+
+    report = commands.add_parser(
+        "report",
+        help="print what a store holds for a month",
+        description="Open the store at PATH and print, for a month (default: the current UTC month), "
+        "its users, increments and total, the per-type totals and the top users by spend; with --actor, "
+        "one user's usage per type and per app. Money is exact: dollars to the µ¢, integer µ¢ in "
+        "--json. Exit 1 with the error on stderr if there is no store at PATH or another process "
+        "holds it; nothing is ever created.",
+    )
+    report.add_argument("--store", required=True, metavar="PATH", help="store directory")
+    report.add_argument(
+        "--month",
+        type=_month_argument,
+        metavar="YYYY-MM",
+        help="month to report (default: current UTC month)",
+    )
+    report.add_argument("--actor", type=_non_empty, metavar="ID", help="report this user id only")
+    report.add_argument(
+        "--top",
+        type=_at_least(0),
+        metavar="N",
+        help="users listed by spend (default 10 as text, all in --json; 0: all)",
+    )
+    report.add_argument("--json", action="store_true", help="print one JSON document (money in integer µ¢)")
+
+    store = commands.add_parser("store", help="verify or recover a store")
+    store_commands = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+    verify = store_commands.add_parser(
+        "verify",
+        help="check every record of a store",
+        description="Check the store at PATH (format version, every record's checksum, the record count "
+        "against the manifest) and print a summary. Exit 1 with the error on stderr if it is missing, "
+        "corrupted, written by a newer version, or held by another process.",
+    )
+    verify.add_argument("path", metavar="PATH", help="store directory")
+    recover = store_commands.add_parser(
+        "recover",
+        help="keep every record whose checksum holds, drop the others",
+        description="Rewrite the store at PATH keeping every record whose checksum holds; print how many "
+        "were kept and each record dropped. Exit 1 with the error on stderr if it cannot.",
+    )
+    recover.add_argument("path", metavar="PATH", help="store directory")
 
     costmap = commands.add_parser("costmap", help="check or list cost maps")
     costmap_commands = costmap.add_subparsers(dest="costmap_command", required=True, metavar="COMMAND")
@@ -612,15 +1180,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    """Runs the command ``args`` names; returns its exit code."""
+    if args.command == "demo":
+        return run_demo(args.actors, args.threads, args.requests, args.seed, args.store, args.backend)
+    if args.command == "report":
+        return run_report(args.store, args.month, args.actor, args.json, args.top)
+    if args.command == "store":
+        if args.store_command == "verify":
+            return run_store_verify(args.path)
+        return run_store_recover(args.path)
+    if args.costmap_command == "check":
+        return run_costmap_check(args.paths)
+    return run_costmap_show(args.prefix)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``usagemeter`` command line on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            return run_demo(args.actors, args.threads, args.requests, args.seed)
-        if args.costmap_command == "check":
-            return run_costmap_check(args.paths)
-        return run_costmap_show(args.prefix)
+        return _dispatch(args)
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -19,7 +19,7 @@ __all__ = ["recover_store", "verify_store"]
 def verify_store(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Check every record of the store at ``path``.
 
-    Returns ``{"backend", "format_version", "generation", "records", "users", "months"}``;
+        Returns ``{"backend", "format_version", "generation", "records", "users", "user_months"}``;
     raises ``StoreCorruptedError``, ``StoreVersionError``, ``StoreLockedError`` or ``StoreError``
     (no store there).
     """

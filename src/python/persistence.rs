@@ -90,7 +90,8 @@ fn existing_store(path: &Path) -> Result<Backend, StoreError> {
 }
 
 /// Checks every record of the store at `path` (taking its lock) and describes it:
-/// `{"backend", "format_version", "generation", "records", "users", "months"}`.
+/// `{"backend", "format_version", "generation", "records", "users", "user_months"}` (records are
+/// the credit and user-month records; the meta record and the type table are not counted).
 #[pyfunction]
 pub fn verify_store(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> {
     let (backend, loaded) = py
@@ -105,7 +106,7 @@ pub fn verify_store(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>
     summary.set_item("generation", loaded.generation)?;
     summary.set_item("records", loaded.records)?;
     summary.set_item("users", loaded.users.len())?;
-    summary.set_item("months", loaded.months)?;
+    summary.set_item("user_months", loaded.months)?;
     Ok(summary)
 }
 

@@ -19,7 +19,7 @@ use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
 use crate::ledger::image::UserImage;
-use codec::{DecodeError, Key, Meta};
+use codec::{DecodeError, Key, Meta, TypeTable};
 use manifest::Manifest;
 
 /// A key/value backend: what sled and redb (and a future third) must provide.
@@ -106,6 +106,7 @@ impl Backend {
 #[derive(Clone, Debug, Default)]
 pub struct Loaded {
     pub users: Vec<UserImage>,
+    pub types: Vec<String>,
     pub generation: u64,
     pub records: u64,
     pub months: u64,
@@ -117,6 +118,9 @@ pub struct LedgerStore {
     backend: Backend,
     store: Box<dyn Store>,
     meta: Meta,
+    types: TypeTable,
+    /// How many names of `types` are durable (the table is rewritten when it grows).
+    types_written: usize,
     _lock: File,
 }
 
@@ -177,9 +181,15 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
     let mut users: BTreeMap<String, UserImage> = BTreeMap::new();
     let mut records = 0u64;
     let mut months = 0u64;
+    // The type table first: month records refer to it.
+    let types = match pairs.iter().find(|(key, _)| key == codec::TYPES_KEY) {
+        Some((_, value)) => codec::decode_types(value).map_err(|e| corrupted(&Key::Types, e))?,
+        None => Vec::new(),
+    };
     for (raw_key, value) in pairs {
         let key = Key::decode(&raw_key).map_err(|e| corrupted(&format!("key {raw_key:?}"), e))?;
         match &key {
+            Key::Types => {}
             Key::Meta => meta = Some(codec::decode_meta(&value).map_err(|e| corrupted(&key, e))?),
             Key::Credit { user_id } => {
                 let credit = codec::decode_credit(&value).map_err(|e| corrupted(&key, e))?;
@@ -187,7 +197,7 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
                 records += 1;
             }
             Key::Month { user_id, month } => {
-                let image = codec::decode_month(&value).map_err(|e| corrupted(&key, e))?;
+                let image = codec::decode_month(&value, &types).map_err(|e| corrupted(&key, e))?;
                 image
                     .check()
                     .map_err(|why| corrupted(&key, DecodeError::Corrupted(why)))?;
@@ -215,6 +225,7 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
         .collect();
     Ok(Loaded {
         users,
+        types,
         generation: meta.generation,
         records,
         months,
@@ -272,11 +283,15 @@ impl LedgerStore {
                 )));
             }
         }
+        let types = TypeTable::from_names(loaded.types.clone());
+        let types_written = types.len();
         let opened = LedgerStore {
             dir: dir.to_path_buf(),
             backend,
             store,
             meta,
+            types,
+            types_written,
             _lock: lock,
         };
         if manifest.is_none() {
@@ -308,7 +323,10 @@ impl LedgerStore {
     /// Writes the users' changed records as one atomic batch, makes it durable, then advances the
     /// manifest. On error nothing in memory advances: the caller retries the same changes.
     pub fn write_snapshot(&mut self, users: &[UserImage]) -> StoreResult<()> {
-        let mut puts: Vec<(Vec<u8>, Vec<u8>)> = users.iter().flat_map(codec::encode_user).collect();
+        let mut puts: Vec<(Vec<u8>, Vec<u8>)> = users
+            .iter()
+            .flat_map(|user| codec::encode_user(user, &mut self.types))
+            .collect();
         let mut new_records = 0;
         for (key, _) in &puts {
             if !self.store.contains(key)? {
@@ -320,8 +338,12 @@ impl LedgerStore {
             records: self.meta.records + new_records,
         };
         puts.push((codec::META_KEY.to_vec(), codec::encode_meta(&meta)));
+        if self.types.len() > self.types_written {
+            puts.push((codec::TYPES_KEY.to_vec(), codec::encode_types(&self.types)));
+        }
         self.store.write_changes(&puts, &[])?;
         self.store.flush()?;
+        self.types_written = self.types.len();
         let previous = std::mem::replace(&mut self.meta, meta);
         if let Err(e) = self.write_manifest() {
             self.meta = previous;
@@ -351,23 +373,33 @@ pub fn recover(dir: &Path) -> StoreResult<Recovery> {
     let mut recovery = Recovery::default();
     let mut removes = Vec::new();
     let mut generation = 0;
-    for (raw_key, value) in store.load()? {
+    let pairs = store.load()?;
+    // A damaged type table makes every month record unreadable: they are dropped with it.
+    let types = match pairs.iter().find(|(key, _)| key == codec::TYPES_KEY) {
+        Some((_, value)) => codec::decode_types(value),
+        None => Ok(Vec::new()),
+    };
+    for (raw_key, value) in pairs {
         let checked = Key::decode(&raw_key).and_then(|key| {
             let result = match &key {
                 Key::Meta => codec::decode_meta(&value).map(|meta| generation = meta.generation),
+                Key::Types => types.as_ref().map(|_| ()).map_err(Clone::clone),
                 Key::Credit { .. } => codec::decode_credit(&value).map(|_| ()),
-                Key::Month { .. } => codec::decode_month(&value)
+                Key::Month { .. } => types
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|types| codec::decode_month(&value, types))
                     .and_then(|image| image.check().map_err(DecodeError::Corrupted)),
             };
             result.map(|()| key)
         });
         match checked {
-            Ok(Key::Meta) => {}
+            Ok(Key::Meta | Key::Types) => {}
             Ok(_) => recovery.kept += 1,
             Err(e) => {
                 let name = Key::decode(&raw_key)
                     .map_or_else(|_| format!("key {raw_key:?}"), |k| k.to_string());
-                recovery.dropped.push(format!("{name}: {e:?}"));
+                recovery.dropped.push(format!("{name}: {e}"));
                 removes.push(raw_key);
             }
         }
