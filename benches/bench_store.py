@@ -59,11 +59,16 @@ def increments_per_second(service: MeteringService, actors: list[Actor], calls: 
     return calls / (time.perf_counter() - started)
 
 
-def throughput_ratio(backend: str, directory: Path, calls: int, repeat: int) -> tuple[float, float, float]:
-    """Median increments/s with a store snapshotting every 0.1 s, without a store, and the ratio."""
+def throughput_ratio(
+    backend: str, directory: Path, calls: int, repeat: int, interval: float
+) -> tuple[float, float, float]:
+    """Median increments/s with snapshots every ``interval`` s, without a store, and their ratio."""
     actors = [Actor(f"hot-{i}") for i in range(10_000)]
     stored = MeteringService(
-        COST_MAP, store=directory / f"tp-{backend}", store_backend=backend, snapshot_interval=0.1
+        COST_MAP,
+        store=directory / f"tp-{backend}-{interval}",
+        store_backend=backend,
+        snapshot_interval=interval,
     )
     memory = MeteringService(COST_MAP)
     with_store, without = [], []
@@ -88,22 +93,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="usagemeter-bench-") as tmp:
         directory = Path(tmp)
         print(f"records: {args.users * 10:,} (users {args.users:,} x {len(TYPES)} usage types)\n")
-        print(
-            "| backend | first snapshot (s) | reopen + verify (s) | size on disk (MB) "
-            "| increments/s with snapshots | without store | ratio |"
-        )
-        print("|---|---|---|---|---|---|---|")
+        print("| backend | first snapshot (s) | reopen + verify (s) | size on disk (MB) |")
+        print("|---|---|---|---|")
         for backend in ("sled", "redb"):
             runs = [
                 snapshot_and_reopen(backend, args.users, directory) for _ in range(max(1, args.repeat // 2))
             ]
             snapshot = statistics.median(r[0] for r in runs)
             reopen = statistics.median(r[1] for r in runs)
-            size = runs[0][2] / 1e6
-            stored, memory, ratio = throughput_ratio(backend, directory, args.calls, args.repeat)
-            cells = [backend, f"{snapshot:.2f}", f"{reopen:.2f}", f"{size:.0f}"]
-            cells += [f"{stored:,.0f}", f"{memory:,.0f}", f"{ratio:.2f}"]
-            print("| " + " | ".join(cells) + " |")
+            print(f"| {backend} | {snapshot:.2f} | {reopen:.2f} | {runs[0][2] / 1e6:.0f} |")
+        print(f"\nincrement_usage over 10,000 actors, {args.calls:,} calls x {args.repeat} (medians):\n")
+        print("| backend | snapshot interval (s) | increments/s with snapshots | without store | ratio |")
+        print("|---|---|---|---|---|")
+        for backend in ("sled", "redb"):
+            for interval in (1.0, 0.1):
+                stored, memory, ratio = throughput_ratio(
+                    backend, directory, args.calls, args.repeat, interval
+                )
+                print(f"| {backend} | {interval} | {stored:,.0f} | {memory:,.0f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":
