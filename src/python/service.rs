@@ -604,6 +604,21 @@ impl MeteringCore {
         self.cost_map.clone_ref(py)
     }
 
+    /// Does nothing with `increment_usage`'s arguments: the floor of a native call, for benchmarks.
+    /// PyO3 extracts the same argument types (an `Actor`, a borrowed `str`, an `int`) and the
+    /// result is an `int`, so the difference to `increment_usage` is the metering itself.
+    #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
+    fn _noop_increment_usage(
+        &self,
+        actor: &Bound<'_, PyActor>,
+        usage_type: &str,
+        amount: u64,
+        cost_override: Option<u64>,
+    ) -> u64 {
+        let _ = (actor, usage_type, cost_override);
+        amount
+    }
+
     /// Records `amount` units of `usage_type`; returns the user's month total in µ¢.
     #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
     fn increment_usage<'py>(
