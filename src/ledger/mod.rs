@@ -30,9 +30,7 @@ use global::{Stripe, StripedAggregate};
 use image::{MonthImage, RecordImage, UserImage};
 use month::MonthId;
 use pools::{Credit, MonthPools, Split};
-use record::{
-    fold_deltas, Delta, FastMap, TypeId, UsageRecord, UsageReport, RECORD_LIMITS, STRIPE_LIMITS,
-};
+use record::{fold_deltas, Delta, TypeId, UsageRecord, UsageReport, RECORD_LIMITS, STRIPE_LIMITS};
 use types::TypeRegistry;
 
 /// The usage type under which `set_month_total` books its difference.
@@ -118,8 +116,31 @@ struct AccountState {
 #[derive(Default)]
 struct UserMonth {
     usage: UsageRecord,
-    apps: FastMap<Box<str>, UsageRecord>,
+    /// Per app, sorted by name (a user acts through few apps: bisection, no hashing).
+    apps: Vec<(Box<str>, UsageRecord)>,
     pools: MonthPools,
+}
+
+impl UserMonth {
+    fn app(&self, app_id: &str) -> Option<&UsageRecord> {
+        let at = self
+            .apps
+            .binary_search_by(|(app, _)| (**app).cmp(app_id))
+            .ok()?;
+        Some(&self.apps[at].1)
+    }
+
+    fn app_mut(&mut self, app_id: &str) -> &mut UsageRecord {
+        let at = match self.apps.binary_search_by(|(app, _)| (**app).cmp(app_id)) {
+            Ok(at) => at,
+            Err(at) => {
+                self.apps
+                    .insert(at, (Box::from(app_id), UsageRecord::default()));
+                at
+            }
+        };
+        &mut self.apps[at].1
+    }
 }
 
 impl AccountState {
@@ -159,7 +180,7 @@ impl Ledger {
             types,
             unmapped,
             track_changes: false,
-            accounts: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            accounts: crate::ledger::record::new_concurrent_map(),
             global: StripedAggregate::new(),
         }
     }
@@ -284,7 +305,7 @@ impl Ledger {
         // A record that does not exist yet is checked as an empty one: a new app's (or month's)
         // record starts from the deltas alone.
         let no_record = UsageRecord::default();
-        let app_record = current.apps.get(booking.app_id).unwrap_or(&no_record);
+        let app_record = current.app(booking.app_id).unwrap_or(&no_record);
         app_record.check(&deltas, &RECORD_LIMITS, "the app's month")?;
         let mut stripe = self.global.lock_own();
         let global = stripe.months.get(&booking.month).unwrap_or(&no_record);
@@ -308,14 +329,7 @@ impl Ledger {
         let mut new_credit = credit;
         pools::apply(&split, &mut month.pools, &mut new_credit);
         month.usage.apply(&deltas);
-        match month.apps.get_mut(booking.app_id) {
-            Some(record) => record.apply(&deltas),
-            None => month
-                .apps
-                .entry(Box::from(booking.app_id))
-                .or_default()
-                .apply(&deltas),
-        }
+        month.app_mut(booking.app_id).apply(&deltas);
         stripe
             .months
             .entry(booking.month)
@@ -404,7 +418,7 @@ impl Ledger {
     /// The user's month record for one app.
     pub fn app_usage(&self, user_id: &str, app_id: &str, month: MonthId) -> UsageReport {
         self.read_account(user_id, |state| {
-            let record = state.months.get(&month).and_then(|m| m.apps.get(app_id));
+            let record = state.months.get(&month).and_then(|m| m.app(app_id));
             record.map(UsageReport::of).unwrap_or_default()
         })
     }
@@ -527,11 +541,12 @@ impl Ledger {
             for (month, image) in user.months {
                 let usage = self.record_from_image(&image.usage);
                 self.global.add_loaded(month, &usage);
-                let apps = image
+                let mut apps: Vec<(Box<str>, UsageRecord)> = image
                     .apps
                     .iter()
                     .map(|(app, r)| (Box::from(app.as_str()), self.record_from_image(r)))
                     .collect();
+                apps.sort_by(|a, b| a.0.cmp(&b.0));
                 state.months.insert(
                     month,
                     UserMonth {

@@ -10,6 +10,19 @@ pub type TypeId = u32;
 
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A lock-free map for the process-wide indexes (accounts, plans, usage types).
+pub type ConcurrentMap<K, V> = papaya::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Blocking resizes: papaya's default incremental resize leaves lookups probing the old and the
+/// new table until writers finish the copy, which made a warm lookup over 1,000,000 accounts
+/// the most expensive step of a charge (48% of the time in `cargo bench --bench core`).
+pub fn new_concurrent_map<K: std::hash::Hash + Eq, V>() -> ConcurrentMap<K, V> {
+    papaya::HashMap::builder()
+        .hasher(foldhash::fast::RandomState::default())
+        .resize_mode(papaya::ResizeMode::Blocking)
+        .build()
+}
+
 /// What one usage type has accumulated in one record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsageCounter {
@@ -82,14 +95,23 @@ pub const STRIPE_LIMITS: Limits = Limits {
 };
 
 /// A total and per-type counters: an actor's month, one of its apps' month, or a global stripe.
+///
+/// The counters are a vector sorted by type id, searched by bisection: one contiguous block that
+/// a charge finds in a few comparisons without hashing (an actor uses few types; a global stripe
+/// at most the cost map's ~1,100). It replaced a hash map, measured faster on the hot path.
 #[derive(Clone, Debug, Default)]
 pub struct UsageRecord {
     pub total: Money,
     pub count: u64,
-    by_type: FastMap<TypeId, UsageCounter>,
+    by_type: Vec<(TypeId, UsageCounter)>,
 }
 
 impl UsageRecord {
+    fn find(&self, usage_type: TypeId) -> Result<usize, usize> {
+        self.by_type
+            .binary_search_by_key(&usage_type, |(id, _)| *id)
+    }
+
     /// Fails, changing nothing, if applying `deltas` (one per type) would leave `limits`.
     pub fn check(&self, deltas: &[Delta], limits: &Limits, what: &str) -> LedgerResult<()> {
         let money_fits =
@@ -97,11 +119,7 @@ impl UsageRecord {
         let mut total = Some(self.total);
         let mut count = Some(self.count);
         for delta in deltas {
-            let current = self
-                .by_type
-                .get(&delta.usage_type)
-                .copied()
-                .unwrap_or_default();
+            let current = self.counter(delta.usage_type).copied().unwrap_or_default();
             let units = current
                 .units
                 .checked_add(u128::from(delta.units))
@@ -124,7 +142,12 @@ impl UsageRecord {
     /// Applies deltas that `check` accepted.
     pub fn apply(&mut self, deltas: &[Delta]) {
         for delta in deltas {
-            let counter = self.by_type.entry(delta.usage_type).or_default();
+            let at = self.find(delta.usage_type).unwrap_or_else(|at| {
+                self.by_type
+                    .insert(at, (delta.usage_type, UsageCounter::default()));
+                at
+            });
+            let counter = &mut self.by_type[at].1;
             counter.units += u128::from(delta.units);
             counter.cost = counter.cost.plus(delta.cost);
             counter.count += delta.count;
@@ -134,7 +157,7 @@ impl UsageRecord {
     }
 
     pub fn counter(&self, usage_type: TypeId) -> Option<&UsageCounter> {
-        self.by_type.get(&usage_type)
+        self.find(usage_type).ok().map(|at| &self.by_type[at].1)
     }
 
     pub fn counters(&self) -> impl Iterator<Item = (TypeId, &UsageCounter)> {
@@ -161,10 +184,12 @@ impl UsageRecord {
         count: u64,
         counters: impl IntoIterator<Item = (TypeId, UsageCounter)>,
     ) -> Self {
+        let mut by_type: Vec<_> = counters.into_iter().collect();
+        by_type.sort_by_key(|(id, _)| *id);
         UsageRecord {
             total,
             count,
-            by_type: counters.into_iter().collect(),
+            by_type,
         }
     }
 }

@@ -26,7 +26,7 @@ impl TypeRegistry {
             .collect();
         TypeRegistry {
             cost_map,
-            unpriced: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            unpriced: crate::ledger::record::new_concurrent_map(),
             names: RwLock::new(names),
             insert_lock: Mutex::new(()),
         }

@@ -87,10 +87,12 @@ pub fn usage_type<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
     text.to_str()
 }
 
-/// Money as whole microcents, rounded half up.
+/// Money as whole microcents, rounded half up. Through `i64` when it fits: CPython builds a
+/// small int directly, where an `i128` goes through a byte array.
 pub fn money_to_int(py: Python<'_>, money: Money) -> Bound<'_, PyInt> {
-    money
-        .to_microcents_half_up()
-        .into_pyobject(py)
-        .expect("i128 converts to int")
+    let microcents = money.to_microcents_half_up();
+    match i64::try_from(microcents) {
+        Ok(small) => small.into_pyobject(py).expect("i64 converts to int"),
+        Err(_) => microcents.into_pyobject(py).expect("i128 converts to int"),
+    }
 }
