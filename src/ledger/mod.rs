@@ -33,6 +33,9 @@ use pools::{Credit, MonthPools, Split};
 use record::{fold_deltas, Delta, TypeId, UsageRecord, UsageReport, RECORD_LIMITS, STRIPE_LIMITS};
 use types::TypeRegistry;
 
+/// A charge's deltas, one per usage type: inline up to 4, so a single increment allocates nothing.
+pub type Deltas = smallvec::SmallVec<[Delta; 4]>;
+
 /// The usage type under which `set_month_total` books its difference.
 pub const MANUAL_ADJUSTMENT: &str = "manual_adjustment";
 
@@ -210,8 +213,8 @@ impl Ledger {
 
     /// Turns items into one delta per usage type; validates everything before anything is
     /// recorded. Returns the deltas and how many items were unpriced and free.
-    fn deltas_of(&self, items: &[UsageItem<'_>]) -> LedgerResult<(Vec<Delta>, usize)> {
-        let mut deltas = Vec::with_capacity(items.len());
+    fn deltas_of(&self, items: &[UsageItem<'_>]) -> LedgerResult<(Deltas, usize)> {
+        let mut deltas = Deltas::with_capacity(items.len());
         let mut unmapped_items = 0;
         for item in items {
             validate_usage_type(item.usage_type)?;
@@ -279,7 +282,7 @@ impl Ledger {
                 .ok_or_else(|| overflow("the adjustment"))?;
             if difference != Money::ZERO {
                 let usage_type = self.types.intern(MANUAL_ADJUSTMENT);
-                deltas = vec![Delta {
+                deltas = smallvec::smallvec![Delta {
                     usage_type,
                     units: 0,
                     cost: difference,

@@ -61,9 +61,11 @@ impl Delta {
 }
 
 /// Folds deltas so each usage type appears once (a batch may name a type several times).
-pub fn fold_deltas(deltas: &mut Vec<Delta>) -> LedgerResult<()> {
+pub fn fold_deltas<A: smallvec::Array<Item = Delta>>(
+    deltas: &mut smallvec::SmallVec<A>,
+) -> LedgerResult<()> {
     deltas.sort_by_key(|d| d.usage_type);
-    let mut folded: Vec<Delta> = Vec::with_capacity(deltas.len());
+    let mut folded: smallvec::SmallVec<A> = smallvec::SmallVec::with_capacity(deltas.len());
     for delta in deltas.iter() {
         match folded.last_mut() {
             Some(last) if last.usage_type == delta.usage_type => last.absorb(delta)?,
@@ -258,10 +260,11 @@ mod tests {
 
     #[test]
     fn fold_merges_repeated_types() {
-        let mut deltas = vec![delta(2, 1, 125), delta(1, 1, 63), delta(2, 1, 125)];
+        let mut deltas: smallvec::SmallVec<[Delta; 4]> =
+            smallvec::smallvec![delta(2, 1, 125), delta(1, 1, 63), delta(2, 1, 125)];
         fold_deltas(&mut deltas).unwrap();
         assert_eq!(
-            deltas,
+            deltas.to_vec(),
             vec![
                 delta(1, 1, 63),
                 Delta {
