@@ -98,22 +98,17 @@ pub const STRIPE_LIMITS: Limits = Limits {
 
 /// A total and per-type counters: an actor's month, one of its apps' month, or a global stripe.
 ///
-/// The counters are a vector sorted by type id, searched by bisection: one contiguous block that
-/// a charge finds in a few comparisons without hashing (an actor uses few types; a global stripe
-/// at most the cost map's ~1,100). It replaced a hash map, measured faster on the hot path.
+/// The counters are a hash map by type id. A vector sorted by type id was tried: faster with a
+/// few types per record, but 721 -> 1,387 ns per call with 500 types per hot user and in the
+/// global stripes (`benches/run.py`, Zipf over the cost map), so the map stays.
 #[derive(Clone, Debug, Default)]
 pub struct UsageRecord {
     pub total: Money,
     pub count: u64,
-    by_type: Vec<(TypeId, UsageCounter)>,
+    by_type: FastMap<TypeId, UsageCounter>,
 }
 
 impl UsageRecord {
-    fn find(&self, usage_type: TypeId) -> Result<usize, usize> {
-        self.by_type
-            .binary_search_by_key(&usage_type, |(id, _)| *id)
-    }
-
     /// Fails, changing nothing, if applying `deltas` (one per type) would leave `limits`.
     pub fn check(&self, deltas: &[Delta], limits: &Limits, what: &str) -> LedgerResult<()> {
         let money_fits =
@@ -144,12 +139,7 @@ impl UsageRecord {
     /// Applies deltas that `check` accepted.
     pub fn apply(&mut self, deltas: &[Delta]) {
         for delta in deltas {
-            let at = self.find(delta.usage_type).unwrap_or_else(|at| {
-                self.by_type
-                    .insert(at, (delta.usage_type, UsageCounter::default()));
-                at
-            });
-            let counter = &mut self.by_type[at].1;
+            let counter = self.by_type.entry(delta.usage_type).or_default();
             counter.units += u128::from(delta.units);
             counter.cost = counter.cost.plus(delta.cost);
             counter.count += delta.count;
@@ -159,7 +149,7 @@ impl UsageRecord {
     }
 
     pub fn counter(&self, usage_type: TypeId) -> Option<&UsageCounter> {
-        self.find(usage_type).ok().map(|at| &self.by_type[at].1)
+        self.by_type.get(&usage_type)
     }
 
     pub fn counters(&self) -> impl Iterator<Item = (TypeId, &UsageCounter)> {
@@ -186,8 +176,7 @@ impl UsageRecord {
         count: u64,
         counters: impl IntoIterator<Item = (TypeId, UsageCounter)>,
     ) -> Self {
-        let mut by_type: Vec<_> = counters.into_iter().collect();
-        by_type.sort_by_key(|(id, _)| *id);
+        let by_type = counters.into_iter().collect();
         UsageRecord {
             total,
             count,
