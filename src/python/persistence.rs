@@ -13,7 +13,7 @@ use super::actor::PyActor;
 use super::errors::store_error;
 use crate::ledger::Ledger;
 use crate::store::snapshot::{ErrorHook, Snapshotter};
-use crate::store::{self, manifest::Manifest, Backend, LedgerStore, Loaded, StoreError};
+use crate::store::{self, Backend, LedgerStore, Loaded, StoreError};
 
 /// The Python callable that raises `metering:alarm` (installed after the service is built).
 pub type AlarmHook = Arc<OnceLock<Py<PyAny>>>;
@@ -81,9 +81,11 @@ impl Persistence {
     }
 }
 
+/// The backend of the store at `path`, refusing a path with no store at all (the tools never
+/// create one). Data without a manifest is left to `LedgerStore::open`, which calls it corrupted.
 fn existing_store(path: &Path) -> Result<Backend, StoreError> {
     let missing = || StoreError::Other(format!("no usagemeter store at {}", path.display()));
-    if !path.is_dir() || Manifest::read(path)?.is_none() {
+    if !path.is_dir() {
         return Err(missing());
     }
     store::detect_backend(path)?.ok_or_else(missing)

@@ -152,6 +152,13 @@ impl TypeTable {
     }
 }
 
+fn keyed_checksum(key: &[u8], body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key);
+    hasher.update(body);
+    hasher.finalize()
+}
+
 /// Appends values in the record layout.
 struct Writer(Vec<u8>);
 
@@ -189,8 +196,10 @@ impl Writer {
             self.varint(u128::from(counter.count));
         }
     }
-    fn finish(mut self) -> Vec<u8> {
-        let checksum = crc32fast::hash(&self.0);
+    /// Appends the checksum of the record *and its key*, so a record that moved to another key
+    /// (a damaged key byte) fails its checksum instead of loading as someone else's usage.
+    fn finish(mut self, key: &[u8]) -> Vec<u8> {
+        let checksum = keyed_checksum(key, &self.0);
         self.0.extend_from_slice(&checksum.to_le_bytes());
         self.0
     }
@@ -203,13 +212,13 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// Checks version and checksum; the reader then covers the payload only.
-    fn open(bytes: &'a [u8]) -> Result<Reader<'a>, DecodeError> {
+    fn open(bytes: &'a [u8], key: &[u8]) -> Result<Reader<'a>, DecodeError> {
         if bytes.len() < 6 {
             return Err(DecodeError::Corrupted("record is truncated".into()));
         }
         let (body, checksum) = bytes.split_at(bytes.len() - 4);
         let version = u16::from_le_bytes([body[0], body[1]]);
-        if crc32fast::hash(body) != u32::from_le_bytes(checksum.try_into().expect("4 bytes")) {
+        if keyed_checksum(key, body) != u32::from_le_bytes(checksum.try_into().expect("4 bytes")) {
             return Err(DecodeError::Corrupted("checksum mismatch".into()));
         }
         if version > FORMAT_VERSION {
@@ -308,11 +317,11 @@ pub fn encode_meta(meta: &Meta) -> Vec<u8> {
     let mut w = Writer::new();
     w.varint(u128::from(meta.generation));
     w.varint(u128::from(meta.records));
-    w.finish()
+    w.finish(META_KEY)
 }
 
 pub fn decode_meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
-    let mut r = Reader::open(bytes)?;
+    let mut r = Reader::open(bytes, META_KEY)?;
     let meta = Meta {
         generation: r.u64()?,
         records: r.u64()?,
@@ -320,15 +329,15 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
     r.end().map(|()| meta)
 }
 
-pub fn encode_credit(credit: &Credit) -> Vec<u8> {
+pub fn encode_credit(key: &[u8], credit: &Credit) -> Vec<u8> {
     let mut w = Writer::new();
     w.money(credit.purchased);
     w.money(credit.consumed);
-    w.finish()
+    w.finish(key)
 }
 
-pub fn decode_credit(bytes: &[u8]) -> Result<Credit, DecodeError> {
-    let mut r = Reader::open(bytes)?;
+pub fn decode_credit(key: &[u8], bytes: &[u8]) -> Result<Credit, DecodeError> {
+    let mut r = Reader::open(bytes, key)?;
     let credit = Credit {
         purchased: r.money()?,
         consumed: r.money()?,
@@ -342,11 +351,11 @@ pub fn encode_types(types: &TypeTable) -> Vec<u8> {
     for name in &types.names {
         w.text(name);
     }
-    w.finish()
+    w.finish(TYPES_KEY)
 }
 
 pub fn decode_types(bytes: &[u8]) -> Result<Vec<String>, DecodeError> {
-    let mut r = Reader::open(bytes)?;
+    let mut r = Reader::open(bytes, TYPES_KEY)?;
     let count = r.len()?;
     let names = (0..count)
         .map(|_| r.text())
@@ -359,7 +368,7 @@ pub fn decode_types(bytes: &[u8]) -> Result<Vec<String>, DecodeError> {
 const APP_RECORD_FOLLOWS: u128 = 0;
 const APP_RECORD_IS_MONTH: u128 = 1;
 
-pub fn encode_month(month: &MonthImage, types: &mut TypeTable) -> Vec<u8> {
+pub fn encode_month(key: &[u8], month: &MonthImage, types: &mut TypeTable) -> Vec<u8> {
     let mut w = Writer::new();
     w.money(month.pools.allowance_used);
     w.money(month.pools.purchased_consumed);
@@ -375,11 +384,11 @@ pub fn encode_month(month: &MonthImage, types: &mut TypeTable) -> Vec<u8> {
             w.record(record, types);
         }
     }
-    w.finish()
+    w.finish(key)
 }
 
-pub fn decode_month(bytes: &[u8], types: &[String]) -> Result<MonthImage, DecodeError> {
-    let mut r = Reader::open(bytes)?;
+pub fn decode_month(key: &[u8], bytes: &[u8], types: &[String]) -> Result<MonthImage, DecodeError> {
+    let mut r = Reader::open(bytes, key)?;
     let pools = MonthPools {
         allowance_used: r.money()?,
         purchased_consumed: r.money()?,
@@ -406,19 +415,20 @@ pub fn decode_month(bytes: &[u8], types: &[String]) -> Result<MonthImage, Decode
 
 /// The key/value pairs that store a user image.
 pub fn encode_user(user: &UserImage, types: &mut TypeTable) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut pairs = vec![(
-        Key::Credit {
-            user_id: user.user_id.clone(),
-        }
-        .encode(),
-        encode_credit(&user.credit),
-    )];
+    let credit_key = Key::Credit {
+        user_id: user.user_id.clone(),
+    }
+    .encode();
+    let credit = encode_credit(&credit_key, &user.credit);
+    let mut pairs = vec![(credit_key, credit)];
     for (month, image) in &user.months {
         let key = Key::Month {
             user_id: user.user_id.clone(),
             month: *month,
-        };
-        pairs.push((key.encode(), encode_month(image, types)));
+        }
+        .encode();
+        let value = encode_month(&key, image, types);
+        pairs.push((key, value));
     }
     pairs
 }
@@ -453,13 +463,13 @@ mod tests {
     fn records_round_trip() {
         let month = sample_month();
         let mut types = TypeTable::default();
-        let bytes = encode_month(&month, &mut types);
-        assert_eq!(decode_month(&bytes, types.names()).unwrap(), month);
+        let bytes = encode_month(b"k", &month, &mut types);
+        assert_eq!(decode_month(b"k", &bytes, types.names()).unwrap(), month);
         assert_eq!(decode_types(&encode_types(&types)).unwrap(), types.names());
         let mut two_apps = month.clone();
         two_apps.apps.push(("app-2".into(), RecordImage::default()));
-        let bytes = encode_month(&two_apps, &mut types);
-        assert_eq!(decode_month(&bytes, types.names()).unwrap(), two_apps);
+        let bytes = encode_month(b"k", &two_apps, &mut types);
+        assert_eq!(decode_month(b"k", &bytes, types.names()).unwrap(), two_apps);
         for value in [
             0,
             1,
@@ -472,13 +482,19 @@ mod tests {
                 purchased: Money::from_attocents(value).unwrap(),
                 consumed: Money::ZERO,
             };
-            assert_eq!(decode_credit(&encode_credit(&credit)).unwrap(), credit);
+            assert_eq!(
+                decode_credit(b"k", &encode_credit(b"k", &credit)).unwrap(),
+                credit
+            );
         }
         let credit = Credit {
             purchased: Money::from_microcents(7).unwrap(),
             consumed: Money::ZERO,
         };
-        assert_eq!(decode_credit(&encode_credit(&credit)).unwrap(), credit);
+        assert_eq!(
+            decode_credit(b"k", &encode_credit(b"k", &credit)).unwrap(),
+            credit
+        );
         let meta = Meta {
             generation: 9,
             records: 4,
@@ -495,8 +511,8 @@ mod tests {
     #[test]
     fn every_flipped_bit_and_every_truncation_is_refused() {
         let mut types = TypeTable::default();
-        let bytes = encode_month(&sample_month(), &mut types);
-        let decode_month = |b: &[u8]| decode_month(b, types.names());
+        let bytes = encode_month(b"k", &sample_month(), &mut types);
+        let decode_month = |b: &[u8]| decode_month(b"k", b, types.names());
         for at in 0..bytes.len() {
             for bit in 0..8 {
                 let mut flipped = bytes.clone();
@@ -516,11 +532,22 @@ mod tests {
     }
 
     #[test]
+    fn a_record_under_another_key_is_refused() {
+        let credit = Credit {
+            purchased: Money::from_microcents(7).unwrap(),
+            consumed: Money::ZERO,
+        };
+        let value = encode_credit(b"cknown-17", &credit);
+        assert!(decode_credit(b"cknown-17", &value).is_ok());
+        assert!(decode_credit(b"cknown-16", &value).is_err());
+    }
+
+    #[test]
     fn a_newer_version_is_named() {
         let mut bytes = encode_meta(&Meta::default());
         bytes[0] = 2;
         let body_len = bytes.len() - 4;
-        let checksum = crc32fast::hash(&bytes[..body_len]);
+        let checksum = keyed_checksum(META_KEY, &bytes[..body_len]);
         bytes[body_len..].copy_from_slice(&checksum.to_le_bytes());
         assert_eq!(decode_meta(&bytes), Err(DecodeError::NewerVersion(2)));
     }

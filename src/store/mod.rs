@@ -121,6 +121,9 @@ pub struct LedgerStore {
     types: TypeTable,
     /// How many names of `types` are durable (the table is rewritten when it grows).
     types_written: usize,
+    /// A write failed: the backend is reopened before the next one. Both sled and redb refuse
+    /// every later write on the handle that saw an I/O error (disk full), even once space is back.
+    reopen: bool,
     _lock: File,
 }
 
@@ -192,12 +195,14 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
             Key::Types => {}
             Key::Meta => meta = Some(codec::decode_meta(&value).map_err(|e| corrupted(&key, e))?),
             Key::Credit { user_id } => {
-                let credit = codec::decode_credit(&value).map_err(|e| corrupted(&key, e))?;
+                let credit =
+                    codec::decode_credit(&raw_key, &value).map_err(|e| corrupted(&key, e))?;
                 users.entry(user_id.clone()).or_default().credit = credit;
                 records += 1;
             }
             Key::Month { user_id, month } => {
-                let image = codec::decode_month(&value, &types).map_err(|e| corrupted(&key, e))?;
+                let image = codec::decode_month(&raw_key, &value, &types)
+                    .map_err(|e| corrupted(&key, e))?;
                 image
                     .check()
                     .map_err(|why| corrupted(&key, DecodeError::Corrupted(why)))?;
@@ -292,6 +297,7 @@ impl LedgerStore {
             meta,
             types,
             types_written,
+            reopen: false,
             _lock: lock,
         };
         if manifest.is_none() {
@@ -323,6 +329,23 @@ impl LedgerStore {
     /// Writes the users' changed records as one atomic batch, makes it durable, then advances the
     /// manifest. On error nothing in memory advances: the caller retries the same changes.
     pub fn write_snapshot(&mut self, users: &[UserImage]) -> StoreResult<()> {
+        if self.reopen {
+            // Drop the failed handle first: a backend may hold its files until then.
+            self.store = Box::new(NoStore);
+            self.store = self.backend.open(&self.dir).map_err(|e| {
+                StoreError::Write(format!(
+                    "cannot reopen {} after a failed write: {e}",
+                    self.dir.display()
+                ))
+            })?;
+            self.reopen = false;
+        }
+        let result = self.write_batch(users);
+        self.reopen = result.is_err();
+        result
+    }
+
+    fn write_batch(&mut self, users: &[UserImage]) -> StoreResult<()> {
         let mut puts: Vec<(Vec<u8>, Vec<u8>)> = users
             .iter()
             .flat_map(|user| codec::encode_user(user, &mut self.types))
@@ -356,6 +379,28 @@ impl LedgerStore {
     }
 }
 
+/// Stands in for a backend between dropping a failed handle and reopening it.
+struct NoStore;
+
+impl Store for NoStore {
+    fn load(&self) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+    fn contains(&self, _key: &[u8]) -> StoreResult<bool> {
+        Err(StoreError::Write("the store is being reopened".into()))
+    }
+    fn write_changes(
+        &mut self,
+        _puts: &[(Vec<u8>, Vec<u8>)],
+        _removes: &[Vec<u8>],
+    ) -> StoreResult<()> {
+        Err(StoreError::Write("the store is being reopened".into()))
+    }
+    fn flush(&mut self) -> StoreResult<()> {
+        Err(StoreError::Write("the store is being reopened".into()))
+    }
+}
+
 /// What `recover` kept and dropped.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
@@ -384,11 +429,11 @@ pub fn recover(dir: &Path) -> StoreResult<Recovery> {
             let result = match &key {
                 Key::Meta => codec::decode_meta(&value).map(|meta| generation = meta.generation),
                 Key::Types => types.as_ref().map(|_| ()).map_err(Clone::clone),
-                Key::Credit { .. } => codec::decode_credit(&value).map(|_| ()),
+                Key::Credit { .. } => codec::decode_credit(&raw_key, &value).map(|_| ()),
                 Key::Month { .. } => types
                     .as_ref()
                     .map_err(Clone::clone)
-                    .and_then(|types| codec::decode_month(&value, types))
+                    .and_then(|types| codec::decode_month(&raw_key, &value, types))
                     .and_then(|image| image.check().map_err(DecodeError::Corrupted)),
             };
             result.map(|()| key)

@@ -1,5 +1,6 @@
 //! The redb backend: copy-on-write B-trees with checksummed pages and an fsync per commit.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
@@ -21,17 +22,52 @@ fn corrupted(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupted(format!("redb: {e}"))
 }
 
+/// redb reports some damage by panicking ("entered unreachable code" on a flipped page): a panic
+/// while opening or reading is corruption, and must reach Python as `StoreCorruptedError`, not
+/// as a `PanicException`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(StoreError::Corrupted(format!(
+            "redb panicked during {what}: the file is damaged"
+        )))
+    })
+}
+
 impl RedbStore {
     pub fn open(dir: &Path) -> StoreResult<RedbStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Database::create(dir.join(FILE_NAME)).map_err(corrupted)?;
+        let db = guarded("open", || {
+            Database::create(dir.join(FILE_NAME)).map_err(corrupted)
+        })?;
         Ok(RedbStore { db })
     }
 }
 
 impl Store for RedbStore {
     fn load(&self) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        guarded("read", || self.load_all())
+    }
+
+    fn contains(&self, key: &[u8]) -> StoreResult<bool> {
+        guarded("read", || self.contains_key(key))
+    }
+
+    fn write_changes(
+        &mut self,
+        puts: &[(Vec<u8>, Vec<u8>)],
+        removes: &[Vec<u8>],
+    ) -> StoreResult<()> {
+        guarded("write", || self.write_batch(puts, removes))
+    }
+
+    fn flush(&mut self) -> StoreResult<()> {
+        Ok(()) // every commit is already durable (redb's default durability is Immediate)
+    }
+}
+
+impl RedbStore {
+    fn load_all(&self) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let read = self.db.begin_read().map_err(corrupted)?;
         let table = match read.open_table(LEDGER) {
             Ok(table) => table,
@@ -46,7 +82,7 @@ impl Store for RedbStore {
         Ok(pairs)
     }
 
-    fn contains(&self, key: &[u8]) -> StoreResult<bool> {
+    fn contains_key(&self, key: &[u8]) -> StoreResult<bool> {
         let read = self.db.begin_read().map_err(write_error)?;
         match read.open_table(LEDGER) {
             Ok(table) => Ok(table.get(key).map_err(write_error)?.is_some()),
@@ -55,11 +91,7 @@ impl Store for RedbStore {
         }
     }
 
-    fn write_changes(
-        &mut self,
-        puts: &[(Vec<u8>, Vec<u8>)],
-        removes: &[Vec<u8>],
-    ) -> StoreResult<()> {
+    fn write_batch(&mut self, puts: &[(Vec<u8>, Vec<u8>)], removes: &[Vec<u8>]) -> StoreResult<()> {
         // One write transaction: all of it commits (with an fsync) or none of it does.
         let write = self.db.begin_write().map_err(write_error)?;
         {
@@ -74,9 +106,5 @@ impl Store for RedbStore {
             }
         }
         write.commit().map_err(write_error)
-    }
-
-    fn flush(&mut self) -> StoreResult<()> {
-        Ok(()) // every commit is already durable (redb's default durability is Immediate)
     }
 }

@@ -24,8 +24,9 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> sled::Result<T>) -> StoreResult<T>
 impl SledStore {
     pub fn open(dir: &Path) -> StoreResult<SledStore> {
         let config = sled::Config::new().path(dir);
+        // An I/O error while opening (no space, no permission) is not damage: plain StoreError.
         let db = guarded("open", || config.open()).map_err(|e| match e {
-            StoreError::Write(message) => StoreError::Corrupted(message),
+            StoreError::Write(message) => StoreError::Other(message),
             other => other,
         })?;
         Ok(SledStore { db })

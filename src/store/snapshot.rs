@@ -29,7 +29,10 @@ struct Progress {
     requested: u64,
     /// The last requested number covered by a snapshot that completed (successfully or not).
     completed: u64,
-    /// The error of the snapshot that completed `completed`, if it failed.
+    /// The last requested number covered by a snapshot that succeeded: a success writes
+    /// everything still unsaved, so it also covers the requests of earlier failed snapshots.
+    saved: u64,
+    /// The error of the last snapshot that failed.
     last_error: Option<StoreError>,
     stop: bool,
 }
@@ -128,7 +131,7 @@ impl Snapshotter {
             self.shared.done.wait(&mut progress);
         }
         match &progress.last_error {
-            Some(error) if progress.completed == target => Err(error.clone()),
+            Some(error) if progress.saved < target => Err(error.clone()),
             _ => Ok(()),
         }
     }
@@ -177,7 +180,10 @@ fn run(shared: &Shared, writer: &mut Writer, interval: Duration) {
         // Requests made while this snapshot ran may have missed its copies: only the ones made
         // before it started are covered.
         progress.completed = progress.completed.max(target);
-        progress.last_error = result.err();
+        match result {
+            Ok(()) => progress.saved = progress.saved.max(target),
+            Err(error) => progress.last_error = Some(error),
+        }
         shared.done.notify_all();
     }
 }
