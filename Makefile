@@ -7,7 +7,7 @@ export HYPOTHESIS_PROFILE ?= default
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python lint demo crashloop bench-build bench-store clean
+.PHONY: help dev test test-rust test-python lint demo crashloop bench-build bench bench-store clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (b
 	rm -rf target/wheels
 	$(VENV)/bin/maturin build --release --quiet --interpreter $(BENCH_PY)
 	$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps target/wheels/*.whl
+
+bench: bench-build ## Python API vs reference, sqlite, redis and the native floor; writes benches/RESULTS.md
+	$(BENCH_PY) -m pip install --quiet "redis>=5" || echo "no redis client: the redis figures are skipped"
+	$(BENCH_PY) benches/run.py --write-results
 
 bench-store: bench-build ## snapshot/reopen time of 1,000,000 records and throughput with snapshots
 	$(BENCH_PY) benches/bench_store.py
