@@ -18,7 +18,6 @@ pub mod pools;
 pub mod record;
 pub mod types;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -30,7 +29,10 @@ use global::{Stripe, StripedAggregate};
 use image::{MonthImage, RecordImage, UserImage};
 use month::MonthId;
 use pools::{Credit, MonthPools, Split};
-use record::{fold_deltas, Delta, TypeId, UsageRecord, UsageReport, RECORD_LIMITS, STRIPE_LIMITS};
+use record::{
+    fold_deltas, Delta, TypeId, UsageCounter, UsageRecord, UsageReport, RECORD_LIMITS,
+    STRIPE_LIMITS,
+};
 use types::TypeRegistry;
 
 /// A charge's deltas, one per usage type: inline up to 4, so a single increment allocates nothing.
@@ -109,22 +111,102 @@ struct Account {
 #[derive(Default)]
 struct AccountState {
     credit: Credit,
-    months: BTreeMap<MonthId, UserMonth>,
+    months: Months,
     /// Months changed since a snapshot last took this account (only when tracking changes).
     changed_months: Vec<MonthId>,
     /// Whether the user id is already in a stripe's `changed_users`.
     queued: bool,
 }
 
+/// One user's month. Per-type counters are kept once, per app; the user's own per-type figures
+/// are their sums (computed when read). Keeping a second, user-level copy doubled the memory
+/// per record (419 B per record at 1,000,000 records in `make bench`) and the work per charge.
 #[derive(Default)]
 struct UserMonth {
-    usage: UsageRecord,
+    total: Money,
+    count: u64,
     /// Per app, sorted by name (a user acts through few apps: bisection, no hashing).
     apps: Vec<(Box<str>, UsageRecord)>,
     pools: MonthPools,
 }
 
+/// A user's months, sorted. Most users have one or two: a vector of exactly that size costs far
+/// less than a `BTreeMap` node (room for 11 months, about 1 KB) per user, which was a third of
+/// the memory per record at 1,000,000 records (`benches/run.py --only memory`).
+#[derive(Default)]
+struct Months(Vec<(MonthId, UserMonth)>);
+
+impl Months {
+    fn find(&self, month: &MonthId) -> Result<usize, usize> {
+        self.0.binary_search_by_key(month, |(m, _)| *m)
+    }
+
+    fn get(&self, month: &MonthId) -> Option<&UserMonth> {
+        self.find(month).ok().map(|at| &self.0[at].1)
+    }
+
+    fn get_or_default(&mut self, month: MonthId) -> &mut UserMonth {
+        let at = self.find(&month).unwrap_or_else(|at| {
+            self.0.insert(at, (month, UserMonth::default()));
+            at
+        });
+        &mut self.0[at].1
+    }
+
+    fn insert(&mut self, month: MonthId, user_month: UserMonth) {
+        *self.get_or_default(month) = user_month;
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &MonthId> {
+        self.0.iter().map(|(month, _)| month)
+    }
+}
+
+impl std::ops::Index<&MonthId> for Months {
+    type Output = UserMonth;
+
+    fn index(&self, month: &MonthId) -> &UserMonth {
+        self.get(month).expect("a changed month exists")
+    }
+}
+
 impl UserMonth {
+    /// Checks that the user's own figures stay in range after `deltas`: the month total and
+    /// count, and per usage type the sum over its apps.
+    fn check_user(&self, deltas: &[Delta], cost: Money) -> LedgerResult<()> {
+        let total = self.total.checked_add(cost).filter(|t| t.fits_record());
+        total.ok_or_else(|| overflow("the actor's month total"))?;
+        let calls = deltas
+            .iter()
+            .try_fold(self.count, |n, d| n.checked_add(d.count));
+        calls.ok_or_else(|| overflow("the actor's month count"))?;
+        for delta in deltas {
+            let (mut units, mut type_cost) = (u128::from(delta.units), delta.cost.attocents());
+            for (_, record) in &self.apps {
+                if let Some(counter) = record.counter(delta.usage_type) {
+                    units += counter.units;
+                    type_cost += counter.cost.attocents();
+                }
+            }
+            if units > RECORD_LIMITS.units {
+                return Err(overflow("the actor's month units"));
+            }
+            if type_cost.abs() > RECORD_LIMITS.money {
+                return Err(overflow("the actor's month cost"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The user's month summed over its apps.
+    fn report(&self) -> UsageReport {
+        let mut report = UsageReport::default();
+        for (_, record) in &self.apps {
+            report.add(record);
+        }
+        report
+    }
+
     fn app(&self, app_id: &str) -> Option<&UsageRecord> {
         let at = self
             .apps
@@ -148,7 +230,7 @@ impl UserMonth {
 
 impl AccountState {
     fn month_mut(&mut self, month: MonthId) -> &mut UserMonth {
-        self.months.entry(month).or_default()
+        self.months.get_or_default(month)
     }
 
     /// Notes a change for the next snapshot; queues the user on the first change since the last.
@@ -275,7 +357,7 @@ impl Ledger {
                 &empty_month
             }
         };
-        let before = current.usage.total;
+        let before = current.total;
         if let ChargeMode::SetTotal(target) = mode {
             let difference = target
                 .checked_sub(before)
@@ -302,9 +384,7 @@ impl Ledger {
             .iter()
             .try_fold(Money::ZERO, |sum, d| sum.checked_add(d.cost));
         let cost = cost.ok_or_else(|| overflow("the cost of the call"))?;
-        current
-            .usage
-            .check(&deltas, &RECORD_LIMITS, "the actor's month")?;
+        current.check_user(&deltas, cost)?;
         // A record that does not exist yet is checked as an empty one: a new app's (or month's)
         // record starts from the deltas alone.
         let no_record = UsageRecord::default();
@@ -331,14 +411,15 @@ impl Ledger {
         let month = state.month_mut(booking.month);
         let mut new_credit = credit;
         pools::apply(&split, &mut month.pools, &mut new_credit);
-        month.usage.apply(&deltas);
+        month.total = month.total.plus(cost);
+        month.count += deltas.iter().map(|d| d.count).sum::<u64>();
         month.app_mut(booking.app_id).apply(&deltas);
         stripe
             .months
             .entry(booking.month)
             .or_default()
             .apply(&deltas);
-        let month_total = month.usage.total;
+        let month_total = month.total;
         state.credit = new_credit;
         if self.track_changes {
             state.mark_changed(booking.user_id, Some(booking.month), &mut stripe);
@@ -413,7 +494,7 @@ impl Ledger {
             state
                 .months
                 .get(&month)
-                .map(|m| UsageReport::of(&m.usage))
+                .map(UserMonth::report)
                 .unwrap_or_default()
         })
     }
@@ -460,7 +541,7 @@ impl Ledger {
         let mut users = Vec::new();
         for (user_id, account) in accounts.iter() {
             if let Some(m) = account.state.lock().months.get(&month) {
-                users.push((user_id.to_string(), m.usage.total, m.usage.count));
+                users.push((user_id.to_string(), m.total, m.count));
             }
         }
         users
@@ -518,9 +599,30 @@ impl Ledger {
             .collect();
         apps.sort_by(|a, b| a.0.cmp(&b.0));
         MonthImage {
-            usage: self.record_image(&month.usage),
+            usage: self.report_image(&month.report()),
             apps,
             pools: month.pools,
+        }
+    }
+
+    /// A user's month summed over its apps, as stored (counts fit: they are a user's calls).
+    fn report_image(&self, report: &UsageReport) -> RecordImage {
+        let by_type = report.by_type.iter().map(|(id, t)| {
+            let count = u64::try_from(t.count).expect("a user's calls fit in u64");
+            (
+                self.type_name(*id).to_string(),
+                UsageCounter {
+                    units: t.units,
+                    cost: t.cost,
+                    count,
+                },
+            )
+        });
+        let count = u64::try_from(report.count).expect("a user's calls fit in u64");
+        RecordImage {
+            total: report.total,
+            count,
+            by_type: by_type.collect(),
         }
     }
 
@@ -542,18 +644,22 @@ impl Ledger {
                 ..AccountState::default()
             };
             for (month, image) in user.months {
-                let usage = self.record_from_image(&image.usage);
-                self.global.add_loaded(month, &usage);
+                // The store checked that the app records add up to the month's (`MonthImage::check`).
                 let mut apps: Vec<(Box<str>, UsageRecord)> = image
                     .apps
                     .iter()
                     .map(|(app, r)| (Box::from(app.as_str()), self.record_from_image(r)))
                     .collect();
                 apps.sort_by(|a, b| a.0.cmp(&b.0));
+                for (_, record) in &apps {
+                    self.global.add_loaded(month, record);
+                }
+                let (total, count) = (image.usage.total, image.usage.count);
                 state.months.insert(
                     month,
                     UserMonth {
-                        usage,
+                        total,
+                        count,
                         apps,
                         pools: image.pools,
                     },
