@@ -581,7 +581,7 @@ impl Ledger {
     fn record_image(&self, record: &UsageRecord) -> RecordImage {
         let mut by_type: Vec<_> = record
             .counters()
-            .map(|(id, c)| (self.type_name(id).to_string(), *c))
+            .map(|(id, c)| (self.type_name(id).to_string(), c))
             .collect();
         by_type.sort_by(|a, b| a.0.cmp(&b.0));
         RecordImage {

@@ -105,7 +105,47 @@ pub const STRIPE_LIMITS: Limits = Limits {
 pub struct UsageRecord {
     pub total: Money,
     pub count: u64,
-    by_type: FastMap<TypeId, UsageCounter>,
+    by_type: FastMap<TypeId, StoredCounter>,
+}
+
+/// A `UsageCounter` as a record stores it: its 128-bit fields as pairs of `u64`, so it is aligned
+/// to 8 bytes rather than 16 and a (type, counter) map entry takes 48 bytes instead of 64.
+/// 222 -> 196 B per record at 1,000,000 records (`benches/run.py --only memory`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct StoredCounter {
+    units: [u64; 2],
+    cost: [u64; 2],
+    count: u64,
+}
+
+fn split128(value: u128) -> [u64; 2] {
+    [value as u64, (value >> 64) as u64]
+}
+
+fn join128(halves: [u64; 2]) -> u128 {
+    u128::from(halves[0]) | (u128::from(halves[1]) << 64)
+}
+
+impl From<UsageCounter> for StoredCounter {
+    fn from(c: UsageCounter) -> Self {
+        StoredCounter {
+            units: split128(c.units),
+            cost: split128(c.cost.attocents() as u128),
+            count: c.count,
+        }
+    }
+}
+
+impl From<StoredCounter> for UsageCounter {
+    fn from(c: StoredCounter) -> Self {
+        let cost =
+            Money::from_attocents(join128(c.cost) as i128).expect("stored costs are in range");
+        UsageCounter {
+            units: join128(c.units),
+            cost,
+            count: c.count,
+        }
+    }
 }
 
 impl UsageRecord {
@@ -116,7 +156,7 @@ impl UsageRecord {
         let mut total = Some(self.total);
         let mut count = Some(self.count);
         for delta in deltas {
-            let current = self.counter(delta.usage_type).copied().unwrap_or_default();
+            let current = self.counter(delta.usage_type).unwrap_or_default();
             let units = current
                 .units
                 .checked_add(u128::from(delta.units))
@@ -139,21 +179,27 @@ impl UsageRecord {
     /// Applies deltas that `check` accepted.
     pub fn apply(&mut self, deltas: &[Delta]) {
         for delta in deltas {
-            let counter = self.by_type.entry(delta.usage_type).or_default();
+            let stored = self.by_type.entry(delta.usage_type).or_default();
+            let mut counter = UsageCounter::from(*stored);
             counter.units += u128::from(delta.units);
             counter.cost = counter.cost.plus(delta.cost);
             counter.count += delta.count;
+            *stored = counter.into();
             self.total = self.total.plus(delta.cost);
             self.count += delta.count;
         }
     }
 
-    pub fn counter(&self, usage_type: TypeId) -> Option<&UsageCounter> {
-        self.by_type.get(&usage_type)
+    pub fn counter(&self, usage_type: TypeId) -> Option<UsageCounter> {
+        self.by_type
+            .get(&usage_type)
+            .map(|stored| UsageCounter::from(*stored))
     }
 
-    pub fn counters(&self) -> impl Iterator<Item = (TypeId, &UsageCounter)> {
-        self.by_type.iter().map(|(id, counter)| (*id, counter))
+    pub fn counters(&self) -> impl Iterator<Item = (TypeId, UsageCounter)> + '_ {
+        self.by_type
+            .iter()
+            .map(|(id, stored)| (*id, UsageCounter::from(*stored)))
     }
 
     pub fn type_count(&self) -> usize {
@@ -162,8 +208,8 @@ impl UsageRecord {
 
     /// The record as deltas from zero (for adding it into an aggregate).
     pub fn deltas(&self) -> impl Iterator<Item = Delta> + '_ {
-        self.by_type.iter().map(|(id, c)| Delta {
-            usage_type: *id,
+        self.counters().map(|(id, c)| Delta {
+            usage_type: id,
             units: u64::try_from(c.units).expect("a record holds at most 2**64-1 units per type"),
             cost: c.cost,
             count: c.count,
@@ -176,7 +222,10 @@ impl UsageRecord {
         count: u64,
         counters: impl IntoIterator<Item = (TypeId, UsageCounter)>,
     ) -> Self {
-        let by_type = counters.into_iter().collect();
+        let by_type = counters
+            .into_iter()
+            .map(|(id, c)| (id, StoredCounter::from(c)))
+            .collect();
         UsageRecord {
             total,
             count,
@@ -288,6 +337,22 @@ mod tests {
         };
         assert!(record.check(&[costly], &RECORD_LIMITS, "test").is_err());
         record.check(&[costly], &STRIPE_LIMITS, "test").unwrap();
+    }
+
+    #[test]
+    fn stored_counters_keep_every_value() {
+        for (units, attocents) in [
+            (0, 0),
+            (u128::from(u64::MAX) * 3, -1),
+            (1 << 120, crate::money::MAX_ABS_ATTOCENTS),
+        ] {
+            let counter = UsageCounter {
+                units,
+                cost: Money::from_attocents(attocents).unwrap(),
+                count: 9,
+            };
+            assert_eq!(UsageCounter::from(StoredCounter::from(counter)), counter);
+        }
     }
 
     #[test]
