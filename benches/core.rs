@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use _core::costmap::CostMap;
 use _core::ledger::month::MonthId;
-use _core::ledger::{Booking, ChargeMode, Ledger, Unmapped, UsageItem};
+use _core::ledger::{Booking, ChargeMode, Ledger, Plan, Unmapped, UsageItem};
 use _core::money::Money;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -30,7 +30,7 @@ fn increment(ledger: &Ledger, user_id: &str) {
         user_id,
         app_id: "os-global",
         month: MONTH,
-        allowance: Money::ZERO,
+        plan: Plan::Fixed(Money::ZERO),
     };
     let item = UsageItem {
         usage_type: "claude:claude-sonnet-4-5-20250929:output_tokens",

@@ -13,6 +13,8 @@ pub enum LedgerError {
     InvalidInput(String),
     /// A total would leave the ledger's range; nothing was recorded.
     Overflow(String),
+    /// `Plan::Cached` found no unexpired plan: resolve it, `set_plan`, and call again.
+    PlanNeeded,
     CostMap(CostMapError),
 }
 
@@ -29,6 +31,7 @@ impl fmt::Display for LedgerError {
                 f.write_str(message)
             }
             LedgerError::CostMap(error) => error.fmt(f),
+            LedgerError::PlanNeeded => f.write_str("the user's plan must be resolved first"),
         }
     }
 }

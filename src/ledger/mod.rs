@@ -59,13 +59,24 @@ pub struct UsageItem<'a> {
     pub cost_override: Option<Money>,
 }
 
-/// Whose usage, which month, under which allowance.
+/// Which monthly allowance a charge is decided under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// This allowance.
+    Fixed(Money),
+    /// The allowance cached in the user's account by `set_plan`, unless it expired by `now_ms`;
+    /// then the call returns `LedgerError::PlanNeeded` and changes nothing. Keeping the plan in
+    /// the account spares the hot path a second map lookup (and cache miss) per call.
+    Cached { now_ms: i64 },
+}
+
+/// Whose usage, which month, under which plan.
 #[derive(Clone, Copy, Debug)]
 pub struct Booking<'a> {
     pub user_id: &'a str,
     pub app_id: &'a str,
     pub month: MonthId,
-    pub allowance: Money,
+    pub plan: Plan,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +94,8 @@ pub enum ChargeMode {
 pub struct Receipt {
     /// False when `IfAffordable` refused the charge (then nothing was recorded).
     pub accepted: bool,
+    /// The allowance the charge was decided under.
+    pub allowance: Money,
     pub month_total: Money,
     pub cost: Money,
     pub split: Split,
@@ -111,6 +124,8 @@ struct Account {
 #[derive(Default)]
 struct AccountState {
     credit: Credit,
+    /// The user's monthly allowance and when it expires (epoch ms), from `set_plan`.
+    plan: Option<(Money, i64)>,
     months: Months,
     /// Months changed since a snapshot last took this account (only when tracking changes).
     changed_months: Vec<MonthId>,
@@ -229,6 +244,18 @@ impl UserMonth {
 }
 
 impl AccountState {
+    fn allowance(&self, plan: Plan) -> LedgerResult<Money> {
+        match (plan, self.plan) {
+            (Plan::Fixed(allowance), _) => Ok(allowance),
+            (Plan::Cached { now_ms }, Some((allowance, expires_at_ms)))
+                if expires_at_ms > now_ms =>
+            {
+                Ok(allowance)
+            }
+            (Plan::Cached { .. }, _) => Err(LedgerError::PlanNeeded),
+        }
+    }
+
     fn month_mut(&mut self, month: MonthId) -> &mut UserMonth {
         self.months.get_or_default(month)
     }
@@ -348,6 +375,7 @@ impl Ledger {
             None => accounts.get_or_insert_with(Box::from(booking.user_id), Account::default),
         };
         let mut state = account.state.lock();
+        let allowance = state.allowance(booking.plan)?;
         let credit = state.credit;
         let empty_month;
         let current = match state.months.get(&booking.month) {
@@ -397,7 +425,7 @@ impl Ledger {
         // the same error whether or not the user could afford it.
         if mode == ChargeMode::IfAffordable
             && cost.is_positive()
-            && pools::remaining(booking.allowance, &current.pools, &credit) < cost
+            && pools::remaining(allowance, &current.pools, &credit) < cost
         {
             return Ok(Receipt {
                 accepted: false,
@@ -407,7 +435,7 @@ impl Ledger {
             });
         }
         // Everything is validated: commit. Nothing below can fail.
-        let split = pools::split(cost, booking.allowance, &current.pools, &credit);
+        let split = pools::split(cost, allowance, &current.pools, &credit);
         let month = state.month_mut(booking.month);
         let mut new_credit = credit;
         pools::apply(&split, &mut month.pools, &mut new_credit);
@@ -426,12 +454,13 @@ impl Ledger {
         }
         drop(stripe);
         let overuse_multiple = if new_credit.left() == Money::ZERO {
-            pools::overuse_multiple_crossed(before, month_total, booking.allowance)
+            pools::overuse_multiple_crossed(before, month_total, allowance)
         } else {
             None
         };
         Ok(Receipt {
             accepted: true,
+            allowance,
             month_total,
             cost,
             split,
@@ -471,21 +500,37 @@ impl Ledger {
         }
     }
 
-    pub fn budget(&self, user_id: &str, month: MonthId, allowance: Money) -> Budget {
+    /// The user's budget for `month` under `plan`.
+    pub fn budget(&self, user_id: &str, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
         self.read_account(user_id, |state| {
+            let allowance = state.allowance(plan)?;
             let pools = state
                 .months
                 .get(&month)
                 .map(|m| m.pools)
                 .unwrap_or_default();
             let remaining = pools::remaining(allowance, &pools, &state.credit);
-            Budget {
+            Ok(Budget {
                 allowance,
                 pools,
                 credit: state.credit,
                 remaining,
-            }
+            })
         })
+    }
+
+    /// Caches the user's monthly allowance until `expires_at_ms` (see `Plan::Cached`).
+    pub fn set_plan(&self, user_id: &str, allowance: Money, expires_at_ms: i64) {
+        let accounts = self.accounts.pin();
+        let account = accounts.get_or_insert_with(Box::from(user_id), Account::default);
+        account.state.lock().plan = Some((allowance, expires_at_ms));
+    }
+
+    /// Forgets the user's cached allowance.
+    pub fn forget_plan(&self, user_id: &str) {
+        if let Some(account) = self.accounts.pin().get(user_id) {
+            account.state.lock().plan = None;
+        }
     }
 
     /// The user's month record (all apps together).

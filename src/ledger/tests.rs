@@ -26,7 +26,7 @@ fn booking(user_id: &str) -> Booking<'_> {
         user_id,
         app_id: "os-global",
         month: OCTOBER,
-        allowance: m(1_000),
+        plan: Plan::Fixed(m(1_000)),
     }
 }
 
@@ -36,6 +36,43 @@ fn item(usage_type: &str, units: u64) -> UsageItem<'_> {
         units,
         cost_override: None,
     }
+}
+
+#[test]
+fn a_cached_plan_is_used_until_it_expires() {
+    let ledger = ledger();
+    let cached = Booking {
+        plan: Plan::Cached { now_ms: 1_000 },
+        ..booking("u")
+    };
+    let error = ledger.charge(&cached, &[item("kv:write", 1)], ChargeMode::Always);
+    assert_eq!(error, Err(LedgerError::PlanNeeded));
+    assert_eq!(ledger.user_usage("u", OCTOBER), UsageReport::default());
+    ledger.set_plan("u", m(100), 2_000);
+    let receipt = ledger
+        .charge(&cached, &[item("kv:write", 1)], ChargeMode::Always)
+        .unwrap();
+    assert_eq!(
+        (
+            receipt.allowance,
+            receipt.split.allowance,
+            receipt.split.overage
+        ),
+        (m(100), m(100), m(25))
+    );
+    let expired = Booking {
+        plan: Plan::Cached { now_ms: 2_000 },
+        ..booking("u")
+    };
+    assert_eq!(
+        ledger.charge(&expired, &[item("kv:write", 1)], ChargeMode::Always),
+        Err(LedgerError::PlanNeeded)
+    );
+    ledger.forget_plan("u");
+    assert_eq!(
+        ledger.budget("u", OCTOBER, Plan::Cached { now_ms: 1_000 }),
+        Err(LedgerError::PlanNeeded)
+    );
 }
 
 #[test]
@@ -89,7 +126,7 @@ fn overflow_records_nothing_anywhere() {
     let before = (
         ledger.user_usage("u", OCTOBER),
         ledger.global_usage(OCTOBER),
-        ledger.budget("u", OCTOBER, m(1_000)),
+        ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap(),
     );
     let error = ledger.charge(
         &booking("u"),
@@ -109,7 +146,7 @@ fn overflow_records_nothing_anywhere() {
     let after = (
         ledger.user_usage("u", OCTOBER),
         ledger.global_usage(OCTOBER),
-        ledger.budget("u", OCTOBER, m(1_000)),
+        ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap(),
     );
     assert_eq!(before, after);
 }
@@ -140,7 +177,7 @@ fn unknown_types_fail_or_are_free() {
 fn try_charge_refuses_without_recording() {
     let ledger = ledger();
     let tight = Booking {
-        allowance: m(200),
+        plan: Plan::Fixed(m(200)),
         ..booking("u")
     };
     assert!(
@@ -154,7 +191,13 @@ fn try_charge_refuses_without_recording() {
         .unwrap();
     assert!(!refused.accepted);
     assert_eq!(ledger.user_usage("u", OCTOBER).total, m(125));
-    assert_eq!(ledger.budget("u", OCTOBER, m(200)).remaining, m(75));
+    assert_eq!(
+        ledger
+            .budget("u", OCTOBER, Plan::Fixed(m(200)))
+            .unwrap()
+            .remaining,
+        m(75)
+    );
 }
 
 #[test]
@@ -163,7 +206,7 @@ fn set_total_books_the_difference_and_refunds_pools() {
     ledger
         .charge(&booking("u"), &[item("kv:write", 10)], ChargeMode::Always)
         .unwrap();
-    let budget = ledger.budget("u", OCTOBER, m(1_000));
+    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
     assert_eq!(
         (budget.pools.allowance_used, budget.pools.overage),
         (m(1_000), m(250))
@@ -173,7 +216,7 @@ fn set_total_books_the_difference_and_refunds_pools() {
         .unwrap();
     assert_eq!(receipt.month_total, m(1_000));
     assert_eq!(receipt.split.overage, m(-250));
-    let budget = ledger.budget("u", OCTOBER, m(1_000));
+    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
     assert_eq!(
         (budget.pools.allowance_used, budget.pools.overage),
         (m(1_000), m(0))
@@ -182,7 +225,7 @@ fn set_total_books_the_difference_and_refunds_pools() {
         .charge(&booking("u"), &[], ChargeMode::SetTotal(m(100)))
         .unwrap();
     assert_eq!(receipt.month_total, m(100));
-    let budget = ledger.budget("u", OCTOBER, m(1_000));
+    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
     assert_eq!(
         (budget.pools.allowance_used, budget.pools.overage),
         (m(100), m(0))
@@ -194,7 +237,7 @@ fn months_are_separate_and_credit_is_lifetime() {
     let ledger = ledger();
     ledger.add_purchased("u", m(100)).unwrap();
     let october = Booking {
-        allowance: m(100),
+        plan: Plan::Fixed(m(100)),
         ..booking("u")
     };
     let november = Booking {
@@ -212,7 +255,13 @@ fn months_are_separate_and_credit_is_lifetime() {
             ChargeMode::Always,
         )
         .unwrap();
-    assert_eq!(ledger.budget("u", NOVEMBER, m(100)).remaining, m(150));
+    assert_eq!(
+        ledger
+            .budget("u", NOVEMBER, Plan::Fixed(m(100)))
+            .unwrap()
+            .remaining,
+        m(150)
+    );
     let receipt = ledger
         .charge(
             &november,
@@ -266,7 +315,7 @@ fn racing_try_charges_never_overspend() {
             let ledger = Arc::clone(&ledger);
             std::thread::spawn(move || {
                 let b = Booking {
-                    allowance,
+                    plan: Plan::Fixed(allowance),
                     ..booking("racer")
                 };
                 (0..50)

@@ -1,6 +1,6 @@
 //! Python exceptions of the library, and the one place where core errors become them.
 
-use pyo3::exceptions::{PyException, PyKeyError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyException, PyKeyError, PyOverflowError, PyRuntimeError, PyValueError};
 use pyo3::{create_exception, PyErr};
 
 use crate::costmap::CostMapError as CoreCostMapError;
@@ -74,6 +74,8 @@ pub fn ledger_error(error: LedgerError) -> PyErr {
         LedgerError::InvalidInput(message) => PyValueError::new_err(message),
         LedgerError::Overflow(message) => PyOverflowError::new_err(message),
         LedgerError::CostMap(error) => cost_map_error(error),
+        // Handled where it arises (the binding resolves the plan and retries); never expected here.
+        LedgerError::PlanNeeded => PyRuntimeError::new_err(error.to_string()),
     }
 }
 

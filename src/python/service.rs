@@ -24,13 +24,12 @@ use crate::error::LedgerError;
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::RoundedBudget;
 use crate::ledger::record::UsageReport;
-use crate::ledger::{Booking, Budget, ChargeMode, Ledger, Receipt, Unmapped, UsageItem};
+use crate::ledger::{Booking, Budget, ChargeMode, Ledger, Plan, Receipt, Unmapped, UsageItem};
 use crate::money::Money;
 
 /// A resolved plan, cached per user until `expires_at_ms`.
 struct CachedPlan {
     policy: Py<PyAny>,
-    allowance: Money,
     expires_at_ms: i64,
 }
 
@@ -256,12 +255,14 @@ impl MeteringCore {
         let expires_at_ms = now_ms.saturating_add(self.subscription_ttl_ms);
         let cached = CachedPlan {
             policy: policy.clone_ref(py),
-            allowance,
             expires_at_ms,
         };
         self.plans
             .pin()
             .insert(Box::from(actor.user_id.as_str()), cached);
+        // The hot path reads the allowance from the user's account (no second map lookup).
+        self.ledger
+            .set_plan(&actor.user_id, allowance, expires_at_ms);
         Ok((allowance, policy))
     }
 
@@ -281,19 +282,22 @@ impl MeteringCore {
         }
     }
 
-    /// The user's monthly allowance, cached or resolved. The hot path: one lock-free lookup.
-    fn allowance(
+    /// Runs `call` with the plan cached in the user's account; if there is none (or it expired),
+    /// resolves it through the events (no lock held) and runs `call` again with it.
+    fn with_plan<T>(
         &self,
         py: Python<'_>,
         actor_obj: &Bound<'_, PyAny>,
         actor: &PyActor,
         now_ms: i64,
-    ) -> PyResult<Money> {
-        match self.cached_plan(&actor.user_id, now_ms, |plan| plan.allowance) {
-            Some(allowance) => Ok(allowance),
-            None => self
-                .resolve_plan(py, actor_obj, actor, now_ms)
-                .map(|(allowance, _)| allowance),
+        call: impl Fn(Plan) -> Result<T, LedgerError>,
+    ) -> PyResult<T> {
+        match call(Plan::Cached { now_ms }) {
+            Err(LedgerError::PlanNeeded) => {
+                let (allowance, _) = self.resolve_plan(py, actor_obj, actor, now_ms)?;
+                call(Plan::Fixed(allowance)).map_err(ledger_error)
+            }
+            result => result.map_err(ledger_error),
         }
     }
 
@@ -307,19 +311,17 @@ impl MeteringCore {
         mode: ChargeMode,
     ) -> PyResult<Receipt> {
         let now_ms = self.now_ms(py)?;
-        let allowance = self.allowance(py, actor_obj, actor, now_ms)?;
-        let booking = Booking {
-            user_id: &actor.user_id,
-            app_id: actor.booking_app(),
-            month: MonthId::from_epoch_ms(now_ms),
-            allowance,
-        };
-        let receipt = self
-            .ledger
-            .charge(&booking, items, mode)
-            .map_err(ledger_error)?;
+        let receipt = self.with_plan(py, actor_obj, actor, now_ms, |plan| {
+            let booking = Booking {
+                user_id: &actor.user_id,
+                app_id: actor.booking_app(),
+                month: MonthId::from_epoch_ms(now_ms),
+                plan,
+            };
+            self.ledger.charge(&booking, items, mode)
+        })?;
         if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
-            self.raise_alarms(py, actor_obj, items, &receipt, allowance);
+            self.raise_alarms(py, actor_obj, items, &receipt, receipt.allowance);
         }
         Ok(receipt)
     }
@@ -378,10 +380,10 @@ impl MeteringCore {
             return Err(not_metered());
         }
         let now_ms = self.now_ms(py)?;
-        let allowance = self.allowance(py, actor_obj, actor, now_ms)?;
-        Ok(self
-            .ledger
-            .budget(&actor.user_id, MonthId::from_epoch_ms(now_ms), allowance))
+        let month = MonthId::from_epoch_ms(now_ms);
+        self.with_plan(py, actor_obj, actor, now_ms, |plan| {
+            self.ledger.budget(&actor.user_id, month, plan)
+        })
     }
 
     /// The budget in whole µ¢, for reports (see `RoundedBudget`).
@@ -829,7 +831,12 @@ impl MeteringCore {
             false => {
                 let budget = self
                     .ledger
-                    .budget(&actor.user_id, self.month_now(py)?, Money::ZERO);
+                    .budget(
+                        &actor.user_id,
+                        self.month_now(py)?,
+                        Plan::Fixed(Money::ZERO),
+                    )
+                    .map_err(ledger_error)?;
                 RoundedBudget::of(Money::ZERO, &budget.pools, &budget.credit)
             }
         };
@@ -954,5 +961,6 @@ impl MeteringCore {
     /// Forgets the cached plan of a user, so the next call resolves it again.
     fn invalidate_subscription(&self, user_id: &str) {
         self.plans.pin().remove(user_id);
+        self.ledger.forget_plan(user_id);
     }
 }

@@ -8,7 +8,7 @@ use super::snapshot::Snapshotter;
 use super::*;
 use crate::costmap::CostMap;
 use crate::ledger::month::MonthId;
-use crate::ledger::{Booking, ChargeMode, Ledger, Unmapped, UsageItem};
+use crate::ledger::{Booking, ChargeMode, Ledger, Plan, Unmapped, UsageItem};
 use crate::money::Money;
 
 const BACKENDS: [Backend; 2] = [Backend::Sled, Backend::Redb];
@@ -31,7 +31,7 @@ fn charge(ledger: &Ledger, user_id: &str, app_id: &str, units: u64) {
         user_id,
         app_id,
         month: OCTOBER,
-        allowance: Money::from_microcents(1_000).unwrap(),
+        plan: Plan::Fixed(Money::from_microcents(1_000).unwrap()),
     };
     let item = UsageItem {
         usage_type: "kv:write",
@@ -85,7 +85,9 @@ fn a_closed_store_reopens_with_everything() {
             restored.global_usage(OCTOBER).total,
             Money::from_microcents(875).unwrap()
         );
-        let carol = restored.budget("carol", OCTOBER, Money::ZERO);
+        let carol = restored
+            .budget("carol", OCTOBER, Plan::Fixed(Money::ZERO))
+            .unwrap();
         assert_eq!(carol.credit.purchased, Money::from_microcents(500).unwrap());
         assert_eq!(
             loaded.records, 5,
