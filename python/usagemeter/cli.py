@@ -944,23 +944,29 @@ def _describe(value: object) -> str:
     return str(value)
 
 
+def _run_store_tool(command: str, store: str, tool: Callable[[str], dict[str, Any]]) -> dict[str, Any] | None:
+    """Runs ``tool(store)`` for ``usagemeter store COMMAND``: its result, or None after printing why not."""
+    problem = _store_problem(Path(store), need_manifest=False)
+    if problem is not None:
+        print(f"usagemeter store {command}: {problem}", file=sys.stderr)
+        return None
+    try:
+        return tool(store)
+    except StoreError as error:
+        print(f"usagemeter store {command}: {store}: {_store_error_message(error, store)}", file=sys.stderr)
+    except OSError as error:
+        print(f"usagemeter store {command}: {store}: {error}", file=sys.stderr)
+    return None
+
+
 def run_store_verify(store: str) -> int:
     """``usagemeter store verify``: checks every record of the store at ``store``.
 
     Prints a summary (backend, format version, generation, records, users, user months); returns 0;
     returns 1 with the error on stderr if the store is missing, corrupted, too new or locked.
     """
-    problem = _store_problem(Path(store), need_manifest=False)
-    if problem is not None:
-        print(f"usagemeter store verify: {problem}", file=sys.stderr)
-        return 1
-    try:
-        summary = verify_store(store)
-    except StoreError as error:
-        print(f"usagemeter store verify: {store}: {_store_error_message(error, store)}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"usagemeter store verify: {store}: {error}", file=sys.stderr)
+    summary = _run_store_tool("verify", store, verify_store)
+    if summary is None:
         return 1
     print(f"{store}: ok, every record verified")
     shown = ("backend", "format_version", "generation", "records", "users", "user_months")
@@ -978,17 +984,8 @@ def run_store_recover(store: str) -> int:
     Prints how many records were kept and each one dropped; returns 0, or 1 with the error on
     stderr if the store is missing, locked or cannot be rewritten.
     """
-    problem = _store_problem(Path(store), need_manifest=False)
-    if problem is not None:
-        print(f"usagemeter store recover: {problem}", file=sys.stderr)
-        return 1
-    try:
-        result = recover_store(store)
-    except StoreError as error:
-        print(f"usagemeter store recover: {store}: {_store_error_message(error, store)}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"usagemeter store recover: {store}: {error}", file=sys.stderr)
+    result = _run_store_tool("recover", store, recover_store)
+    if result is None:
         return 1
     dropped = list(result["dropped"])
     print(f"{store}: kept {_count(result['kept'], 'record')}, dropped {_count(len(dropped), 'record')}")
