@@ -126,6 +126,22 @@ class _UserMonth(_Record):
         self.overage = 0
 
 
+def _remaining(account: _Account, user_month: _UserMonth, allowance: int) -> int:
+    """``max(0, allowance - allowance_used) + (purchased - consumed)``, exact."""
+    return max(0, allowance - user_month.allowance_used) + account.purchased - account.consumed
+
+
+def _split_over_pools(account: _Account, user_month: _UserMonth, allowance: int, cost: int) -> None:
+    """Book a non-negative ``cost``: the allowance first, then purchased credit, then overage."""
+    room = max(0, allowance - user_month.allowance_used)
+    from_allowance = min(cost, room)
+    from_purchased = min(cost - from_allowance, account.purchased - account.consumed)
+    user_month.allowance_used += from_allowance
+    user_month.purchased_consumed += from_purchased
+    user_month.overage += cost - from_allowance - from_purchased
+    account.consumed += from_purchased
+
+
 class _Account:
     """A user: lifetime purchased credit and every month it has used."""
 
@@ -298,22 +314,11 @@ class ReferenceMeter:
                 raise OverflowError("the actor's month units would leave the ledger's range")
             if before + cost > MAX_RECORD_ATTOCENTS:
                 raise OverflowError("the actor's month total would leave the ledger's range")
-            room = allowance - user_month.allowance_used
-            if room < 0:
-                room = 0
-            credit_left = account.purchased - account.consumed
-            if if_affordable and cost > 0 and room + credit_left < cost:
+            if if_affordable and cost > 0 and _remaining(account, user_month, allowance) < cost:
                 return None
-            # Commit: allowance first, then purchased credit, then overage.
             if user_month is _EMPTY_MONTH:
                 user_month = account.months[month] = _UserMonth()
-            from_allowance = cost if cost < room else room
-            rest = cost - from_allowance
-            from_purchased = rest if rest < credit_left else credit_left
-            user_month.allowance_used += from_allowance
-            user_month.purchased_consumed += from_purchased
-            user_month.overage += rest - from_purchased
-            account.consumed += from_purchased
+            _split_over_pools(account, user_month, allowance, cost)
             after = before + cost
             user_month.total = after
             user_month.count += 1
@@ -399,17 +404,7 @@ class ReferenceMeter:
                 raise OverflowError("the actor's month total would leave the ledger's range")
             if user_month is _EMPTY_MONTH:
                 user_month = account.months[month] = _UserMonth()
-            room = allowance - user_month.allowance_used
-            if room < 0:
-                room = 0
-            credit_left = account.purchased - account.consumed
-            from_allowance = cost if cost < room else room
-            rest = cost - from_allowance
-            from_purchased = rest if rest < credit_left else credit_left
-            user_month.allowance_used += from_allowance
-            user_month.purchased_consumed += from_purchased
-            user_month.overage += rest - from_purchased
-            account.consumed += from_purchased
+            _split_over_pools(account, user_month, allowance, cost)
             app_record = user_month.apps.get(app_id) or user_month.apps.setdefault(app_id, _Record())
             global_record = self._global.get(month) or self._global.setdefault(month, _Record())
             for record in (user_month, app_record, global_record):
@@ -486,8 +481,7 @@ class ReferenceMeter:
         with self._lock:
             account = self._accounts.get(actor.user_id) or _EMPTY_ACCOUNT
             user_month = account.months.get(month) or _EMPTY_MONTH
-            room = self._allowance - user_month.allowance_used
-            return (room if room > 0 else 0) + account.purchased - account.consumed >= cost
+            return _remaining(account, user_month, self._allowance) >= cost
 
     def get_actor_current_month_usage_details(self, actor: RefActor) -> dict[str, Any]:
         """``{"usage": {"total", "<type>": {...}}, "app_totals": {"<app>": {"total", "count"}}}``.

@@ -375,7 +375,16 @@ impl MeteringCore {
     }
 
     fn budget(&self, py: Python<'_>, actor_obj: &Bound<'_, PyAny>) -> PyResult<Budget> {
-        let actor = as_actor(actor_obj)?;
+        self.budget_of(py, actor_obj, as_actor(actor_obj)?)
+    }
+
+    /// `budget` for an actor already extracted (the credit checks have it in hand).
+    fn budget_of(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+    ) -> PyResult<Budget> {
         if actor.is_system {
             return Err(not_metered());
         }
@@ -412,7 +421,7 @@ impl MeteringCore {
             return Ok(true);
         }
         let Some(cost) = cost else { return Ok(false) };
-        Ok(self.budget(py, actor_obj)?.remaining >= cost)
+        Ok(self.budget_of(py, actor_obj, actor)?.remaining >= cost)
     }
 
     fn one_usage(
