@@ -16,11 +16,12 @@ pub const FRACTION_DIGITS: u32 = 12;
 /// every total of an actor's or app's month: 10^30 attocents = 10^18 µ¢ (ten billion dollars).
 pub const MAX_RECORD_ATTOCENTS: i128 = 1_000_000_000_000_000_000_000_000_000_000;
 
-/// Largest magnitude of any amount at all (the global aggregate's stripes): 10^36 attocents.
+/// Largest magnitude of any amount at all (the global month, summed over actors): 10^36
+/// attocents.
 ///
-/// A million times the per-actor limit, so a global stripe can only fill up after a million
-/// actors at their own limit; and well below `i128::MAX` (~1.7 * 10^38), so summing the
-/// per-thread stripes (at most 64) can never overflow when a report is read.
+/// A million times the per-actor limit, so only a million actors at their own limit can reach
+/// it (`get_global_usage` then raises `OverflowError`); and well below `i128::MAX` (~1.7 * 10^38),
+/// so adding one more record to a sum in range can never overflow `i128` itself.
 pub const MAX_ABS_ATTOCENTS: i128 = 1_000_000_000_000_000_000_000_000_000_000_000_000;
 
 /// An exact amount of money in attocents (signed: manual adjustments may be negative).

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use crate::error::{overflow, LedgerResult};
-use crate::money::{Money, MAX_ABS_ATTOCENTS, MAX_RECORD_ATTOCENTS};
+use crate::money::{Money, MAX_RECORD_ATTOCENTS};
 
 /// Interned usage type: a cost-map index, or a later id for types the cost map does not price.
 pub type TypeId = u32;
@@ -26,7 +26,7 @@ pub fn new_concurrent_map<K: std::hash::Hash + Eq, V>() -> ConcurrentMap<K, V> {
 /// What one usage type has accumulated in one record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsageCounter {
-    /// Wider than an actor's limit (`u64`) so the global stripes share the type.
+    /// Wider than a record's limit (`u64`): reports sum counters of many records.
     pub units: u128,
     pub cost: Money,
     pub count: u64,
@@ -89,18 +89,11 @@ pub const RECORD_LIMITS: Limits = Limits {
     money: MAX_RECORD_ATTOCENTS,
 };
 
-/// One stripe of the global aggregate: so far above any actor's limits that only a million
-/// actors at their limit in one thread could fill it (its sum over <= 64 stripes still fits).
-pub const STRIPE_LIMITS: Limits = Limits {
-    units: 1 << 120,
-    money: MAX_ABS_ATTOCENTS,
-};
-
-/// A total and per-type counters: an actor's month, one of its apps' month, or a global stripe.
+/// A total and per-type counters: one app's month of one actor.
 ///
 /// The counters are a hash map by type id. A vector sorted by type id was tried: faster with a
-/// few types per record, but 721 -> 1,387 ns per call with 500 types per hot user and in the
-/// global stripes (`benches/run.py`, Zipf over the cost map), so the map stays.
+/// few types per record, but 721 -> 1,387 ns per call with 500 types per hot user (then also in
+/// the global aggregate; `benches/run.py`, Zipf over the cost map), so the map stays.
 #[derive(Clone, Debug, Default)]
 pub struct UsageRecord {
     pub total: Money,
@@ -234,7 +227,7 @@ impl UsageRecord {
     }
 }
 
-/// A read-only sum of records (wide enough that summing stripes cannot overflow).
+/// A read-only sum of records: one user's apps, or every user's (`Ledger::global_usage`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageReport {
     pub total: Money,
@@ -253,15 +246,18 @@ pub struct TypeReport {
 impl UsageReport {
     pub fn of(record: &UsageRecord) -> UsageReport {
         let mut report = UsageReport::default();
-        report.add(record);
+        report
+            .add(record)
+            .expect("one record is within the per-actor limits");
         report
     }
 
-    /// Adds a record in. Money stays in range because a report sums at most one record per
-    /// stripe (see `money::MAX_ABS_ATTOCENTS`).
-    pub fn add(&mut self, record: &UsageRecord) {
-        self.total = Money::from_attocents(self.total.attocents() + record.total.attocents())
-            .expect("a report sums few enough records to stay in range");
+    /// Adds a record in; `None` (the report is then unusable) if a sum of money leaves the
+    /// ledger's range, which takes a million records at the per-actor limit (see
+    /// `money::MAX_ABS_ATTOCENTS`). Units and counts cannot overflow: records hold at most
+    /// `2**64 - 1` of each, and reports sum them in `u128`.
+    pub fn add(&mut self, record: &UsageRecord) -> Option<()> {
+        self.total = Money::from_attocents(self.total.attocents() + record.total.attocents())?;
         self.count += u128::from(record.count);
         for (usage_type, counter) in record.counters() {
             let at = match self
@@ -276,10 +272,10 @@ impl UsageReport {
             };
             let entry = &mut self.by_type[at].1;
             entry.units += counter.units;
-            entry.cost = Money::from_attocents(entry.cost.attocents() + counter.cost.attocents())
-                .expect("a report sums few enough records to stay in range");
+            entry.cost = Money::from_attocents(entry.cost.attocents() + counter.cost.attocents())?;
             entry.count += u128::from(counter.count);
         }
+        Some(())
     }
 }
 
@@ -322,9 +318,6 @@ mod tests {
         assert!(record
             .check(&[delta(7, 1, 1)], &RECORD_LIMITS, "test")
             .is_err());
-        record
-            .check(&[delta(7, 1, 1)], &STRIPE_LIMITS, "test")
-            .unwrap();
         assert_eq!(record.counter(7).unwrap().units, u128::from(u64::MAX));
         assert_eq!(record.total, Money::from_microcents(1).unwrap());
         record
@@ -336,7 +329,6 @@ mod tests {
             ..delta(9, 0, 0)
         };
         assert!(record.check(&[costly], &RECORD_LIMITS, "test").is_err());
-        record.check(&[costly], &STRIPE_LIMITS, "test").unwrap();
     }
 
     #[test]
@@ -360,9 +352,24 @@ mod tests {
         let mut record = UsageRecord::default();
         record.apply(&[delta(1, u64::MAX, 5)]);
         let mut report = UsageReport::of(&record);
-        report.add(&record);
+        report.add(&record).unwrap();
         assert_eq!(report.by_type[0].1.units, 2 * u128::from(u64::MAX));
         assert_eq!(report.total, Money::from_microcents(10).unwrap());
         assert_eq!(report.count, 2);
+    }
+
+    #[test]
+    fn reports_refuse_a_sum_beyond_the_range() {
+        let at_limit = Delta {
+            cost: Money::from_attocents(MAX_RECORD_ATTOCENTS).unwrap(),
+            ..delta(1, 1, 0)
+        };
+        let mut record = UsageRecord::default();
+        record.apply(&[at_limit]);
+        let mut report = UsageReport::default();
+        for _ in 0..1_000_000 {
+            report.add(&record).unwrap();
+        }
+        assert_eq!(report.add(&record), None);
     }
 }

@@ -125,7 +125,7 @@ fn overflow_records_nothing_anywhere() {
         .unwrap();
     let before = (
         ledger.user_usage("u", OCTOBER),
-        ledger.global_usage(OCTOBER),
+        ledger.global_usage(OCTOBER).unwrap(),
         ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap(),
     );
     let error = ledger.charge(
@@ -145,7 +145,7 @@ fn overflow_records_nothing_anywhere() {
     );
     let after = (
         ledger.user_usage("u", OCTOBER),
-        ledger.global_usage(OCTOBER),
+        ledger.global_usage(OCTOBER).unwrap(),
         ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap(),
     );
     assert_eq!(before, after);
@@ -303,7 +303,7 @@ fn threads_lose_no_update_on_one_hot_user() {
         .collect();
     threads.into_iter().for_each(|t| t.join().unwrap());
     assert_eq!(ledger.user_usage("hot", OCTOBER).total, m(63 * 160_000));
-    assert_eq!(ledger.global_usage(OCTOBER).count, 160_000);
+    assert_eq!(ledger.global_usage(OCTOBER).unwrap().count, 160_000);
 }
 
 #[test]

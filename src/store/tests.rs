@@ -82,7 +82,7 @@ fn a_closed_store_reopens_with_everything() {
         );
         assert_eq!(restored.app_totals("alice", OCTOBER).len(), 2);
         assert_eq!(
-            restored.global_usage(OCTOBER).total,
+            restored.global_usage(OCTOBER).unwrap().total,
             Money::from_microcents(875).unwrap()
         );
         let carol = restored
