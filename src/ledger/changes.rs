@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
+/// One thread's list of changed user ids.
+type Stripe = CachePadded<Mutex<Vec<Box<str>>>>;
+
 pub struct ChangeLog {
-    stripes: Box<[CachePadded<Mutex<Vec<Box<str>>>>]>,
+    stripes: Box<[Stripe]>,
 }
 
 static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
