@@ -162,6 +162,10 @@ impl Months {
         self.find(month).ok().map(|at| &self.0[at].1)
     }
 
+    fn get_mut(&mut self, month: &MonthId) -> Option<&mut UserMonth> {
+        self.find(month).ok().map(|at| &mut self.0[at].1)
+    }
+
     fn get_or_default(&mut self, month: MonthId) -> &mut UserMonth {
         let at = self.find(&month).unwrap_or_else(|at| {
             self.0.insert(at, (month, UserMonth::default()));
@@ -224,6 +228,20 @@ impl UserMonth {
                 .expect("a user's apps sum to its month, which is within the per-actor limits");
         }
         report
+    }
+
+    /// Whether this app is the only one with usage in the month (then its record's figures are
+    /// the user's own).
+    fn has_only_app(&self, app_id: &str) -> bool {
+        matches!(self.apps.as_slice(), [(app, _)] if **app == *app_id)
+    }
+
+    /// Adds a checked charge's cost and calls to the month, and its split to the pools and
+    /// `credit` (its record was written by the caller).
+    fn book(&mut self, cost: Money, calls: u64, split: &Split, credit: &mut Credit) {
+        pools::apply(split, &mut self.pools, credit);
+        self.total = self.total.plus(cost);
+        self.count += calls;
     }
 
     fn app(&self, app_id: &str) -> Option<&UsageRecord> {
@@ -381,15 +399,10 @@ impl Ledger {
         let mut state = account.state.lock();
         let allowance = state.allowance(booking.plan)?;
         let credit = state.credit;
-        let empty_month;
-        let current = match state.months.get(&booking.month) {
-            Some(current) => current,
-            None => {
-                empty_month = UserMonth::default();
-                &empty_month
-            }
-        };
-        let before = current.total;
+        let before = state
+            .months
+            .get(&booking.month)
+            .map_or(Money::ZERO, |m| m.total);
         if let ChargeMode::SetTotal(target) = mode {
             let difference = target
                 .checked_sub(before)
@@ -416,34 +429,55 @@ impl Ledger {
             .iter()
             .try_fold(Money::ZERO, |sum, d| sum.checked_add(d.cost));
         let cost = cost.ok_or_else(|| overflow("the cost of the call"))?;
-        current.check_user(&deltas, cost)?;
-        // A record that does not exist yet is checked as an empty one: a new app's (or month's)
-        // record starts from the deltas alone.
-        let no_record = UsageRecord::default();
-        let app_record = current.app(booking.app_id).unwrap_or(&no_record);
-        app_record.check(&deltas, &RECORD_LIMITS, "the app's month")?;
+        let calls = deltas.iter().map(|d| d.count).sum::<u64>();
         // Affordability is decided after validation: a call that could never be recorded raises
         // the same error whether or not the user could afford it.
-        if mode == ChargeMode::IfAffordable
-            && cost.is_positive()
-            && pools::remaining(allowance, &current.pools, &credit) < cost
-        {
-            return Ok(Receipt {
-                accepted: false,
-                month_total: before,
-                cost,
-                ..Receipt::default()
-            });
-        }
-        // Everything is validated: commit. Nothing below can fail.
-        let split = pools::split(cost, allowance, &current.pools, &credit);
-        let month = state.month_mut(booking.month);
+        let refuses = |pools: &MonthPools| {
+            mode == ChargeMode::IfAffordable
+                && cost.is_positive()
+                && pools::remaining(allowance, pools, &credit) < cost
+        };
+        let refused = Receipt {
+            accepted: false,
+            month_total: before,
+            cost,
+            ..Receipt::default()
+        };
         let mut new_credit = credit;
-        pools::apply(&split, &mut month.pools, &mut new_credit);
-        month.total = month.total.plus(cost);
-        month.count += deltas.iter().map(|d| d.count).sum::<u64>();
-        month.app_mut(booking.app_id).apply(&deltas);
-        let month_total = month.total;
+        let (split, month_total) = match state.months.get_mut(&booking.month) {
+            // The common call: one usage type, to a month whose only app is this one. That app's
+            // record then holds the actor's own figures, so one hash lookup checks and writes.
+            Some(month) if deltas.len() == 1 && month.has_only_app(booking.app_id) => {
+                let record = &mut month.apps[0].1;
+                let prepared = record.prepare(&deltas[0], &RECORD_LIMITS, "the actor's month")?;
+                if refuses(&month.pools) {
+                    return Ok(refused);
+                }
+                let split = pools::split(cost, allowance, &month.pools, &credit);
+                prepared.commit();
+                month.book(cost, calls, &split, &mut new_credit);
+                (split, month.total)
+            }
+            _ => {
+                let empty_month = UserMonth::default();
+                let current = state.months.get(&booking.month).unwrap_or(&empty_month);
+                current.check_user(&deltas, cost)?;
+                // A record that does not exist yet is checked as an empty one: a new app's (or
+                // month's) record starts from the deltas alone.
+                let no_record = UsageRecord::default();
+                let app_record = current.app(booking.app_id).unwrap_or(&no_record);
+                app_record.check(&deltas, &RECORD_LIMITS, "the app's month")?;
+                if refuses(&current.pools) {
+                    return Ok(refused);
+                }
+                // Everything is validated: commit. Nothing below can fail.
+                let split = pools::split(cost, allowance, &current.pools, &credit);
+                let month = state.month_mut(booking.month);
+                month.app_mut(booking.app_id).apply(&deltas);
+                month.book(cost, calls, &split, &mut new_credit);
+                (split, month.total)
+            }
+        };
         state.credit = new_credit;
         if self.track_changes {
             state.mark_changed(booking.user_id, Some(booking.month), &self.changes);

@@ -1,5 +1,6 @@
 //! Usage records: a total plus `{units, cost, count}` per usage type, updated all-or-nothing.
 
+use std::collections::hash_map::{Entry, VacantEntry};
 use std::collections::HashMap;
 
 use crate::error::{overflow, LedgerResult};
@@ -141,32 +142,110 @@ impl From<StoredCounter> for UsageCounter {
     }
 }
 
+impl UsageCounter {
+    /// The counter with `delta` added, or an overflow error naming `what` if it would leave
+    /// `limits`.
+    fn plus_checked(&self, delta: &Delta, limits: &Limits, what: &str) -> LedgerResult<Self> {
+        let units = self
+            .units
+            .checked_add(u128::from(delta.units))
+            .filter(|u| *u <= limits.units)
+            .ok_or_else(|| overflow(&format!("{what} units")))?;
+        let cost = money_within(self.cost.checked_add(delta.cost), limits)
+            .ok_or_else(|| overflow(&format!("{what} cost")))?;
+        let count = self
+            .count
+            .checked_add(delta.count)
+            .ok_or_else(|| overflow(&format!("{what} count")))?;
+        Ok(UsageCounter { units, cost, count })
+    }
+}
+
+fn money_within(money: Option<Money>, limits: &Limits) -> Option<Money> {
+    money.filter(|m| m.attocents().abs() <= limits.money)
+}
+
+/// One delta checked against a record by `UsageRecord::prepare`, written by `commit`.
+pub struct Prepared<'a> {
+    slot: Slot<'a>,
+    counter: StoredCounter,
+    total: &'a mut Money,
+    new_total: Money,
+    count: &'a mut u64,
+    new_count: u64,
+}
+
+/// Where a prepared counter goes: over the old one, or into the map as a new type.
+enum Slot<'a> {
+    Occupied(&'a mut StoredCounter),
+    Vacant(VacantEntry<'a, TypeId, StoredCounter>),
+}
+
+impl Prepared<'_> {
+    /// Writes the checked figures (nothing here can fail).
+    pub fn commit(self) {
+        match self.slot {
+            Slot::Occupied(stored) => *stored = self.counter,
+            Slot::Vacant(entry) => {
+                entry.insert(self.counter);
+            }
+        }
+        *self.total = self.new_total;
+        *self.count = self.new_count;
+    }
+}
+
 impl UsageRecord {
     /// Fails, changing nothing, if applying `deltas` (one per type) would leave `limits`.
     pub fn check(&self, deltas: &[Delta], limits: &Limits, what: &str) -> LedgerResult<()> {
-        let money_fits =
-            |money: Option<Money>| money.filter(|m| m.attocents().abs() <= limits.money);
         let mut total = Some(self.total);
         let mut count = Some(self.count);
         for delta in deltas {
             let current = self.counter(delta.usage_type).unwrap_or_default();
-            let units = current
-                .units
-                .checked_add(u128::from(delta.units))
-                .filter(|u| *u <= limits.units);
-            units.ok_or_else(|| overflow(&format!("{what} units")))?;
-            money_fits(current.cost.checked_add(delta.cost))
-                .ok_or_else(|| overflow(&format!("{what} cost")))?;
-            current
-                .count
-                .checked_add(delta.count)
-                .ok_or_else(|| overflow(&format!("{what} count")))?;
-            total = money_fits(total.and_then(|t| t.checked_add(delta.cost)));
+            current.plus_checked(delta, limits, what)?;
+            total = money_within(total.and_then(|t| t.checked_add(delta.cost)), limits);
             count = count.and_then(|c| c.checked_add(delta.count));
         }
         total.ok_or_else(|| overflow(&format!("{what} total")))?;
         count.ok_or_else(|| overflow(&format!("{what} count")))?;
         Ok(())
+    }
+
+    /// `check` and `apply` for one delta with one hash lookup: checks it against `limits` and
+    /// returns it ready to `commit`; dropping the result (or an error) changes nothing. A new
+    /// usage type's counter is inserted only by `commit`.
+    pub fn prepare(
+        &mut self,
+        delta: &Delta,
+        limits: &Limits,
+        what: &str,
+    ) -> LedgerResult<Prepared<'_>> {
+        let UsageRecord {
+            total,
+            count,
+            by_type,
+        } = self;
+        let new_total = money_within(total.checked_add(delta.cost), limits)
+            .ok_or_else(|| overflow(&format!("{what} total")))?;
+        let new_count = count
+            .checked_add(delta.count)
+            .ok_or_else(|| overflow(&format!("{what} count")))?;
+        let (slot, current) = match by_type.entry(delta.usage_type) {
+            Entry::Occupied(entry) => {
+                let current = UsageCounter::from(*entry.get());
+                (Slot::Occupied(entry.into_mut()), current)
+            }
+            Entry::Vacant(entry) => (Slot::Vacant(entry), UsageCounter::default()),
+        };
+        let counter = current.plus_checked(delta, limits, what)?.into();
+        Ok(Prepared {
+            slot,
+            counter,
+            total,
+            new_total,
+            count,
+            new_count,
+        })
     }
 
     /// Applies deltas that `check` accepted.
