@@ -39,7 +39,7 @@ fn increment(ledger: &Ledger, user_id: &str) {
     };
     black_box(
         ledger
-            .charge(&booking, &[item], ChargeMode::Always)
+            .charge(None, &booking, &[item], ChargeMode::Always)
             .expect("charge"),
     );
 }

@@ -27,6 +27,8 @@ mod _core {
         StoreVersionError, StoreWriteError, UnknownUsageType,
     };
     #[pymodule_export]
+    use crate::python::meter::PyMeter;
+    #[pymodule_export]
     use crate::python::persistence::{recover_store, verify_store};
     #[pymodule_export]
     use crate::python::service::MeteringCore;

@@ -507,6 +507,7 @@ def test_the_system_actor_is_never_metered(service: MeteringService) -> None:
 
 PUBLIC_METHODS = [
     "increment_usage",
+    "meter",
     "try_increment_usage",
     "batch_increment_usages",
     "record_usage_object",

@@ -13,6 +13,7 @@ __all__ = [
     "Actor",
     "CostMap",
     "CostMapError",
+    "Meter",
     "MeteringCore",
     "StoreClosedError",
     "StoreCorruptedError",
@@ -87,6 +88,20 @@ class Actor:
     def __hash__(self) -> int: ...
 
 @final
+class Meter:
+    """``service.meter(actor, usage_type)``: ``add(amount)`` is ``increment_usage(actor,
+    usage_type, amount)``, with the actor's account and the type's price found once."""
+
+    @property
+    def actor(self) -> Actor:
+        """The actor this meter records for."""
+    @property
+    def usage_type(self) -> str:
+        """The usage type this meter records."""
+    def add(self, amount: int) -> int:
+        """Record ``amount`` units; return the user's month total in µ¢ (as ``increment_usage``)."""
+
+@final
 class CostMap:
     """Immutable prices per usage type, in µ¢ per unit, exact to 12 fractional digits."""
 
@@ -158,6 +173,12 @@ class MeteringCore:
         self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
     ) -> int:
         """Record ``amount`` units of ``usage_type``; return the user's month total in µ¢."""
+    def meter(self, actor: Actor, usage_type: str) -> Meter:
+        """A handle on ``increment_usage(actor, usage_type, amount)`` for a pair metered again
+        and again: ``meter.add(amount)`` records exactly what that call would (checks, plan,
+        alarms) without finding the account and the price each time. Raises ``ValueError`` for
+        an invalid usage type and ``UnknownUsageType`` for an unpriced one (unless the service
+        records those for free)."""
     def try_increment_usage(
         self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
     ) -> int | None:

@@ -212,6 +212,7 @@ def _call_weak(ref: weakref.ReferenceType[MeteringService], method: str) -> Call
 
 SERVICE_METHODS: tuple[str, ...] = (
     "increment_usage",
+    "meter",
     "try_increment_usage",
     "batch_increment_usages",
     "record_usage_object",

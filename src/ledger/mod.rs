@@ -119,9 +119,18 @@ pub struct Budget {
 
 /// One user: lifetime credit and every month it has used.
 #[derive(Default)]
-struct Account {
+pub struct Account {
     state: Mutex<AccountState>,
 }
+
+/// A user's account, kept by a caller that meters the same user again (an `Actor` object, a
+/// `Meter`) so that it skips the lookup by user id: a hash of the id and a probe of a map as
+/// large as the user base, cold in cache for all but the hottest users. Accounts are never
+/// removed from a ledger, so a handle stays the user's account for the ledger's life.
+pub type AccountHandle = Arc<Account>;
+
+/// Distinguishes ledgers, so a handle is only ever used with the ledger it came from.
+static NEXT_LEDGER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Default)]
 struct AccountState {
@@ -302,8 +311,9 @@ pub struct Ledger {
     /// Whether charges note what changed for snapshots (only with a store: otherwise the list of
     /// changed users would grow without anyone taking it).
     track_changes: bool,
-    accounts: papaya::HashMap<Box<str>, Account, foldhash::fast::RandomState>,
+    accounts: papaya::HashMap<Box<str>, AccountHandle, foldhash::fast::RandomState>,
     changes: ChangeLog,
+    id: u64,
 }
 
 impl Ledger {
@@ -316,6 +326,7 @@ impl Ledger {
             track_changes: false,
             accounts: crate::ledger::record::new_concurrent_map(),
             changes: ChangeLog::new(),
+            id: NEXT_LEDGER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -381,20 +392,90 @@ impl Ledger {
         Ok((deltas, unmapped_items))
     }
 
+    /// This ledger's id: unique in the process, for callers that keep `AccountHandle`s.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The user's account, created (empty) if the user has none yet.
+    pub fn account(&self, user_id: &str) -> AccountHandle {
+        let accounts = self.accounts.pin();
+        let account = match accounts.get(user_id) {
+            Some(account) => account,
+            None => accounts.get_or_insert_with(Box::from(user_id), AccountHandle::default),
+        };
+        Arc::clone(account)
+    }
+
     /// Records `items` for one user, atomically: the user's month record, its app's record and the
-    /// pools all change together, or (on any error or refusal) nothing
-    /// changes at all.
+    /// pools all change together, or (on any error or refusal) nothing changes at all. `account`
+    /// is the booking user's, if the caller keeps it (`account`); otherwise it is looked up.
     pub fn charge(
         &self,
+        account: Option<&Account>,
         booking: &Booking<'_>,
         items: &[UsageItem<'_>],
         mode: ChargeMode,
     ) -> LedgerResult<Receipt> {
-        let (mut deltas, unmapped_items) = self.deltas_of(items)?;
-        let accounts = self.accounts.pin();
-        let account = match accounts.get(booking.user_id) {
+        let (deltas, unmapped_items) = self.deltas_of(items)?;
+        self.charge_deltas(account, booking, deltas, unmapped_items, mode)
+    }
+
+    /// Records `units` of a usage type the cost map prices (`TypeRegistry::priced`), at its
+    /// price: `charge` of one item without finding the type by name again.
+    pub fn charge_priced(
+        &self,
+        account: &Account,
+        booking: &Booking<'_>,
+        usage_type: TypeId,
+        units: u64,
+    ) -> LedgerResult<Receipt> {
+        let mut deltas = Deltas::new();
+        if units > 0 {
+            let price = self.cost_map().entry(usage_type).price;
+            let cost = price.cost_of(units);
+            deltas.push(Delta {
+                usage_type,
+                units,
+                cost: cost.ok_or_else(|| overflow("the cost of the call"))?,
+                count: 1,
+            });
+        }
+        self.charge_deltas(Some(account), booking, deltas, 0, ChargeMode::Always)
+    }
+
+    /// The id of a usage type to charge by `charge_priced`: `Some` if the cost map prices it,
+    /// `None` if it is recorded for free (`Unmapped::Free`: charge it by name, which raises the
+    /// alarm), and an error if it is invalid or unknown (`Unmapped::Error`).
+    pub fn meter_type(&self, usage_type: &str) -> LedgerResult<Option<TypeId>> {
+        validate_usage_type(usage_type)?;
+        match self.types.priced(usage_type) {
+            Some(id) => Ok(Some(id)),
+            None if self.unmapped == Unmapped::Free => Ok(None),
+            None => Err(LedgerError::UnknownUsageType(usage_type.to_string())),
+        }
+    }
+
+    fn charge_deltas(
+        &self,
+        account: Option<&Account>,
+        booking: &Booking<'_>,
+        mut deltas: Deltas,
+        unmapped_items: usize,
+        mode: ChargeMode,
+    ) -> LedgerResult<Receipt> {
+        let accounts;
+        let account = match account {
             Some(account) => account,
-            None => accounts.get_or_insert_with(Box::from(booking.user_id), Account::default),
+            None => {
+                accounts = self.accounts.pin();
+                let account = match accounts.get(booking.user_id) {
+                    Some(account) => account,
+                    None => accounts
+                        .get_or_insert_with(Box::from(booking.user_id), AccountHandle::default),
+                };
+                &**account
+            }
         };
         let mut state = account.state.lock();
         let allowance = state.allowance(booking.plan)?;
@@ -506,7 +587,7 @@ impl Ledger {
             ));
         }
         let accounts = self.accounts.pin();
-        let account = accounts.get_or_insert_with(Box::from(user_id), Account::default);
+        let account = accounts.get_or_insert_with(Box::from(user_id), AccountHandle::default);
         let mut state = account.state.lock();
         let purchased = state
             .credit
@@ -551,7 +632,7 @@ impl Ledger {
     /// Caches the user's monthly allowance until `expires_at_ms` (see `Plan::Cached`).
     pub fn set_plan(&self, user_id: &str, allowance: Money, expires_at_ms: i64) {
         let accounts = self.accounts.pin();
-        let account = accounts.get_or_insert_with(Box::from(user_id), Account::default);
+        let account = accounts.get_or_insert_with(Box::from(user_id), AccountHandle::default);
         account.state.lock().plan = Some((allowance, expires_at_ms));
     }
 
@@ -752,7 +833,7 @@ impl Ledger {
             let account = Account {
                 state: Mutex::new(state),
             };
-            accounts.insert(user.user_id.into_boxed_str(), account);
+            accounts.insert(user.user_id.into_boxed_str(), Arc::new(account));
         }
     }
 }

@@ -45,12 +45,12 @@ fn a_cached_plan_is_used_until_it_expires() {
         plan: Plan::Cached { now_ms: 1_000 },
         ..booking("u")
     };
-    let error = ledger.charge(&cached, &[item("kv:write", 1)], ChargeMode::Always);
+    let error = ledger.charge(None, &cached, &[item("kv:write", 1)], ChargeMode::Always);
     assert_eq!(error, Err(LedgerError::PlanNeeded));
     assert_eq!(ledger.user_usage("u", OCTOBER), UsageReport::default());
     ledger.set_plan("u", m(100), 2_000);
     let receipt = ledger
-        .charge(&cached, &[item("kv:write", 1)], ChargeMode::Always)
+        .charge(None, &cached, &[item("kv:write", 1)], ChargeMode::Always)
         .unwrap();
     assert_eq!(
         (
@@ -65,7 +65,7 @@ fn a_cached_plan_is_used_until_it_expires() {
         ..booking("u")
     };
     assert_eq!(
-        ledger.charge(&expired, &[item("kv:write", 1)], ChargeMode::Always),
+        ledger.charge(None, &expired, &[item("kv:write", 1)], ChargeMode::Always),
         Err(LedgerError::PlanNeeded)
     );
     ledger.forget_plan("u");
@@ -86,7 +86,7 @@ fn seed_batch_costs_439() {
         item("kv:read", 1),
     ];
     let receipt = ledger
-        .charge(&booking("u"), &items, ChargeMode::Always)
+        .charge(None, &booking("u"), &items, ChargeMode::Always)
         .unwrap();
     assert_eq!(receipt.month_total, m(439));
     let report = ledger.user_usage("u", OCTOBER);
@@ -101,11 +101,21 @@ fn many_small_calls_cost_what_one_big_call_costs() {
     let ledger = ledger();
     for _ in 0..1000 {
         ledger
-            .charge(&booking("a"), &[item("egress", 1)], ChargeMode::Always)
+            .charge(
+                None,
+                &booking("a"),
+                &[item("egress", 1)],
+                ChargeMode::Always,
+            )
             .unwrap();
     }
     ledger
-        .charge(&booking("b"), &[item("egress", 1000)], ChargeMode::Always)
+        .charge(
+            None,
+            &booking("b"),
+            &[item("egress", 1000)],
+            ChargeMode::Always,
+        )
         .unwrap();
     assert_eq!(
         ledger.user_usage("a", OCTOBER).total,
@@ -118,6 +128,7 @@ fn overflow_records_nothing_anywhere() {
     let ledger = ledger();
     ledger
         .charge(
+            None,
             &booking("u"),
             &[item("egress", u64::MAX)],
             ChargeMode::Always,
@@ -129,12 +140,14 @@ fn overflow_records_nothing_anywhere() {
         ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap(),
     );
     let error = ledger.charge(
+        None,
         &booking("u"),
         &[item("kv:write", 1), item("egress", 1)],
         ChargeMode::Always,
     );
     assert!(matches!(error, Err(LedgerError::Overflow(_))), "{error:?}");
     let too_costly = ledger.charge(
+        None,
         &booking("v"),
         &[item("kv:read", u64::MAX)],
         ChargeMode::Always,
@@ -155,6 +168,7 @@ fn overflow_records_nothing_anywhere() {
 fn unknown_types_fail_or_are_free() {
     let strict = ledger();
     let error = strict.charge(
+        None,
         &booking("u"),
         &[item("kv:write", 1), item("nope", 1)],
         ChargeMode::Always,
@@ -164,7 +178,7 @@ fn unknown_types_fail_or_are_free() {
 
     let free = Ledger::new(Arc::new(CostMap::default()), Unmapped::Free);
     let receipt = free
-        .charge(&booking("u"), &[item("nope", 5)], ChargeMode::Always)
+        .charge(None, &booking("u"), &[item("nope", 5)], ChargeMode::Always)
         .unwrap();
     assert_eq!(
         (receipt.month_total, receipt.unmapped_items),
@@ -182,12 +196,22 @@ fn try_charge_refuses_without_recording() {
     };
     assert!(
         ledger
-            .charge(&tight, &[item("kv:write", 1)], ChargeMode::IfAffordable)
+            .charge(
+                None,
+                &tight,
+                &[item("kv:write", 1)],
+                ChargeMode::IfAffordable
+            )
             .unwrap()
             .accepted
     );
     let refused = ledger
-        .charge(&tight, &[item("kv:write", 1)], ChargeMode::IfAffordable)
+        .charge(
+            None,
+            &tight,
+            &[item("kv:write", 1)],
+            ChargeMode::IfAffordable,
+        )
         .unwrap();
     assert!(!refused.accepted);
     assert_eq!(ledger.user_usage("u", OCTOBER).total, m(125));
@@ -204,7 +228,12 @@ fn try_charge_refuses_without_recording() {
 fn set_total_books_the_difference_and_refunds_pools() {
     let ledger = ledger();
     ledger
-        .charge(&booking("u"), &[item("kv:write", 10)], ChargeMode::Always)
+        .charge(
+            None,
+            &booking("u"),
+            &[item("kv:write", 10)],
+            ChargeMode::Always,
+        )
         .unwrap();
     let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
     assert_eq!(
@@ -212,7 +241,7 @@ fn set_total_books_the_difference_and_refunds_pools() {
         (m(1_000), m(250))
     );
     let receipt = ledger
-        .charge(&booking("u"), &[], ChargeMode::SetTotal(m(1_000)))
+        .charge(None, &booking("u"), &[], ChargeMode::SetTotal(m(1_000)))
         .unwrap();
     assert_eq!(receipt.month_total, m(1_000));
     assert_eq!(receipt.split.overage, m(-250));
@@ -222,7 +251,7 @@ fn set_total_books_the_difference_and_refunds_pools() {
         (m(1_000), m(0))
     );
     let receipt = ledger
-        .charge(&booking("u"), &[], ChargeMode::SetTotal(m(100)))
+        .charge(None, &booking("u"), &[], ChargeMode::SetTotal(m(100)))
         .unwrap();
     assert_eq!(receipt.month_total, m(100));
     let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
@@ -246,6 +275,7 @@ fn months_are_separate_and_credit_is_lifetime() {
     };
     ledger
         .charge(
+            None,
             &october,
             &[UsageItem {
                 usage_type: "x",
@@ -264,6 +294,7 @@ fn months_are_separate_and_credit_is_lifetime() {
     );
     let receipt = ledger
         .charge(
+            None,
             &november,
             &[UsageItem {
                 usage_type: "x",
@@ -295,7 +326,12 @@ fn threads_lose_no_update_on_one_hot_user() {
             std::thread::spawn(move || {
                 for _ in 0..20_000 {
                     ledger
-                        .charge(&booking("hot"), &[item("kv:read", 1)], ChargeMode::Always)
+                        .charge(
+                            None,
+                            &booking("hot"),
+                            &[item("kv:read", 1)],
+                            ChargeMode::Always,
+                        )
                         .unwrap();
                 }
             })
@@ -321,7 +357,7 @@ fn racing_try_charges_never_overspend() {
                 (0..50)
                     .filter(|_| {
                         ledger
-                            .charge(&b, &[item("kv:write", 1)], ChargeMode::IfAffordable)
+                            .charge(None, &b, &[item("kv:write", 1)], ChargeMode::IfAffordable)
                             .unwrap()
                             .accepted
                     })

@@ -1,7 +1,11 @@
 //! `Actor`: who is metered (a user, optionally acting through an app).
 
+use std::sync::OnceLock;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::ledger::{Account, AccountHandle, Ledger};
 
 /// App under which usage of an actor without an app is booked.
 pub const GLOBAL_APP: &str = "os-global";
@@ -25,6 +29,49 @@ pub struct PyActor {
     /// True only for `Actor.system()`, which is never metered.
     #[pyo3(get)]
     pub is_system: bool,
+    /// The user's account in the first ledger that metered this object.
+    pub account: AccountCache,
+}
+
+/// An `Actor` object's handle on its user's account (see `AccountHandle`), filled by the first
+/// ledger that meters it: a server that keeps its actor objects skips the account lookup on
+/// every later call. Not part of the actor's value: equality, hashing and copies ignore it.
+#[derive(Default)]
+pub struct AccountCache(OnceLock<(u64, AccountHandle)>);
+
+impl AccountCache {
+    /// The user's account in `ledger`: the cached one, or (when the cache holds another
+    /// ledger's) `None`, and the caller looks it up.
+    pub fn get(&self, ledger: &Ledger, user_id: &str) -> Option<&Account> {
+        let (ledger_id, account) = self
+            .0
+            .get_or_init(|| (ledger.id(), ledger.account(user_id)));
+        (*ledger_id == ledger.id()).then_some(&**account)
+    }
+}
+
+impl Clone for AccountCache {
+    fn clone(&self) -> Self {
+        AccountCache::default()
+    }
+}
+
+impl PartialEq for AccountCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for AccountCache {}
+
+impl std::hash::Hash for AccountCache {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl std::fmt::Debug for AccountCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountCache")
+    }
 }
 
 impl PyActor {
@@ -60,6 +107,7 @@ impl PyActor {
             app_id,
             email,
             is_system: false,
+            account: AccountCache::default(),
         })
     }
 
@@ -71,6 +119,7 @@ impl PyActor {
             app_id: None,
             email: None,
             is_system: true,
+            account: AccountCache::default(),
         }
     }
 

@@ -5,5 +5,6 @@ pub mod actor;
 pub mod convert;
 pub mod costmap;
 pub mod errors;
+pub mod meter;
 pub mod persistence;
 pub mod service;

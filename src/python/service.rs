@@ -19,12 +19,15 @@ use super::actor::{PyActor, OTHER_APPS};
 use super::convert::{self, money_to_int};
 use super::costmap::PyCostMap;
 use super::errors::{ledger_error, StoreClosedError};
+use super::meter::PyMeter;
 use super::persistence::{self, AlarmHook, Persistence};
 use crate::error::LedgerError;
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::RoundedBudget;
-use crate::ledger::record::UsageReport;
-use crate::ledger::{Booking, Budget, ChargeMode, Ledger, Plan, Receipt, Unmapped, UsageItem};
+use crate::ledger::record::{TypeId, UsageReport};
+use crate::ledger::{
+    Account, Booking, Budget, ChargeMode, Ledger, Plan, Receipt, Unmapped, UsageItem,
+};
 use crate::money::Money;
 
 /// A resolved plan, cached per user until `expires_at_ms`.
@@ -310,15 +313,51 @@ impl MeteringCore {
         items: &[UsageItem<'_>],
         mode: ChargeMode,
     ) -> PyResult<Receipt> {
+        let account = actor.account.get(&self.ledger, &actor.user_id);
+        self.charge_with(py, actor_obj, actor, items, |booking| {
+            self.ledger.charge(account, booking, items, mode)
+        })
+    }
+
+    /// Records `units` of a priced usage type for a `Meter` (already holding the account).
+    pub(super) fn add_priced<'py>(
+        &self,
+        py: Python<'py>,
+        actor_obj: &Bound<'py, PyAny>,
+        actor: &PyActor,
+        account: &Account,
+        usage_type: TypeId,
+        amount: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyInt>> {
+        let units = convert::units(amount, "amount")?;
+        if actor.is_system {
+            return Ok(money_to_int(py, Money::ZERO));
+        }
+        let receipt = self.charge_with(py, actor_obj, actor, &[], |booking| {
+            self.ledger
+                .charge_priced(account, booking, usage_type, units)
+        })?;
+        Ok(money_to_int(py, receipt.month_total))
+    }
+
+    /// Runs `record` for the actor this month under its plan, then raises the alarms the receipt
+    /// calls for (`items`: what `record` records, named in the unmapped-usage alarms).
+    fn charge_with(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        items: &[UsageItem<'_>],
+        record: impl Fn(&Booking<'_>) -> Result<Receipt, LedgerError>,
+    ) -> PyResult<Receipt> {
         let now_ms = self.now_ms(py)?;
         let receipt = self.with_plan(py, actor_obj, actor, now_ms, |plan| {
-            let booking = Booking {
+            record(&Booking {
                 user_id: &actor.user_id,
                 app_id: actor.booking_app(),
                 month: MonthId::from_epoch_ms(now_ms),
                 plan,
-            };
-            self.ledger.charge(&booking, items, mode)
+            })
         })?;
         if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
             self.raise_alarms(py, actor_obj, items, &receipt, receipt.allowance);
@@ -659,7 +698,7 @@ impl MeteringCore {
 
     /// Records `amount` units of `usage_type`; returns the user's month total in µ¢.
     #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
-    fn increment_usage<'py>(
+    pub(super) fn increment_usage<'py>(
         &self,
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
@@ -678,6 +717,31 @@ impl MeteringCore {
         Ok(money_to_int(
             py,
             receipt.map_or(Money::ZERO, |r| r.month_total),
+        ))
+    }
+
+    /// A handle on `increment_usage(actor, usage_type, amount)` for a pair metered again and
+    /// again (a streamed response, a worker's loop): `meter.add(amount)` records exactly what
+    /// that call would, with its checks, plan and alarms, without finding the actor's account
+    /// and the usage type's price on every call. The usage type is checked now: an invalid one
+    /// raises `ValueError`, one the cost map does not price raises `UnknownUsageType` (unless
+    /// the service records those for free).
+    fn meter(
+        slf: &Bound<'_, Self>,
+        actor: &Bound<'_, PyAny>,
+        usage_type: &Bound<'_, PyAny>,
+    ) -> PyResult<PyMeter> {
+        let core = slf.get();
+        let actor_ref = as_actor(actor)?;
+        let name = convert::usage_type(usage_type)?;
+        let type_id = core.ledger.meter_type(name).map_err(ledger_error)?;
+        let account = (!actor_ref.is_system).then(|| core.ledger.account(&actor_ref.user_id));
+        Ok(PyMeter::new(
+            slf.clone().unbind(),
+            actor.cast::<PyActor>()?.clone().unbind(),
+            usage_type.cast::<PyString>()?.clone().unbind(),
+            type_id,
+            account,
         ))
     }
 

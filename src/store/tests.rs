@@ -39,7 +39,7 @@ fn charge(ledger: &Ledger, user_id: &str, app_id: &str, units: u64) {
         cost_override: None,
     };
     ledger
-        .charge(&booking, &[item], ChargeMode::Always)
+        .charge(None, &booking, &[item], ChargeMode::Always)
         .unwrap();
 }
 
