@@ -3,7 +3,7 @@
 
 use super::month::MonthId;
 use super::pools::{Credit, MonthPools};
-use super::record::UsageCounter;
+use super::record::{UsageCounter, RECORD_LIMITS};
 use crate::money::Money;
 
 /// One record (an actor's month or one app's month): total, count and per-type counters.
@@ -44,6 +44,14 @@ impl RecordImage {
             .try_fold(0u64, |sum, (_, c)| sum.checked_add(c.count));
         cost == Some(self.total.attocents()) && count == Some(self.count)
     }
+
+    /// Whether every figure is within the per-actor limits a charge enforces (`RECORD_LIMITS`).
+    fn within_limits(&self) -> bool {
+        self.total.fits_record()
+            && self.by_type.iter().all(|(_, c)| {
+                c.units <= RECORD_LIMITS.units && c.cost.attocents().abs() <= RECORD_LIMITS.money
+            })
+    }
 }
 
 impl MonthImage {
@@ -56,6 +64,11 @@ impl MonthImage {
         if let Some((app, _)) = self.apps.iter().find(|(_, record)| !record.sums_hold()) {
             return Err(format!(
                 "app {app:?}: the total is not the sum of its usage types"
+            ));
+        }
+        if let Some((app, _)) = self.apps.iter().find(|(_, r)| !r.within_limits()) {
+            return Err(format!(
+                "app {app:?}: a figure is beyond the per-actor limits"
             ));
         }
         let app_sum = self
@@ -76,5 +89,37 @@ impl MonthImage {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn month_with_units(units: u128) -> MonthImage {
+        let counter = UsageCounter {
+            units,
+            cost: Money::ZERO,
+            count: 1,
+        };
+        let record = RecordImage {
+            total: Money::ZERO,
+            count: 1,
+            by_type: vec![("kv:write".into(), counter)],
+        };
+        MonthImage {
+            usage: record.clone(),
+            apps: vec![("os-global".into(), record)],
+            pools: MonthPools::default(),
+        }
+    }
+
+    #[test]
+    fn a_record_beyond_the_per_actor_limits_is_refused() {
+        month_with_units(u128::from(u64::MAX)).check().unwrap();
+        let error = month_with_units(u128::from(u64::MAX) + 1)
+            .check()
+            .unwrap_err();
+        assert!(error.contains("beyond the per-actor limits"), "{error}");
     }
 }

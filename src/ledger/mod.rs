@@ -16,6 +16,7 @@
 //! a snapshot is appended to only on a user's first change (see `changes.rs`). Lock order is
 //! always account -> change-log stripe.
 
+pub mod app_name;
 pub mod changes;
 pub mod image;
 pub mod month;
@@ -26,10 +27,12 @@ pub mod types;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use crate::costmap::{CostMap, RESERVED_USAGE_TYPES};
 use crate::error::{overflow, LedgerError, LedgerResult};
 use crate::money::Money;
+use app_name::AppName;
 use changes::ChangeLog;
 use image::{MonthImage, RecordImage, UserImage};
 use month::MonthId;
@@ -151,8 +154,9 @@ struct AccountState {
 struct UserMonth {
     total: Money,
     count: u64,
-    /// Per app, sorted by name (a user acts through few apps: bisection, no hashing).
-    apps: Vec<(Box<str>, UsageRecord)>,
+    /// Per app, sorted by name (a user acts through few apps: bisection, no hashing). The first
+    /// app, and a short name, are stored inline (see `Months`).
+    apps: SmallVec<[(AppName, UsageRecord); 1]>,
     pools: MonthPools,
 }
 
@@ -160,7 +164,13 @@ struct UserMonth {
 /// less than a `BTreeMap` node (room for 11 months, about 1 KB) per user, which was a third of
 /// the memory per record at 1,000,000 records (`benches/run.py --only memory`).
 #[derive(Default)]
-struct Months(Vec<(MonthId, UserMonth)>);
+///
+/// The first month is stored inline in the account, as are the month's first app and its name
+/// (if short): a charge then follows no pointer from the account to its usage record but the
+/// record's own table. Each pointer followed was a cache miss for all but the hottest users:
+/// `increment_usage` over 20,000 warm (user, type) pairs in random order took 714-1,113 ns per
+/// call before, 424-466 ns after (release builds side by side, three runs each).
+struct Months(SmallVec<[(MonthId, UserMonth); 1]>);
 
 impl Months {
     fn find(&self, month: &MonthId) -> Result<usize, usize> {
@@ -242,7 +252,7 @@ impl UserMonth {
     /// Whether this app is the only one with usage in the month (then its record's figures are
     /// the user's own).
     fn has_only_app(&self, app_id: &str) -> bool {
-        matches!(self.apps.as_slice(), [(app, _)] if **app == *app_id)
+        matches!(self.apps.as_slice(), [(app, _)] if app.is(app_id))
     }
 
     /// Adds a checked charge's cost and calls to the month, and its split to the pools and
@@ -256,17 +266,17 @@ impl UserMonth {
     fn app(&self, app_id: &str) -> Option<&UsageRecord> {
         let at = self
             .apps
-            .binary_search_by(|(app, _)| (**app).cmp(app_id))
+            .binary_search_by(|(app, _)| app.cmp_str(app_id))
             .ok()?;
         Some(&self.apps[at].1)
     }
 
     fn app_mut(&mut self, app_id: &str) -> &mut UsageRecord {
-        let at = match self.apps.binary_search_by(|(app, _)| (**app).cmp(app_id)) {
+        let at = match self.apps.binary_search_by(|(app, _)| app.cmp_str(app_id)) {
             Ok(at) => at,
             Err(at) => {
                 self.apps
-                    .insert(at, (Box::from(app_id), UsageRecord::default()));
+                    .insert(at, (AppName::new(app_id), UsageRecord::default()));
                 at
             }
         };
@@ -285,6 +295,17 @@ impl AccountState {
             }
             (Plan::Cached { .. }, _) => Err(LedgerError::PlanNeeded),
         }
+    }
+
+    fn budget(&self, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
+        let allowance = self.allowance(plan)?;
+        let pools = self.months.get(&month).map(|m| m.pools).unwrap_or_default();
+        Ok(Budget {
+            allowance,
+            pools,
+            credit: self.credit,
+            remaining: pools::remaining(allowance, &pools, &self.credit),
+        })
     }
 
     fn month_mut(&mut self, month: MonthId) -> &mut UserMonth {
@@ -530,7 +551,7 @@ impl Ledger {
             // record then holds the actor's own figures, so one hash lookup checks and writes.
             Some(month) if deltas.len() == 1 && month.has_only_app(booking.app_id) => {
                 let record = &mut month.apps[0].1;
-                let prepared = record.prepare(&deltas[0], &RECORD_LIMITS, "the actor's month")?;
+                let prepared = record.prepare(&deltas[0], "the actor's month")?;
                 if refuses(&month.pools) {
                     return Ok(refused);
                 }
@@ -547,7 +568,7 @@ impl Ledger {
                 // month's) record starts from the deltas alone.
                 let no_record = UsageRecord::default();
                 let app_record = current.app(booking.app_id).unwrap_or(&no_record);
-                app_record.check(&deltas, &RECORD_LIMITS, "the app's month")?;
+                app_record.check(&deltas, "the app's month")?;
                 if refuses(&current.pools) {
                     return Ok(refused);
                 }
@@ -612,21 +633,12 @@ impl Ledger {
 
     /// The user's budget for `month` under `plan`.
     pub fn budget(&self, user_id: &str, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
-        self.read_account(user_id, |state| {
-            let allowance = state.allowance(plan)?;
-            let pools = state
-                .months
-                .get(&month)
-                .map(|m| m.pools)
-                .unwrap_or_default();
-            let remaining = pools::remaining(allowance, &pools, &state.credit);
-            Ok(Budget {
-                allowance,
-                pools,
-                credit: state.credit,
-                remaining,
-            })
-        })
+        self.read_account(user_id, |state| state.budget(month, plan))
+    }
+
+    /// `budget` of an account the caller keeps (see `AccountHandle`).
+    pub fn budget_in(&self, account: &Account, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
+        account.state.lock().budget(month, plan)
     }
 
     /// Caches the user's monthly allowance until `expires_at_ms` (see `Plan::Cached`).
@@ -668,7 +680,7 @@ impl Ledger {
             Some(m) => m
                 .apps
                 .iter()
-                .map(|(app, r)| (app.to_string(), r.total, r.count))
+                .map(|(app, r)| (app.as_str().to_string(), r.total, r.count))
                 .collect(),
             None => Vec::new(),
         });
@@ -764,7 +776,7 @@ impl Ledger {
         let mut apps: Vec<_> = month
             .apps
             .iter()
-            .map(|(app, r)| (app.to_string(), self.record_image(r)))
+            .map(|(app, r)| (app.as_str().to_string(), self.record_image(r)))
             .collect();
         apps.sort_by(|a, b| a.0.cmp(&b.0));
         MonthImage {
@@ -813,10 +825,10 @@ impl Ledger {
             };
             for (month, image) in user.months {
                 // The store checked that the app records add up to the month's (`MonthImage::check`).
-                let mut apps: Vec<(Box<str>, UsageRecord)> = image
+                let mut apps: SmallVec<[(AppName, UsageRecord); 1]> = image
                     .apps
                     .iter()
-                    .map(|(app, r)| (Box::from(app.as_str()), self.record_from_image(r)))
+                    .map(|(app, r)| (AppName::new(app), self.record_from_image(r)))
                     .collect();
                 apps.sort_by(|a, b| a.0.cmp(&b.0));
                 let (total, count) = (image.usage.total, image.usage.count);

@@ -102,12 +102,14 @@ pub struct UsageRecord {
     by_type: FastMap<TypeId, StoredCounter>,
 }
 
-/// A `UsageCounter` as a record stores it: its 128-bit fields as pairs of `u64`, so it is aligned
-/// to 8 bytes rather than 16 and a (type, counter) map entry takes 48 bytes instead of 64.
-/// 222 -> 196 B per record at 1,000,000 records (`benches/run.py --only memory`).
+/// A `UsageCounter` as a record stores it: units in the `u64` a record is limited to, and the
+/// 128-bit cost as a pair of `u64`, so it is aligned to 8 bytes rather than 16 and a (type,
+/// counter) map entry takes 40 bytes instead of 64. Peak RSS per record at 1,000,000 records
+/// (`benches/run.py --only memory`): 222 B with 128-bit fields, 196-202 B with pairs of `u64`,
+/// 129 B with 64-bit units and the account's first month and app inline (see `Months`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct StoredCounter {
-    units: [u64; 2],
+    units: u64,
     cost: [u64; 2],
     count: u64,
 }
@@ -123,7 +125,7 @@ fn join128(halves: [u64; 2]) -> u128 {
 impl From<UsageCounter> for StoredCounter {
     fn from(c: UsageCounter) -> Self {
         StoredCounter {
-            units: split128(c.units),
+            units: u64::try_from(c.units).expect("a record's units are within RECORD_LIMITS"),
             cost: split128(c.cost.attocents() as u128),
             count: c.count,
         }
@@ -135,7 +137,7 @@ impl From<StoredCounter> for UsageCounter {
         let cost =
             Money::from_attocents(join128(c.cost) as i128).expect("stored costs are in range");
         UsageCounter {
-            units: join128(c.units),
+            units: u128::from(c.units),
             cost,
             count: c.count,
         }
@@ -144,14 +146,14 @@ impl From<StoredCounter> for UsageCounter {
 
 impl UsageCounter {
     /// The counter with `delta` added, or an overflow error naming `what` if it would leave
-    /// `limits`.
-    fn plus_checked(&self, delta: &Delta, limits: &Limits, what: &str) -> LedgerResult<Self> {
+    /// `RECORD_LIMITS`.
+    fn plus_checked(&self, delta: &Delta, what: &str) -> LedgerResult<Self> {
         let units = self
             .units
             .checked_add(u128::from(delta.units))
-            .filter(|u| *u <= limits.units)
+            .filter(|u| *u <= RECORD_LIMITS.units)
             .ok_or_else(|| overflow(&format!("{what} units")))?;
-        let cost = money_within(self.cost.checked_add(delta.cost), limits)
+        let cost = money_within(self.cost.checked_add(delta.cost))
             .ok_or_else(|| overflow(&format!("{what} cost")))?;
         let count = self
             .count
@@ -161,8 +163,8 @@ impl UsageCounter {
     }
 }
 
-fn money_within(money: Option<Money>, limits: &Limits) -> Option<Money> {
-    money.filter(|m| m.attocents().abs() <= limits.money)
+fn money_within(money: Option<Money>) -> Option<Money> {
+    money.filter(|m| m.attocents().abs() <= RECORD_LIMITS.money)
 }
 
 /// One delta checked against a record by `UsageRecord::prepare`, written by `commit`.
@@ -196,14 +198,14 @@ impl Prepared<'_> {
 }
 
 impl UsageRecord {
-    /// Fails, changing nothing, if applying `deltas` (one per type) would leave `limits`.
-    pub fn check(&self, deltas: &[Delta], limits: &Limits, what: &str) -> LedgerResult<()> {
+    /// Fails, changing nothing, if applying `deltas` (one per type) would leave `RECORD_LIMITS`.
+    pub fn check(&self, deltas: &[Delta], what: &str) -> LedgerResult<()> {
         let mut total = Some(self.total);
         let mut count = Some(self.count);
         for delta in deltas {
             let current = self.counter(delta.usage_type).unwrap_or_default();
-            current.plus_checked(delta, limits, what)?;
-            total = money_within(total.and_then(|t| t.checked_add(delta.cost)), limits);
+            current.plus_checked(delta, what)?;
+            total = money_within(total.and_then(|t| t.checked_add(delta.cost)));
             count = count.and_then(|c| c.checked_add(delta.count));
         }
         total.ok_or_else(|| overflow(&format!("{what} total")))?;
@@ -211,21 +213,16 @@ impl UsageRecord {
         Ok(())
     }
 
-    /// `check` and `apply` for one delta with one hash lookup: checks it against `limits` and
+    /// `check` and `apply` for one delta with one hash lookup: checks it against `RECORD_LIMITS` and
     /// returns it ready to `commit`; dropping the result (or an error) changes nothing. A new
     /// usage type's counter is inserted only by `commit`.
-    pub fn prepare(
-        &mut self,
-        delta: &Delta,
-        limits: &Limits,
-        what: &str,
-    ) -> LedgerResult<Prepared<'_>> {
+    pub fn prepare(&mut self, delta: &Delta, what: &str) -> LedgerResult<Prepared<'_>> {
         let UsageRecord {
             total,
             count,
             by_type,
         } = self;
-        let new_total = money_within(total.checked_add(delta.cost), limits)
+        let new_total = money_within(total.checked_add(delta.cost))
             .ok_or_else(|| overflow(&format!("{what} total")))?;
         let new_count = count
             .checked_add(delta.count)
@@ -237,7 +234,7 @@ impl UsageRecord {
             }
             Entry::Vacant(entry) => (Slot::Vacant(entry), UsageCounter::default()),
         };
-        let counter = current.plus_checked(delta, limits, what)?.into();
+        let counter = current.plus_checked(delta, what)?.into();
         Ok(Prepared {
             slot,
             counter,
@@ -392,30 +389,27 @@ mod tests {
     fn check_refuses_overflow_and_apply_adds() {
         let mut record = UsageRecord::default();
         let big = delta(7, u64::MAX, 1);
-        record.check(&[big], &RECORD_LIMITS, "test").unwrap();
+        record.check(&[big], "test").unwrap();
         record.apply(&[big]);
-        assert!(record
-            .check(&[delta(7, 1, 1)], &RECORD_LIMITS, "test")
-            .is_err());
+        assert!(record.check(&[delta(7, 1, 1)], "test").is_err());
         assert_eq!(record.counter(7).unwrap().units, u128::from(u64::MAX));
         assert_eq!(record.total, Money::from_microcents(1).unwrap());
-        record
-            .check(&[delta(8, 1, 1)], &RECORD_LIMITS, "test")
-            .unwrap();
+        record.check(&[delta(8, 1, 1)], "test").unwrap();
         let at_limit = Money::from_attocents(MAX_RECORD_ATTOCENTS).unwrap();
         let costly = Delta {
             cost: at_limit,
             ..delta(9, 0, 0)
         };
-        assert!(record.check(&[costly], &RECORD_LIMITS, "test").is_err());
+        assert!(record.check(&[costly], "test").is_err());
     }
 
     #[test]
-    fn stored_counters_keep_every_value() {
+    fn stored_counters_keep_every_value_a_record_can_hold() {
         for (units, attocents) in [
             (0, 0),
-            (u128::from(u64::MAX) * 3, -1),
-            (1 << 120, crate::money::MAX_ABS_ATTOCENTS),
+            (u128::from(u64::MAX), -MAX_RECORD_ATTOCENTS),
+            (1 << 40, MAX_RECORD_ATTOCENTS),
+            (7, -1),
         ] {
             let counter = UsageCounter {
                 units,

@@ -430,7 +430,10 @@ impl MeteringCore {
         let now_ms = self.now_ms(py)?;
         let month = MonthId::from_epoch_ms(now_ms);
         self.with_plan(py, actor_obj, actor, now_ms, |plan| {
-            self.ledger.budget(&actor.user_id, month, plan)
+            match actor.account.get(&self.ledger, &actor.user_id) {
+                Some(account) => self.ledger.budget_in(account, month, plan),
+                None => self.ledger.budget(&actor.user_id, month, plan),
+            }
         })
     }
 
