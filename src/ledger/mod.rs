@@ -439,7 +439,7 @@ impl Ledger {
         mode: ChargeMode,
     ) -> LedgerResult<Receipt> {
         let (deltas, unmapped_items) = self.deltas_of(items)?;
-        self.charge_deltas(account, booking, deltas, unmapped_items, mode)
+        self.charge_deltas(account, booking, &deltas, unmapped_items, mode)
     }
 
     /// Records `units` of a usage type the cost map prices (`TypeRegistry::priced`), at its
@@ -451,18 +451,20 @@ impl Ledger {
         usage_type: TypeId,
         units: u64,
     ) -> LedgerResult<Receipt> {
-        let mut deltas = Deltas::new();
-        if units > 0 {
-            let price = self.cost_map().entry(usage_type).price;
-            let cost = price.cost_of(units);
-            deltas.push(Delta {
-                usage_type,
-                units,
-                cost: cost.ok_or_else(|| overflow("the cost of the call"))?,
-                count: 1,
-            });
+        if units == 0 {
+            // Records nothing, as `charge` documents; still the user's month total.
+            return self.charge_deltas(Some(account), booking, &[], 0, ChargeMode::Always);
         }
-        self.charge_deltas(Some(account), booking, deltas, 0, ChargeMode::Always)
+        let price = self.cost_map().entry(usage_type).price;
+        let delta = Delta {
+            usage_type,
+            units,
+            cost: price
+                .cost_of(units)
+                .ok_or_else(|| overflow("the cost of the call"))?,
+            count: 1,
+        };
+        self.charge_deltas(Some(account), booking, &[delta], 0, ChargeMode::Always)
     }
 
     /// The id of a usage type to charge by `charge_priced`: `Some` if the cost map prices it,
@@ -481,7 +483,7 @@ impl Ledger {
         &self,
         account: Option<&Account>,
         booking: &Booking<'_>,
-        mut deltas: Deltas,
+        deltas: &[Delta],
         unmapped_items: usize,
         mode: ChargeMode,
     ) -> LedgerResult<Receipt> {
@@ -498,6 +500,8 @@ impl Ledger {
                 &**account
             }
         };
+        let adjustment: [Delta; 1];
+        let mut deltas = deltas;
         let mut state = account.state.lock();
         let allowance = state.allowance(booking.plan)?;
         let credit = state.credit;
@@ -510,13 +514,13 @@ impl Ledger {
                 .checked_sub(before)
                 .ok_or_else(|| overflow("the adjustment"))?;
             if difference != Money::ZERO {
-                let usage_type = self.types.intern(MANUAL_ADJUSTMENT);
-                deltas = smallvec::smallvec![Delta {
-                    usage_type,
+                adjustment = [Delta {
+                    usage_type: self.types.intern(MANUAL_ADJUSTMENT),
                     units: 0,
                     cost: difference,
                     count: 1,
                 }];
+                deltas = &adjustment;
             }
         }
         if deltas.is_empty() {
@@ -563,19 +567,19 @@ impl Ledger {
             _ => {
                 let empty_month = UserMonth::default();
                 let current = state.months.get(&booking.month).unwrap_or(&empty_month);
-                current.check_user(&deltas, cost)?;
+                current.check_user(deltas, cost)?;
                 // A record that does not exist yet is checked as an empty one: a new app's (or
                 // month's) record starts from the deltas alone.
                 let no_record = UsageRecord::default();
                 let app_record = current.app(booking.app_id).unwrap_or(&no_record);
-                app_record.check(&deltas, "the app's month")?;
+                app_record.check(deltas, "the app's month")?;
                 if refuses(&current.pools) {
                     return Ok(refused);
                 }
                 // Everything is validated: commit. Nothing below can fail.
                 let split = pools::split(cost, allowance, &current.pools, &credit);
                 let month = state.month_mut(booking.month);
-                month.app_mut(booking.app_id).apply(&deltas);
+                month.app_mut(booking.app_id).apply(deltas);
                 month.book(cost, calls, &split, &mut new_credit);
                 (split, month.total)
             }

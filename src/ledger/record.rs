@@ -61,19 +61,23 @@ impl Delta {
     }
 }
 
-/// Folds deltas so each usage type appears once (a batch may name a type several times).
+/// Folds deltas so each usage type appears once (a batch may name a type several times), in
+/// place: sorted by type without allocating, then each run of one type summed into its first.
 pub fn fold_deltas<A: smallvec::Array<Item = Delta>>(
     deltas: &mut smallvec::SmallVec<A>,
 ) -> LedgerResult<()> {
-    deltas.sort_by_key(|d| d.usage_type);
-    let mut folded: smallvec::SmallVec<A> = smallvec::SmallVec::with_capacity(deltas.len());
-    for delta in deltas.iter() {
-        match folded.last_mut() {
-            Some(last) if last.usage_type == delta.usage_type => last.absorb(delta)?,
-            _ => folded.push(*delta),
+    deltas.sort_unstable_by_key(|d| d.usage_type);
+    let mut kept = 0;
+    for at in 0..deltas.len() {
+        let delta = deltas[at];
+        if at > 0 && deltas[kept - 1].usage_type == delta.usage_type {
+            deltas[kept - 1].absorb(&delta)?;
+        } else {
+            deltas[kept] = delta;
+            kept += 1;
         }
     }
-    *deltas = folded;
+    deltas.truncate(kept);
     Ok(())
 }
 
@@ -144,22 +148,31 @@ impl From<StoredCounter> for UsageCounter {
     }
 }
 
-impl UsageCounter {
+// A stored counter's `u64` units are exactly the record's limit.
+const _: () = assert!(RECORD_LIMITS.units == u64::MAX as u128);
+
+impl StoredCounter {
     /// The counter with `delta` added, or an overflow error naming `what` if it would leave
-    /// `RECORD_LIMITS`.
+    /// `RECORD_LIMITS`. Works on the stored fields directly: this runs on every charge.
     fn plus_checked(&self, delta: &Delta, what: &str) -> LedgerResult<Self> {
         let units = self
             .units
-            .checked_add(u128::from(delta.units))
-            .filter(|u| *u <= RECORD_LIMITS.units)
+            .checked_add(delta.units)
             .ok_or_else(|| overflow(&format!("{what} units")))?;
-        let cost = money_within(self.cost.checked_add(delta.cost))
-            .ok_or_else(|| overflow(&format!("{what} cost")))?;
+        // Both terms are within 10^36 in magnitude, so the sum cannot overflow `i128`.
+        let cost = join128(self.cost) as i128 + delta.cost.attocents();
+        if cost.abs() > RECORD_LIMITS.money {
+            return Err(overflow(&format!("{what} cost")));
+        }
         let count = self
             .count
             .checked_add(delta.count)
             .ok_or_else(|| overflow(&format!("{what} count")))?;
-        Ok(UsageCounter { units, cost, count })
+        Ok(StoredCounter {
+            units,
+            cost: split128(cost as u128),
+            count,
+        })
     }
 }
 
@@ -203,8 +216,8 @@ impl UsageRecord {
         let mut total = Some(self.total);
         let mut count = Some(self.count);
         for delta in deltas {
-            let current = self.counter(delta.usage_type).unwrap_or_default();
-            current.plus_checked(delta, what)?;
+            let current = self.by_type.get(&delta.usage_type).copied();
+            current.unwrap_or_default().plus_checked(delta, what)?;
             total = money_within(total.and_then(|t| t.checked_add(delta.cost)));
             count = count.and_then(|c| c.checked_add(delta.count));
         }
@@ -229,12 +242,12 @@ impl UsageRecord {
             .ok_or_else(|| overflow(&format!("{what} count")))?;
         let (slot, current) = match by_type.entry(delta.usage_type) {
             Entry::Occupied(entry) => {
-                let current = UsageCounter::from(*entry.get());
+                let current = *entry.get();
                 (Slot::Occupied(entry.into_mut()), current)
             }
-            Entry::Vacant(entry) => (Slot::Vacant(entry), UsageCounter::default()),
+            Entry::Vacant(entry) => (Slot::Vacant(entry), StoredCounter::default()),
         };
-        let counter = current.plus_checked(delta, what)?.into();
+        let counter = current.plus_checked(delta, what)?;
         Ok(Prepared {
             slot,
             counter,
@@ -249,11 +262,9 @@ impl UsageRecord {
     pub fn apply(&mut self, deltas: &[Delta]) {
         for delta in deltas {
             let stored = self.by_type.entry(delta.usage_type).or_default();
-            let mut counter = UsageCounter::from(*stored);
-            counter.units += u128::from(delta.units);
-            counter.cost = counter.cost.plus(delta.cost);
-            counter.count += delta.count;
-            *stored = counter.into();
+            *stored = stored
+                .plus_checked(delta, "a record")
+                .expect("deltas checked before they are applied");
             self.total = self.total.plus(delta.cost);
             self.count += delta.count;
         }
