@@ -13,12 +13,13 @@ Candidates:
   takes the same arguments and does nothing: the cost of calling into Rust at all.
 - ``usagemeter``: ``increment_usage``, ``try_increment_usage``, ``has_enough_credits_for`` and
   ``batch_increment_usages`` (per item, batches of 100), from 1 thread and from 2 threads (total
-  throughput of both).
+  throughput of both); and ``meter.add``, the pre-resolved handle of ``service.meter``.
 - ``sqlite`` and ``redis`` (``alternatives.py``): the same records, exact, per call and batched.
 Plus peak RSS per (actor, month, usage type) record, measured in a fresh process.
 
-``--write-results`` writes ``benches/RESULTS.md``, keeping its ``<!-- rust -->`` and
-``<!-- store -->`` sections (filled by the criterion bench and ``make bench-store``).
+``--write-results`` writes ``benches/RESULTS.md``, keeping its ``<!-- analysis -->``,
+``<!-- rust -->`` and ``<!-- store -->`` sections (written by hand from profiles, the criterion
+bench and ``make bench-store``).
 """
 
 from __future__ import annotations
@@ -732,7 +733,11 @@ CANDIDATES = [
     "- `floor`: `service._noop_increment_usage(actor, usage_type, amount)`, a native method that "
     "takes the same arguments and does nothing: the cost of calling into Rust at all.",
     "- `usagemeter`: the release build's `MeteringService`, every actor on one policy with the same "
-    "allowance as the reference.",
+    "allowance as the reference. The `Actor` objects are made once and reused, as a server that "
+    "keeps them would (each keeps its user's account after the first call).",
+    "- `usagemeter meter.add`: the handle API, `service.meter(actor, usage_type).add(amount)`, one "
+    "meter per (actor, usage type) pair of the workload, made before timing; checked against its "
+    "own reference run (`reference (for meter.add)`).",
     "- `sqlite`: `benches/alternatives.py`, the same records as UPSERTs (money exact in two integer "
     "columns), the pools read and split in one `BEGIN IMMEDIATE` transaction; WAL, "
     "`synchronous=NORMAL`; a commit per call, or per 1,000 calls.",
@@ -964,8 +969,8 @@ def _preserved(existing: str, name: str, placeholder: str) -> str:
 
 
 def render(report: Report, command: str, existing: str) -> str:
-    """RESULTS.md: machine, command (Markdown), every figure with ratios, targets; keeps the rust
-    and store sections of ``existing``."""
+    """RESULTS.md: machine, command (Markdown), every figure with ratios, targets; keeps the
+    analysis, rust and store sections of ``existing`` (written by hand)."""
     config = report.config
     workload_line = (
         f"{config.users:,} users ({config.app_share:.0%} through one of {config.apps} apps, "
@@ -979,7 +984,7 @@ def render(report: Report, command: str, existing: str) -> str:
         "# Benchmark results",
         "",
         "<!-- Written by `benches/run.py --write-results` (`make bench`); the rust and store sections",
-        "     are kept as they are when the file is rewritten. -->",
+        "     and the analysis are kept as they are when the file is rewritten. -->",
         "",
         f"Run on {report.started:%Y-%m-%d %H:%M} UTC, {report.seconds / 60:.1f} minutes.",
         "",
@@ -1018,11 +1023,15 @@ def render(report: Report, command: str, existing: str) -> str:
         "(usagemeter keeps each (actor, month, usage type) counter once, in its app's month; the "
         "reference keeps it in the user's month and in the app's), reading `VmHWM` and `VmRSS` from "
         "`/proc/self/status` before and after; the growth is divided by the number of records. "
-        "Peak RSS moves by a few bytes per record from run to run (196-200 B for usagemeter here).",
+        "Peak RSS moves by a few bytes per record from run to run.",
         "",
         "## Targets (issue 4)",
         "",
         *targets_table(report),
+        "",
+        "## Where the time goes",
+        "",
+        _preserved(existing, "analysis", "Not written yet: profile and explain the misses."),
         "",
     ]
     notes = list(report.notes)
