@@ -161,26 +161,32 @@ struct OwnedItem<'py> {
 }
 
 fn batch_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<OwnedItem<'py>> {
-    let fields: Vec<Bound<'py, PyAny>> = if let Ok(tuple) = item.cast::<PyTuple>() {
-        tuple.iter().collect()
-    } else if let Ok(list) = item.cast::<PyList>() {
-        list.iter().collect()
-    } else {
-        return Err(PyTypeError::new_err(
-            "each usage must be a (usage_type, amount[, cost_override]) tuple",
-        ));
-    };
-    if !(2..=3).contains(&fields.len()) {
+    if let Ok(tuple) = item.cast::<PyTuple>() {
+        return item_of_fields(tuple.len(), |at| tuple.get_item(at));
+    }
+    if let Ok(list) = item.cast::<PyList>() {
+        return item_of_fields(list.len(), |at| list.get_item(at));
+    }
+    Err(PyTypeError::new_err(
+        "each usage must be a (usage_type, amount[, cost_override]) tuple",
+    ))
+}
+
+/// A batch item from its `len` fields, read by `field` (no copy of the tuple or list).
+fn item_of_fields<'py>(
+    len: usize,
+    field: impl Fn(usize) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<OwnedItem<'py>> {
+    if !(2..=3).contains(&len) {
         return Err(PyValueError::new_err(format!(
-            "each usage must have 2 or 3 fields (usage_type, amount[, cost_override]), got {}",
-            fields.len()
+            "each usage must have 2 or 3 fields (usage_type, amount[, cost_override]), got {len}"
         )));
     }
-    let usage_type = fields[0].clone();
+    let usage_type = field(0)?;
     convert::usage_type(&usage_type)?;
-    let units = convert::units(&fields[1], "amount")?;
-    let cost_override = match fields.len() {
-        3 => convert::optional_microcents(Some(&fields[2]), "cost_override")?,
+    let units = convert::units(&field(1)?, "amount")?;
+    let cost_override = match len {
+        3 => convert::optional_microcents(Some(&field(2)?), "cost_override")?,
         _ => None,
     };
     Ok(OwnedItem {
