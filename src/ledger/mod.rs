@@ -132,6 +132,24 @@ pub struct Account {
 /// removed from a ledger, so a handle stays the user's account for the ledger's life.
 pub type AccountHandle = Arc<Account>;
 
+/// The accounts map, pinned (its entries stay valid while this lives).
+type Accounts<'map> = papaya::HashMapRef<
+    'map,
+    Box<str>,
+    AccountHandle,
+    foldhash::fast::RandomState,
+    papaya::LocalGuard<'map>,
+>;
+
+/// The user's account, created empty if the user has none yet. It looks the user up first:
+/// inserting allocates the key, which a user seen before does not need.
+fn account_in<'a>(accounts: &'a Accounts<'_>, user_id: &str) -> &'a AccountHandle {
+    match accounts.get(user_id) {
+        Some(account) => account,
+        None => accounts.get_or_insert_with(Box::from(user_id), AccountHandle::default),
+    }
+}
+
 /// Distinguishes ledgers, so a handle is only ever used with the ledger it came from.
 static NEXT_LEDGER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -420,12 +438,7 @@ impl Ledger {
 
     /// The user's account, created (empty) if the user has none yet.
     pub fn account(&self, user_id: &str) -> AccountHandle {
-        let accounts = self.accounts.pin();
-        let account = match accounts.get(user_id) {
-            Some(account) => account,
-            None => accounts.get_or_insert_with(Box::from(user_id), AccountHandle::default),
-        };
-        Arc::clone(account)
+        Arc::clone(account_in(&self.accounts.pin(), user_id))
     }
 
     /// Records `items` for one user, atomically: the user's month record, its app's record and the
@@ -492,12 +505,7 @@ impl Ledger {
             Some(account) => account,
             None => {
                 accounts = self.accounts.pin();
-                let account = match accounts.get(booking.user_id) {
-                    Some(account) => account,
-                    None => accounts
-                        .get_or_insert_with(Box::from(booking.user_id), AccountHandle::default),
-                };
-                &**account
+                account_in(&accounts, booking.user_id)
             }
         };
         let adjustment: [Delta; 1];
@@ -616,8 +624,7 @@ impl Ledger {
             ));
         }
         let accounts = self.accounts.pin();
-        let account = accounts.get_or_insert_with(Box::from(user_id), AccountHandle::default);
-        let mut state = account.state.lock();
+        let mut state = account_in(&accounts, user_id).state.lock();
         let purchased = state
             .credit
             .purchased
@@ -652,8 +659,7 @@ impl Ledger {
     /// Caches the user's monthly allowance until `expires_at_ms` (see `Plan::Cached`).
     pub fn set_plan(&self, user_id: &str, allowance: Money, expires_at_ms: i64) {
         let accounts = self.accounts.pin();
-        let account = accounts.get_or_insert_with(Box::from(user_id), AccountHandle::default);
-        account.state.lock().plan = Some((allowance, expires_at_ms));
+        account_in(&accounts, user_id).state.lock().plan = Some((allowance, expires_at_ms));
     }
 
     /// Forgets the user's cached allowance.
