@@ -291,10 +291,7 @@ class ReferenceMeter:
         if override is None:
             if amount == 0:  # records nothing, whatever the type
                 return self._month_total(actor.user_id)
-            price = self._prices.get(usage_type)
-            if price is None:
-                raise KeyError(f"usage type {usage_type!r} is not in the cost map")
-            cost = price * amount
+            cost = self._price(usage_type) * amount
             if cost > MAX_ABS_ATTOCENTS:
                 raise OverflowError("the cost of the call is beyond the ledger's range")
         else:
@@ -368,10 +365,7 @@ class ReferenceMeter:
             elif amount == 0:
                 continue  # records nothing
             else:
-                price = self._prices.get(usage_type)
-                if price is None:
-                    raise KeyError(f"usage type {usage_type!r} is not in the cost map")
-                cost = price * amount
+                cost = self._price(usage_type) * amount
                 if cost > MAX_ABS_ATTOCENTS:
                     raise OverflowError("the cost of the batch is beyond the ledger's range")
             delta = deltas.get(usage_type)
@@ -457,6 +451,13 @@ class ReferenceMeter:
             account.purchased += amount * ATTOCENTS_PER_MICROCENT
             return microcents_half_up(account.purchased)
 
+    def _price(self, usage_type: str) -> int:
+        """The price of a usage type in attocents per unit; KeyError if the cost map has none."""
+        price = self._prices.get(usage_type)
+        if price is None:
+            raise KeyError(f"usage type {usage_type!r} is not in the cost map")
+        return price
+
     # -- reads --------------------------------------------------------------------------------
 
     def _month_total(self, user_id: str) -> int:
@@ -469,9 +470,7 @@ class ReferenceMeter:
         """Whether the user's remaining budget covers ``amount`` units of ``usage_type``."""
         _check_usage_type(usage_type)
         _check_amount(amount, "amount")
-        price = self._prices.get(usage_type)
-        if price is None:
-            raise KeyError(f"usage type {usage_type!r} is not in the cost map")
+        price = self._price(usage_type)
         if actor.is_system:
             return True
         cost = price * amount
