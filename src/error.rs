@@ -15,6 +15,8 @@ pub enum LedgerError {
     Overflow(String),
     /// `Plan::Cached` found no unexpired plan: resolve it, `set_plan`, and call again.
     PlanNeeded,
+    /// The ledger was sealed by `close()`: it records nothing more.
+    Closed,
     CostMap(CostMapError),
 }
 
@@ -32,6 +34,7 @@ impl fmt::Display for LedgerError {
             }
             LedgerError::CostMap(error) => error.fmt(f),
             LedgerError::PlanNeeded => f.write_str("the user's plan must be resolved first"),
+            LedgerError::Closed => f.write_str("this MeteringService is closed"),
         }
     }
 }

@@ -197,7 +197,8 @@ pub fn parse_microcents(text: &str) -> Result<ParsedMicrocents, DecimalError> {
     if rounds_up_half_even(attocents, &dropped) {
         attocents += 1;
     }
-    if negative && attocents != 0 {
+    // Any negative value is refused, even one that rounds to zero ("-0.0000000000001"); "-0" is 0.
+    if negative && digits.bytes().any(|b| b != b'0') {
         return Err(DecimalError::Negative);
     }
     let money = Money::from_attocents(attocents)
@@ -324,6 +325,13 @@ mod tests {
         }
         assert_eq!(parse_microcents("-1"), Err(DecimalError::Negative));
         assert_eq!(parse_microcents("-0.5"), Err(DecimalError::Negative));
+        // Negative even when it rounds to zero at 12 fractional digits.
+        assert_eq!(
+            parse_microcents("-0.0000000000001"),
+            Err(DecimalError::Negative)
+        );
+        assert_eq!(parse_microcents("-1e-40"), Err(DecimalError::Negative));
+        assert_eq!(parse("-0.000").money, Money::ZERO);
         assert_eq!(parse_microcents("1e19"), Err(DecimalError::TooLarge));
         assert_eq!(
             parse_microcents("1000000000000000000.000000000001"),

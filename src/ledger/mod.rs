@@ -24,6 +24,7 @@ pub mod pools;
 pub mod record;
 pub mod types;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -104,8 +105,9 @@ pub struct Receipt {
     pub month_total: Money,
     pub cost: Money,
     pub split: Split,
-    /// The whole multiple (>= 2) of the allowance that the month total crossed with no purchased
-    /// credit left: the caller raises an overuse alarm.
+    /// The power-of-two multiple (>= 2) of the allowance that the month's usage, net of purchased
+    /// credit, crossed with no purchased credit left: the caller raises an overuse alarm (see
+    /// `pools::overuse_multiple_crossed`).
     pub overuse_multiple: Option<i128>,
     /// Items recorded for free because the cost map has no price for them (`Unmapped::Free`).
     pub unmapped_items: usize,
@@ -151,7 +153,7 @@ fn account_in<'a>(accounts: &'a Accounts<'_>, user_id: &str) -> &'a AccountHandl
 }
 
 /// Distinguishes ledgers, so a handle is only ever used with the ledger it came from.
-static NEXT_LEDGER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_LEDGER_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Default)]
 struct AccountState {
@@ -353,6 +355,11 @@ pub struct Ledger {
     accounts: papaya::HashMap<Box<str>, AccountHandle, foldhash::fast::RandomState>,
     changes: ChangeLog,
     id: u64,
+    /// Set by `seal` (when the service closes): every later write is refused.
+    sealed: AtomicBool,
+    /// Bumped by every `forget_plan`, so that a plan resolved while an invalidation ran is never
+    /// cached over it (`set_plan_if`).
+    plan_epoch: AtomicU64,
 }
 
 impl Ledger {
@@ -365,7 +372,9 @@ impl Ledger {
             track_changes: false,
             accounts: crate::ledger::record::new_concurrent_map(),
             changes: ChangeLog::new(),
-            id: NEXT_LEDGER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: NEXT_LEDGER_ID.fetch_add(1, Ordering::Relaxed),
+            sealed: AtomicBool::new(false),
+            plan_epoch: AtomicU64::new(0),
         }
     }
 
@@ -398,9 +407,9 @@ impl Ledger {
         let mut deltas = Deltas::with_capacity(items.len());
         let mut unmapped_items = 0;
         for item in items {
-            validate_usage_type(item.usage_type)?;
+            self.check_item(item)?;
             if item.units == 0 && item.cost_override.is_none() {
-                continue; // records nothing, as documented
+                continue; // records nothing, as documented (but the type was checked)
             }
             let (usage_type, cost) = match (self.types.priced(item.usage_type), item.cost_override)
             {
@@ -429,6 +438,42 @@ impl Ledger {
             fold_deltas(&mut deltas)?;
         }
         Ok((deltas, unmapped_items))
+    }
+
+    /// Checks one item as a charge would (a valid usage type, priced or overridden or recorded
+    /// for free), recording and interning nothing: the system actor's calls are checked too.
+    pub fn check_item(&self, item: &UsageItem<'_>) -> LedgerResult<()> {
+        validate_usage_type(item.usage_type)?;
+        let known = item.cost_override.is_some()
+            || self.unmapped == Unmapped::Free
+            || self.types.priced(item.usage_type).is_some();
+        match known {
+            true => Ok(()),
+            false => Err(LedgerError::UnknownUsageType(item.usage_type.to_string())),
+        }
+    }
+
+    /// Refuses every later write (charges, credit) with `LedgerError::Closed`, and returns once
+    /// every write that started before is complete (so a last snapshot taken after this holds all
+    /// of them). A write checks the flag under its account's lock; taking each account's lock
+    /// once after setting it waits out any write that saw it unset. O(accounts): for `close()`.
+    pub fn seal(&self) {
+        self.sealed.store(true, Ordering::SeqCst);
+        for (_, account) in self.accounts.pin().iter() {
+            drop(account.state.lock());
+        }
+    }
+
+    /// Whether `seal` was called.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::SeqCst)
+    }
+
+    fn refuse_if_sealed(&self) -> LedgerResult<()> {
+        match self.sealed.load(Ordering::SeqCst) {
+            true => Err(LedgerError::Closed),
+            false => Ok(()),
+        }
     }
 
     /// This ledger's id: unique in the process, for callers that keep `AccountHandle`s.
@@ -511,6 +556,7 @@ impl Ledger {
         let adjustment: [Delta; 1];
         let mut deltas = deltas;
         let mut state = account.state.lock();
+        self.refuse_if_sealed()?;
         let allowance = state.allowance(booking.plan)?;
         let credit = state.credit;
         let before = state
@@ -558,6 +604,23 @@ impl Ledger {
             ..Receipt::default()
         };
         let mut new_credit = credit;
+        let pools_before = state
+            .months
+            .get(&booking.month)
+            .map(|m| m.pools)
+            .unwrap_or_default();
+        let split_of = |pools: &MonthPools| {
+            match mode {
+            ChargeMode::SetTotal(_) => pools::adjustment_split(cost, allowance, pools).ok_or_else(|| {
+                LedgerError::InvalidInput(format!(
+                    "the month total cannot go below the {} µ¢ that purchased credit paid this month: \
+                     purchased credit moves only through update_addon_credit",
+                    pools.purchased_consumed.to_microcents_half_up()
+                ))
+            }),
+            _ => Ok(pools::split(cost, allowance, pools, &credit)),
+        }
+        };
         let (split, month_total) = match state.months.get_mut(&booking.month) {
             // The common call: one usage type, to a month whose only app is this one. That app's
             // record then holds the actor's own figures, so one hash lookup checks and writes.
@@ -567,7 +630,7 @@ impl Ledger {
                 if refuses(&month.pools) {
                     return Ok(refused);
                 }
-                let split = pools::split(cost, allowance, &month.pools, &credit);
+                let split = split_of(&month.pools)?;
                 prepared.commit();
                 month.book(cost, calls, &split, &mut new_credit);
                 (split, month.total)
@@ -588,8 +651,8 @@ impl Ledger {
                 if refuses(&current.pools) {
                     return Ok(refused);
                 }
+                let split = split_of(&current.pools)?;
                 // Everything is validated: commit. Nothing below can fail.
-                let split = pools::split(cost, allowance, &current.pools, &credit);
                 let month = state.month_mut(booking.month);
                 month.app_mut(booking.app_id).apply(deltas);
                 month.book(cost, calls, &split, &mut new_credit);
@@ -600,10 +663,17 @@ impl Ledger {
         if self.track_changes {
             state.mark_changed(booking.user_id, Some(booking.month), &self.changes);
         }
-        let overuse_multiple = if new_credit.left() == Money::ZERO {
-            pools::overuse_multiple_crossed(before, month_total, allowance)
-        } else {
-            None
+        let overuse_multiple = match new_credit.left() == Money::ZERO && split.overage.is_positive()
+        {
+            true => {
+                let pools_after = state.months[&booking.month].pools;
+                pools::overuse_multiple_crossed(
+                    pools::usage_net_of_credit(&pools_before),
+                    pools::usage_net_of_credit(&pools_after),
+                    allowance,
+                )
+            }
+            false => None,
         };
         Ok(Receipt {
             accepted: true,
@@ -625,11 +695,15 @@ impl Ledger {
         }
         let accounts = self.accounts.pin();
         let mut state = account_in(&accounts, user_id).state.lock();
+        self.refuse_if_sealed()?;
+        // Purchased credit is a per-actor amount: within 10^18 µ¢ like every other, so that every
+        // budget sum stays in range (2 * 10^24 µ¢ of credit once made the budget reads panic).
         let purchased = state
             .credit
             .purchased
             .checked_add(amount)
-            .ok_or_else(|| overflow("purchased credit"))?;
+            .filter(|p| p.fits_record())
+            .ok_or_else(|| overflow("the user's purchased credit"))?;
         state.credit.purchased = purchased;
         if self.track_changes {
             state.mark_changed(user_id, None, &self.changes);
@@ -656,17 +730,48 @@ impl Ledger {
         account.state.lock().budget(month, plan)
     }
 
-    /// Caches the user's monthly allowance until `expires_at_ms` (see `Plan::Cached`).
-    pub fn set_plan(&self, user_id: &str, allowance: Money, expires_at_ms: i64) {
-        let accounts = self.accounts.pin();
-        account_in(&accounts, user_id).state.lock().plan = Some((allowance, expires_at_ms));
+    /// The plan epoch to read before resolving a plan and pass to `set_plan_if`.
+    pub fn plan_epoch(&self) -> u64 {
+        self.plan_epoch.load(Ordering::SeqCst)
     }
 
-    /// Forgets the user's cached allowance.
+    /// Caches the user's monthly allowance until `expires_at_ms` (see `Plan::Cached`), unless a
+    /// `forget_plan` ran since `epoch` was read (then the plan may be stale: the invalidation
+    /// wins) or the user has no account (a read-only check of a user never charged allocates
+    /// nothing). Returns whether it cached it.
+    pub fn set_plan_if(
+        &self,
+        user_id: &str,
+        allowance: Money,
+        expires_at_ms: i64,
+        epoch: u64,
+    ) -> bool {
+        let accounts = self.accounts.pin();
+        let Some(account) = accounts.get(user_id) else {
+            return false;
+        };
+        let mut state = account.state.lock();
+        // Checked under the lock that `forget_plan` clears the plan under, after bumping the
+        // epoch: either this sees the bump, or the clear comes after this write.
+        if self.plan_epoch.load(Ordering::SeqCst) != epoch {
+            return false;
+        }
+        state.plan = Some((allowance, expires_at_ms));
+        true
+    }
+
+    /// Forgets the user's cached allowance; a resolution already running will not cache its
+    /// (possibly stale) plan.
     pub fn forget_plan(&self, user_id: &str) {
+        self.plan_epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(account) = self.accounts.pin().get(user_id) {
             account.state.lock().plan = None;
         }
+    }
+
+    /// Whether the user has an account (was charged, credited, or metered through a `Meter`).
+    pub fn has_account(&self, user_id: &str) -> bool {
+        self.accounts.pin().contains_key(user_id)
     }
 
     /// The user's month record (all apps together).

@@ -15,7 +15,10 @@ impl MonthId {
     /// Parses `YYYY-MM`.
     pub fn parse(label: &str) -> Option<MonthId> {
         let (year, month) = label.split_once('-')?;
-        if year.len() != 4 || month.len() != 2 {
+        let digits =
+            |text: &str, len: usize| text.len() == len && text.bytes().all(|b| b.is_ascii_digit());
+        // Digits only: `u32::from_str` would also take "+026" or "+1".
+        if !digits(year, 4) || !digits(month, 2) {
             return None;
         }
         let year: u32 = year.parse().ok()?;
@@ -79,7 +82,10 @@ mod tests {
         for label in ["2026-01", "2026-12", "1999-07"] {
             assert_eq!(MonthId::parse(label).unwrap().label(), label);
         }
-        for bad in ["2026-13", "2026-00", "26-01", "2026/01", "2026-1", ""] {
+        for bad in [
+            "2026-13", "2026-00", "26-01", "2026/01", "2026-1", "", "+026-01", "2026-+1",
+            "20260-01", "2026-01-", " 2026-01",
+        ] {
             assert_eq!(MonthId::parse(bad), None, "{bad}");
         }
     }

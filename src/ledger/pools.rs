@@ -76,15 +76,59 @@ pub fn apply(split: &Split, pools: &mut MonthPools, credit: &mut Credit) {
     credit.consumed = credit.consumed.plus(split.purchased);
 }
 
-/// The overuse multiple crossed by a month total going from `before` to `after`: the whole
-/// multiple of the allowance (>= 2) that `after` reached and `before` had not.
+/// How a manual adjustment of the month total (`set_actor_current_month_usage_total`) divides
+/// over the pools. Purchased credit is left alone, as in the seed system: it moves only through
+/// `update_addon_credit` and real charges. Raising the total fills the allowance's room, then
+/// overage; lowering it takes back overage first, then allowance used. `None` when lowering would
+/// have to take back purchased credit this month's usage consumed (the total cannot go below
+/// `purchased_consumed` without breaking `allowance + purchased + overage == total`).
+pub fn adjustment_split(difference: Money, allowance: Money, pools: &MonthPools) -> Option<Split> {
+    if difference.is_negative() {
+        let take_back = difference.negated();
+        let overage = take_back.min(pools.overage);
+        let allowance_part = take_back.minus(overage);
+        if allowance_part > pools.allowance_used {
+            return None;
+        }
+        return Some(Split {
+            allowance: allowance_part.negated(),
+            purchased: Money::ZERO,
+            overage: overage.negated(),
+        });
+    }
+    let room = allowance.minus(pools.allowance_used).max(Money::ZERO);
+    let allowance_part = difference.min(room);
+    Some(Split {
+        allowance: allowance_part,
+        purchased: Money::ZERO,
+        overage: difference.minus(allowance_part),
+    })
+}
+
+/// What a month's usage cost beyond what purchased credit paid for: the figure overuse alarms
+/// are counted on ("net of purchased credit").
+pub fn usage_net_of_credit(pools: &MonthPools) -> Money {
+    pools.allowance_used.plus(pools.overage)
+}
+
+/// The overuse alarm a charge calls for, if any: `Some(2^k)` when usage net of purchased credit
+/// went from `before` to `after` across `2^k` times the allowance (k >= 1), having been at least
+/// the allowance already. So a user is paged at 2x, 4x, 8x ... of the allowance: at most
+/// log2(10^18 µ¢ / allowance) alarms per month (about 35 on the 25,000,000 µ¢ free plan), never
+/// one per call, and never for a single jump from under the allowance (as the newest seed system
+/// does). Shifts and compares only: this runs on every charge of a user over the allowance.
 pub fn overuse_multiple_crossed(before: Money, after: Money, allowance: Money) -> Option<i128> {
-    if !allowance.is_positive() || after <= before {
+    let (before, after, allowance) = (before.attocents(), after.attocents(), allowance.attocents());
+    if allowance <= 0 || before < allowance || after < allowance.saturating_mul(2) {
         return None;
     }
-    let multiple = |total: Money| total.attocents().div_euclid(allowance.attocents());
-    let reached = multiple(after);
-    (reached >= 2 && reached > multiple(before)).then_some(reached)
+    // The largest power of two `multiple` with `allowance * multiple <= after`.
+    let mut shift = allowance.leading_zeros() - after.leading_zeros();
+    if allowance << shift > after {
+        shift -= 1;
+    }
+    let threshold = allowance << shift;
+    (shift >= 1 && before < threshold).then_some(1i128 << shift)
 }
 
 /// A month's budget in whole microcents, rounded so that the documented identities hold on the
@@ -246,12 +290,53 @@ mod tests {
     }
 
     #[test]
-    fn overuse_is_reported_once_per_whole_multiple_from_two() {
+    fn overuse_is_reported_at_powers_of_two_from_over_the_allowance() {
         assert_eq!(overuse_multiple_crossed(m(150), m(199), m(100)), None);
         assert_eq!(overuse_multiple_crossed(m(150), m(200), m(100)), Some(2));
         assert_eq!(overuse_multiple_crossed(m(200), m(250), m(100)), None);
+        assert_eq!(overuse_multiple_crossed(m(250), m(399), m(100)), None);
         assert_eq!(overuse_multiple_crossed(m(250), m(420), m(100)), Some(4));
+        assert_eq!(overuse_multiple_crossed(m(400), m(800), m(100)), Some(8));
+        assert_eq!(overuse_multiple_crossed(m(100), m(1_700), m(100)), Some(16));
+        // A single jump from under the allowance pages nobody.
         assert_eq!(overuse_multiple_crossed(m(50), m(150), m(100)), None);
+        assert_eq!(overuse_multiple_crossed(m(99), m(10_000), m(100)), None);
         assert_eq!(overuse_multiple_crossed(m(0), m(500), m(0)), None);
+        // Every multiple from 2 up to the ledger's range, counted one unit at a time near each.
+        let limit = Money::from_microcents(1_000_000_000_000_000_000).unwrap();
+        let allowance = m(25_000_000);
+        let mut alarms = 0;
+        let mut total = allowance;
+        while total < limit {
+            let next = total.plus(total.min(limit.minus(total)));
+            if overuse_multiple_crossed(total, next, allowance).is_some() {
+                alarms += 1;
+            }
+            total = next;
+        }
+        assert_eq!(alarms, 35);
+    }
+
+    #[test]
+    fn adjustments_leave_purchased_credit_alone() {
+        let pools = MonthPools {
+            allowance_used: m(100),
+            purchased_consumed: m(50),
+            overage: m(20),
+        };
+        let up = adjustment_split(m(30), m(100), &pools).unwrap();
+        assert_eq!(
+            (up.allowance, up.purchased, up.overage),
+            (m(0), m(0), m(30))
+        );
+        let down = adjustment_split(m(-60), m(100), &pools).unwrap();
+        assert_eq!(
+            (down.allowance, down.purchased, down.overage),
+            (m(-40), m(0), m(-20))
+        );
+        assert_eq!(adjustment_split(m(-121), m(100), &pools), None);
+        let room = MonthPools::default();
+        let up = adjustment_split(m(130), m(100), &room).unwrap();
+        assert_eq!((up.allowance, up.overage), (m(100), m(30)));
     }
 }

@@ -48,7 +48,14 @@ fn a_cached_plan_is_used_until_it_expires() {
     let error = ledger.charge(None, &cached, &[item("kv:write", 1)], ChargeMode::Always);
     assert_eq!(error, Err(LedgerError::PlanNeeded));
     assert_eq!(ledger.user_usage("u", OCTOBER), UsageReport::default());
-    ledger.set_plan("u", m(100), 2_000);
+    // A never-charged user gets no cached plan (a check allocates nothing) ...
+    assert!(!ledger.set_plan_if("never-charged", m(100), 2_000, ledger.plan_epoch()));
+    assert!(!ledger.has_account("never-charged"));
+    // ... and a plan resolved while an invalidation ran is not cached.
+    let epoch = ledger.plan_epoch();
+    ledger.forget_plan("someone else");
+    assert!(!ledger.set_plan_if("u", m(100), 2_000, epoch));
+    assert!(ledger.set_plan_if("u", m(100), 2_000, ledger.plan_epoch()));
     let receipt = ledger
         .charge(None, &cached, &[item("kv:write", 1)], ChargeMode::Always)
         .unwrap();
@@ -225,6 +232,126 @@ fn try_charge_refuses_without_recording() {
 }
 
 #[test]
+fn set_total_never_moves_purchased_credit() {
+    let ledger = ledger();
+    ledger.add_purchased("u", m(500)).unwrap();
+    let charge = |cost| {
+        let usage = UsageItem {
+            usage_type: "x",
+            units: 0,
+            cost_override: Some(m(cost)),
+        };
+        ledger.charge(None, &booking("u"), &[usage], ChargeMode::Always)
+    };
+    charge(1_200).unwrap(); // 1,000 allowance + 200 credit
+    let set = |total| ledger.charge(None, &booking("u"), &[], ChargeMode::SetTotal(m(total)));
+    let credit_before = ledger
+        .budget("u", OCTOBER, Plan::Fixed(m(1_000)))
+        .unwrap()
+        .credit;
+    set(5_000).unwrap();
+    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
+    assert_eq!(budget.credit, credit_before);
+    assert_eq!(
+        (
+            budget.pools.allowance_used,
+            budget.pools.purchased_consumed,
+            budget.pools.overage
+        ),
+        (m(1_000), m(200), m(3_800))
+    );
+    set(300).unwrap();
+    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
+    assert_eq!(budget.credit, credit_before);
+    assert_eq!(
+        (
+            budget.pools.allowance_used,
+            budget.pools.purchased_consumed,
+            budget.pools.overage
+        ),
+        (m(100), m(200), m(0))
+    );
+    // Below what purchased credit paid this month: refused, nothing changes.
+    assert!(matches!(set(199), Err(LedgerError::InvalidInput(_))));
+    assert_eq!(ledger.user_usage("u", OCTOBER).total, m(300));
+    set(200).unwrap();
+}
+
+#[test]
+fn purchased_credit_stays_within_the_per_actor_range() {
+    let ledger = ledger();
+    let limit = m(1_000_000_000_000_000_000);
+    ledger.add_purchased("u", limit).unwrap();
+    assert!(matches!(
+        ledger.add_purchased("u", m(1)),
+        Err(LedgerError::Overflow(_))
+    ));
+    assert_eq!(
+        ledger
+            .budget("u", OCTOBER, Plan::Fixed(limit))
+            .unwrap()
+            .remaining,
+        limit.plus(limit)
+    );
+}
+
+#[test]
+fn a_zero_unit_charge_still_names_a_known_type() {
+    let ledger = ledger();
+    let error = ledger.charge(
+        None,
+        &booking("u"),
+        &[item("bogus:type", 0)],
+        ChargeMode::Always,
+    );
+    assert!(matches!(error, Err(LedgerError::UnknownUsageType(_))));
+    assert!(ledger.check_item(&item("kv:write", 0)).is_ok());
+    assert!(ledger.check_item(&item("", 1)).is_err());
+    assert!(ledger.check_item(&item("total", 1)).is_err());
+}
+
+#[test]
+fn a_sealed_ledger_refuses_writes_and_keeps_what_came_before() {
+    let ledger = Arc::new(ledger().track_changes());
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let ledger = Arc::clone(&ledger);
+            std::thread::spawn(move || {
+                let mut accepted = 0u64;
+                for i in 0..100_000u64 {
+                    let user = format!("u{t}-{}", i % 50);
+                    match ledger.charge(
+                        None,
+                        &booking(&user),
+                        &[item("kv:write", 1)],
+                        ChargeMode::Always,
+                    ) {
+                        Ok(_) => accepted += 1,
+                        Err(LedgerError::Closed) => break,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    ledger.seal();
+    let snapshot = ledger.take_changes();
+    let accepted: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    let saved: u64 = snapshot
+        .iter()
+        .flat_map(|user| user.months.iter().map(|(_, month)| month.usage.count))
+        .sum();
+    assert_eq!(
+        saved, accepted,
+        "every accepted charge is in the snapshot taken after seal"
+    );
+    assert!(ledger.take_changes().is_empty());
+    assert_eq!(ledger.add_purchased("v", m(1)), Err(LedgerError::Closed));
+}
+
+#[test]
 fn set_total_books_the_difference_and_refunds_pools() {
     let ledger = ledger();
     ledger
@@ -312,7 +439,22 @@ fn months_are_separate_and_credit_is_lifetime() {
             overage: m(250)
         }
     );
-    assert_eq!(receipt.overuse_multiple, Some(4));
+    // A single jump from under the allowance pages nobody.
+    assert_eq!(receipt.overuse_multiple, None);
+    let receipt = ledger
+        .charge(
+            None,
+            &november,
+            &[UsageItem {
+                usage_type: "x",
+                units: 0,
+                cost_override: Some(m(500)),
+            }],
+            ChargeMode::Always,
+        )
+        .unwrap();
+    // Net of the 50 of purchased credit: 350 -> 850 crosses 8x the allowance of 100.
+    assert_eq!(receipt.overuse_multiple, Some(8));
     assert_eq!(ledger.months_of("u"), vec![OCTOBER, NOVEMBER]);
     assert_eq!(ledger.user_usage("u", OCTOBER).total, m(150));
 }
