@@ -154,6 +154,7 @@ def snapshot(service: MeteringService, actors: Sequence[Actor], apps: Sequence[s
         state.append(service.get_actor_addons(actor))
         state.append(service.get_remaining_usage(actor))
         state.append(service.has_any_usage(actor))
+        state.append(service.has_usage_this_month(actor))
         for app in apps:
             state.append(service.get_actor_current_month_app_usage_details(user, app))
             state.append(service.get_actor_app_usage(user, app))

@@ -205,6 +205,13 @@ def test_every_charge_splits_exactly_over_the_pools(
             total = service.batch_increment_usages(actor, argument)
             cost = sum(call_cost(*item) for item in argument)
         elif kind == "set_total":
+            if argument < before["consumed_purchase_credits"]:  # one month: all of it this month
+                # Below what purchased credit paid this month: refused, nothing changes.
+                with pytest.raises(ValueError, match="purchased credit"):
+                    service.set_actor_current_month_usage_total(actor, argument)
+                assert budget_of(service, actor) == before
+                assert usage_of(service, actor)["total"] == total_before
+                continue
             total = service.set_actor_current_month_usage_total(actor, argument)
             cost = argument - total_before
         else:
@@ -223,7 +230,17 @@ def test_every_charge_splits_exactly_over_the_pools(
         consumed_delta = after["consumed_purchase_credits"] - before["consumed_purchase_credits"]
         overage_delta = after["overage"] - before["overage"]
         assert allowance_delta + consumed_delta + overage_delta == cost
-        if cost >= 0:
+        if kind == "set_total":
+            # An adjustment never moves purchased credit: it fills the allowance, then overage;
+            # lowered, it gives back overage first, then allowance.
+            assert consumed_delta == 0
+            assert after["purchased_credits"] == before["purchased_credits"]
+            room = max(0, allowance - before["allowance_used"])
+            if cost >= 0:
+                assert (allowance_delta, overage_delta) == (min(cost, room), cost - min(cost, room))
+            else:
+                assert overage_delta == -min(-cost, before["overage"])
+        elif cost >= 0:
             # A charge fills the allowance first, then purchased credit, then overage.
             room = max(0, allowance - before["allowance_used"])
             assert allowance_delta == min(cost, room)

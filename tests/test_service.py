@@ -269,8 +269,8 @@ def test_details_shape(service: MeteringService) -> None:
         },
         "app_totals": {"os-global": {"total": 313, "count": 2}},
     }
-    assert service.has_any_usage(actor)
-    assert not service.has_any_usage(Actor("someone-else"))
+    assert service.has_usage_this_month(actor)
+    assert not service.has_usage_this_month(Actor("someone-else"))
 
 
 def test_costs_are_reported_as_rounded_ints(service: MeteringService) -> None:
@@ -300,7 +300,7 @@ def test_amount_zero_without_override_records_nothing(service: MeteringService) 
     assert service.batch_increment_usages(actor, [("kv:read", 0)]) == 125
     assert usage_of(service, actor) == {"total": 125, "kv:write": {"units": 1, "cost": 125, "count": 1}}
     service.increment_usage(Actor("zero-only"), "kv:read", 0)
-    assert not service.has_any_usage(Actor("zero-only"))
+    assert not service.has_usage_this_month(Actor("zero-only"))
 
 
 def test_an_override_is_the_cost_of_the_whole_call(service: MeteringService) -> None:
@@ -329,7 +329,9 @@ def test_app_usage_details(service: MeteringService) -> None:
     os_global_record = {"total": 189, "kv:read": {"units": 3, "cost": 189, "count": 1}}
     assert service.get_actor_current_month_app_usage_details(app_a) == app_a_record
     assert service.get_actor_current_month_app_usage_details(app_a, "app-a") == app_a_record
-    assert service.get_actor_current_month_app_usage_details(app_a, "os-global") == os_global_record
+    # The user's usage without an app is another app's record to an app actor.
+    with pytest.raises(PermissionError):
+        service.get_actor_current_month_app_usage_details(app_a, "os-global")
     assert service.get_actor_current_month_app_usage_details(no_app) == os_global_record
     assert service.get_actor_current_month_app_usage_details(no_app, "app-b") == {
         "total": 63,
@@ -337,7 +339,9 @@ def test_app_usage_details(service: MeteringService) -> None:
     }
     assert service.get_actor_current_month_app_usage_details(no_app, "never-used") == {"total": 0}
     assert service.get_actor_app_usage(app_a, "app-a") == {"total": 250, "count": 1}
-    assert service.get_actor_app_usage(app_a, "os-global") == {"total": 189, "count": 1}
+    with pytest.raises(PermissionError):
+        service.get_actor_app_usage(app_a, "os-global")
+    assert service.get_actor_app_usage(no_app, "os-global") == {"total": 189, "count": 1}
     assert service.get_actor_app_usage(no_app, "app-b") == {"total": 63, "count": 1}
     assert service.get_actor_app_usage(no_app, "never-used") == {"total": 0, "count": 0}
 
@@ -360,7 +364,7 @@ def test_an_app_actor_may_not_read_another_app(service: MeteringService) -> None
     # The refusal comes first: no plan was resolved and no account was created or changed.
     assert len(resolutions) == resolved
     assert service.get_actor_current_month_usage_details(Actor("u")) == before
-    assert not service.has_any_usage(Actor("stranger"))
+    assert not service.has_usage_this_month(Actor("stranger"))
 
 
 def test_global_usage(service: MeteringService) -> None:
@@ -494,7 +498,8 @@ def test_the_system_actor_is_never_metered(service: MeteringService) -> None:
     assert service.record_usage_object({"prompt": 3}, system, "llm:org/model-1.5") == 0
     assert service.has_enough_credits(system, 10**20)
     assert service.has_enough_credits_for(system, "kv:write", 10**9)
-    assert not service.has_any_usage(system)
+    assert service.has_any_usage(system)  # never metered: never out of budget
+    assert not service.has_usage_this_month(system)
     assert service.get_actor_current_month_usage_details(system) == EMPTY_DETAILS
     assert service.get_global_usage() == {"total": 0}
     for read in (service.get_remaining_usage, service.get_allowed_usage, service.get_actor_budget):
@@ -514,6 +519,7 @@ PUBLIC_METHODS = [
     "has_enough_credits_for",
     "has_enough_credits",
     "has_any_usage",
+    "has_usage_this_month",
     "get_remaining_usage",
     "get_allowed_usage",
     "get_actor_budget",
@@ -527,6 +533,10 @@ PUBLIC_METHODS = [
     "update_addon_credit",
     "set_actor_current_month_usage_total",
     "invalidate_subscription",
+    "check_global_usage_rate",
+    "get_actors_usage",
+    "flush",
+    "close",
 ]
 
 
@@ -574,7 +584,8 @@ def test_month_rollover(service: MeteringService, clock: FakeClock) -> None:
         "app_totals": {"app-a": {"total": 0, "count": 0}, "others": {"total": 0, "count": 0}},
     }
     assert service.get_global_usage() == {"total": 0}
-    assert not service.has_any_usage(actor)
+    assert not service.has_usage_this_month(actor)
+    assert service.has_any_usage(actor)  # a new month, a new allowance
     assert service.get_actor_app_usage(actor, "app-a") == {"total": 0, "count": 0}
     assert budget_of(service, actor)["allowance_used"] == 0
     assert service.get_remaining_usage(actor) == TEMP_FREE.monthly_allowance
@@ -713,9 +724,9 @@ def test_the_subscription_is_cached_for_the_ttl(small_map: CostMap, clock: FakeC
         return all(count == times for count in runs.values())
 
     actor = Actor("u")
-    assert service.get_actor_subscription(actor) == Policy("tiny", 10)
-    assert ran(1)
     service.increment_usage(actor, "kv:read", 1)
+    assert ran(1)
+    assert service.get_actor_subscription(actor) == Policy("tiny", 10)
     service.try_increment_usage(actor, "kv:read", 0)
     service.has_enough_credits(actor, 1)
     service.has_enough_credits_for(actor, "kv:read", 1)
@@ -760,6 +771,7 @@ def test_an_unknown_plan_falls_back_to_user_free_with_an_alarm(service: Metering
     service.events.on(OVERRIDE_DEFAULT_SUBSCRIPTION, override)
     subscribe_everyone(service, "platinum")
     actor = Actor("u", "app-a")
+    service.increment_usage(actor, "kv:read", 0)  # a user with an account: the plan is cached
     assert service.get_actor_subscription(actor) == USER_FREE
     assert service.get_remaining_usage(actor) == USER_FREE.monthly_allowance
     unknown = [alarm for alarm in alarms if alarm.kind == "unknown_plan"]
@@ -816,13 +828,15 @@ def test_unmapped_usage_can_be_free_with_an_alarm(small_map: CostMap, clock: Fak
 # Overuse alarms
 
 
-def test_overuse_alarm_at_each_whole_multiple_from_two(small_map: CostMap, clock: FakeClock) -> None:
+def test_overuse_alarms_at_doubling_multiples_from_over_the_allowance(
+    small_map: CostMap, clock: FakeClock
+) -> None:
     service = MeteringService(small_map, policies=(Policy("temp_free", 100),), clock=clock)
     alarms = collect_alarms(service)
     actor = Actor("heavy")
 
-    def overuse() -> list[AlarmEvent]:
-        return [alarm for alarm in alarms if alarm.kind == "overuse"]
+    def overuse() -> list[str]:
+        return [alarm.message for alarm in alarms if alarm.kind == "overuse"]
 
     service.increment_usage(actor, "kv:read", 1, cost_override=150)  # 1.5x
     assert overuse() == []
@@ -830,25 +844,48 @@ def test_overuse_alarm_at_each_whole_multiple_from_two(small_map: CostMap, clock
     assert overuse() == []
     service.increment_usage(actor, "kv:read", 1, cost_override=1)  # 2x
     assert len(overuse()) == 1
-    assert overuse()[0].actor == actor
-    service.increment_usage(actor, "kv:read", 1, cost_override=99)  # 2.99x
+    assert "2x" in overuse()[0]
+    for _ in range(199):  # 2x -> 3.99x, one call a µ¢: no alarm at 3x any more
+        service.increment_usage(actor, "kv:read", 1, cost_override=1)
     assert len(overuse()) == 1
-    service.increment_usage(actor, "kv:read", 1, cost_override=1)  # 3x
-    assert len(overuse()) == 2
-    service.increment_usage(actor, "kv:read", 1, cost_override=50)  # 3.5x
-    assert len(overuse()) == 2
+    service.increment_usage(actor, "kv:read", 1, cost_override=1)  # 4x
+    assert len(overuse()) == 2 and "4x" in overuse()[1]
+    service.increment_usage(actor, "kv:read", 1, cost_override=2_000)  # 24x: crosses 8x and 16x
+    assert len(overuse()) == 3 and "16x" in overuse()[2]
 
 
-def test_no_overuse_alarm_while_purchased_credit_remains(small_map: CostMap, clock: FakeClock) -> None:
+def test_a_single_jump_from_under_the_allowance_pages_nobody(small_map: CostMap, clock: FakeClock) -> None:
+    service = MeteringService(small_map, policies=(Policy("temp_free", 100),), clock=clock)
+    alarms = collect_alarms(service)
+    actor = Actor("burst")
+    service.increment_usage(actor, "kv:read", 1, cost_override=10_000)  # 0 -> 100x in one call
+    assert [alarm for alarm in alarms if alarm.kind == "overuse"] == []
+    service.increment_usage(actor, "kv:read", 1, cost_override=10_000)  # 100x -> 200x: crosses 128x
+    assert len([alarm for alarm in alarms if alarm.kind == "overuse"]) == 1
+
+
+def test_overuse_alarms_are_logarithmic_per_actor_and_month(small_map: CostMap, clock: FakeClock) -> None:
+    service = MeteringService(small_map, policies=(Policy("temp_free", 100),), clock=clock)
+    alarms = collect_alarms(service)
+    actor = Actor("abuser")
+    for _ in range(20_000):  # up to 20,000x the allowance, 100 µ¢ a call
+        service.increment_usage(actor, "kv:read", 1, cost_override=100)
+    # 2x, 4x, ... 16384x: 14 alarms for 20,000 calls (the old rule raised one at every multiple).
+    assert len([alarm for alarm in alarms if alarm.kind == "overuse"]) == 14
+
+
+def test_overuse_is_counted_net_of_purchased_credit(small_map: CostMap, clock: FakeClock) -> None:
     service = MeteringService(small_map, policies=(Policy("temp_free", 100),), clock=clock)
     alarms = collect_alarms(service)
     actor = Actor("buyer")
     service.update_addon_credit("buyer", 1_000)
     service.increment_usage(actor, "kv:read", 1, cost_override=350)  # 3.5x, 750 credit left
     assert [alarm for alarm in alarms if alarm.kind == "overuse"] == []
-    # Credit runs out on this call and the total crosses further multiples: now it is overuse.
-    service.increment_usage(actor, "kv:read", 1, cost_override=800)  # 11.5x, overage 50
-    assert len([alarm for alarm in alarms if alarm.kind == "overuse"]) >= 1
+    # Credit runs out: the total is 11.5x, but net of the 1,000 of credit it is 1.5x.
+    service.increment_usage(actor, "kv:read", 1, cost_override=800)
+    assert [alarm for alarm in alarms if alarm.kind == "overuse"] == []
+    service.increment_usage(actor, "kv:read", 1, cost_override=50)  # net 2x
+    assert len([alarm for alarm in alarms if alarm.kind == "overuse"]) == 1
 
 
 # ---------------------------------------------------------------------------------------------

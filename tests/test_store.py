@@ -442,6 +442,17 @@ def test_close_saves_and_a_closed_service_refuses_every_call(backend: str, store
         "get_actor_addons": lambda: service.get_actor_addons(actor),
         "update_addon_credit": lambda: service.update_addon_credit("known-1", 5),
         "set_actor_current_month_usage_total": lambda: service.set_actor_current_month_usage_total(actor, 0),
+        "has_usage_this_month": lambda: service.has_usage_this_month(actor),
+        "meter": lambda: service.meter(actor, "kv:read"),
+        "invalidate_subscription": lambda: service.invalidate_subscription("known-1"),
+        "get_actor_subscription": lambda: service.get_actor_subscription(actor),
+        "check_global_usage_rate": lambda: service.check_global_usage_rate(),
+        "flush": lambda: service.flush(),
+        "system increment_usage": lambda: service.increment_usage(Actor.system(), "kv:read", 1),
+        "system has_enough_credits": lambda: service.has_enough_credits(Actor.system(), 1),
+        "system has_any_usage": lambda: service.has_any_usage(Actor.system()),
+        "system batch": lambda: service.batch_increment_usages(Actor.system(), [("kv:read", 1)]),
+        "system app usage": lambda: service.get_actor_app_usage(Actor.system(), "os-global"),
     }
     still_working = []
     for name, call in calls.items():

@@ -148,10 +148,20 @@ class MeteringCore:
     def flush(self) -> None:
         """Block until everything recorded before the call is durable; ``StoreWriteError`` on failure."""
     def close(self) -> None:
-        """Write a last snapshot, stop the snapshot thread, release the store. Idempotent."""
+        """Refuse every later call, write a last snapshot holding every call that returned, stop the
+        snapshot thread and release the store. Idempotent. If the last snapshot fails
+        (``StoreWriteError``) the thread keeps retrying: call ``close()`` again."""
+    def _close_at_exit(self) -> None:
+        """``close()`` that stops the snapshot thread even if the last snapshot fails (at exit)."""
+    def _forked(self) -> None:
+        """In a child after ``os.fork()``: a service with a store refuses every call from now on."""
+    def _take_store_errors(self) -> list[str]:
+        """Errors of background snapshots not yet raised as ``store_error`` alarms."""
+    def _account_count(self) -> int:
+        """How many users have an account in the ledger (tests: read-only checks create none)."""
     @property
     def closed(self) -> bool:
-        """Whether ``close()`` has completed."""
+        """Whether ``close()`` has begun: every call now raises ``StoreClosedError``."""
     @property
     def store_path(self) -> str | None:
         """The store directory, or None for a memory-only service."""
@@ -192,7 +202,9 @@ class MeteringCore:
     def has_enough_credits(self, actor: Actor, amount: int) -> bool:
         """Whether the user's remaining budget covers ``amount`` µ¢."""
     def has_any_usage(self, actor: Actor) -> bool:
-        """Whether the user recorded any usage this month."""
+        """Whether the user has budget left this month (remaining > 0); True for the system actor."""
+    def has_usage_this_month(self, actor: Actor) -> bool:
+        """Whether the user recorded any usage this month (False for the system actor)."""
     def get_remaining_usage(self, actor: Actor) -> int:
         """Allowance left this month plus purchased credit left, in µ¢."""
     def get_allowed_usage(self, actor: Actor) -> dict[str, Any]:
@@ -204,7 +216,11 @@ class MeteringCore:
     def update_addon_credit(self, user_id: str, amount: int) -> int:
         """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total."""
     def set_actor_current_month_usage_total(self, actor: Actor, total: int) -> int:
-        """Set the user's month total by booking the difference as ``manual_adjustment``."""
+        """Set the user's month total by booking the difference as ``manual_adjustment``.
+
+        Purchased credit is left alone: raising the total fills the allowance, then overage;
+        lowering it gives back overage, then allowance. ``ValueError`` below what purchased credit
+        paid this month."""
     def get_actor_month_usage_details(self, actor: Actor, month: str) -> dict[str, Any]:
         """The user's usage in a month (``YYYY-MM``, UTC): ``{"usage": {...}, "app_totals": {...}}``."""
     def get_actor_current_month_usage_details(self, actor: Actor) -> dict[str, Any]:
@@ -225,4 +241,5 @@ class MeteringCore:
     def get_actor_subscription(self, actor: Actor) -> Any:
         """The actor's plan (a ``Policy``; cached per user for ``subscription_ttl`` seconds)."""
     def invalidate_subscription(self, user_id: str) -> None:
-        """Forget the cached plan of a user, so the next call resolves it again."""
+        """Forget the cached plan of a user, so the next call resolves it again (a look-up already
+        running does not cache what it read)."""

@@ -64,7 +64,8 @@ class GetUserSubscriptionEvent:
 
 @dataclass(frozen=True)
 class AlarmEvent:
-    """Something an operator should know: ``unmapped_usage``, ``unknown_plan`` or ``overuse``."""
+    """Something an operator should know: ``unmapped_usage``, ``unknown_plan``, ``overuse``,
+    ``store_error`` or ``global_usage_rate`` (the last two with the system actor)."""
 
     actor: Actor
     kind: str

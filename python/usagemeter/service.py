@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -37,6 +39,10 @@ logger = logging.getLogger("usagemeter")
 
 Clock = Callable[[], float | int]
 
+# The longest snapshot interval accepted: a day. Longer would be a loss bound nobody wants, and
+# 1e300 s would overflow the native millisecond count.
+MAX_SNAPSHOT_INTERVAL = 86_400.0
+
 
 class MeteringService(MeteringCore):
     """Meters usage per actor, month, usage type and app, with monthly allowances and credits.
@@ -56,7 +62,14 @@ class MeteringService(MeteringCore):
     returned ``flush()`` covered is never lost. ``close()`` (or leaving a ``with`` block, or the
     interpreter's exit) writes a last snapshot. SIGTERM is the host application's to handle:
     call ``close()`` from its handler or shutdown hook. With ``store=None`` (the default) the
-    ledger lives in memory only.
+    ledger lives in memory only. After ``os.fork()`` a service with a store refuses every call in
+    the child (``StoreClosedError``): open a new one there. A memory-only service goes on in the
+    child as an independent copy.
+
+    ``max_global_usage_per_minute`` (µ¢, default None: off) raises a ``global_usage_rate`` alarm
+    when the month's global total grew faster than that between two checks, made at most every
+    ``global_usage_check_interval`` seconds (default 900) by a background thread, never on the hot
+    path; ``check_global_usage_rate()`` makes one at once.
 
     Every method is thread-safe. Money crosses the API as ``int`` microcents.
     """
@@ -64,6 +77,11 @@ class MeteringService(MeteringCore):
     events: EventBus
     """The events of this service: ``events.on(name, listener)``, ``events.off(name, listener)``."""
     _policies: tuple[Policy, ...]
+    _clock: Clock
+    _max_global_usage_per_minute: int | None
+    _global_usage_check_interval: float
+    _rate_lock: threading.Lock
+    _rate_baseline: tuple[str, float, int] | None
 
     def __new__(
         cls,
@@ -76,6 +94,8 @@ class MeteringService(MeteringCore):
         store: str | os.PathLike[str] | None = None,
         store_backend: Literal["sled", "redb"] = "sled",
         snapshot_interval: float = 1.0,
+        max_global_usage_per_minute: int | None = None,
+        global_usage_check_interval: float = 900.0,
     ) -> MeteringService:
         """Validate the options, open the store if any, and connect the ledger to the events."""
         if cost_map is None:
@@ -88,12 +108,34 @@ class MeteringService(MeteringCore):
             raise TypeError("subscription_ttl must be a number of seconds")
         if not subscription_ttl >= 0:
             raise ValueError(f"subscription_ttl must be >= 0 seconds, got {subscription_ttl}")
+        # Infinity (or anything beyond the native millisecond range) caches plans for good.
+        ttl_ms = 2**62 if subscription_ttl >= 2**52 else round(subscription_ttl * 1000)
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning epoch seconds")
         if isinstance(snapshot_interval, bool) or not isinstance(snapshot_interval, int | float):
             raise TypeError("snapshot_interval must be a number of seconds")
-        if not snapshot_interval > 0 or snapshot_interval == float("inf"):
-            raise ValueError(f"snapshot_interval must be positive seconds, got {snapshot_interval}")
+        if not 0 < snapshot_interval <= MAX_SNAPSHOT_INTERVAL:
+            raise ValueError(
+                f"snapshot_interval must be positive seconds, at most {MAX_SNAPSHOT_INTERVAL:g} "
+                f"(a day), got {snapshot_interval}"
+            )
+        if max_global_usage_per_minute is not None:
+            if isinstance(max_global_usage_per_minute, bool) or not isinstance(
+                max_global_usage_per_minute, int
+            ):
+                raise TypeError("max_global_usage_per_minute must be an int of µ¢ per minute, or None")
+            if max_global_usage_per_minute < 0:
+                raise ValueError(
+                    f"max_global_usage_per_minute must be >= 0 µ¢, got {max_global_usage_per_minute}"
+                )
+        if isinstance(global_usage_check_interval, bool) or not isinstance(
+            global_usage_check_interval, int | float
+        ):
+            raise TypeError("global_usage_check_interval must be a number of seconds")
+        if not (0 < global_usage_check_interval and math.isfinite(global_usage_check_interval)):
+            raise ValueError(
+                f"global_usage_check_interval must be positive seconds, got {global_usage_check_interval}"
+            )
         if store_backend not in ("sled", "redb"):
             raise ValueError(f"store_backend must be 'sled' or 'redb', not {store_backend!r}")
         store_path = None if store is None else os.fspath(store)
@@ -101,7 +143,6 @@ class MeteringService(MeteringCore):
         for policy in policies:
             if not isinstance(policy, Policy):
                 raise TypeError(f"policies must be Policy objects, not {type(policy).__name__}")
-        ttl_ms = round(subscription_ttl * 1000)
         interval_ms = max(1, round(snapshot_interval * 1000))
         self = super().__new__(
             cls, cost_map, unmapped == "free", ttl_ms, clock, store_path, store_backend, interval_ms
@@ -109,12 +150,22 @@ class MeteringService(MeteringCore):
         # Set up here rather than in __init__, so the options are declared once.
         self.events = EventBus()
         self._policies = policies
+        self._clock = clock if clock is not None else time.time
+        self._max_global_usage_per_minute = max_global_usage_per_minute
+        self._global_usage_check_interval = float(global_usage_check_interval)
+        self._rate_lock = threading.Lock()
+        self._rate_baseline = None
         # Weak references: the native ledger keeps these callables, and a strong reference back
         # to the service would be a cycle through a native object that the GC cannot see.
         this = weakref.ref(self)
         self._install_hooks(_call_weak(this, "_resolve_policy"), _call_weak(this, "_raise_alarm"))
         if store_path is not None:
-            _open_services.add(self)
+            with _open_services_lock:
+                _open_services.add(self)
+        if max_global_usage_per_minute is not None:
+            self.check_global_usage_rate()  # the baseline the first check compares with
+        if store_path is not None or max_global_usage_per_minute is not None:
+            _monitor.watch(self)
         return self
 
     def __enter__(self) -> Self:
@@ -148,19 +199,65 @@ class MeteringService(MeteringCore):
         for wanted in (chosen.user_subscription_id, default.default_subscription_id):
             if wanted is not None and wanted in available:
                 return available[wanted]
+        fallback = available[USER_FREE.id]  # a registered user_free wins over the built-in one
         self._raise_alarm(
             "unknown_plan",
             actor,
             None,
             f"neither the user's plan {chosen.user_subscription_id!r} nor the default "
-            f"{default.default_subscription_id!r} is an available policy; using {USER_FREE.id}",
+            f"{default.default_subscription_id!r} is an available policy; using {fallback.id}",
         )
-        return USER_FREE
+        return fallback
 
     def _raise_alarm(self, kind: str, actor: Actor, usage_type: str | None, message: str) -> None:
         """Log an alarm and emit ``metering:alarm``; never raises."""
         logger.warning("metering alarm %s for %r: %s", kind, actor, message)
         self.events.emit(ALARM, AlarmEvent(actor, kind, usage_type, message))
+
+    def check_global_usage_rate(self) -> int | None:
+        """Compare this month's global total with the last check's; return the rate in µ¢ a minute.
+
+        Raises a ``global_usage_rate`` alarm when the rate exceeds ``max_global_usage_per_minute``.
+        Returns None on the first check of a month (it only records the baseline) or when no
+        time passed on the service's clock. The background monitor calls this every
+        ``global_usage_check_interval`` seconds when the option is set; it sums every actor's
+        month (about 1 ms per 1,000 actors), so it is never on the hot path.
+        """
+        with self._rate_lock:
+            now = float(self._clock())
+            month = _month_label(now)
+            total: int = self.get_global_usage()["total"]
+            baseline, self._rate_baseline = self._rate_baseline, (month, now, total)
+        if baseline is None or baseline[0] != month:
+            return None
+        elapsed_ms = round((now - baseline[1]) * 1000)  # time, not money: a float is fine here
+        if elapsed_ms <= 0:
+            return None
+        rate: int = (total - baseline[2]) * 60_000 // elapsed_ms  # µ¢ a minute, integer arithmetic
+        limit = self._max_global_usage_per_minute
+        if limit is not None and rate > limit:
+            self._raise_alarm(
+                "global_usage_rate",
+                Actor.system(),
+                None,
+                f"the global month total grew by {total - baseline[2]} µ¢ in "
+                f"{elapsed_ms / 60_000:.1f} minutes: {rate} µ¢ a minute, over the maximum of {limit}",
+            )
+        return rate
+
+    def _global_usage_check_due(self) -> bool:
+        """Whether the monitor should call ``check_global_usage_rate`` now (service clock)."""
+        if self._max_global_usage_per_minute is None or self.closed:
+            return False
+        baseline = self._rate_baseline
+        if baseline is None:
+            return True
+        return float(self._clock()) - baseline[1] >= self._global_usage_check_interval
+
+    def _raise_store_errors(self) -> None:
+        """Raise the background snapshot errors as ``store_error`` alarms (monitor thread)."""
+        for message in self._take_store_errors():
+            self._raise_alarm("store_error", Actor.system(), None, message)
 
     def record_usage_object(
         self,
@@ -184,6 +281,12 @@ class MeteringService(MeteringCore):
         return self.batch_increment_usages(actor, items)
 
 
+def _month_label(epoch_seconds: float) -> str:
+    """The UTC ``YYYY-MM`` of an instant."""
+    moment = time.gmtime(math.floor(epoch_seconds))
+    return f"{moment.tm_year:04d}-{moment.tm_mon:02d}"
+
+
 # Services with a store that are still open: closed (last snapshot written) at interpreter exit.
 _open_services: weakref.WeakSet[MeteringService] = weakref.WeakSet()
 _open_services_lock = threading.Lock()
@@ -195,9 +298,94 @@ def _close_open_services() -> None:
         services = list(_open_services)
     for service in services:
         try:
-            service.close()
+            # Stops the snapshot thread even if the last snapshot fails, so the process can end.
+            service._close_at_exit()
         except Exception:
-            logger.exception("could not write the last snapshot of %s at exit", service.store_path)
+            logger.exception(
+                "could not write the last snapshot of %s at exit: the usage recorded since the last "
+                "successful snapshot is lost",
+                service.store_path,
+            )
+
+
+class _Monitor:
+    """One daemon thread for every service: raises the store errors of background snapshots as
+    alarms, and runs the global usage rate checks when they are due.
+
+    Alarm listeners therefore run here, never on the native snapshot thread, so a listener may call
+    ``flush()`` or ``close()``. It ticks once a second and holds a service only while it works on it.
+    """
+
+    TICK_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._services: weakref.WeakSet[MeteringService] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, service: MeteringService) -> None:
+        """Look after ``service`` until it is closed or collected; start the thread if needed."""
+        with self._lock:
+            self._services.add(service)
+            if self._thread is None or not self._thread.is_alive():
+                self._start()
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="usagemeter-monitor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._tick_all():
+            time.sleep(self.TICK_SECONDS)
+
+    def _tick_all(self) -> bool:
+        """One round over the services; False (and the thread ends) when none is left.
+
+        The services are strong references only inside this call, so a service the application
+        dropped is collected between two rounds.
+        """
+        with self._lock:
+            services = list(self._services)
+            if not services:
+                self._thread = None
+                return False
+        for service in services:
+            self.tick(service)
+        return True
+
+    def tick(self, service: MeteringService) -> None:
+        """Raise ``service``'s pending store errors, and check its global rate if due."""
+        try:
+            service._raise_store_errors()
+            if service._global_usage_check_due():
+                service.check_global_usage_rate()
+        except Exception:
+            logger.exception("the usagemeter monitor failed on a service; it goes on")
+        if service.closed:
+            with self._lock:
+                self._services.discard(service)
+
+    def after_fork_in_child(self) -> None:
+        """The thread did not survive the fork: forget it (and a lock another thread may hold)."""
+        self._lock = threading.Lock()
+        self._thread = None
+        if self._services:
+            self._start()
+
+
+_monitor = _Monitor()
+
+
+def _after_fork_in_child() -> None:
+    """A service with a store belongs to the parent: its copy in the child refuses every call."""
+    global _open_services_lock
+    _open_services_lock = threading.Lock()
+    for service in list(_open_services):
+        service._forked()
+    _monitor.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _call_weak(ref: weakref.ReferenceType[MeteringService], method: str) -> Callable[..., Any]:
@@ -219,6 +407,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "has_enough_credits_for",
     "has_enough_credits",
     "has_any_usage",
+    "has_usage_this_month",
     "get_remaining_usage",
     "get_allowed_usage",
     "get_actor_budget",
@@ -233,6 +422,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "set_actor_current_month_usage_total",
     "invalidate_subscription",
     "get_actors_usage",
+    "check_global_usage_rate",
     "flush",
     "close",
 )

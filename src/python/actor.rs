@@ -48,6 +48,13 @@ impl AccountCache {
             .get_or_init(|| (ledger.id(), ledger.account(user_id)));
         (*ledger_id == ledger.id()).then_some(&**account)
     }
+
+    /// The kept account if it was filled for this ledger; never creates one (for read-only
+    /// checks, which must not allocate an account for a user never charged).
+    pub fn peek(&self, ledger: &Ledger) -> Option<&Account> {
+        let (ledger_id, account) = self.0.get()?;
+        (*ledger_id == ledger.id()).then_some(&**account)
+    }
 }
 
 impl Clone for AccountCache {

@@ -64,6 +64,7 @@ pub fn store_error(error: CoreStoreError) -> PyErr {
         CoreStoreError::Corrupted(_) => StoreCorruptedError::new_err(message),
         CoreStoreError::NewerVersion(_) => StoreVersionError::new_err(message),
         CoreStoreError::Write(_) => StoreWriteError::new_err(message),
+        CoreStoreError::Closed(_) => StoreClosedError::new_err(message),
         CoreStoreError::Other(_) => StoreError::new_err(message),
     }
 }
@@ -76,6 +77,7 @@ pub fn ledger_error(error: LedgerError) -> PyErr {
         LedgerError::CostMap(error) => cost_map_error(error),
         // Handled where it arises (the binding resolves the plan and retries); never expected here.
         LedgerError::PlanNeeded => PyRuntimeError::new_err(error.to_string()),
+        LedgerError::Closed => StoreClosedError::new_err(error.to_string()),
     }
 }
 

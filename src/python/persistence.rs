@@ -1,28 +1,55 @@
 //! The Python side of the store: opening it for a service, its snapshot thread, and the
 //! `verify_store` / `recover_store` tools. Store I/O always runs with the GIL released.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::actor::PyActor;
 use super::errors::store_error;
 use crate::ledger::Ledger;
 use crate::store::snapshot::{ErrorHook, Snapshotter};
 use crate::store::{self, Backend, LedgerStore, Loaded, StoreError};
 
-/// The Python callable that raises `metering:alarm` (installed after the service is built).
-pub type AlarmHook = Arc<OnceLock<Py<PyAny>>>;
+/// Errors of background snapshots, waiting for the Python side to raise them as `store_error`
+/// alarms. The snapshot thread never runs Python: an alarm listener may then call `flush()` or
+/// `close()` (which wait for that thread) without deadlock, and a snapshot failing at interpreter
+/// exit never waits for a GIL that will not come back.
+#[derive(Clone, Default)]
+pub struct StoreErrors(Arc<Mutex<VecDeque<String>>>);
+
+/// At most this many errors wait for the alarm dispatcher; older ones are dropped (it drains
+/// them every second, and one failed snapshot a `snapshot_interval` is all a full disk makes).
+const MAX_QUEUED_ERRORS: usize = 64;
+
+impl StoreErrors {
+    fn push(&self, message: String) {
+        let mut queue = self.0.lock();
+        if queue.len() == MAX_QUEUED_ERRORS {
+            queue.pop_front();
+        }
+        queue.push_back(message);
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        self.0.lock().drain(..).collect()
+    }
+}
 
 /// A service's open store and its snapshot thread.
 pub struct Persistence {
     pub dir: String,
+    /// The store directory made absolute when opened, to find its files after a fork.
+    canonical_dir: PathBuf,
     pub backend: Backend,
     pub snapshotter: Snapshotter,
+    pub errors: StoreErrors,
 }
 
 pub fn parse_backend(name: &str) -> PyResult<Backend> {
@@ -39,36 +66,28 @@ pub fn open(py: Python<'_>, dir: &Path, backend: Backend) -> PyResult<(LedgerSto
         .map_err(store_error)
 }
 
-/// A failed background snapshot: logged and raised as a `store_error` alarm by the service.
-fn alarm_on_error(alarm: AlarmHook) -> ErrorHook {
-    Box::new(move |message: &str| {
-        Python::attach(|py| {
-            let Some(raise_alarm) = alarm.get() else {
-                return;
-            };
-            let system = PyActor::system();
-            let text = format!("snapshot failed, usage is kept in memory and retried: {message}");
-            if let Err(error) = raise_alarm.call1(py, ("store_error", system, None::<&str>, text)) {
-                error.write_unraisable(py, Some(raise_alarm.bind(py)));
-            }
-        })
-    })
-}
-
 impl Persistence {
-    pub fn start(
-        store: LedgerStore,
-        ledger: Arc<Ledger>,
-        interval: Duration,
-        alarm: AlarmHook,
-    ) -> Persistence {
+    pub fn start(store: LedgerStore, ledger: Arc<Ledger>, interval: Duration) -> Persistence {
         let dir = store.dir().display().to_string();
+        let canonical_dir = store
+            .dir()
+            .canonicalize()
+            .unwrap_or_else(|_| store.dir().to_path_buf());
         let backend = store.backend();
-        let snapshotter = Snapshotter::start(ledger, store, interval, alarm_on_error(alarm));
+        let errors = StoreErrors::default();
+        let queue = errors.clone();
+        let on_error: ErrorHook = Box::new(move |message: &str| {
+            queue.push(format!(
+                "snapshot failed, usage is kept in memory and retried: {message}"
+            ))
+        });
+        let snapshotter = Snapshotter::start(ledger, store, interval, on_error);
         Persistence {
             dir,
+            canonical_dir,
             backend,
             snapshotter,
+            errors,
         }
     }
 
@@ -76,8 +95,47 @@ impl Persistence {
         py.detach(|| self.snapshotter.flush()).map_err(store_error)
     }
 
+    /// The last snapshot, then the thread stops; if the snapshot fails the thread keeps retrying.
     pub fn close(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.snapshotter.stop()).map_err(store_error)
+    }
+
+    /// The last snapshot, then the thread stops even if it failed (the error is returned).
+    pub fn close_abandoning(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.snapshotter.stop_abandoning())
+            .map_err(store_error)
+    }
+
+    /// In a child process after `fork()`: the snapshot thread does not exist here and the store
+    /// is the parent's. Closes the child's copies of the store's file descriptors, so that the
+    /// store's locks end with the parent's close, not with the child's exit. The caller must
+    /// never use this `Persistence` again, nor drop it (its destructor would wait for the thread
+    /// that the child does not have): see `MeteringCore::_forked`.
+    pub fn close_inherited_descriptors(&self) {
+        close_descriptors_under(&self.canonical_dir);
+    }
+}
+
+/// Closes this process's file descriptors open on files under `dir` (Linux: `/proc/self/fd`;
+/// elsewhere nothing is closed and the child keeps them until it exits).
+fn close_descriptors_under(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let descriptors: Vec<i32> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            target.starts_with(dir).then_some(fd)
+        })
+        .collect();
+    for fd in descriptors {
+        // SAFETY: the descriptor belongs to the store forgotten by the caller, which will never
+        // use it again; closing it only drops this process's reference to the open file.
+        unsafe {
+            libc::close(fd);
+        }
     }
 }
 

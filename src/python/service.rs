@@ -20,7 +20,7 @@ use super::convert::{self, money_to_int};
 use super::costmap::PyCostMap;
 use super::errors::{ledger_error, StoreClosedError};
 use super::meter::PyMeter;
-use super::persistence::{self, AlarmHook, Persistence};
+use super::persistence::{self, Persistence};
 use crate::error::LedgerError;
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::RoundedBudget;
@@ -53,25 +53,40 @@ pub struct MeteringCore {
     subscription_ttl_ms: i64,
     plans: papaya::HashMap<Box<str>, CachedPlan, foldhash::fast::RandomState>,
     hooks: OnceLock<Hooks>,
-    /// The alarm callable again, shared with the snapshot thread (which reports store errors).
-    alarm: AlarmHook,
     persistence: Option<Persistence>,
+    /// Set when `close()` begins: every later call raises `StoreClosedError`.
     closed: AtomicBool,
+    /// Set in a child process after `fork()` (`_forked`): the store and its thread are the
+    /// parent's, so this copy refuses every call and never touches them.
+    forked: AtomicBool,
 }
 
 impl Drop for MeteringCore {
-    /// A service dropped without `close()` still writes its last snapshot and stops its thread
-    /// (with the GIL released, since the thread may need it to report an error).
+    /// A service dropped without `close()` still writes its last snapshot and stops its thread.
+    /// If that snapshot fails the thread stops all the same (a service nobody can reach could
+    /// never be closed again), and the error is reported as unraisable.
     fn drop(&mut self) {
+        if self.forked.load(Ordering::Acquire) {
+            // The parent's thread is not in this process: its destructor would wait for it.
+            std::mem::forget(self.persistence.take());
+            return;
+        }
         if let Some(persistence) = &self.persistence {
             Python::attach(|py| {
-                if let Err(error) = persistence.close(py) {
+                py.detach(|| self.ledger.seal());
+                if let Err(error) = persistence.close_abandoning(py) {
                     error.write_unraisable(py, None);
                 }
             });
         }
     }
 }
+
+/// The latest instant a clock may return: months are labelled `YYYY-MM`, so year 9999 is the
+/// last one that can be recorded and queried (9999-12-31T23:59:59.999Z).
+const LAST_EPOCH_MS: i64 = 253_402_300_799_999;
+/// The earliest: 0000-01-01T00:00:00Z.
+const FIRST_EPOCH_MS: i64 = -62_167_219_200_000;
 
 fn as_actor<'a>(actor: &'a Bound<'_, PyAny>) -> PyResult<&'a PyActor> {
     let actor = actor.cast::<PyActor>().map_err(|_| {
@@ -203,9 +218,24 @@ impl MeteringCore {
         let Some(clock) = &self.clock else {
             return Ok(system_now_ms());
         };
+        let now_ms = self.clock_ms(py, clock)?;
+        if !(FIRST_EPOCH_MS..=LAST_EPOCH_MS).contains(&now_ms) {
+            return Err(PyValueError::new_err(format!(
+                "clock() returned {} s, outside the years 0000-9999 that months can name",
+                now_ms.div_euclid(1000)
+            )));
+        }
+        Ok(now_ms)
+    }
+
+    fn clock_ms(&self, py: Python<'_>, clock: &Py<PyAny>) -> PyResult<i64> {
         let now = clock.call0(py)?.into_bound(py);
         if let Ok(seconds) = now.cast::<PyInt>() {
-            return Ok(seconds.extract::<i64>()?.saturating_mul(1000));
+            // Beyond i64 seconds is beyond year 9999 too: `now_ms` refuses it.
+            return Ok(seconds
+                .extract::<i64>()
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000));
         }
         if let Ok(seconds) = now.cast::<PyFloat>() {
             // Time, not money: a float clock is fine. Millisecond resolution is enough for months.
@@ -224,10 +254,17 @@ impl MeteringCore {
     }
 
     fn ensure_open(&self) -> PyResult<()> {
-        match self.closed.load(Ordering::Acquire) {
-            true => Err(StoreClosedError::new_err("this MeteringService is closed")),
-            false => Ok(()),
+        if !self.closed.load(Ordering::Acquire) {
+            return Ok(());
         }
+        if self.forked.load(Ordering::Acquire) {
+            return Err(StoreClosedError::new_err(
+                "this MeteringService was opened before os.fork(): its store and snapshot thread \
+                 belong to the parent process. Open a new MeteringService in this process \
+                 (e.g. in a post-fork hook), on its own store",
+            ));
+        }
+        Err(StoreClosedError::new_err("this MeteringService is closed"))
     }
 
     fn hooks(&self) -> PyResult<&Hooks> {
@@ -250,7 +287,10 @@ impl MeteringCore {
             .map(read)
     }
 
-    /// Resolves the user's plan through the events (no lock held) and caches it.
+    /// Resolves the user's plan through the events (no lock held) and caches it, unless
+    /// `invalidate_subscription` ran meanwhile: then the look-up may have read the old plan, so it
+    /// is made again (the invalidation wins; after a few tries the plan is used uncached). A user
+    /// who was never charged (no account) and the system actor are not cached at all.
     fn resolve_plan(
         &self,
         py: Python<'_>,
@@ -258,21 +298,39 @@ impl MeteringCore {
         actor: &PyActor,
         now_ms: i64,
     ) -> PyResult<(Money, Py<PyAny>)> {
-        let policy = self.hooks()?.resolve_policy.call1(py, (actor_obj,))?;
-        let allowance = policy.getattr(py, "monthly_allowance")?;
-        let allowance = convert::microcents(allowance.bind(py), "monthly_allowance")?;
-        let expires_at_ms = now_ms.saturating_add(self.subscription_ttl_ms);
-        let cached = CachedPlan {
-            policy: policy.clone_ref(py),
-            expires_at_ms,
-        };
-        self.plans
-            .pin()
-            .insert(Box::from(actor.user_id.as_str()), cached);
-        // The hot path reads the allowance from the user's account (no second map lookup).
-        self.ledger
-            .set_plan(&actor.user_id, allowance, expires_at_ms);
-        Ok((allowance, policy))
+        const TRIES: usize = 3;
+        for attempt in 1..=TRIES {
+            let epoch = self.ledger.plan_epoch();
+            let policy = self.hooks()?.resolve_policy.call1(py, (actor_obj,))?;
+            let allowance = policy.getattr(py, "monthly_allowance")?;
+            let allowance = convert::microcents(allowance.bind(py), "monthly_allowance")?;
+            if actor.is_system {
+                return Ok((allowance, policy));
+            }
+            let expires_at_ms = now_ms.saturating_add(self.subscription_ttl_ms);
+            // The hot path reads the allowance from the user's account (no second map lookup).
+            if self
+                .ledger
+                .set_plan_if(&actor.user_id, allowance, expires_at_ms, epoch)
+            {
+                let cached = CachedPlan {
+                    policy: policy.clone_ref(py),
+                    expires_at_ms,
+                };
+                let plans = self.plans.pin();
+                plans.insert(Box::from(actor.user_id.as_str()), cached);
+                // An invalidation between the check above and this insert: it wins.
+                if self.ledger.plan_epoch() != epoch {
+                    plans.remove(actor.user_id.as_str());
+                }
+                return Ok((allowance, policy));
+            }
+            let invalidated = self.ledger.plan_epoch() != epoch;
+            if !invalidated || attempt == TRIES {
+                return Ok((allowance, policy));
+            }
+        }
+        unreachable!("the last try returns")
     }
 
     /// The user's plan (its `Policy`), cached or resolved.
@@ -283,7 +341,12 @@ impl MeteringCore {
         actor: &PyActor,
         now_ms: i64,
     ) -> PyResult<Py<PyAny>> {
-        match self.cached_plan(&actor.user_id, now_ms, |plan| plan.policy.clone_ref(py)) {
+        // The system actor shares no cache with a user whose id is "system".
+        let cached = match actor.is_system {
+            true => None,
+            false => self.cached_plan(&actor.user_id, now_ms, |plan| plan.policy.clone_ref(py)),
+        };
+        match cached {
             Some(policy) => Ok(policy),
             None => self
                 .resolve_plan(py, actor_obj, actor, now_ms)
@@ -415,6 +478,17 @@ impl MeteringCore {
         }
     }
 
+    /// Marks the service closed (new calls refuse) and waits for the calls already recording;
+    /// false if it was closed already by `_forked` (then nothing of the store may be touched).
+    fn seal(&self, py: Python<'_>) -> bool {
+        if self.forked.load(Ordering::Acquire) {
+            return false;
+        }
+        self.closed.store(true, Ordering::Release);
+        py.detach(|| self.ledger.seal());
+        true
+    }
+
     fn month_now(&self, py: Python<'_>) -> PyResult<MonthId> {
         self.now_ms(py).map(MonthId::from_epoch_ms)
     }
@@ -435,8 +509,9 @@ impl MeteringCore {
         }
         let now_ms = self.now_ms(py)?;
         let month = MonthId::from_epoch_ms(now_ms);
+        // A read: the kept account if any, else a look-up that creates nothing.
         self.with_plan(py, actor_obj, actor, now_ms, |plan| {
-            match actor.account.get(&self.ledger, &actor.user_id) {
+            match actor.account.peek(&self.ledger) {
                 Some(account) => self.ledger.budget_in(account, month, plan),
                 None => self.ledger.budget(&actor.user_id, month, plan),
             }
@@ -465,6 +540,7 @@ impl MeteringCore {
         actor: &PyActor,
         cost: Option<Money>,
     ) -> PyResult<bool> {
+        self.ensure_open()?;
         if actor.is_system {
             return Ok(true);
         }
@@ -481,6 +557,7 @@ impl MeteringCore {
         cost_override: Option<&Bound<'_, PyAny>>,
         mode: ChargeMode,
     ) -> PyResult<Option<Receipt>> {
+        self.ensure_open()?;
         let actor = as_actor(actor_obj)?;
         let item = UsageItem {
             usage_type: convert::usage_type(usage_type)?,
@@ -488,19 +565,21 @@ impl MeteringCore {
             cost_override: convert::optional_microcents(cost_override, "cost_override")?,
         };
         if actor.is_system {
+            // Not metered, but bad input is refused as for anyone.
+            self.ledger.check_item(&item).map_err(ledger_error)?;
             return Ok(None);
         }
         self.charge(py, actor_obj, actor, &[item], mode).map(Some)
     }
 
     /// Refuses an app actor reading another app's records (checked before anything is read).
+    /// The user's own usage without an app (`os-global`) is another app's record too: an app
+    /// sees its own record, and the user's other usage only summed into `others`.
     fn check_app_access(actor: &PyActor, app_id: &str) -> PyResult<()> {
         match &actor.app_id {
-            Some(own) if own != app_id && app_id != super::actor::GLOBAL_APP => {
-                Err(PyPermissionError::new_err(format!(
-                    "app {own:?} may not read the usage of app {app_id:?}"
-                )))
-            }
+            Some(own) if own != app_id => Err(PyPermissionError::new_err(format!(
+                "app {own:?} may not read the usage of app {app_id:?}"
+            ))),
             _ => Ok(()),
         }
     }
@@ -582,7 +661,6 @@ impl MeteringCore {
             Unmapped::Error
         };
         let ledger = Ledger::new(Arc::clone(&cost_map.get().inner), unmapped);
-        let alarm: AlarmHook = Arc::new(OnceLock::new());
         let (ledger, persistence) = match store_path {
             None => (Arc::new(ledger), None),
             Some(path) => {
@@ -591,8 +669,7 @@ impl MeteringCore {
                 ledger.restore(loaded.users);
                 let ledger = Arc::new(ledger);
                 let interval = Duration::from_millis(snapshot_interval_ms);
-                let persistence =
-                    Persistence::start(store, Arc::clone(&ledger), interval, Arc::clone(&alarm));
+                let persistence = Persistence::start(store, Arc::clone(&ledger), interval);
                 (ledger, Some(persistence))
             }
         };
@@ -603,9 +680,9 @@ impl MeteringCore {
             subscription_ttl_ms,
             plans: crate::ledger::record::new_concurrent_map(),
             hooks: OnceLock::new(),
-            alarm,
             persistence,
             closed: AtomicBool::new(false),
+            forked: AtomicBool::new(false),
         })
     }
 
@@ -619,17 +696,58 @@ impl MeteringCore {
         }
     }
 
-    /// Writes a last snapshot, stops the snapshot thread and releases the store; later calls
-    /// raise `StoreClosedError`. Idempotent. If the last snapshot fails the service stays open.
+    /// Refuses every call from now on (`StoreClosedError`), waits for the calls already
+    /// recording, writes a last snapshot holding every one of them, stops the snapshot thread
+    /// and releases the store. Idempotent. If the last snapshot fails (`StoreWriteError`) the
+    /// service stays closed to new calls and the snapshot thread keeps retrying: free space and
+    /// call `close()` again.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        if let Some(persistence) = &self.persistence {
-            persistence.close(py)?;
+        if self.seal(py) {
+            if let Some(persistence) = &self.persistence {
+                persistence.close(py)?;
+            }
         }
-        self.closed.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Whether `close()` has completed.
+    /// `close()` for the interpreter's exit: if the last snapshot fails the snapshot thread
+    /// stops all the same (the error is raised; what it could not write is lost), so that the
+    /// process can end.
+    fn _close_at_exit(&self, py: Python<'_>) -> PyResult<()> {
+        if self.seal(py) {
+            if let Some(persistence) = &self.persistence {
+                persistence.close_abandoning(py)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Called in a child process after `os.fork()`: this copy of the service refuses every call
+    /// from now on (its store and snapshot thread belong to the parent), and the child's copies
+    /// of the store's file descriptors are closed, so the store's lock ends with the parent's.
+    fn _forked(&self) {
+        if let Some(persistence) = &self.persistence {
+            self.forked.store(true, Ordering::Release);
+            self.closed.store(true, Ordering::Release);
+            persistence.close_inherited_descriptors();
+        }
+    }
+
+    /// Store errors of background snapshots not yet raised as `store_error` alarms (the service
+    /// raises them from its monitor thread, never from the snapshot thread).
+    fn _take_store_errors(&self) -> Vec<String> {
+        match &self.persistence {
+            Some(persistence) => persistence.errors.take(),
+            None => Vec::new(),
+        }
+    }
+
+    /// How many users have an account in the ledger (for tests: read-only checks create none).
+    fn _account_count(&self) -> usize {
+        self.ledger.user_count()
+    }
+
+    /// Whether `close()` has begun: every call now raises `StoreClosedError`.
     #[getter]
     fn closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -669,13 +787,7 @@ impl MeteringCore {
     }
 
     /// Installs the plan resolver and the alarm dispatcher (once).
-    fn _install_hooks(
-        &self,
-        py: Python<'_>,
-        resolve_policy: Py<PyAny>,
-        raise_alarm: Py<PyAny>,
-    ) -> PyResult<()> {
-        let _ = self.alarm.set(raise_alarm.clone_ref(py));
+    fn _install_hooks(&self, resolve_policy: Py<PyAny>, raise_alarm: Py<PyAny>) -> PyResult<()> {
         self.hooks
             .set(Hooks {
                 resolve_policy,
@@ -741,6 +853,7 @@ impl MeteringCore {
         usage_type: &Bound<'_, PyAny>,
     ) -> PyResult<PyMeter> {
         let core = slf.get();
+        core.ensure_open()?;
         let actor_ref = as_actor(actor)?;
         let name = convert::usage_type(usage_type)?;
         let type_id = core.ledger.meter_type(name).map_err(ledger_error)?;
@@ -786,6 +899,7 @@ impl MeteringCore {
         actor: &Bound<'py, PyAny>,
         usages: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyInt>> {
+        self.ensure_open()?;
         let actor_ref = as_actor(actor)?;
         let owned = PyIterator::from_object(usages)?
             .map(|item| batch_item(&item?))
@@ -806,6 +920,9 @@ impl MeteringCore {
             })
             .collect::<PyResult<Vec<_>>>()?;
         if actor_ref.is_system {
+            for item in &items {
+                self.ledger.check_item(item).map_err(ledger_error)?;
+            }
             return Ok(money_to_int(py, Money::ZERO));
         }
         let receipt = self.charge(py, actor, actor_ref, &items, ChargeMode::Always)?;
@@ -844,8 +961,23 @@ impl MeteringCore {
         self.affords(py, actor, actor_ref, cost)
     }
 
-    /// Whether the user recorded any usage this month.
+    /// Whether the user has budget left this month (`remaining > 0`): the spending gate of the
+    /// seed system's `hasAnyUsage`. True for the system actor, which is never metered.
     fn has_any_usage(&self, py: Python<'_>, actor: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.ensure_open()?;
+        let actor_ref = as_actor(actor)?;
+        if actor_ref.is_system {
+            return Ok(true);
+        }
+        Ok(self
+            .budget_of(py, actor, actor_ref)?
+            .remaining
+            .is_positive())
+    }
+
+    /// Whether the user recorded any usage this month (False for the system actor).
+    fn has_usage_this_month(&self, py: Python<'_>, actor: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.ensure_open()?;
         let actor = as_actor(actor)?;
         if actor.is_system {
             return Ok(false);
@@ -907,6 +1039,7 @@ impl MeteringCore {
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        self.ensure_open()?;
         let actor = as_actor(actor)?;
         let budget = match actor.is_system {
             true => RoundedBudget::default(),
@@ -944,13 +1077,17 @@ impl MeteringCore {
         Ok(money_to_int(py, credit.purchased))
     }
 
-    /// Sets the user's month total by booking the difference as `manual_adjustment`.
+    /// Sets the user's month total by booking the difference as `manual_adjustment`. Purchased
+    /// credit is left alone: raising the total fills the allowance, then overage; lowering it
+    /// gives back overage, then allowance. A total below what purchased credit paid this month
+    /// raises `ValueError`.
     fn set_actor_current_month_usage_total<'py>(
         &self,
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
         total: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyInt>> {
+        self.ensure_open()?;
         let actor_ref = as_actor(actor)?;
         let target = convert::microcents(total, "total")?;
         if actor_ref.is_system {
@@ -993,6 +1130,7 @@ impl MeteringCore {
         actor: &Bound<'py, PyAny>,
         app_id: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        self.ensure_open()?;
         let actor = as_actor(actor)?;
         let app_id = app_id.unwrap_or_else(|| actor.booking_app());
         Self::check_app_access(actor, app_id)?;
@@ -1012,6 +1150,7 @@ impl MeteringCore {
         actor: &Bound<'py, PyAny>,
         app_id: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
+        self.ensure_open()?;
         let actor = as_actor(actor)?;
         Self::check_app_access(actor, app_id)?;
         let report = if actor.is_system {
@@ -1046,9 +1185,13 @@ impl MeteringCore {
         self.policy(py, actor, actor_ref, now_ms)
     }
 
-    /// Forgets the cached plan of a user, so the next call resolves it again.
-    fn invalidate_subscription(&self, user_id: &str) {
-        self.plans.pin().remove(user_id);
+    /// Forgets the cached plan of a user, so the next call resolves it again. A look-up already
+    /// running when this is called does not cache the plan it read (it may be the old one).
+    fn invalidate_subscription(&self, user_id: &str) -> PyResult<()> {
+        self.ensure_open()?;
+        // The ledger first: it bumps the plan epoch that running look-ups check.
         self.ledger.forget_plan(user_id);
+        self.plans.pin().remove(user_id);
+        Ok(())
     }
 }

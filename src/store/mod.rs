@@ -48,6 +48,8 @@ pub enum StoreError {
     NewerVersion(String),
     /// A snapshot could not be written (disk full, read-only, I/O error).
     Write(String),
+    /// The store was closed (or its snapshot thread has ended).
+    Closed(String),
     /// Anything else (wrong backend, bad path).
     Other(String),
 }
@@ -59,6 +61,7 @@ impl fmt::Display for StoreError {
             | StoreError::Corrupted(m)
             | StoreError::NewerVersion(m)
             | StoreError::Write(m)
+            | StoreError::Closed(m)
             | StoreError::Other(m) => f.write_str(m),
         }
     }

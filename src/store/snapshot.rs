@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{LedgerStore, StoreError, StoreResult};
 use crate::ledger::image::UserImage;
@@ -25,7 +25,7 @@ pub type ErrorHook = Box<dyn Fn(&str) + Send + Sync>;
 
 #[derive(Default)]
 struct Progress {
-    /// Snapshots asked for by `flush`, numbered from 1.
+    /// Snapshots asked for by `flush` and `stop`, numbered from 1.
     requested: u64,
     /// The last requested number covered by a snapshot that completed (successfully or not).
     completed: u64,
@@ -34,7 +34,12 @@ struct Progress {
     saved: u64,
     /// The error of the last snapshot that failed.
     last_error: Option<StoreError>,
-    stop: bool,
+    /// `stop` asked for a last snapshot, after which the thread ends (if it succeeds, or if
+    /// `abandon` says to end anyway).
+    stop_requested: bool,
+    abandon: bool,
+    /// The thread has ended: nothing more is written, and waiting for it would never end.
+    stopped: bool,
 }
 
 struct Shared {
@@ -85,6 +90,22 @@ impl Writer {
         self.unsaved.clear();
         Ok(())
     }
+
+    /// `snapshot`, with a panic (a bug, or a backend that met damaged data) turned into an error:
+    /// the thread survives it, keeps the unsaved copies and retries.
+    fn snapshot_caught(&mut self) -> StoreResult<()> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.snapshot())).unwrap_or_else(
+            |_| {
+                Err(StoreError::Write(
+                    "the snapshot failed unexpectedly (a panic in the store backend)".into(),
+                ))
+            },
+        )
+    }
+}
+
+fn closed_error() -> StoreError {
+    StoreError::Closed("the store is closed".into())
 }
 
 impl Snapshotter {
@@ -118,41 +139,76 @@ impl Snapshotter {
     }
 
     /// Blocks until everything recorded before the call is durable (a snapshot that started
-    /// after this call completed), or returns the error of that snapshot.
+    /// after this call completed), or returns the error of that snapshot. Once the thread has
+    /// stopped (or stops while this waits) it returns `StoreError::Closed`, never waits forever.
     pub fn flush(&self) -> StoreResult<()> {
         let mut progress = self.shared.progress.lock();
-        if progress.stop {
-            return Err(StoreError::Other("the store is closed".into()));
+        let target = Self::request(&self.shared, &mut progress)?;
+        Self::wait_for(&self.shared, &mut progress, target)
+    }
+
+    fn request(shared: &Shared, progress: &mut Progress) -> StoreResult<u64> {
+        if progress.stopped {
+            return Err(closed_error());
         }
         progress.requested += 1;
-        let target = progress.requested;
-        self.shared.wake.notify_all();
-        while progress.completed < target {
-            self.shared.done.wait(&mut progress);
+        shared.wake.notify_all();
+        Ok(progress.requested)
+    }
+
+    fn wait_for(
+        shared: &Shared,
+        progress: &mut MutexGuard<'_, Progress>,
+        target: u64,
+    ) -> StoreResult<()> {
+        while progress.completed < target && !progress.stopped {
+            shared.done.wait(progress);
         }
-        match &progress.last_error {
-            Some(error) if progress.saved < target => Err(error.clone()),
-            _ => Ok(()),
+        if progress.saved >= target {
+            return Ok(());
+        }
+        match (&progress.last_error, progress.completed >= target) {
+            (Some(error), true) => Err(error.clone()),
+            _ => Err(closed_error()),
         }
     }
 
     /// Writes a last snapshot, then stops the thread and releases the store. Idempotent. If the
     /// last snapshot fails, the thread keeps running (and retrying) and the error is returned, so
-    /// nothing recorded is dropped: free space and close again.
+    /// nothing recorded is dropped: free space and stop again.
     pub fn stop(&self) -> StoreResult<()> {
+        self.stop_with(false)
+    }
+
+    /// `stop`, but the thread ends even if the last snapshot fails (at interpreter exit, or when
+    /// a service is dropped without `close()`): its error is returned, and what it could not
+    /// write is lost. Never waits on a snapshot that cannot complete.
+    pub fn stop_abandoning(&self) -> StoreResult<()> {
+        self.stop_with(true)
+    }
+
+    fn stop_with(&self, abandon: bool) -> StoreResult<()> {
         let mut thread = self.thread.lock();
         if thread.is_none() {
             return Ok(());
         }
-        self.flush()?;
-        self.shared.progress.lock().stop = true;
-        self.shared.wake.notify_all();
-        thread
-            .take()
-            .expect("checked above")
-            .join()
-            .expect("the snapshot thread does not panic");
-        Ok(())
+        let result = {
+            let mut progress = self.shared.progress.lock();
+            let target = Self::request(&self.shared, &mut progress)?;
+            progress.stop_requested = true;
+            progress.abandon = abandon;
+            Self::wait_for(&self.shared, &mut progress, target)
+        };
+        let stopped = self.shared.progress.lock().stopped;
+        if stopped {
+            let handle = thread.take().expect("checked above");
+            if handle.join().is_err() {
+                return Err(StoreError::Write(
+                    "the snapshot thread ended by a panic".into(),
+                ));
+            }
+        }
+        result
     }
 
     pub fn is_running(&self) -> bool {
@@ -162,17 +218,14 @@ impl Snapshotter {
 
 fn run(shared: &Shared, writer: &mut Writer, interval: Duration) {
     loop {
-        let target = {
+        let (target, stopping) = {
             let mut progress = shared.progress.lock();
-            if progress.requested == progress.completed && !progress.stop {
+            if progress.requested == progress.completed && !progress.stop_requested {
                 shared.wake.wait_for(&mut progress, interval);
             }
-            if progress.stop {
-                return;
-            }
-            progress.requested
+            (progress.requested, progress.stop_requested)
         };
-        let result = writer.snapshot();
+        let result = writer.snapshot_caught();
         if let Err(error) = &result {
             (writer.on_error)(&error.to_string());
         }
@@ -180,9 +233,18 @@ fn run(shared: &Shared, writer: &mut Writer, interval: Duration) {
         // Requests made while this snapshot ran may have missed its copies: only the ones made
         // before it started are covered.
         progress.completed = progress.completed.max(target);
+        let saved = result.is_ok();
         match result {
             Ok(()) => progress.saved = progress.saved.max(target),
             Err(error) => progress.last_error = Some(error),
+        }
+        if stopping {
+            progress.stop_requested = false;
+            if saved || progress.abandon {
+                progress.stopped = true;
+                shared.done.notify_all();
+                return;
+            }
         }
         shared.done.notify_all();
     }
