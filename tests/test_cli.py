@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -951,7 +951,8 @@ def test_format_dollars(microcents: int, cents: str, exact: str) -> None:
 @given(st.integers(min_value=-(10**30), max_value=10**30))
 def test_format_dollars_is_decimal_rounding(microcents: int) -> None:
     """Cents are the exact amount rounded half up (away from zero); exact shows every µ¢."""
-    exact = (Decimal(microcents) / 100_000_000).quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
+    with localcontext(prec=100):  # enough digits for every amount drawn: the reference is exact
+        exact = (Decimal(microcents) / 100_000_000).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     shown = format_dollars(microcents)
     assert Decimal(shown.replace("$", "").replace(",", "")) == exact
     assert (
