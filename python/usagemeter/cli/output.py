@@ -39,9 +39,6 @@ MICROCENTS_PER_CENT = MICROCENTS_PER_DOLLAR // 100
 # and after a left-aligned last table column.
 _TRAILING_SPACES = re.compile(r" +(?=(?:\x1b\[[0-9;]*m)*$)", re.M)
 
-# Nouns whose plural is not the noun + "s" (or "y" -> "ies").
-_IRREGULAR_PLURALS = {"entry": "entries", "policy": "policies"}
-
 
 def make_console(file: TextIO) -> Console:
     """A rich console writing to ``file``, at most WIDTH columns wide.
@@ -99,9 +96,8 @@ def count(number: int, noun: str) -> str:
     """``count(1, "user")`` -> ``"1 user"``, ``count(1105, "entry")`` -> ``"1,105 entries"``."""
     if number == 1:
         return f"1 {noun}"
-    if noun in _IRREGULAR_PLURALS:
-        plural = _IRREGULAR_PLURALS[noun]
-    elif noun.endswith("y") and noun[-2:-1] not in ("a", "e", "o", "u"):
+    # Every noun the commands count is regular: "entry" -> "entries", "key" -> "keys", "user" -> "users".
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
         plural = noun[:-1] + "ies"
     else:
         plural = noun + "s"
