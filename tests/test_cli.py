@@ -6,6 +6,7 @@ Every command that may touch ``./usagemeter-data`` runs with ``cwd`` in a tempor
 from __future__ import annotations
 
 import calendar
+import importlib.metadata
 import json
 import re
 import shutil
@@ -13,14 +14,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support import FakeClock
-from usagemeter import Actor, CostMap, MeteringService, to_microcents
-from usagemeter.cli import format_dollars
+from usagemeter import Actor, CostMap, MeteringService, __version__, to_microcents
+from usagemeter.cli import main
+from usagemeter.cli.demo import BLOCK_SIZE, make_population, workload_block
+from usagemeter.cli.output import WIDTH, format_dollars
+from usagemeter.cli.report import JSON_SHAPE
+from usagemeter.store import verify_store
 
 Backend = Literal["sled", "redb"]
 BACKENDS: tuple[Backend, ...] = ("sled", "redb")
@@ -49,8 +56,35 @@ def number(text: str) -> int:
 
 
 def dollars_to_microcents(text: str) -> int:
-    """``"$1,234.56789012"`` -> its exact µ¢."""
-    return to_microcents(text.lstrip("$").replace(",", ""))
+    """``"$1,234.56789012"`` (as ``--exact`` prints it) -> its exact µ¢."""
+    assert re.fullmatch(r"-?\$[\d,]+\.\d{8}", text), f"not exact dollars: {text!r}"
+    return to_microcents(text.replace("$", "").replace(",", ""))
+
+
+# Nouns the commands print after a count: "1 user", never "1 users".
+COUNTED_NOUNS = (
+    "users",
+    "increments",
+    "actors",
+    "threads",
+    "requests",
+    "prices",
+    "types",
+    "apps",
+    "entries",
+    "files",
+    "records",
+    "buyers",
+    "top-ups",
+)
+
+
+def assert_fits_and_singular(text: str) -> None:
+    """Every line of ``text`` fits WIDTH columns, and no count of 1 takes a plural noun."""
+    for line in text.splitlines():
+        assert len(line) <= WIDTH, f"{len(line)} columns: {line!r}"
+    plural_one = re.search(rf"(?<![\d,.$])\b1 ({'|'.join(COUNTED_NOUNS)})\b", text)
+    assert plural_one is None, plural_one.group(0)
 
 
 def table(lines: list[str], title: str) -> list[list[str]]:
@@ -92,7 +126,9 @@ def demo_output(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One small demo run (on a new store in a temporary directory), shared by the demo tests."""
     directory = tmp_path_factory.mktemp("demo")
     result = run_cli(
-        "demo", "--requests", "3000", "--actors", "300", "--threads", "3", "--seed", "7", cwd=directory
+        "demo",
+        *("--requests", "3000", "--actors", "300", "--threads", "3", "--seed", "7", "--exact"),
+        cwd=directory,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -127,10 +163,9 @@ def test_demo_prints_throughput(demo_output: str) -> None:
 def test_demo_tables_are_consistent(demo_output: str) -> None:
     lines = demo_output.splitlines()
     default = CostMap.default()
-    global_line = re.search(r"^global total: (\$[\d,.]+) \(([\d,]+) µ¢\)$", demo_output, re.M)
+    global_line = re.search(r"^global total: (\$[\d,.]+)$", demo_output, re.M)
     assert global_line, demo_output
-    global_total = number(global_line.group(2))
-    assert dollars_to_microcents(global_line.group(1)) == global_total
+    global_total = dollars_to_microcents(global_line.group(1))
 
     types = table(lines, "Top usage types by cost")
     assert 0 < len(types) <= 10
@@ -167,7 +202,7 @@ def test_demo_with_no_requests(tmp_path: Path) -> None:
     result = run_cli("demo", "--requests", "0", "--actors", "10", "--threads", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "requests: 0 (0 served, 0 refused)" in result.stdout
-    assert "global total: $0.00000000 (0 µ¢)" in result.stdout
+    assert "global total: $0.00\n" in result.stdout
 
 
 @pytest.mark.parametrize("option", ["--actors", "--threads"])
@@ -189,7 +224,7 @@ def demo_increments(stdout: str) -> int:
 def test_demo_continues_from_its_store(tmp_path: Path, backend: str) -> None:
     month = current_month()
     small = ("--requests", "2000", "--actors", "200", "--threads", "2", "--seed", "3")
-    first = run_cli("demo", *small, "--backend", backend, cwd=tmp_path)
+    first = run_cli("demo", *small, "--backend", backend, "--exact", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert f"store: new {backend} store at ./{DATA}" in first.stdout
     assert (tmp_path / DATA / MANIFEST).is_file()
@@ -199,13 +234,11 @@ def test_demo_continues_from_its_store(tmp_path: Path, backend: str) -> None:
     assert after_first["increments"] == first_increments
     assert after_first["total"] > 0
 
-    second = run_cli("demo", *small, cwd=tmp_path)  # no --backend: the store's own is detected
+    second = run_cli("demo", *small, "--exact", cwd=tmp_path)  # no --backend: the store's is detected
     assert second.returncode == 0, second.stderr
+    assert re.search(rf"^continuing from \./{DATA} \({backend}\), opened in [\d.]+ s$", second.stdout, re.M)
     continuing = re.search(
-        rf"^continuing from \./{DATA} \({backend}\): ([\d,]+) users, ([\d,]+) increments this month \("
-        r"(\$[\d,.]+)\); opened in [\d.]+ s$",
-        second.stdout,
-        re.M,
+        r"^  this month so far: ([\d,]+) users, ([\d,]+) increments, (\$[\d,.]+)$", second.stdout, re.M
     )
     if current_month() != month:
         pytest.skip("the month changed during the test")
@@ -224,9 +257,9 @@ def test_demo_continues_from_its_store(tmp_path: Path, backend: str) -> None:
         grown = after_second["usage"][usage_type]
         assert grown["units"] >= record["units"]
         assert grown["count"] >= record["count"]
-    global_line = re.search(r"^global total: \$[\d,.]+ \(([\d,]+) µ¢\)$", second.stdout, re.M)
+    global_line = re.search(r"^global total: (\$[\d,.]+)$", second.stdout, re.M)
     assert global_line
-    assert number(global_line.group(1)) == after_second["total"]
+    assert dollars_to_microcents(global_line.group(1)) == after_second["total"]
 
 
 def test_demo_in_memory_creates_nothing(tmp_path: Path) -> None:
@@ -255,6 +288,7 @@ def test_demo_refuses_a_store_held_by_another_process(tmp_path: Path) -> None:
 # ---- a store with known contents ------------------------------------------------------------
 
 KV_USERS = 30  # user-00 .. user-29 book kv usage in PAST_MONTH and in the current month
+BUYER = "user-big"  # the top spender, who bought credit
 
 
 def book(service: MeteringService, scale: int) -> None:
@@ -271,7 +305,11 @@ def book(service: MeteringService, scale: int) -> None:
 def store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, Backend]]:
-    """A store (path, backend) holding usage in PAST_MONTH and in the current month."""
+    """A store (path, backend) holding usage in PAST_MONTH and in the current month.
+
+    BUYER bought $5 and spent more than the temp_free allowance this month, so every balance
+    (allowance, purchased credit consumed, remaining) is non-trivial for that user.
+    """
     backend: Backend = request.param
     path = tmp_path_factory.mktemp(f"store-{backend}") / "data"
     clock = FakeClock(PAST)
@@ -279,7 +317,8 @@ def store(
         book(service, scale=1)
         clock.now = time.time()
         book(service, scale=3)
-        service.increment_usage(Actor("user-big", "app-x"), "kv:write", 1_000_000)
+        service.update_addon_credit(BUYER, to_microcents("5"))
+        service.increment_usage(Actor(BUYER, "app-x"), "kv:write", 1_000_000)
     yield path, backend
 
 
@@ -288,9 +327,26 @@ def open_store(path: Path, backend: Backend) -> MeteringService:
     return MeteringService(store=str(path), store_backend=backend)
 
 
+def expected_balance(service: MeteringService, user_id: str) -> dict[str, Any]:
+    """The BALANCE object ``report --json`` must give ``user_id``, from the service's public API."""
+    actor = Actor(user_id)
+    budget = service.get_actor_budget(actor)
+    allowed = service.get_allowed_usage(actor)
+    assert allowed["remaining"] == budget["remaining"]
+    assert allowed["monthly_allowance"] == budget["monthly_allowance"]
+    return {
+        "plan": service.get_actor_subscription(actor).id,
+        "monthly_allowance": budget["monthly_allowance"],
+        "allowance_used": budget["allowance_used"],
+        "purchased_credits": budget["purchased_credits"],
+        "consumed_purchase_credits": budget["consumed_purchase_credits"],
+        "remaining": budget["remaining"],
+    }
+
+
 def expected_month(service: MeteringService, month: str) -> dict[str, Any]:
     """What ``report --json`` must say about ``month``, computed from the service's own queries."""
-    actors = service.get_actors_usage(month)
+    actors = sorted(service.get_actors_usage(month), key=lambda row: (-row[1], row[0]))
     usage: dict[str, dict[str, int]] = {}
     if month == current_month():
         global_usage = service.get_global_usage()
@@ -311,11 +367,29 @@ def expected_month(service: MeteringService, month: str) -> dict[str, Any]:
         "increments": sum(count for _, _, count in actors),
         "total": total,
         "usage": usage,
-        "top_actors": [{"user_id": user, "total": spent, "count": count} for user, spent, count in actors],
+        "top_actors": [
+            {"user_id": user, "total": spent, "count": count, "balance": expected_balance(service, user)}
+            for user, spent, count in actors
+        ],
     }
 
 
 # ---- report ---------------------------------------------------------------------------------
+
+# The keys of the --json documents, as JSON_SHAPE documents them.
+REPORT_KEYS = {"store", "backend", "month", "balances_month"}
+MONTH_KEYS = REPORT_KEYS | {"users", "increments", "total", "usage", "top_actors"}
+ACTOR_KEYS = REPORT_KEYS | {"user_id", "total", "increments", "usage", "app_totals", "balance"}
+TOP_ACTOR_KEYS = {"user_id", "total", "count", "balance"}
+BALANCE_KEYS = {
+    "plan",
+    "monthly_allowance",
+    "allowance_used",
+    "purchased_credits",
+    "consumed_purchase_credits",
+    "remaining",
+}
+RECORD_KEYS = {"units", "cost", "count"}
 
 
 @pytest.mark.parametrize("month", [None, PAST_MONTH])
@@ -327,6 +401,7 @@ def test_report_json_matches_the_service(store: tuple[Path, Backend], month: str
     assert document["store"] == str(path)
     assert document["backend"] == backend
     assert document["month"] == (month or current_month())
+    assert document["balances_month"] == current_month()
     for key in ("users", "increments", "total", "usage", "top_actors"):
         assert document[key] == expected[key], key
     assert isinstance(document["total"], int)  # money stays an exact integer of µ¢
@@ -339,17 +414,51 @@ def test_report_json_matches_the_service(store: tuple[Path, Backend], month: str
     assert document["increments"] == 2 * KV_USERS + len(range(0, KV_USERS, 5)) + (0 if month else 1)
 
 
+@pytest.mark.parametrize("actor", [None, BUYER, "nobody"])
+def test_report_json_keys_are_data(store: tuple[Path, Backend], actor: str | None) -> None:
+    """Every key is a documented name or data (a usage type, an app); no value names the code."""
+    path, _ = store
+    document = report_json("--store", str(path), *(("--actor", actor) if actor else ()))
+    assert set(document) == (MONTH_KEYS if actor is None else ACTOR_KEYS)
+    default = CostMap.default()
+    for usage_type, record in document["usage"].items():
+        assert usage_type in default
+        assert set(record) == RECORD_KEYS
+    if actor is None:
+        assert document["top_actors"]
+        for row in document["top_actors"]:
+            assert set(row) == TOP_ACTOR_KEYS
+            assert set(row["balance"]) == BALANCE_KEYS
+    else:
+        assert set(document["balance"]) == BALANCE_KEYS
+        for app, record in document["app_totals"].items():
+            assert app.startswith(("app-", "os-global"))
+            assert set(record) == {"total", "count"}
+    documented = set(re.findall(r'"([a-z_]+)":', JSON_SHAPE))
+    assert MONTH_KEYS | ACTOR_KEYS | TOP_ACTOR_KEYS | BALANCE_KEYS | RECORD_KEYS <= documented
+    text = json.dumps(document)
+    for internal in ("get_global_usage", "get_actor", "per_type_totals"):
+        assert internal not in text
+
+
+def test_report_help_documents_the_json_shape() -> None:
+    result = run_cli("report", "--help")
+    assert result.returncode == 0
+    assert JSON_SHAPE in result.stdout
+    assert_fits_and_singular(result.stdout)
+
+
 def test_report_top(store: tuple[Path, Backend]) -> None:
     path, _ = store
     document = report_json("--store", str(path), "--top", "3")
     assert len(document["top_actors"]) == 3
-    assert document["top_actors"][0]["user_id"] == "user-big"
+    assert document["top_actors"][0]["user_id"] == BUYER
     assert document["users"] == KV_USERS + 1
 
 
 def test_report_text(store: tuple[Path, Backend]) -> None:
     path, backend = store
-    result = run_cli("report", "--store", str(path))
+    result = run_cli("report", "--store", str(path), "--exact")
     assert result.returncode == 0, result.stderr
     with open_store(path, backend) as service:
         expected = expected_month(service, current_month())
@@ -358,7 +467,7 @@ def test_report_text(store: tuple[Path, Backend]) -> None:
     total = expected["total"]
     assert (
         lines[1] == f"{current_month()}: {expected['users']:,} users, {expected['increments']:,} increments, "
-        f"total {format_dollars(total)} ({total:,} µ¢)"
+        f"total {format_dollars(total, exact=True)}"
     )
     types = table(lines, "Usage types by cost")
     assert {row[0] for row in types} == set(expected["usage"])
@@ -372,12 +481,50 @@ def test_report_text(store: tuple[Path, Backend]) -> None:
     users = table(lines, "Top users by spend")
     assert len(users) == 10
     for row, actor in zip(users, expected["top_actors"], strict=False):
+        balance = actor["balance"]
         assert row == [
             actor["user_id"],
             f"{actor['count']:,}",
-            format_dollars(actor["total"]),
-            f"{actor['total']:,}",
+            format_dollars(actor["total"], exact=True),
+            balance["plan"],
+            format_dollars(balance["monthly_allowance"], exact=True),
+            format_dollars(balance["remaining"], exact=True),
+            format_dollars(balance["purchased_credits"], exact=True),
         ]
+    assert_fits_and_singular(result.stdout)
+
+
+def test_report_shows_plans_and_balances(store: tuple[Path, Backend]) -> None:
+    """The buyer's row and actor report show the plan, allowance, remaining and purchased credit."""
+    path, backend = store
+    with open_store(path, backend) as service:
+        balance = expected_balance(service, BUYER)
+    assert balance["plan"] == "temp_free"  # a bare user id: no email in a store
+    assert balance["purchased_credits"] == to_microcents("5")
+    assert 0 < balance["consumed_purchase_credits"] < balance["purchased_credits"]
+    assert balance["allowance_used"] == balance["monthly_allowance"] > 0
+    assert 0 < balance["remaining"] < balance["purchased_credits"]
+
+    result = run_cli("report", "--store", str(path), "--top", "1")
+    assert result.returncode == 0, result.stderr
+    (row,) = table(result.stdout.splitlines(), "Top users by spend")
+    assert row[0] == BUYER
+    assert row[3:] == [
+        "temp_free",
+        format_dollars(balance["monthly_allowance"]),
+        format_dollars(balance["remaining"]),
+        "$5.00",
+    ]
+    assert "Top users by spend (1 of 31 users)" in result.stdout
+    assert "a store keeps no emails or plan choices" in result.stdout
+
+    actor = run_cli("report", "--store", str(path), "--actor", BUYER)
+    assert actor.returncode == 0, actor.stderr
+    remaining = format_dollars(balance["remaining"])
+    assert f"plan in {current_month()}: temp_free, allowance $0.25 a month, $0.25 used" in actor.stdout
+    consumed = format_dollars(balance["consumed_purchase_credits"])
+    assert f"purchased credit: $5.00, {consumed} consumed; remaining {remaining}" in actor.stdout
+    assert report_json("--store", str(path), "--actor", BUYER)["balance"] == balance
 
 
 def test_report_past_month_text(store: tuple[Path, Backend]) -> None:
@@ -385,14 +532,16 @@ def test_report_past_month_text(store: tuple[Path, Backend]) -> None:
     result = run_cli("report", "--store", str(path), "--month", PAST_MONTH, "--top", "0")
     assert result.returncode == 0, result.stderr
     assert "sums of the per-user figures" in result.stdout
+    assert f"plans and balances in {current_month()}" in result.stdout
     assert len(table(result.stdout.splitlines(), "Top users by spend")) == KV_USERS
+    assert_fits_and_singular(result.stdout)
 
 
 def test_report_empty_month(store: tuple[Path, Backend]) -> None:
     path, _ = store
     result = run_cli("report", "--store", str(path), "--month", "2001-01")
     assert result.returncode == 0, result.stderr
-    assert "2001-01: 0 users, 0 increments, total $0.00000000 (0 µ¢)" in result.stdout
+    assert "2001-01: 0 users, 0 increments, total $0.00\n" in result.stdout
     assert report_json("--store", str(path), "--month", "2001-01")["top_actors"] == []
 
 
@@ -405,36 +554,65 @@ def test_report_actor(store: tuple[Path, Backend], user_id: str, month: str | No
     document = report_json("--store", str(path), "--actor", user_id, *month_args)
     with open_store(path, backend) as service:
         details = service.get_actor_month_usage_details(Actor(user_id), month or current_month())
+        balance = expected_balance(service, user_id)
     assert document["user_id"] == user_id
     assert document["backend"] == backend
     assert document["total"] == details["usage"]["total"]
     assert document["usage"] == {key: value for key, value in details["usage"].items() if key != "total"}
     assert document["app_totals"] == details["app_totals"]
     assert document["increments"] == sum(record["count"] for record in document["usage"].values())
+    assert document["balance"] == balance
     app = "app-0" if user_id == "user-03" else "os-global"  # user-03 books through app-0; user-04 has none
     assert document["app_totals"][app]["total"] == document["total"]
 
-    result = run_cli("report", "--store", str(path), "--actor", user_id, *month_args)
+    result = run_cli("report", "--store", str(path), "--actor", user_id, "--exact", *month_args)
     assert result.returncode == 0, result.stderr
     total = document["total"]
     assert f"{user_id} in {month or current_month()}: " in result.stdout
-    assert f"total {format_dollars(total)} ({total:,} µ¢)" in result.stdout
+    assert f"total {format_dollars(total, exact=True)}\n" in result.stdout
     apps = table(result.stdout.splitlines(), "Apps")
-    assert [app, f"{document['app_totals'][app]['count']:,}", format_dollars(total)] in apps
+    assert [app, f"{document['app_totals'][app]['count']:,}", format_dollars(total, exact=True)] in apps
+    assert "Apps (1 app)" in result.stdout
+    assert_fits_and_singular(result.stdout)
 
 
 def test_report_unknown_actor(store: tuple[Path, Backend]) -> None:
     path, _ = store
     result = run_cli("report", "--store", str(path), "--actor", "nobody")
     assert result.returncode == 0, result.stderr
-    assert "total $0.00000000 (0 µ¢)" in result.stdout
+    assert "nobody in " in result.stdout
+    assert ": 0 increments, total $0.00\n" in result.stdout
+    assert "plan in " in result.stdout
+    assert "remaining $0.25" in result.stdout  # the temp_free allowance, untouched
 
 
 def test_report_reads_without_changing_what_is_stored(store: tuple[Path, Backend]) -> None:
     path, _ = store
     before = report_json("--store", str(path), "--month", PAST_MONTH)
+    # Not the files' bytes: redb rewrites its header on every open. No snapshot was written if the
+    # generation and the record count stay as they were.
+    summary = verify_store(path)
     report_json("--store", str(path))
+    report_json("--store", str(path), "--actor", "nobody")  # balances of a user the store lacks
+    assert run_cli("report", "--store", str(path), "--top", "0").returncode == 0
+    assert verify_store(path) == summary
     assert report_json("--store", str(path), "--month", PAST_MONTH) == before
+
+
+def test_report_counts_one_in_the_singular(tmp_path: Path) -> None:
+    """A month with one user who made one increment of one type through one app."""
+    path = tmp_path / "one"
+    with MeteringService(store=str(path)) as service:
+        service.increment_usage(Actor("solo", "app-1"), "kv:read", 1)
+    for args in ((), ("--actor", "solo")):
+        result = run_cli("report", "--store", str(path), *args)
+        assert result.returncode == 0, result.stderr
+        assert_fits_and_singular(result.stdout)
+        assert "1 increment, total $0.00" in result.stdout  # 63 µ¢ rounds to $0.00
+        assert "(1 type)" in result.stdout
+    month = run_cli("report", "--store", str(path))
+    assert f"{current_month()}: 1 user, 1 increment, total $0.00" in month.stdout
+    assert "Top users by spend (1 of 1 user)" in month.stdout
 
 
 def test_report_missing_store_creates_nothing(tmp_path: Path) -> None:
@@ -452,6 +630,15 @@ def test_report_directory_without_a_store(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert MANIFEST in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_report_store_is_a_file(tmp_path: Path) -> None:
+    regular = tmp_path / "notes.txt"
+    regular.write_text("not a store")
+    result = run_cli("report", "--store", str(regular))
+    assert result.returncode == 1
+    assert result.stderr == f"usagemeter report: no store at {regular}: it is a file, not a directory\n"
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("month", ["2024-13", "2024-3", "march"])
@@ -485,6 +672,7 @@ def test_store_verify_good_store(store: tuple[Path, Backend]) -> None:
     path, backend = store
     summary = verified(path)
     assert summary["backend"] == backend
+    assert_fits_and_singular(run_cli("store", "verify", str(path)).stdout)
     for key in ("format version", "generation", "records", "users", "user months"):
         assert key in summary
     assert number(summary["records"]) > 0
@@ -546,7 +734,8 @@ def test_store_recover_good_store_keeps_everything(store: tuple[Path, Backend], 
 
     result = run_cli("store", "recover", str(copy))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"{copy}: kept {records} records, dropped 0 records"]
+    # One line, wrapped where the path makes it longer than 100 columns.
+    assert " ".join(result.stdout.split()) == f"{copy}: kept {records} records, dropped 0 records"
     assert verified(copy)["records"] == records
     after = [report_json("--store", str(copy), *month) for month in ((), ("--month", PAST_MONTH))]
     for old, new in zip(before, after, strict=True):
@@ -654,7 +843,7 @@ def test_costmap_show_prefix(prefix: str) -> None:
     assert [key for key, _, _ in rows] == expected
     for key, price, source in rows:
         assert price == default[key]  # exact, digit for digit
-        assert source == default.source_of(key)
+        assert source == Path(default.source_of(key)).stem
     count_line = f"{len(expected):,} of {len(default):,} entries matching {prefix!r}"
     assert result.stdout.splitlines()[-1] == count_line
 
@@ -671,6 +860,7 @@ def test_costmap_show_everything() -> None:
     default = CostMap.default()
     assert [key for key, _, _ in shown_entries(result.stdout)] == sorted(default.keys())
     assert result.stdout.splitlines()[-1] == f"{len(default):,} of {len(default):,} entries"
+    assert_fits_and_singular(result.stdout)  # the longest key, price and source side by side
 
 
 def test_costmap_show_no_match() -> None:
@@ -703,3 +893,165 @@ def test_main_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "kv:read" in out
     assert "kv:write" in out
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"usagemeter {importlib.metadata.version('usagemeter')}\n"
+    assert importlib.metadata.version("usagemeter") == __version__
+
+
+def test_version_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"usagemeter {__version__}\n"
+
+
+def test_import_usagemeter_loads_neither_rich_nor_the_cli() -> None:
+    """The library is for servers: its import must not pay for the command line's dependencies."""
+    code = (
+        "import sys, usagemeter, usagemeter.store\n"
+        "loaded = sorted(name for name in sys.modules if name == 'rich' or name.startswith(('rich.', "
+        "'usagemeter.cli')))\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"
+
+
+# ---- money in human output ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("microcents", "cents", "exact"),
+    [
+        (0, "$0.00", "$0.00000000"),
+        (1, "$0.00", "$0.00000001"),
+        (499_999, "$0.00", "$0.00499999"),
+        (500_000, "$0.01", "$0.00500000"),  # half a cent rounds up
+        (123_456_789, "$1.23", "$1.23456789"),
+        (1_234_500_000, "$12.35", "$12.34500000"),
+        (1_234_499_999, "$12.34", "$12.34499999"),
+        (99_999_999, "$1.00", "$0.99999999"),
+        (10**18, "$10,000,000,000.00", "$10,000,000,000.00000000"),
+        (-500_000, "-$0.01", "-$0.00500000"),  # half away from zero
+        (-499_999, "$0.00", "-$0.00499999"),  # never "-$0.00"
+    ],
+)
+def test_format_dollars(microcents: int, cents: str, exact: str) -> None:
+    assert format_dollars(microcents) == cents
+    assert format_dollars(microcents, exact=True) == exact
+
+
+@given(st.integers(min_value=-(10**30), max_value=10**30))
+def test_format_dollars_is_decimal_rounding(microcents: int) -> None:
+    """Cents are the exact amount rounded half up (away from zero); exact shows every µ¢."""
+    with localcontext(prec=100):  # enough digits for every amount drawn: the reference is exact
+        exact = (Decimal(microcents) / 100_000_000).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    shown = format_dollars(microcents)
+    assert Decimal(shown.replace("$", "").replace(",", "")) == exact
+    assert (
+        to_microcents(format_dollars(microcents, exact=True).replace("$", "").replace(",", "")) == microcents
+    )
+
+
+def test_demo_money_is_in_cents_by_default(tmp_path: Path) -> None:
+    small = ("--requests", "500", "--actors", "50", "--threads", "2", "--store", "none")
+    default = run_cli("demo", *small, cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    amounts = re.findall(r"\$[\d,]+\.(\d+)", default.stdout)
+    assert amounts
+    assert {len(fraction) for fraction in amounts} == {2}
+    exact = run_cli("demo", *small, "--exact", cwd=tmp_path)
+    assert exact.returncode == 0, exact.stderr
+    assert {len(fraction) for fraction in re.findall(r"\$[\d,]+\.(\d+)", exact.stdout)} == {8}
+
+
+# ---- demo: the store path, the seed, the width ----------------------------------------------
+
+
+def test_demo_store_is_a_file(tmp_path: Path) -> None:
+    regular = tmp_path / "notes.txt"
+    regular.write_text("not a store")
+    result = run_cli("demo", "--store", str(regular), "--requests", "10", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"usagemeter demo: --store {regular}: it is a file, not a directory (a store is a directory)\n"
+    )
+    assert regular.read_text() == "not a store"
+
+    below = run_cli("demo", "--store", "notes.txt/data", "--requests", "10", cwd=tmp_path)
+    assert below.returncode == 1
+    assert "notes.txt is a file, not a directory" in below.stderr
+    assert "Traceback" not in below.stderr
+
+
+def test_demo_store_is_a_file_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    regular = tmp_path / "notes.txt"
+    regular.write_text("")
+    assert main(["demo", "--store", str(regular), "--requests", "10"]) == 1
+    assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_demo_workload_depends_on_the_seed_only() -> None:
+    """The actors, their deals and every request are fixed by the seed, whoever serves them."""
+
+    def population(
+        seed: int,
+    ) -> tuple[list[tuple[str, str | None, str | None]], frozenset[str], frozenset[str]]:
+        made = make_population(200, seed)
+        actors = [(actor.user_id, actor.app_id, actor.email) for actor in made.actors]
+        return actors, made.tiny_plan_users, made.buyers
+
+    def block(seed: int, number: int) -> list[tuple[str, object, tuple[int, ...]]]:
+        calls = workload_block(make_population(200, seed), seed, number, BLOCK_SIZE)
+        return [(call.actor.user_id, call.request, call.amounts) for call in calls]
+
+    assert population(7) == population(7)
+    assert population(7) != population(8)
+    assert block(7, 0) == block(7, 0)
+    assert block(7, 3) == block(7, 3)
+    assert block(7, 0) != block(7, 1)
+    assert block(7, 0) != block(8, 0)
+
+
+def without_timings(stdout: str) -> str:
+    """A demo's output with every figure that depends on the machine's speed masked."""
+    stdout = re.sub(r"[\d,.]+ (s|requests/s|increments/s)\b", r"T \1", stdout)
+    return stdout
+
+
+def test_demo_seed_repeats_a_single_thread_run(tmp_path: Path) -> None:
+    run = ("demo", "--requests", "2500", "--actors", "100", "--threads", "1", "--seed", "11", "--exact")
+    first = run_cli(*run, "--store", "none", cwd=tmp_path)
+    second = run_cli(*run, "--store", "none", cwd=tmp_path)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert " refused)" in first.stdout and ", 0 refused)" not in first.stdout  # refusals happen
+    assert without_timings(first.stdout) == without_timings(second.stdout)
+    other_seed = run_cli(*run[:-2], "12", "--exact", "--store", "none", cwd=tmp_path)
+    assert without_timings(other_seed.stdout) != without_timings(first.stdout)
+
+
+def test_demo_seed_help_says_what_it_does_not_fix() -> None:
+    result = run_cli("demo", "--help")
+    help_text = " ".join(result.stdout.split())
+    assert "It does not fix which requests are refused, nor the totals, when several threads run" in help_text
+    assert "With --threads 1 on a new store (or --store none) a run repeats exactly" in help_text
+
+
+def test_demo_output_fits_and_counts_one_in_the_singular(tmp_path: Path, demo_output: str) -> None:
+    assert_fits_and_singular(demo_output)
+    result = run_cli("demo", "--requests", "1", "--actors", "1", "--threads", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "usagemeter demo: 1 request from 1 actor on 1 thread (seed 42)" in result.stdout
+    assert_fits_and_singular(result.stdout)
+    again = run_cli("demo", "--requests", "1", "--actors", "1", "--threads", "1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "  this month so far: 1 user, " in again.stdout
+    assert_fits_and_singular(again.stdout)

@@ -1,0 +1,272 @@
+"""``usagemeter report --store PATH``: what a store holds for a month, or for one user.
+
+Without ``--actor``: the month's users, increments and total, the per-type totals and the top
+users by spend with their plan and balances. With ``--actor ID``: that user's usage per type and
+per app, plan and balances. ``--json`` prints one document, money in integer µ¢, of the shape
+JSON_SHAPE shows (``usagemeter report --help`` prints it too).
+
+Balances come from ``get_actor_subscription`` and ``get_actor_budget`` of a service opened on the
+store. A store keeps usage, allowance used and purchased credit, but not a user's email or the
+plan an application selects through its events: the plan shown is the one the built-in rules
+give a bare user id (``temp_free``), and ``monthly_allowance`` and ``remaining`` follow from it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from usagemeter import Actor, MeteringService, StoreError
+from usagemeter.cli.output import Printer, count, format_dollars, make_table
+from usagemeter.cli.store import detect_backend, open_service, store_error_message, store_problem
+
+__all__ = ["JSON_SHAPE", "current_month", "run_report"]
+
+# The --json document's shape, documented here once and printed by `usagemeter report --help`.
+# Keys are fixed names or data (usage types, app ids); usage types, apps and users are listed
+# largest first. Adding a key is compatible; renaming or removing one is not.
+JSON_SHAPE = """\
+{
+  "store": "PATH", "backend": "sled" | "redb", "month": "YYYY-MM",
+  "balances_month": "YYYY-MM",   (the current month: balances are as of now)
+  month report (no --actor):
+  "users": int, "increments": int, "total": µ¢,
+  "usage": {"<usage type>": {"units": int, "cost": µ¢, "count": int}, ...},
+  "top_actors": [{"user_id": str, "total": µ¢, "count": int, "balance": BALANCE}, ...]
+  actor report (--actor ID):
+  "user_id": str, "total": µ¢, "increments": int, "usage": {...as above...},
+  "app_totals": {"<app id>": {"total": µ¢, "count": int}, ...}, "balance": BALANCE
+}
+BALANCE = {"plan": str, "monthly_allowance": µ¢, "allowance_used": µ¢,
+           "purchased_credits": µ¢, "consumed_purchase_credits": µ¢, "remaining": µ¢}
+"""
+
+_PLAN_NOTE = "plans: what the built-in rules give a bare user id (a store keeps no emails or plan choices)"
+
+
+def current_month() -> str:
+    """The current UTC month, ``YYYY-MM``, as the service computes it from the system clock."""
+    return time.strftime("%Y-%m", time.gmtime())
+
+
+def _usage_records(usage: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """The per-type records ``{"<type>": {"units", "cost", "count"}}`` of a usage dict, largest cost
+    first (no "total")."""
+    records = {
+        usage_type: {"units": record["units"], "cost": record["cost"], "count": record["count"]}
+        for usage_type, record in usage.items()
+        if usage_type != "total" and isinstance(record, Mapping)
+    }
+    return dict(sorted(records.items(), key=lambda item: (-item[1]["cost"], item[0])))
+
+
+def _balance(service: MeteringService, user_id: str) -> dict[str, Any]:
+    """The user's plan and this month's balances (µ¢), as the report's BALANCE object."""
+    actor = Actor(user_id)
+    budget = service.get_actor_budget(actor)
+    return {
+        "plan": service.get_actor_subscription(actor).id,
+        "monthly_allowance": budget["monthly_allowance"],
+        "allowance_used": budget["allowance_used"],
+        "purchased_credits": budget["purchased_credits"],
+        "consumed_purchase_credits": budget["consumed_purchase_credits"],
+        "remaining": budget["remaining"],
+    }
+
+
+def _month_report(service: MeteringService, month: str, top: int | None) -> dict[str, Any]:
+    """What the open store holds for ``month``: the per-type totals and the users by spend.
+
+    For the current month the per-type totals are ``get_global_usage()`` (exact sums, each rounded
+    once); for another month they are the sums of every user's ``get_actor_month_usage_details``
+    (each user's figure rounded to the µ¢ before summing), since the global aggregate covers only
+    the current month.
+    """
+    # Largest total first, ties by user id so that the order is the same on every run.
+    actors = sorted(service.get_actors_usage(month), key=lambda row: (-row[1], row[0]))
+    if month == current_month():
+        global_usage = service.get_global_usage()
+        usage = _usage_records(global_usage)
+        total: int = global_usage["total"]
+    else:
+        summed: dict[str, dict[str, int]] = {}
+        for user_id, _total, _count in actors:
+            details = service.get_actor_month_usage_details(Actor(user_id), month)
+            for usage_type, record in _usage_records(details["usage"]).items():
+                into = summed.setdefault(usage_type, {"units": 0, "cost": 0, "count": 0})
+                for key in ("units", "cost", "count"):
+                    into[key] += record[key]
+        usage = _usage_records(summed)
+        total = sum(user_total for _, user_total, _ in actors)
+    shown = actors if top is None else actors[:top]
+    return {
+        "users": len(actors),
+        "increments": sum(increments for _, _, increments in actors),
+        "total": total,
+        "usage": usage,
+        "top_actors": [
+            {"user_id": user_id, "total": spent, "count": increments, "balance": _balance(service, user_id)}
+            for user_id, spent, increments in shown
+        ],
+    }
+
+
+def _actor_report(service: MeteringService, user_id: str, month: str) -> dict[str, Any]:
+    """One user's usage in ``month``: totals per usage type and per app, plan and balances."""
+    details = service.get_actor_month_usage_details(Actor(user_id), month)
+    usage = _usage_records(details["usage"])
+    return {
+        "user_id": user_id,
+        "total": details["usage"]["total"],
+        "increments": sum(record["count"] for record in usage.values()),
+        "usage": usage,
+        "app_totals": {
+            app: {"total": record["total"], "count": record["count"]}
+            for app, record in sorted(
+                details["app_totals"].items(), key=lambda item: (-item[1]["total"], item[0])
+            )
+        },
+        "balance": _balance(service, user_id),
+    }
+
+
+def _print_usage_table(out: Printer, title: str, usage: Mapping[str, Mapping[str, int]], exact: bool) -> None:
+    """Prints per-type records (already sorted) under ``title``."""
+    out.print(f"\n{title}")
+    table = make_table(["usage type", "units", "increments", "cost"], [False, True, True, True])
+    for usage_type, record in usage.items():
+        table.add_row(
+            usage_type,
+            f"{record['units']:,}",
+            f"{record['count']:,}",
+            format_dollars(record["cost"], exact=exact),
+        )
+    out.print(table)
+
+
+def _print_month_report(out: Printer, document: Mapping[str, Any], exact: bool) -> None:
+    """Prints a month report as text: totals, per-type table, top users with their balances."""
+    users = document["users"]
+    out.print(
+        f"{document['month']}: {count(users, 'user')}, {count(document['increments'], 'increment')}, "
+        f"total {format_dollars(document['total'], exact=exact)}"
+    )
+    if not users:
+        out.print("no usage recorded in this month")
+        return
+    usage = document["usage"]
+    how = "" if document["month"] == document["balances_month"] else "; sums of the per-user figures"
+    _print_usage_table(out, f"Usage types by cost ({count(len(usage), 'type')}{how})", usage, exact)
+    shown = document["top_actors"]
+    out.print(
+        f"\nTop users by spend ({len(shown):,} of {count(users, 'user')}); "
+        f"plans and balances in {document['balances_month']}"
+    )
+    table = make_table(
+        ["user", "increments", "spent", "plan", "allowance", "remaining", "purchased"],
+        [False, True, True, False, True, True, True],
+    )
+    for row in shown:
+        balance = row["balance"]
+        table.add_row(
+            row["user_id"],
+            f"{row['count']:,}",
+            format_dollars(row["total"], exact=exact),
+            balance["plan"],
+            format_dollars(balance["monthly_allowance"], exact=exact),
+            format_dollars(balance["remaining"], exact=exact),
+            format_dollars(balance["purchased_credits"], exact=exact),
+        )
+    out.print(table)
+    out.print(f"\n{_PLAN_NOTE}")
+
+
+def _print_actor_report(out: Printer, document: Mapping[str, Any], exact: bool) -> None:
+    """Prints an actor report as text: totals, balances, per-type table, per-app table."""
+    out.print(
+        f"{document['user_id']} in {document['month']}: {count(document['increments'], 'increment')}, "
+        f"total {format_dollars(document['total'], exact=exact)}"
+    )
+    balance = document["balance"]
+    out.print(
+        f"plan in {document['balances_month']}: {balance['plan']}, "
+        f"allowance {format_dollars(balance['monthly_allowance'], exact=exact)} a month, "
+        f"{format_dollars(balance['allowance_used'], exact=exact)} used"
+    )
+    out.print(
+        f"purchased credit: {format_dollars(balance['purchased_credits'], exact=exact)}, "
+        f"{format_dollars(balance['consumed_purchase_credits'], exact=exact)} consumed; "
+        f"remaining {format_dollars(balance['remaining'], exact=exact)}"
+    )
+    out.print(_PLAN_NOTE)
+    if not document["usage"] and not document["app_totals"]:
+        out.print("no usage recorded for this user in this month")
+        return
+    usage = document["usage"]
+    _print_usage_table(out, f"Usage types by cost ({count(len(usage), 'type')})", usage, exact)
+    apps = document["app_totals"]
+    out.print(f"\nApps ({count(len(apps), 'app')})")
+    table = make_table(["app", "increments", "total"], [False, True, True])
+    for app, record in apps.items():
+        table.add_row(app, f"{record['count']:,}", format_dollars(record["total"], exact=exact))
+    out.print(table)
+
+
+def run_report(
+    store: str,
+    month: str | None,
+    actor: str | None,
+    as_json: bool,
+    top: int | None,
+    exact: bool = False,
+) -> int:
+    """``usagemeter report``: prints what the store at ``store`` holds for ``month`` (default: now).
+
+    Without ``actor``: the users, increments and total of the month, the per-type totals and the
+    ``top`` users by spend (default 10 in text, all of them in JSON; 0: all) with their plan and
+    balances. With ``actor`` (a user id): that user's usage per type and per app, plan and
+    balances. ``as_json`` prints one JSON document (shape in the module docstring; money as integer
+    µ¢); ``exact`` shows text money to the µ¢ instead of the cent. Never creates a store: a path
+    without one is an error. Returns the exit code: 0, or 1 (message on stderr) if the store is
+    missing, locked by another process or cannot be read.
+    """
+    path = Path(store)
+    problem = store_problem(path, need_manifest=True)
+    if problem is not None:
+        print(f"usagemeter report: {problem}", file=sys.stderr)
+        return 1
+    month = month or current_month()
+    if top is None:
+        limit = None if as_json else 10
+    else:
+        limit = top or None  # 0: every user
+    try:
+        with open_service(store, detect_backend(path)) as service:
+            backend = service.store_backend
+            balances_month = current_month()
+            if actor is None:
+                body = _month_report(service, month, limit)
+            else:
+                body = _actor_report(service, actor, month)
+    except StoreError as error:
+        print(f"usagemeter report: {store_error_message(error, store)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"usagemeter report: {error}", file=sys.stderr)
+        return 1
+    document = {"store": store, "backend": backend, "month": month, "balances_month": balances_month, **body}
+    if as_json:
+        json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    out = Printer(sys.stdout)
+    out.print(f"store {store} ({backend})")
+    if actor is None:
+        _print_month_report(out, document, exact)
+    else:
+        _print_actor_report(out, document, exact)
+    return 0
