@@ -7,7 +7,7 @@ export HYPOTHESIS_PROFILE ?= default
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python lint demo crashloop bench-build bench bench-store bench-hot-path clean
+.PHONY: help dev test test-rust test-python lint demo crashloop bench-build bench bench-store bench-hot-path bench-overuse clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench-store: bench-build ## snapshot/reopen time of 1,000,000 records and throug
 bench-hot-path: bench-build ## ns per call warm and cold, and instructions per call (needs valgrind)
 	$(BENCH_PY) benches/hot_path.py
 	$(BENCH_PY) benches/instructions.py
+
+bench-overuse: bench-build ## ns per call of users far over their allowance vs within it, alarms counted
+	$(BENCH_PY) benches/overuse.py
 
 clean: ## remove build outputs
 	rm -rf target $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .hypothesis
