@@ -90,7 +90,9 @@ operations = st.lists(
 
 
 @given(allowance=st.integers(min_value=0, max_value=4_000), ops=operations)
-def test_manual_totals_never_move_purchased_credit(small_map: CostMap, allowance: int, ops: list[Any]) -> None:
+def test_manual_totals_never_move_purchased_credit(
+    small_map: CostMap, allowance: int, ops: list[Any]
+) -> None:
     """Property: over any interleaving of charges, purchases and manual totals, a manual total
     changes neither purchased nor consumed credit, lands exactly on its target, and keeps
     ``allowance_used + consumed_this_month + overage == total``; a refused one changes nothing."""

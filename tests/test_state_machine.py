@@ -141,7 +141,9 @@ class LedgerMachine(RuleBasedStateMachine):
         units=st.integers(min_value=0, max_value=40),
         override=st.none() | st.integers(min_value=0, max_value=3_000),
     )
-    def increment(self, user: str, app: str | None, usage_type: str, units: int, override: int | None) -> None:
+    def increment(
+        self, user: str, app: str | None, usage_type: str, units: int, override: int | None
+    ) -> None:
         total = self.service.increment_usage(Actor(user, app), usage_type, units, override)
         if units or override is not None:
             cost = override if override is not None else INTEGRAL_TYPES[usage_type] * units
