@@ -1,10 +1,14 @@
-//! `Meter`: `increment_usage` for one (actor, usage type) pair, resolved once.
+//! `Meter`: `increment_usage` for one (actor, usage type) pair, resolved once, and
+//! `MeteringCore.meter()` that makes one. The method lives here, not in `service/`, so that the
+//! service does not import `Meter` while `Meter` imports the service.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyString};
 
 use super::actor::PyActor;
-use super::service::MeteringCore;
+use super::convert;
+use super::errors::ledger_error;
+use super::service::{as_actor, MeteringCore};
 use crate::ledger::record::TypeId;
 use crate::ledger::AccountHandle;
 
@@ -24,7 +28,7 @@ pub struct PyMeter {
 }
 
 impl PyMeter {
-    pub fn new(
+    fn new(
         service: Py<MeteringCore>,
         actor: Py<PyActor>,
         usage_type: Py<PyString>,
@@ -78,6 +82,35 @@ impl PyMeter {
             "Meter({}, {})",
             self.actor.bind(py).repr()?,
             self.usage_type.bind(py).repr()?
+        ))
+    }
+}
+
+#[pymethods]
+impl MeteringCore {
+    /// A handle on `increment_usage(actor, usage_type, amount)` for a pair metered again and
+    /// again (a streamed response, a worker's loop): `meter.add(amount)` records exactly what
+    /// that call would, with its checks, plan and alarms, without finding the actor's account
+    /// and the usage type's price on every call. The usage type is checked now: an invalid one
+    /// raises `ValueError`, one the cost map does not price raises `UnknownUsageType` (unless
+    /// the service records those for free).
+    fn meter(
+        slf: &Bound<'_, Self>,
+        actor: &Bound<'_, PyAny>,
+        usage_type: &Bound<'_, PyAny>,
+    ) -> PyResult<PyMeter> {
+        let core = slf.get();
+        core.ensure_open()?;
+        let actor_ref = as_actor(actor)?;
+        let name = convert::usage_type(usage_type)?;
+        let type_id = core.ledger.meter_type(name).map_err(ledger_error)?;
+        let account = (!actor_ref.is_system).then(|| core.ledger.account(&actor_ref.user_id));
+        Ok(PyMeter::new(
+            slf.clone().unbind(),
+            actor.cast::<PyActor>()?.clone().unbind(),
+            usage_type.cast::<PyString>()?.clone().unbind(),
+            type_id,
+            account,
         ))
     }
 }

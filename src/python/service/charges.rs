@@ -1,0 +1,333 @@
+//! Recording usage: `increment_usage` and its variants, purchased credit, and the alarms a
+//! charge can raise (unmapped usage, overuse).
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyIterator, PyList, PyString, PyTuple};
+
+use super::{as_actor, MeteringCore};
+use crate::error::LedgerError;
+use crate::ledger::month::MonthId;
+use crate::ledger::record::TypeId;
+use crate::ledger::{Account, Booking, ChargeMode, Receipt, UsageItem};
+use crate::money::Money;
+use crate::python::actor::PyActor;
+use crate::python::convert::{self, money_to_int};
+use crate::python::errors::ledger_error;
+
+/// One batch item, with its usage type still owned by Python so the name is borrowed.
+struct OwnedItem<'py> {
+    usage_type: Bound<'py, PyAny>,
+    units: u64,
+    cost_override: Option<Money>,
+}
+
+fn batch_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<OwnedItem<'py>> {
+    if let Ok(tuple) = item.cast::<PyTuple>() {
+        return item_of_fields(tuple.len(), |at| tuple.get_item(at));
+    }
+    if let Ok(list) = item.cast::<PyList>() {
+        return item_of_fields(list.len(), |at| list.get_item(at));
+    }
+    Err(PyTypeError::new_err(
+        "each usage must be a (usage_type, amount[, cost_override]) tuple",
+    ))
+}
+
+/// A batch item from its `len` fields, read by `field` (no copy of the tuple or list).
+fn item_of_fields<'py>(
+    len: usize,
+    field: impl Fn(usize) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<OwnedItem<'py>> {
+    if !(2..=3).contains(&len) {
+        return Err(PyValueError::new_err(format!(
+            "each usage must have 2 or 3 fields (usage_type, amount[, cost_override]), got {len}"
+        )));
+    }
+    let usage_type = field(0)?;
+    convert::usage_type(&usage_type)?;
+    let units = convert::units(&field(1)?, "amount")?;
+    let cost_override = match len {
+        3 => convert::optional_microcents(Some(&field(2)?), "cost_override")?,
+        _ => None,
+    };
+    Ok(OwnedItem {
+        usage_type,
+        units,
+        cost_override,
+    })
+}
+
+impl MeteringCore {
+    /// Records items for a (non-system) actor, then raises the alarms the receipt calls for.
+    fn charge(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        items: &[UsageItem<'_>],
+        mode: ChargeMode,
+    ) -> PyResult<Receipt> {
+        let account = actor.account.get(&self.ledger, &actor.user_id);
+        self.charge_with(py, actor_obj, actor, items, |booking| {
+            self.ledger.charge(account, booking, items, mode)
+        })
+    }
+
+    /// Records `units` of a priced usage type for a `Meter` (already holding the account).
+    pub(in crate::python) fn add_priced<'py>(
+        &self,
+        py: Python<'py>,
+        actor_obj: &Bound<'py, PyAny>,
+        actor: &PyActor,
+        account: &Account,
+        usage_type: TypeId,
+        amount: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyInt>> {
+        let units = convert::units(amount, "amount")?;
+        if actor.is_system {
+            return Ok(money_to_int(py, Money::ZERO));
+        }
+        let receipt = self.charge_with(py, actor_obj, actor, &[], |booking| {
+            self.ledger
+                .charge_priced(account, booking, usage_type, units)
+        })?;
+        Ok(money_to_int(py, receipt.month_total))
+    }
+
+    /// Runs `record` for the actor this month under its plan, then raises the alarms the receipt
+    /// calls for (`items`: what `record` records, named in the unmapped-usage alarms).
+    fn charge_with(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        items: &[UsageItem<'_>],
+        record: impl Fn(&Booking<'_>) -> Result<Receipt, LedgerError>,
+    ) -> PyResult<Receipt> {
+        let now_ms = self.now_ms(py)?;
+        let receipt = self.with_plan(py, actor_obj, actor, now_ms, |plan| {
+            record(&Booking {
+                user_id: &actor.user_id,
+                app_id: actor.booking_app(),
+                month: MonthId::from_epoch_ms(now_ms),
+                plan,
+            })
+        })?;
+        if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
+            self.raise_alarms(py, actor_obj, items, &receipt, receipt.allowance);
+        }
+        Ok(receipt)
+    }
+
+    fn raise_alarms(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        items: &[UsageItem<'_>],
+        receipt: &Receipt,
+        allowance: Money,
+    ) {
+        let Ok(hooks) = self.hooks() else { return };
+        let mut alarms: Vec<(&str, Option<&str>, String)> = Vec::new();
+        if receipt.unmapped_items > 0 {
+            let cost_map = self.ledger.cost_map();
+            for item in items
+                .iter()
+                .filter(|i| i.cost_override.is_none() && i.units > 0)
+            {
+                if cost_map.get(item.usage_type).is_none() {
+                    let message = format!(
+                        "usage type {:?} is not in the cost map; recorded at 0 µ¢",
+                        item.usage_type
+                    );
+                    alarms.push(("unmapped_usage", Some(item.usage_type), message));
+                }
+            }
+        }
+        if let Some(multiple) = receipt.overuse_multiple {
+            let message = format!(
+                "month total {} µ¢ reached {multiple}x the monthly allowance of {} µ¢ with no purchased credit left",
+                receipt.month_total.to_microcents_half_up(),
+                allowance.to_microcents_half_up()
+            );
+            alarms.push(("overuse", None, message));
+        }
+        for (kind, usage_type, message) in alarms {
+            // The usage is recorded: an alarm that fails must not make the call look failed.
+            if let Err(error) = hooks
+                .raise_alarm
+                .call1(py, (kind, actor_obj, usage_type, message))
+            {
+                error.write_unraisable(py, Some(hooks.raise_alarm.bind(py)));
+            }
+        }
+    }
+
+    fn one_usage(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        usage_type: &Bound<'_, PyAny>,
+        amount: &Bound<'_, PyAny>,
+        cost_override: Option<&Bound<'_, PyAny>>,
+        mode: ChargeMode,
+    ) -> PyResult<Option<Receipt>> {
+        self.ensure_open()?;
+        let actor = as_actor(actor_obj)?;
+        let item = UsageItem {
+            usage_type: convert::usage_type(usage_type)?,
+            units: convert::units(amount, "amount")?,
+            cost_override: convert::optional_microcents(cost_override, "cost_override")?,
+        };
+        if actor.is_system {
+            // Not metered, but bad input is refused as for anyone.
+            self.ledger.check_item(&item).map_err(ledger_error)?;
+            return Ok(None);
+        }
+        self.charge(py, actor_obj, actor, &[item], mode).map(Some)
+    }
+}
+
+#[pymethods]
+impl MeteringCore {
+    /// Does nothing with `increment_usage`'s arguments: the floor of a native call, for benchmarks.
+    /// PyO3 extracts the same argument types (an `Actor`, a borrowed `str`, an `int`) and the
+    /// result is an `int`, so the difference to `increment_usage` is the metering itself.
+    #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
+    fn _noop_increment_usage(
+        &self,
+        actor: &Bound<'_, PyActor>,
+        usage_type: &str,
+        amount: u64,
+        cost_override: Option<u64>,
+    ) -> u64 {
+        let _ = (actor, usage_type, cost_override);
+        amount
+    }
+
+    /// Records `amount` units of `usage_type`; returns the user's month total in µ¢.
+    #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
+    pub(in crate::python) fn increment_usage<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        usage_type: &Bound<'py, PyAny>,
+        amount: &Bound<'py, PyAny>,
+        cost_override: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyInt>> {
+        let receipt = self.one_usage(
+            py,
+            actor,
+            usage_type,
+            amount,
+            cost_override,
+            ChargeMode::Always,
+        )?;
+        Ok(money_to_int(
+            py,
+            receipt.map_or(Money::ZERO, |r| r.month_total),
+        ))
+    }
+
+    /// Records only if the user's remaining budget covers the cost; returns the new total or None.
+    #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
+    fn try_increment_usage<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        usage_type: &Bound<'py, PyAny>,
+        amount: &Bound<'py, PyAny>,
+        cost_override: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyInt>>> {
+        let receipt = self.one_usage(
+            py,
+            actor,
+            usage_type,
+            amount,
+            cost_override,
+            ChargeMode::IfAffordable,
+        )?;
+        Ok(match receipt {
+            None => Some(money_to_int(py, Money::ZERO)),
+            Some(receipt) if receipt.accepted => Some(money_to_int(py, receipt.month_total)),
+            Some(_) => None,
+        })
+    }
+
+    /// Records several usages as one atomic event: all validated first, all or nothing.
+    fn batch_increment_usages<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        usages: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyInt>> {
+        self.ensure_open()?;
+        let actor_ref = as_actor(actor)?;
+        let owned = PyIterator::from_object(usages)?
+            .map(|item| batch_item(&item?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let items = owned
+            .iter()
+            .map(|o| {
+                let usage_type = o
+                    .usage_type
+                    .cast::<PyString>()
+                    .expect("checked in batch_item")
+                    .to_str()?;
+                Ok(UsageItem {
+                    usage_type,
+                    units: o.units,
+                    cost_override: o.cost_override,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        if actor_ref.is_system {
+            for item in &items {
+                self.ledger.check_item(item).map_err(ledger_error)?;
+            }
+            return Ok(money_to_int(py, Money::ZERO));
+        }
+        let receipt = self.charge(py, actor, actor_ref, &items, ChargeMode::Always)?;
+        Ok(money_to_int(py, receipt.month_total))
+    }
+
+    /// Adds purchased credit (µ¢, >= 0) to a user; returns the user's purchased total.
+    fn update_addon_credit<'py>(
+        &self,
+        py: Python<'py>,
+        user_id: &str,
+        amount: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyInt>> {
+        self.ensure_open()?;
+        let amount = convert::microcents(amount, "amount")?;
+        if user_id.is_empty() {
+            return Err(PyValueError::new_err("user_id must be a non-empty string"));
+        }
+        let credit = self
+            .ledger
+            .add_purchased(user_id, amount)
+            .map_err(ledger_error)?;
+        Ok(money_to_int(py, credit.purchased))
+    }
+
+    /// Sets the user's month total by booking the difference as `manual_adjustment`. Purchased
+    /// credit is left alone: raising the total fills the allowance, then overage; lowering it
+    /// gives back overage, then allowance. A total below what purchased credit paid this month
+    /// raises `ValueError`.
+    fn set_actor_current_month_usage_total<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        total: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyInt>> {
+        self.ensure_open()?;
+        let actor_ref = as_actor(actor)?;
+        let target = convert::microcents(total, "total")?;
+        if actor_ref.is_system {
+            return Ok(money_to_int(py, Money::ZERO));
+        }
+        let receipt = self.charge(py, actor, actor_ref, &[], ChargeMode::SetTotal(target))?;
+        Ok(money_to_int(py, receipt.month_total))
+    }
+}

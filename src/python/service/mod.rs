@@ -1,0 +1,362 @@
+//! `MeteringCore`: the native half of `usagemeter.MeteringService`.
+//!
+//! Every hot method (`increment_usage`, `try_increment_usage`, credit checks) runs here without
+//! a Python frame, Python object or Python lock: arguments are borrowed, the plan comes from a
+//! lock-free cache, and only the returned `int` is created. Python code runs only on the slow
+//! paths: resolving a user's plan when the cache misses (the event listeners), a custom `clock`,
+//! and alarms. None of it runs while a ledger lock is held.
+//!
+//! This file holds the struct and its life: construction, `flush`/`close`, the fork rule, the
+//! clock and the Python hooks. The methods are split by concept, each file with a `#[pymethods]`
+//! block of its own (PyO3's `multiple-pymethods` feature):
+//! - `plans.rs`: the per-user plan cache and the subscription methods;
+//! - `charges.rs`: recording usage and credit, and the alarms a charge raises;
+//! - `checks.rs`: the budget and the credit checks on it;
+//! - `reports.rs`: usage reports per user, per app and over all users.
+//!
+//! `meter()` lives with `Meter` in `../meter.rs`, so that this module does not import that one.
+
+mod charges;
+mod checks;
+mod plans;
+mod reports;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt};
+
+use self::plans::CachedPlan;
+use super::actor::PyActor;
+use super::costmap::PyCostMap;
+use super::errors::StoreClosedError;
+use super::persistence::{self, Persistence};
+use crate::ledger::month::MonthId;
+use crate::ledger::{Ledger, Unmapped};
+
+/// Python callables installed once by `MeteringService.__init__`.
+struct Hooks {
+    /// `resolve(actor) -> Policy`: runs the subscription events.
+    resolve_policy: Py<PyAny>,
+    /// `alarm(kind, actor, usage_type, message)`: dispatches `metering:alarm`; never raises.
+    raise_alarm: Py<PyAny>,
+}
+
+/// The ledger and plan cache behind `MeteringService`. Use `MeteringService`, not this class.
+#[pyclass(subclass, frozen, module = "usagemeter._core", name = "MeteringCore")]
+pub struct MeteringCore {
+    /// Read by `meter()` (`../meter.rs`) to find an account and a price once.
+    pub(in crate::python) ledger: Arc<Ledger>,
+    cost_map: Py<PyCostMap>,
+    clock: Option<Py<PyAny>>,
+    subscription_ttl_ms: i64,
+    plans: papaya::HashMap<Box<str>, CachedPlan, foldhash::fast::RandomState>,
+    hooks: OnceLock<Hooks>,
+    persistence: Option<Persistence>,
+    /// Set when `close()` begins: every later call raises `StoreClosedError`.
+    closed: AtomicBool,
+    /// Set in a child process after `fork()` (`_forked`): the store and its thread are the
+    /// parent's, so this copy refuses every call and never touches them.
+    forked: AtomicBool,
+}
+
+impl Drop for MeteringCore {
+    /// A service dropped without `close()` still writes its last snapshot and stops its thread.
+    /// If that snapshot fails the thread stops all the same (a service nobody can reach could
+    /// never be closed again), and the error is reported as unraisable.
+    fn drop(&mut self) {
+        if self.forked.load(Ordering::Acquire) {
+            // The parent's thread is not in this process: its destructor would wait for it.
+            std::mem::forget(self.persistence.take());
+            return;
+        }
+        if let Some(persistence) = &self.persistence {
+            Python::attach(|py| {
+                py.detach(|| self.ledger.seal());
+                if let Err(error) = persistence.close_abandoning(py) {
+                    error.write_unraisable(py, None);
+                }
+            });
+        }
+    }
+}
+
+/// The latest instant a clock may return: months are labelled `YYYY-MM`, so year 9999 is the
+/// last one that can be recorded and queried (9999-12-31T23:59:59.999Z).
+const LAST_EPOCH_MS: i64 = 253_402_300_799_999;
+/// The earliest: 0000-01-01T00:00:00Z.
+const FIRST_EPOCH_MS: i64 = -62_167_219_200_000;
+
+/// The `Actor` behind a Python argument, or `TypeError`.
+pub(in crate::python) fn as_actor<'a>(actor: &'a Bound<'_, PyAny>) -> PyResult<&'a PyActor> {
+    let actor = actor.cast::<PyActor>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "actor must be a usagemeter.Actor, not {}",
+            actor.get_type()
+        ))
+    })?;
+    Ok(actor.get())
+}
+
+/// The system clock in milliseconds. On Linux the coarse clock (resolution a few ms, about a
+/// quarter of the cost of `SystemTime::now` in `perf` of the increment loop): months and plan
+/// expiry need no finer time.
+#[cfg(target_os = "linux")]
+fn system_now_ms() -> i64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; CLOCK_REALTIME_COARSE exists on every Linux.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+    if status != 0 {
+        return fallback_now_ms();
+    }
+    now.tv_sec * 1000 + now.tv_nsec / 1_000_000
+}
+
+#[cfg(not(target_os = "linux"))]
+fn system_now_ms() -> i64 {
+    fallback_now_ms()
+}
+
+fn fallback_now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    since_epoch.as_millis() as i64
+}
+
+impl MeteringCore {
+    /// Every operation reads the clock first, so this is also where a closed service refuses.
+    fn now_ms(&self, py: Python<'_>) -> PyResult<i64> {
+        self.ensure_open()?;
+        let Some(clock) = &self.clock else {
+            return Ok(system_now_ms());
+        };
+        let now_ms = self.clock_ms(py, clock)?;
+        if !(FIRST_EPOCH_MS..=LAST_EPOCH_MS).contains(&now_ms) {
+            return Err(PyValueError::new_err(format!(
+                "clock() returned {} s, outside the years 0000-9999 that months can name",
+                now_ms.div_euclid(1000)
+            )));
+        }
+        Ok(now_ms)
+    }
+
+    fn clock_ms(&self, py: Python<'_>, clock: &Py<PyAny>) -> PyResult<i64> {
+        let now = clock.call0(py)?.into_bound(py);
+        if let Ok(seconds) = now.cast::<PyInt>() {
+            // Beyond i64 seconds is beyond year 9999 too: `now_ms` refuses it.
+            return Ok(seconds
+                .extract::<i64>()
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000));
+        }
+        if let Ok(seconds) = now.cast::<PyFloat>() {
+            // Time, not money: a float clock is fine. Millisecond resolution is enough for months.
+            let seconds = seconds.value();
+            if !seconds.is_finite() {
+                return Err(PyValueError::new_err(format!(
+                    "clock() returned {seconds}, not a time"
+                )));
+            }
+            return Ok((seconds * 1000.0).floor() as i64);
+        }
+        Err(PyTypeError::new_err(format!(
+            "clock() must return int or float seconds, not {}",
+            now.get_type()
+        )))
+    }
+
+    pub(in crate::python) fn ensure_open(&self) -> PyResult<()> {
+        if !self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if self.forked.load(Ordering::Acquire) {
+            return Err(StoreClosedError::new_err(
+                "this MeteringService was opened before os.fork(): its store and snapshot thread \
+                 belong to the parent process. Open a new MeteringService in this process \
+                 (e.g. in a post-fork hook), on its own store",
+            ));
+        }
+        Err(StoreClosedError::new_err("this MeteringService is closed"))
+    }
+
+    fn hooks(&self) -> PyResult<&Hooks> {
+        self.hooks
+            .get()
+            .ok_or_else(|| PyRuntimeError::new_err("MeteringCore is used through MeteringService"))
+    }
+
+    /// Marks the service closed (new calls refuse) and waits for the calls already recording;
+    /// false if it was closed already by `_forked` (then nothing of the store may be touched).
+    fn seal(&self, py: Python<'_>) -> bool {
+        if self.forked.load(Ordering::Acquire) {
+            return false;
+        }
+        self.closed.store(true, Ordering::Release);
+        py.detach(|| self.ledger.seal());
+        true
+    }
+
+    fn month_now(&self, py: Python<'_>) -> PyResult<MonthId> {
+        self.now_ms(py).map(MonthId::from_epoch_ms)
+    }
+}
+
+#[pymethods]
+impl MeteringCore {
+    // One argument per option of `MeteringService.__new__`, which owns the defaults.
+    #[allow(clippy::too_many_arguments)]
+    #[new]
+    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend="sled", snapshot_interval_ms=1000))]
+    fn new(
+        py: Python<'_>,
+        cost_map: Bound<'_, PyCostMap>,
+        unmapped_free: bool,
+        subscription_ttl_ms: i64,
+        clock: Option<Py<PyAny>>,
+        store_path: Option<PathBuf>,
+        store_backend: &str,
+        snapshot_interval_ms: u64,
+    ) -> PyResult<Self> {
+        if subscription_ttl_ms < 0 {
+            return Err(PyValueError::new_err(
+                "subscription_ttl must not be negative",
+            ));
+        }
+        if snapshot_interval_ms == 0 {
+            return Err(PyValueError::new_err("snapshot_interval must be positive"));
+        }
+        let backend = persistence::parse_backend(store_backend)?;
+        let unmapped = if unmapped_free {
+            Unmapped::Free
+        } else {
+            Unmapped::Error
+        };
+        let ledger = Ledger::new(Arc::clone(&cost_map.get().inner), unmapped);
+        let (ledger, persistence) = match store_path {
+            None => (Arc::new(ledger), None),
+            Some(path) => {
+                let (store, loaded) = persistence::open(py, &path, backend)?;
+                let ledger = ledger.track_changes();
+                ledger.restore(loaded.users);
+                let ledger = Arc::new(ledger);
+                let interval = Duration::from_millis(snapshot_interval_ms);
+                let persistence = Persistence::start(store, Arc::clone(&ledger), interval);
+                (ledger, Some(persistence))
+            }
+        };
+        Ok(MeteringCore {
+            ledger,
+            cost_map: cost_map.unbind(),
+            clock,
+            subscription_ttl_ms,
+            plans: crate::ledger::record::new_concurrent_map(),
+            hooks: OnceLock::new(),
+            persistence,
+            closed: AtomicBool::new(false),
+            forked: AtomicBool::new(false),
+        })
+    }
+
+    /// Blocks until everything recorded before the call is durable; `StoreWriteError` if the
+    /// snapshot cannot be written. Nothing to do without a store.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.ensure_open()?;
+        match &self.persistence {
+            Some(persistence) => persistence.flush(py),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses every call from now on (`StoreClosedError`), waits for the calls already
+    /// recording, writes a last snapshot holding every one of them, stops the snapshot thread
+    /// and releases the store. Idempotent. If the last snapshot fails (`StoreWriteError`) the
+    /// service stays closed to new calls and the snapshot thread keeps retrying: free space and
+    /// call `close()` again.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if self.seal(py) {
+            if let Some(persistence) = &self.persistence {
+                persistence.close(py)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `close()` for the interpreter's exit: if the last snapshot fails the snapshot thread
+    /// stops all the same (the error is raised; what it could not write is lost), so that the
+    /// process can end.
+    fn _close_at_exit(&self, py: Python<'_>) -> PyResult<()> {
+        if self.seal(py) {
+            if let Some(persistence) = &self.persistence {
+                persistence.close_abandoning(py)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Called in a child process after `os.fork()`: this copy of the service refuses every call
+    /// from now on (its store and snapshot thread belong to the parent), and the child's copies
+    /// of the store's file descriptors are closed, so the store's lock ends with the parent's.
+    fn _forked(&self) {
+        if let Some(persistence) = &self.persistence {
+            self.forked.store(true, Ordering::Release);
+            self.closed.store(true, Ordering::Release);
+            persistence.close_inherited_descriptors();
+        }
+    }
+
+    /// Store errors of background snapshots not yet raised as `store_error` alarms (the service
+    /// raises them from its monitor thread, never from the snapshot thread).
+    fn _take_store_errors(&self) -> Vec<String> {
+        match &self.persistence {
+            Some(persistence) => persistence.errors.take(),
+            None => Vec::new(),
+        }
+    }
+
+    /// How many users have an account in the ledger (for tests: read-only checks create none).
+    fn _account_count(&self) -> usize {
+        self.ledger.user_count()
+    }
+
+    /// Whether `close()` has begun: every call now raises `StoreClosedError`.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The store directory, or None for a memory-only service.
+    #[getter]
+    fn store_path(&self) -> Option<String> {
+        self.persistence.as_ref().map(|p| p.dir.clone())
+    }
+
+    /// The store backend ("sled" or "redb"), or None for a memory-only service.
+    #[getter]
+    fn store_backend(&self) -> Option<&'static str> {
+        self.persistence.as_ref().map(|p| p.backend.name())
+    }
+
+    /// Installs the plan resolver and the alarm dispatcher (once).
+    fn _install_hooks(&self, resolve_policy: Py<PyAny>, raise_alarm: Py<PyAny>) -> PyResult<()> {
+        self.hooks
+            .set(Hooks {
+                resolve_policy,
+                raise_alarm,
+            })
+            .map_err(|_| PyRuntimeError::new_err("hooks are already installed"))
+    }
+
+    /// The cost map this service prices with.
+    #[getter]
+    fn cost_map(&self, py: Python<'_>) -> Py<PyCostMap> {
+        self.cost_map.clone_ref(py)
+    }
+}
