@@ -1053,6 +1053,10 @@ def render(report: Report, command: str, existing: str) -> str:
         "",
         _preserved(existing, "store", "Not measured yet: `make bench-store`."),
         "",
+        "## Overuse alarms",
+        "",
+        _preserved(existing, "overuse", "Not measured yet: `make bench-overuse`."),
+        "",
     ]
     return "\n".join(lines)
 
