@@ -4,10 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HYPOTHESIS_PROFILE ?= default
 
+# Every target works on this project's .venv, never on the caller's environment (issue 8).
+# `maturin develop` installs into $VIRTUAL_ENV (else $CONDA_PREFIX), and pyo3's build script
+# picks its Python the same way: from an activated venv, `make test` used to build into that
+# venv (replacing the user's install with a debug build) and then run pytest from .venv, which
+# had no usagemeter. `make test-venv` checks that this stays fixed.
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+unexport CONDA_PREFIX
+
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python lint demo crashloop bench-build bench bench-store bench-hot-path clean
+.PHONY: help dev test test-rust test-python test-venv lint demo crashloop bench-build bench bench-store \
+	bench-hot-path clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,15 +31,19 @@ $(VENV)/bin/activate: pyproject.toml
 dev: $(VENV)/bin/activate ## build the extension (debug) into .venv
 	$(VENV)/bin/maturin develop --quiet
 
-test: test-rust test-python ## run every test: cargo, pytest, stub and type checks
+test: test-rust test-python test-venv ## run every test: cargo, pytest, stub and type checks
 
-test-rust: ## cargo tests of the Rust core
+# pyo3's build script runs .venv's Python (VIRTUAL_ENV above), so the venv must exist.
+test-rust: $(VENV)/bin/activate ## cargo tests of the Rust core
 	cargo test --quiet --lib
 
 test-python: dev ## pytest (hypothesis profile from HYPOTHESIS_PROFILE), stubtest, mypy --strict
 	$(PY) -m mypy.stubtest usagemeter._core
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+test-venv: $(VENV)/bin/activate ## `make dev` from inside an activated venv builds into .venv and leaves that venv alone
+	tests/check_make_in_venv.sh
 
 lint: $(VENV)/bin/activate ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --check
