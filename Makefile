@@ -25,7 +25,8 @@ help: ## list the targets
 $(VENV)/bin/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9.4,<2" pytest pytest-timeout hypothesis mypy ruff
+	$(PY) -m pip install --quiet "maturin>=1.9.4,<2" pytest pytest-timeout hypothesis mypy ruff \
+		trove-classifiers
 	touch $@
 
 dev: $(VENV)/bin/activate ## build the extension (debug) into .venv
