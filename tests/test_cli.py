@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support import FakeClock
-from usagemeter import Actor, CostMap, MeteringService, __version__, to_microcents
+from usagemeter import Actor, CostMap, MeteringService, Policy, __version__, to_microcents
 from usagemeter.cli import main
 from usagemeter.cli.demo import BLOCK_SIZE, make_population, workload_block
 from usagemeter.cli.output import WIDTH, format_dollars
@@ -330,12 +330,23 @@ def open_store(path: Path, backend: Backend) -> MeteringService:
 def expected_balance(service: MeteringService, user_id: str) -> dict[str, Any]:
     """The BALANCE object ``report --json`` must give ``user_id``, from the service's public API."""
     actor = Actor(user_id)
+    stored = service._last_plan(user_id)
+    if stored is not None:  # the plan the store kept, as the report resolves it
+        service.events.on(
+            "metering:registerAvailablePolicies",
+            lambda event: event.available_policies.append(Policy(*stored)),
+        )
+        service.events.on(
+            "metering:getUserSubscription",
+            lambda event: setattr(event, "user_subscription_id", stored[0]),
+        )
     budget = service.get_actor_budget(actor)
     allowed = service.get_allowed_usage(actor)
     assert allowed["remaining"] == budget["remaining"]
     assert allowed["monthly_allowance"] == budget["monthly_allowance"]
     return {
         "plan": service.get_actor_subscription(actor).id,
+        "plan_stored": stored is not None,
         "monthly_allowance": budget["monthly_allowance"],
         "allowance_used": budget["allowance_used"],
         "purchased_credits": budget["purchased_credits"],
@@ -383,6 +394,7 @@ ACTOR_KEYS = REPORT_KEYS | {"user_id", "total", "increments", "usage", "app_tota
 TOP_ACTOR_KEYS = {"user_id", "total", "count", "balance"}
 BALANCE_KEYS = {
     "plan",
+    "plan_stored",
     "monthly_allowance",
     "allowance_used",
     "purchased_credits",
@@ -486,7 +498,7 @@ def test_report_text(store: tuple[Path, Backend]) -> None:
             actor["user_id"],
             f"{actor['count']:,}",
             format_dollars(actor["total"], exact=True),
-            balance["plan"],
+            balance["plan"] + ("" if balance["plan_stored"] else "*"),
             format_dollars(balance["monthly_allowance"], exact=True),
             format_dollars(balance["remaining"], exact=True),
             format_dollars(balance["purchased_credits"], exact=True),

@@ -168,6 +168,8 @@ class MeteringCore:
     @property
     def store_backend(self) -> str | None:
         """The store backend (``"sled"`` or ``"redb"``), or None for a memory-only service."""
+    def _last_plan(self, user_id: str) -> tuple[str, int] | None:
+        """``(plan id, monthly allowance µ¢)`` the user was last resolved to (kept in the store)."""
     def get_actors_usage(self, month: str | None = None) -> list[tuple[str, int, int]]:
         """``(user_id, total µ¢, count)`` of every user with usage in ``month``, largest total first."""
     def _install_hooks(self, resolve_policy: Callable[..., Any], raise_alarm: Callable[..., Any]) -> None:

@@ -28,6 +28,8 @@ pub struct MonthImage {
 pub struct UserImage {
     pub user_id: String,
     pub credit: Credit,
+    /// The id and allowance of the plan the user was last resolved to, if known.
+    pub plan: Option<(String, Money)>,
     pub months: Vec<(MonthId, MonthImage)>,
 }
 

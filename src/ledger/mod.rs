@@ -160,6 +160,9 @@ struct AccountState {
     credit: Credit,
     /// The user's monthly allowance and when it expires (epoch ms), from `set_plan`.
     plan: Option<(Money, i64)>,
+    /// The id and allowance of the plan the user was last resolved to: kept in the store, so
+    /// that a report on a store names each user's plan (the plan cache above is not stored).
+    last_plan: Option<(Arc<str>, Money)>,
     months: Months,
     /// Months changed since a snapshot last took this account (only when tracking changes).
     changed_months: Vec<MonthId>,
@@ -735,13 +738,14 @@ impl Ledger {
         self.plan_epoch.load(Ordering::SeqCst)
     }
 
-    /// Caches the user's monthly allowance until `expires_at_ms` (see `Plan::Cached`), unless a
-    /// `forget_plan` ran since `epoch` was read (then the plan may be stale: the invalidation
-    /// wins) or the user has no account (a read-only check of a user never charged allocates
-    /// nothing). Returns whether it cached it.
+    /// Caches the user's monthly allowance (plan `plan_id`) until `expires_at_ms` (see
+    /// `Plan::Cached`), unless a `forget_plan` ran since `epoch` was read (then the plan may be
+    /// stale: the invalidation wins) or the user has no account (a read-only check of a user never
+    /// charged allocates nothing). Returns whether it cached it.
     pub fn set_plan_if(
         &self,
         user_id: &str,
+        plan_id: &str,
         allowance: Money,
         expires_at_ms: i64,
         epoch: u64,
@@ -757,7 +761,24 @@ impl Ledger {
             return false;
         }
         state.plan = Some((allowance, expires_at_ms));
+        // Stored with the user's next change (a charge resolves its plan first): resolving a plan
+        // alone writes nothing, so a report that reads a store leaves it as it was.
+        let unchanged =
+            matches!(&state.last_plan, Some((id, a)) if &**id == plan_id && *a == allowance);
+        if !unchanged {
+            state.last_plan = Some((Arc::from(plan_id), allowance));
+        }
         true
+    }
+
+    /// The id and allowance of the plan the user was last resolved to (kept in the store).
+    pub fn last_plan(&self, user_id: &str) -> Option<(String, Money)> {
+        self.read_account(user_id, |state| {
+            state
+                .last_plan
+                .as_ref()
+                .map(|(id, allowance)| (id.to_string(), *allowance))
+        })
     }
 
     /// Forgets the user's cached allowance; a resolution already running will not cache its
@@ -873,6 +894,7 @@ impl Ledger {
             changes.push(UserImage {
                 user_id: user_id.into_string(),
                 credit: state.credit,
+                plan: state.last_plan.as_ref().map(|(id, a)| (id.to_string(), *a)),
                 months,
             });
         }
@@ -941,6 +963,7 @@ impl Ledger {
         for user in users {
             let mut state = AccountState {
                 credit: user.credit,
+                last_plan: user.plan.map(|(id, allowance)| (Arc::from(id), allowance)),
                 ..AccountState::default()
             };
             for (month, image) in user.months {

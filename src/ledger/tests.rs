@@ -49,13 +49,14 @@ fn a_cached_plan_is_used_until_it_expires() {
     assert_eq!(error, Err(LedgerError::PlanNeeded));
     assert_eq!(ledger.user_usage("u", OCTOBER), UsageReport::default());
     // A never-charged user gets no cached plan (a check allocates nothing) ...
-    assert!(!ledger.set_plan_if("never-charged", m(100), 2_000, ledger.plan_epoch()));
+    assert!(!ledger.set_plan_if("never-charged", "p", m(100), 2_000, ledger.plan_epoch()));
     assert!(!ledger.has_account("never-charged"));
     // ... and a plan resolved while an invalidation ran is not cached.
     let epoch = ledger.plan_epoch();
     ledger.forget_plan("someone else");
-    assert!(!ledger.set_plan_if("u", m(100), 2_000, epoch));
-    assert!(ledger.set_plan_if("u", m(100), 2_000, ledger.plan_epoch()));
+    assert!(!ledger.set_plan_if("u", "p", m(100), 2_000, epoch));
+    assert!(ledger.set_plan_if("u", "p", m(100), 2_000, ledger.plan_epoch()));
+    assert_eq!(ledger.last_plan("u"), Some(("p".to_string(), m(100))));
     let receipt = ledger
         .charge(None, &cached, &[item("kv:write", 1)], ChargeMode::Always)
         .unwrap();

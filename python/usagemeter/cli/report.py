@@ -6,9 +6,10 @@ per app, plan and balances. ``--json`` prints one document, money in integer µ�
 JSON_SHAPE shows (``usagemeter report --help`` prints it too).
 
 Balances come from ``get_actor_subscription`` and ``get_actor_budget`` of a service opened on the
-store. A store keeps usage, allowance used and purchased credit, but not a user's email or the
-plan an application selects through its events: the plan shown is the one the built-in rules
-give a bare user id (``temp_free``), and ``monthly_allowance`` and ``remaining`` follow from it.
+store. The store keeps, with each user, the plan (id and monthly allowance) the application's
+events last resolved the user to; the report uses it. A user with no stored plan (a store written
+before plans were kept) is shown under the plan the built-in rules give a bare user id
+(``temp_free``), marked ``*`` in text and ``"plan_stored": false`` in JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from usagemeter import Actor, MeteringService, StoreError
+from usagemeter import (
+    GET_USER_SUBSCRIPTION,
+    REGISTER_AVAILABLE_POLICIES,
+    Actor,
+    GetUserSubscriptionEvent,
+    MeteringService,
+    Policy,
+    RegisterAvailablePoliciesEvent,
+    StoreError,
+)
 from usagemeter.cli.output import Printer, count, format_dollars, make_table
 from usagemeter.cli.store import detect_backend, open_service, store_error_message, store_problem
 
@@ -41,11 +51,29 @@ JSON_SHAPE = """\
   "user_id": str, "total": µ¢, "increments": int, "usage": {...as above...},
   "app_totals": {"<app id>": {"total": µ¢, "count": int}, ...}, "balance": BALANCE
 }
-BALANCE = {"plan": str, "monthly_allowance": µ¢, "allowance_used": µ¢,
+BALANCE = {"plan": str, "plan_stored": bool, "monthly_allowance": µ¢, "allowance_used": µ¢,
            "purchased_credits": µ¢, "consumed_purchase_credits": µ¢, "remaining": µ¢}
 """
 
-_PLAN_NOTE = "plans: what the built-in rules give a bare user id (a store keeps no emails or plan choices)"
+_PLAN_NOTE = "* no plan stored for this user: the built-in rules' plan for a bare user id"
+
+
+def use_stored_plans(service: MeteringService) -> None:
+    """Resolve each user's plan to the one the store keeps for it (the application's events do
+    not run here); a user without one gets the built-in rules' plan."""
+
+    def register(event: RegisterAvailablePoliciesEvent) -> None:
+        stored = service._last_plan(event.actor.user_id)
+        if stored is not None:
+            event.available_policies.append(Policy(*stored))
+
+    def subscription(event: GetUserSubscriptionEvent) -> None:
+        stored = service._last_plan(event.actor.user_id)
+        if stored is not None:
+            event.user_subscription_id = stored[0]
+
+    service.events.on(REGISTER_AVAILABLE_POLICIES, register)
+    service.events.on(GET_USER_SUBSCRIPTION, subscription)
 
 
 def current_month() -> str:
@@ -67,9 +95,11 @@ def _usage_records(usage: Mapping[str, Any]) -> dict[str, dict[str, int]]:
 def _balance(service: MeteringService, user_id: str) -> dict[str, Any]:
     """The user's plan and this month's balances (µ¢), as the report's BALANCE object."""
     actor = Actor(user_id)
+    stored = service._last_plan(user_id) is not None  # before resolving, which keeps a plan
     budget = service.get_actor_budget(actor)
     return {
         "plan": service.get_actor_subscription(actor).id,
+        "plan_stored": stored,
         "monthly_allowance": budget["monthly_allowance"],
         "allowance_used": budget["allowance_used"],
         "purchased_credits": budget["purchased_credits"],
@@ -176,13 +206,19 @@ def _print_month_report(out: Printer, document: Mapping[str, Any], exact: bool) 
             row["user_id"],
             f"{row['count']:,}",
             format_dollars(row["total"], exact=exact),
-            balance["plan"],
+            _plan_label(balance),
             format_dollars(balance["monthly_allowance"], exact=exact),
             format_dollars(balance["remaining"], exact=exact),
             format_dollars(balance["purchased_credits"], exact=exact),
         )
     out.print(table)
-    out.print(f"\n{_PLAN_NOTE}")
+    if not all(row["balance"]["plan_stored"] for row in shown):
+        out.print(f"\n{_PLAN_NOTE}")
+
+
+def _plan_label(balance: Mapping[str, Any]) -> str:
+    """The plan's id, marked ``*`` when the store kept none for the user (see ``_PLAN_NOTE``)."""
+    return str(balance["plan"]) + ("" if balance["plan_stored"] else "*")
 
 
 def _print_actor_report(out: Printer, document: Mapping[str, Any], exact: bool) -> None:
@@ -193,7 +229,7 @@ def _print_actor_report(out: Printer, document: Mapping[str, Any], exact: bool) 
     )
     balance = document["balance"]
     out.print(
-        f"plan in {document['balances_month']}: {balance['plan']}, "
+        f"plan in {document['balances_month']}: {_plan_label(balance)}, "
         f"allowance {format_dollars(balance['monthly_allowance'], exact=exact)} a month, "
         f"{format_dollars(balance['allowance_used'], exact=exact)} used"
     )
@@ -202,7 +238,8 @@ def _print_actor_report(out: Printer, document: Mapping[str, Any], exact: bool) 
         f"{format_dollars(balance['consumed_purchase_credits'], exact=exact)} consumed; "
         f"remaining {format_dollars(balance['remaining'], exact=exact)}"
     )
-    out.print(_PLAN_NOTE)
+    if not balance["plan_stored"]:
+        out.print(_PLAN_NOTE)
     if not document["usage"] and not document["app_totals"]:
         out.print("no usage recorded for this user in this month")
         return
@@ -246,6 +283,7 @@ def run_report(
         limit = top or None  # 0: every user
     try:
         with open_service(store, detect_backend(path)) as service:
+            use_stored_plans(service)
             backend = service.store_backend
             balances_month = current_month()
             if actor is None:

@@ -49,6 +49,7 @@ impl MeteringCore {
             let policy = self.hooks()?.resolve_policy.call1(py, (actor_obj,))?;
             let allowance = policy.getattr(py, "monthly_allowance")?;
             let allowance = convert::microcents(allowance.bind(py), "monthly_allowance")?;
+            let plan_id: String = policy.getattr(py, "id")?.extract(py)?;
             if actor.is_system {
                 return Ok((allowance, policy));
             }
@@ -56,7 +57,7 @@ impl MeteringCore {
             // The hot path reads the allowance from the user's account (no second map lookup).
             if self
                 .ledger
-                .set_plan_if(&actor.user_id, allowance, expires_at_ms, epoch)
+                .set_plan_if(&actor.user_id, &plan_id, allowance, expires_at_ms, epoch)
             {
                 let cached = CachedPlan {
                     policy: policy.clone_ref(py),

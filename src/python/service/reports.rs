@@ -3,7 +3,7 @@
 
 use pyo3::exceptions::{PyPermissionError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyInt};
 
 use super::{as_actor, MeteringCore};
 use crate::ledger::month::MonthId;
@@ -180,6 +180,20 @@ impl MeteringCore {
             .detach(|| self.ledger.global_usage(month))
             .map_err(ledger_error)?;
         report_dict(py, &self.ledger, &report)
+    }
+
+    /// `(plan id, monthly allowance µ¢)` of the plan `user_id` was last resolved to (kept in the
+    /// store), or None: for reports on a store, where the application's plan events do not run.
+    fn _last_plan<'py>(
+        &self,
+        py: Python<'py>,
+        user_id: &str,
+    ) -> PyResult<Option<(String, Bound<'py, PyInt>)>> {
+        self.ensure_open()?;
+        Ok(self
+            .ledger
+            .last_plan(user_id)
+            .map(|(id, allowance)| (id, money_to_int(py, allowance))))
     }
 
     /// `(user_id, total µ¢, count)` of every user with usage in `month` (`YYYY-MM`; default: this
