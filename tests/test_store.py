@@ -567,6 +567,42 @@ def test_opening_with_the_other_backend_is_refused(created: str, reopened: str, 
         assert as_json(observe_known(service)) == known_state()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_existing_store_opens_with_its_own_backend_by_default(backend: str, store_path: Path) -> None:
+    with open_store(store_path, backend) as service:
+        record_known_usage(service)
+    with MeteringService(small_cost_map(), store=store_path, clock=FakeClock()) as service:
+        assert service.store_backend == backend
+        assert as_json(observe_known(service)) == known_state()
+
+
+def test_a_new_store_is_sled_by_default(store_path: Path) -> None:
+    with MeteringService(small_cost_map(), store=store_path, clock=FakeClock()) as service:
+        assert service.store_backend == "sled"
+    assert (store_path / "sled").is_dir() and not (store_path / "redb").exists()
+
+
+@pytest.mark.parametrize("path", ["", "redis://localhost:6379/0", "s3://bucket/usage", "file:///tmp/x"])
+def test_a_store_that_is_no_local_path_is_refused_before_anything_is_created(
+    path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``store=""`` used to leave LOCK, sled/ and a manifest in the working directory (which the
+    next call then opened as a store); ``redis://...`` made a local directory named ``redis:``."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"empty|URL") as caught:
+            MeteringService(small_cost_map(), store=path, clock=FakeClock())
+        if path:
+            assert "not supported yet" in str(caught.value)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_backend_name_is_refused(store_path: Path) -> None:
+    with pytest.raises(ValueError, match="store_backend"):
+        MeteringService(small_cost_map(), store=store_path, store_backend="lmdb")  # type: ignore[arg-type]
+    assert not store_path.exists()
+
+
 @pytest.mark.parametrize("interval", [0, 0.0, -1, -0.5])
 def test_a_snapshot_interval_that_is_not_positive_is_refused(interval: float, store_path: Path) -> None:
     with pytest.raises(ValueError, match="snapshot_interval"):

@@ -238,21 +238,39 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
 }
 
 impl LedgerStore {
-    /// Opens (or creates) the store in `dir` and loads everything it holds, verified.
+    /// Opens (or creates) the store in `dir` with `backend` and loads everything it holds,
+    /// verified. An existing store of the other backend is refused.
     pub fn open(dir: &Path, backend: Backend) -> StoreResult<(LedgerStore, Loaded)> {
+        LedgerStore::open_with(dir, Some(backend))
+    }
+
+    /// Opens (or creates) the store in `dir` and loads everything it holds, verified. `wanted`
+    /// `None` takes the backend of the store already there (as `usagemeter store verify` does),
+    /// or sled for a new store; an explicit backend that differs from the store's is refused.
+    pub fn open_with(dir: &Path, wanted: Option<Backend>) -> StoreResult<(LedgerStore, Loaded)> {
+        // An empty path would put LOCK, the manifest and the data in the working directory.
+        if dir.as_os_str().is_empty() {
+            return Err(StoreError::Other("the store path is empty".into()));
+        }
         std::fs::create_dir_all(dir).map_err(|e| other_io("create", dir, e))?;
         let lock = lock(dir)?;
         let manifest = Manifest::read(dir)?;
         let found = detect_backend(dir)?;
-        match (&manifest, found) {
-            (_, Some(found)) if found != backend => {
+        let backend = match (wanted, found) {
+            (Some(wanted), Some(found)) if wanted != found => {
                 return Err(StoreError::Other(format!(
-                    "the store at {} uses the {} backend, not {}",
+                    "the store at {} uses the {} backend, but the {} backend was asked for \
+                     (leave the backend unset to open a store with its own)",
                     dir.display(),
                     found.name(),
-                    backend.name()
+                    wanted.name()
                 )))
             }
+            (Some(wanted), _) => wanted,
+            (None, Some(found)) => found,
+            (None, None) => Backend::Sled,
+        };
+        match (&manifest, found) {
             (None, Some(_)) => {
                 return Err(StoreError::Corrupted(format!(
                     "{}: data files without a manifest ({} is missing)",
