@@ -8,6 +8,7 @@
 //! a damaged record, a lost record, a database older than its manifest, data files that vanished.
 
 pub mod codec;
+mod guard;
 pub mod manifest;
 pub mod redb_store;
 pub mod sled_store;
@@ -26,6 +27,8 @@ use manifest::Manifest;
 pub trait Store: Send {
     /// Every key/value pair in the store.
     fn load(&self) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Every key in the store.
+    fn keys(&self) -> StoreResult<Vec<Vec<u8>>>;
     /// Whether `key` is stored.
     fn contains(&self, key: &[u8]) -> StoreResult<bool>;
     /// Writes `puts` and deletes `removes` as one atomic batch.
@@ -402,6 +405,9 @@ struct NoStore;
 
 impl Store for NoStore {
     fn load(&self) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+    fn keys(&self) -> StoreResult<Vec<Vec<u8>>> {
         Ok(Vec::new())
     }
     fn contains(&self, _key: &[u8]) -> StoreResult<bool> {
