@@ -77,9 +77,10 @@ impl Key {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Key, DecodeError> {
+        // The errors do not repeat the key: whoever reports them names it (`describe_key`).
         let text = |b: &[u8]| {
             String::from_utf8(b.to_vec())
-                .map_err(|_| DecodeError::Corrupted(format!("key {bytes:?} is not UTF-8")))
+                .map_err(|_| DecodeError::Corrupted("the user id is not UTF-8".into()))
         };
         match bytes.split_first() {
             _ if bytes == META_KEY => Ok(Key::Meta),
@@ -94,8 +95,20 @@ impl Key {
                     month,
                 })
             }
-            _ => Err(DecodeError::Corrupted(format!("unknown key {bytes:?}"))),
+            _ => Err(DecodeError::Corrupted(
+                "not a key this version writes".into(),
+            )),
         }
+    }
+}
+
+/// A raw key as readable text, quoted: UTF-8 with control characters escaped (`"m\u{0}..."`),
+/// or byte-escaped where it is not UTF-8 (`"c\xff..."`), so a dropped key is printed once and
+/// can be told apart from its neighbours.
+pub fn describe_key(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => format!("\"{}\"", text.escape_debug()),
+        Err(_) => format!("\"{}\"", bytes.escape_ascii()),
     }
 }
 
@@ -540,6 +553,20 @@ mod tests {
         let value = encode_credit(b"cknown-17", &credit);
         assert!(decode_credit(b"cknown-17", &value).is_ok());
         assert!(decode_credit(b"cknown-16", &value).is_err());
+    }
+
+    #[test]
+    fn keys_are_described_once_as_text() {
+        assert_eq!(describe_key(b"cbob"), r#""cbob""#);
+        assert_eq!(describe_key(b"x\x00\n\xc3\xbc"), r#""x\0\nü""#);
+        assert_eq!(describe_key(b"c\xff\"a"), r#""c\xff\"a""#);
+        for bad in [&b"zzz"[..], b"c\xff", b"m\x00\x00"] {
+            let error = Key::decode(bad).unwrap_err().to_string();
+            assert!(
+                !error.contains('['),
+                "the error repeats the key as bytes: {error}"
+            );
+        }
     }
 
     #[test]

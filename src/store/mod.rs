@@ -193,7 +193,8 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
         None => Vec::new(),
     };
     for (raw_key, value) in pairs {
-        let key = Key::decode(&raw_key).map_err(|e| corrupted(&format!("key {raw_key:?}"), e))?;
+        let key = Key::decode(&raw_key)
+            .map_err(|e| corrupted(&format!("key {}", codec::describe_key(&raw_key)), e))?;
         match &key {
             Key::Types => {}
             Key::Meta => meta = Some(codec::decode_meta(&value).map_err(|e| corrupted(&key, e))?),
@@ -466,8 +467,10 @@ pub fn recover(dir: &Path) -> StoreResult<Recovery> {
             Ok(Key::Meta | Key::Types) => {}
             Ok(_) => recovery.kept += 1,
             Err(e) => {
-                let name = Key::decode(&raw_key)
-                    .map_or_else(|_| format!("key {raw_key:?}"), |k| k.to_string());
+                let name = Key::decode(&raw_key).map_or_else(
+                    |_| format!("key {}", codec::describe_key(&raw_key)),
+                    |k| k.to_string(),
+                );
                 recovery.dropped.push(format!("{name}: {e}"));
                 removes.push(raw_key);
             }
