@@ -352,14 +352,20 @@ impl LedgerStore {
     /// manifest. On error nothing in memory advances: the caller retries the same changes.
     pub fn write_snapshot(&mut self, users: &[UserImage]) -> StoreResult<()> {
         if self.reopen {
-            // Drop the failed handle first: a backend may hold its files until then.
-            self.store = Box::new(NoStore);
-            self.store = self.backend.open(&self.dir).map_err(|e| {
+            let failed = |e: StoreError| {
                 StoreError::Write(format!(
                     "cannot reopen {} after a failed write: {e}",
                     self.dir.display()
                 ))
-            })?;
+            };
+            // Drop the failed handle first: a backend may hold its files until then.
+            self.store = Box::new(NoStore);
+            self.store = self.backend.open(&self.dir).map_err(failed)?;
+            // Any part of the failed batch may have landed (sled writes a batch's log entries as
+            // they fill a segment; a full disk stops it midway), and so may a whole batch whose
+            // manifest could not be written. Keys that landed are no longer new to `contains`,
+            // so the count is taken from the store itself, once per failure (a key scan).
+            self.meta.records = count_records(&*self.store).map_err(failed)?;
             self.reopen = false;
         }
         let result = self.write_batch(users);
@@ -399,6 +405,17 @@ impl LedgerStore {
         }
         Ok(())
     }
+}
+
+/// How many records (credit and month keys: not the meta record nor the type table) `store`
+/// holds.
+fn count_records(store: &dyn Store) -> StoreResult<u64> {
+    let keys = store.keys()?;
+    let records = keys
+        .iter()
+        .filter(|key| key.as_slice() != codec::META_KEY && key.as_slice() != codec::TYPES_KEY)
+        .count();
+    Ok(records as u64)
 }
 
 /// Stands in for a backend between dropping a failed handle and reopening it.
