@@ -44,7 +44,15 @@ fn describe(info: &panic::PanicHookInfo<'_>) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into());
     match info.location() {
-        Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),
+        Some(at) => {
+            // `redb-4.6.0/src/types.rs`, not the whole path into the cargo registry.
+            let file = at.file();
+            let file = file
+                .find("/registry/src/")
+                .and_then(|start| file[start + "/registry/src/".len()..].split_once('/'))
+                .map_or(file, |(_index, crate_path)| crate_path);
+            format!("{message} (at {file}:{})", at.line())
+        }
         None => message,
     }
 }
