@@ -274,7 +274,12 @@ impl<'a> Reader<'a> {
     fn money(&mut self) -> Result<Money, DecodeError> {
         let z = self.varint()?;
         let attocents = ((z >> 1) as i128) ^ -((z & 1) as i128);
-        Money::from_attocents(attocents)
+        // `u128::MAX` decodes to `i128::MIN`, whose `abs()` in `Money::from_attocents` overflows
+        // (a panic in a debug build, a wrapped value accepted in release): found by
+        // `make fuzz-codec`.
+        attocents
+            .checked_abs()
+            .and_then(|_| Money::from_attocents(attocents))
             .ok_or_else(|| DecodeError::Corrupted("amount out of range".into()))
     }
     fn len(&mut self) -> Result<usize, DecodeError> {
@@ -553,6 +558,19 @@ mod tests {
         let value = encode_credit(b"cknown-17", &credit);
         assert!(decode_credit(b"cknown-17", &value).is_ok());
         assert!(decode_credit(b"cknown-16", &value).is_err());
+    }
+
+    #[test]
+    fn the_most_negative_amount_is_refused_not_a_panic() {
+        // Zigzag u128::MAX is i128::MIN: out of range, and its absolute value overflows.
+        let mut w = Writer::new();
+        w.varint(u128::MAX);
+        w.money(Money::ZERO);
+        let bytes = w.finish(b"cknown-17");
+        assert_eq!(
+            decode_credit(b"cknown-17", &bytes),
+            Err(DecodeError::Corrupted("amount out of range".into()))
+        );
     }
 
     #[test]
