@@ -293,7 +293,10 @@ impl LedgerStore {
             _ => {}
         }
         let store = backend.open(dir)?;
-        let loaded = decode_all(dir, store.load()?)?;
+        let pairs = store.load()?;
+        // The decoders refuse what they cannot read; a panic in them (a bug, as the one
+        // `make fuzz-codec` found) must still reach Python as StoreCorruptedError.
+        let loaded = guard::quietly("usagemeter", "decoding", || decode_all(dir, pairs))?;
         let meta = Meta {
             generation: loaded.generation,
             records: loaded.records,
@@ -467,19 +470,25 @@ pub fn recover(dir: &Path) -> StoreResult<Recovery> {
         None => Ok(Vec::new()),
     };
     for (raw_key, value) in pairs {
-        let checked = Key::decode(&raw_key).and_then(|key| {
-            let result = match &key {
-                Key::Meta => codec::decode_meta(&value).map(|meta| generation = meta.generation),
-                Key::Types => types.as_ref().map(|_| ()).map_err(Clone::clone),
-                Key::Credit { .. } => codec::decode_credit(&raw_key, &value).map(|_| ()),
-                Key::Month { .. } => types
-                    .as_ref()
-                    .map_err(Clone::clone)
-                    .and_then(|types| codec::decode_month(&raw_key, &value, types))
-                    .and_then(|image| image.check().map_err(DecodeError::Corrupted)),
-            };
-            result.map(|()| key)
-        });
+        // A panic while decoding one record (a decoder bug) drops that record like damage.
+        let checked = guard::quietly("usagemeter", "decoding", || {
+            Ok(Key::decode(&raw_key).and_then(|key| {
+                let result = match &key {
+                    Key::Meta => {
+                        codec::decode_meta(&value).map(|meta| generation = meta.generation)
+                    }
+                    Key::Types => types.as_ref().map(|_| ()).map_err(Clone::clone),
+                    Key::Credit { .. } => codec::decode_credit(&raw_key, &value).map(|_| ()),
+                    Key::Month { .. } => types
+                        .as_ref()
+                        .map_err(Clone::clone)
+                        .and_then(|types| codec::decode_month(&raw_key, &value, types))
+                        .and_then(|image| image.check().map_err(DecodeError::Corrupted)),
+                };
+                result.map(|()| key)
+            }))
+        })
+        .unwrap_or_else(|panicked| Err(DecodeError::Corrupted(panicked.to_string())));
         match checked {
             Ok(Key::Meta | Key::Types) => {}
             Ok(_) => recovery.kept += 1,
