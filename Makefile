@@ -7,7 +7,7 @@ export HYPOTHESIS_PROFILE ?= default
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python lint demo crashloop bench-build bench bench-store bench-hot-path clean
+.PHONY: help dev test test-rust test-python lint demo crashloop fuzz-store fuzz-codec bench-build bench bench-store bench-hot-path clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,15 @@ demo: dev ## run the demo on the debug build
 crashloop: dev ## the long crash loop: 1,000 SIGKILLs per backend
 	$(PY) tests/crashloop.py --backend sled --kills 1000
 	$(PY) tests/crashloop.py --backend redb --kills 1000
+
+fuzz-store: dev ## the long store fuzz: 2,000 damaged stores per backend (make test runs 100)
+	USAGEMETER_FUZZ_CASES=2000 $(PY) -m pytest tests/test_store_fuzz.py -q
+
+FUZZ_RUNS ?= 2000000
+# cargo-fuzz needs nightly compiler flags: without a nightly toolchain,
+# `RUSTC_BOOTSTRAP=1 cargo fuzz run codec` on stable should do (only nightly was tried here).
+fuzz-codec: ## cargo fuzz on the record decoders (nightly toolchain, cargo install cargo-fuzz)
+	cargo +nightly fuzz run codec -- -runs=$(FUZZ_RUNS)
 
 bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (benchmarks only)
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
