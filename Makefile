@@ -22,8 +22,8 @@ WHEEL_PYTHONS := python3.11 python3.12 python3.13
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python test-venv lint demo crashloop wheel bench-build bench bench-store \
-	bench-hot-path bench-overuse clean
+.PHONY: help dev test test-rust test-python test-venv lint demo crashloop wheel fuzz-store fuzz-codec \
+	bench-build bench bench-store bench-hot-path bench-overuse clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,15 @@ wheel: $(VENV)/bin/activate ## manylinux wheels (CPython 3.11-3.13) and an sdist
 		--interpreter $(WHEEL_PYTHONS) --out dist
 	$(VENV)/bin/maturin sdist --out dist
 	MANYLINUX=$(MANYLINUX) scripts/check_wheel.sh dist
+
+fuzz-store: dev ## the long store fuzz: 2,000 damaged stores per backend (make test runs 100)
+	USAGEMETER_FUZZ_CASES=2000 $(PY) -m pytest tests/test_store_fuzz.py -q
+
+FUZZ_RUNS ?= 2000000
+# cargo-fuzz needs nightly compiler flags: without a nightly toolchain,
+# `RUSTC_BOOTSTRAP=1 cargo fuzz run codec` on stable should do (only nightly was tried here).
+fuzz-codec: ## cargo fuzz on the record decoders (nightly toolchain, cargo install cargo-fuzz)
+	cargo +nightly fuzz run codec -- -runs=$(FUZZ_RUNS)
 
 bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (benchmarks only)
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)

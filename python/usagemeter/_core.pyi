@@ -142,7 +142,7 @@ class MeteringCore:
         subscription_ttl_ms: int,
         clock: Callable[[], float | int] | None = None,
         store_path: str | os.PathLike[str] | None = None,
-        store_backend: str = "sled",
+        store_backend: str | None = None,
         snapshot_interval_ms: int = 1000,
     ) -> Self: ...
     def flush(self) -> None:

@@ -57,7 +57,11 @@ class MeteringService(MeteringCore):
     ``store`` (a directory) makes the ledger durable: it is loaded (every record verified) when
     the service opens, and a background thread writes the records changed since the last snapshot
     every ``snapshot_interval`` seconds, as one atomic batch made durable with fsync.
-    ``store_backend`` is ``"sled"`` (default) or ``"redb"``. Loss bound: a crash loses at most
+    ``store_backend`` is ``"sled"`` or ``"redb"``; the default ``None`` opens an existing store
+    with its own backend and creates a new one with sled (an explicit backend that differs from
+    an existing store's raises ``StoreError``). ``store`` must be a local directory: an empty
+    path or a URL (``redis://...``; shared stores are not supported yet) raises ``ValueError``
+    before anything is created. Loss bound: a crash loses at most
     the changes of the last ``snapshot_interval`` plus the snapshot being written; whatever a
     returned ``flush()`` covered is never lost. ``close()`` (or leaving a ``with`` block, or the
     interpreter's exit) writes a last snapshot. SIGTERM is the host application's to handle:
@@ -92,7 +96,7 @@ class MeteringService(MeteringCore):
         subscription_ttl: float = 60.0,
         clock: Clock | None = None,
         store: str | os.PathLike[str] | None = None,
-        store_backend: Literal["sled", "redb"] = "sled",
+        store_backend: Literal["sled", "redb"] | None = None,
         snapshot_interval: float = 1.0,
         max_global_usage_per_minute: int | None = None,
         global_usage_check_interval: float = 900.0,
@@ -136,8 +140,8 @@ class MeteringService(MeteringCore):
             raise ValueError(
                 f"global_usage_check_interval must be positive seconds, got {global_usage_check_interval}"
             )
-        if store_backend not in ("sled", "redb"):
-            raise ValueError(f"store_backend must be 'sled' or 'redb', not {store_backend!r}")
+        if store_backend not in (None, "sled", "redb"):
+            raise ValueError(f"store_backend must be 'sled', 'redb' or None, not {store_backend!r}")
         store_path = None if store is None else os.fspath(store)
         policies = tuple(policies)
         for policy in policies:

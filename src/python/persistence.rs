@@ -60,9 +60,40 @@ pub fn parse_backend(name: &str) -> PyResult<Backend> {
     })
 }
 
-/// Opens the store (verifying every record) with the GIL released.
-pub fn open(py: Python<'_>, dir: &Path, backend: Backend) -> PyResult<(LedgerStore, Loaded)> {
-    py.detach(|| LedgerStore::open(dir, backend))
+/// Refuses a store path that is no local directory, before anything is created: an empty path
+/// (the store would be made of the working directory) and a URL (`redis://...` would silently
+/// become a local directory named `redis:`).
+fn check_store_path(dir: &Path) -> PyResult<()> {
+    let text = dir.to_string_lossy();
+    if text.is_empty() {
+        return Err(PyValueError::new_err(
+            "store must be a directory path, not an empty string",
+        ));
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if is_scheme {
+            return Err(PyValueError::new_err(format!(
+                "store must be a local directory, not a URL ({text:?}): shared stores \
+                 ({scheme}://) are not supported yet"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Opens the store (verifying every record) with the GIL released. `backend` `None` takes the
+/// backend of the store already at `dir`, or sled for a new one.
+pub fn open(
+    py: Python<'_>,
+    dir: &Path,
+    backend: Option<Backend>,
+) -> PyResult<(LedgerStore, Loaded)> {
+    check_store_path(dir)?;
+    py.detach(|| LedgerStore::open_with(dir, backend))
         .map_err(store_error)
 }
 

@@ -8,6 +8,7 @@
 //! a damaged record, a lost record, a database older than its manifest, data files that vanished.
 
 pub mod codec;
+mod guard;
 pub mod manifest;
 pub mod redb_store;
 pub mod sled_store;
@@ -26,6 +27,8 @@ use manifest::Manifest;
 pub trait Store: Send {
     /// Every key/value pair in the store.
     fn load(&self) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Every key in the store.
+    fn keys(&self) -> StoreResult<Vec<Vec<u8>>>;
     /// Whether `key` is stored.
     fn contains(&self, key: &[u8]) -> StoreResult<bool>;
     /// Writes `puts` and deletes `removes` as one atomic batch.
@@ -193,7 +196,8 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
         None => Vec::new(),
     };
     for (raw_key, value) in pairs {
-        let key = Key::decode(&raw_key).map_err(|e| corrupted(&format!("key {raw_key:?}"), e))?;
+        let key = Key::decode(&raw_key)
+            .map_err(|e| corrupted(&format!("key {}", codec::describe_key(&raw_key)), e))?;
         match &key {
             Key::Types => {}
             Key::Meta => meta = Some(codec::decode_meta(&value).map_err(|e| corrupted(&key, e))?),
@@ -241,21 +245,39 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
 }
 
 impl LedgerStore {
-    /// Opens (or creates) the store in `dir` and loads everything it holds, verified.
+    /// Opens (or creates) the store in `dir` with `backend` and loads everything it holds,
+    /// verified. An existing store of the other backend is refused.
     pub fn open(dir: &Path, backend: Backend) -> StoreResult<(LedgerStore, Loaded)> {
+        LedgerStore::open_with(dir, Some(backend))
+    }
+
+    /// Opens (or creates) the store in `dir` and loads everything it holds, verified. `wanted`
+    /// `None` takes the backend of the store already there (as `usagemeter store verify` does),
+    /// or sled for a new store; an explicit backend that differs from the store's is refused.
+    pub fn open_with(dir: &Path, wanted: Option<Backend>) -> StoreResult<(LedgerStore, Loaded)> {
+        // An empty path would put LOCK, the manifest and the data in the working directory.
+        if dir.as_os_str().is_empty() {
+            return Err(StoreError::Other("the store path is empty".into()));
+        }
         std::fs::create_dir_all(dir).map_err(|e| other_io("create", dir, e))?;
         let lock = lock(dir)?;
         let manifest = Manifest::read(dir)?;
         let found = detect_backend(dir)?;
-        match (&manifest, found) {
-            (_, Some(found)) if found != backend => {
+        let backend = match (wanted, found) {
+            (Some(wanted), Some(found)) if wanted != found => {
                 return Err(StoreError::Other(format!(
-                    "the store at {} uses the {} backend, not {}",
+                    "the store at {} uses the {} backend, but the {} backend was asked for \
+                     (leave the backend unset to open a store with its own)",
                     dir.display(),
                     found.name(),
-                    backend.name()
+                    wanted.name()
                 )))
             }
+            (Some(wanted), _) => wanted,
+            (None, Some(found)) => found,
+            (None, None) => Backend::Sled,
+        };
+        match (&manifest, found) {
             (None, Some(_)) => {
                 return Err(StoreError::Corrupted(format!(
                     "{}: data files without a manifest ({} is missing)",
@@ -274,7 +296,10 @@ impl LedgerStore {
             _ => {}
         }
         let store = backend.open(dir)?;
-        let loaded = decode_all(dir, store.load()?)?;
+        let pairs = store.load()?;
+        // The decoders refuse what they cannot read; a panic in them (a bug, as the one
+        // `make fuzz-codec` found) must still reach Python as StoreCorruptedError.
+        let loaded = guard::quietly("usagemeter", "decoding", || decode_all(dir, pairs))?;
         let meta = Meta {
             generation: loaded.generation,
             records: loaded.records,
@@ -333,14 +358,20 @@ impl LedgerStore {
     /// manifest. On error nothing in memory advances: the caller retries the same changes.
     pub fn write_snapshot(&mut self, users: &[UserImage]) -> StoreResult<()> {
         if self.reopen {
-            // Drop the failed handle first: a backend may hold its files until then.
-            self.store = Box::new(NoStore);
-            self.store = self.backend.open(&self.dir).map_err(|e| {
+            let failed = |e: StoreError| {
                 StoreError::Write(format!(
                     "cannot reopen {} after a failed write: {e}",
                     self.dir.display()
                 ))
-            })?;
+            };
+            // Drop the failed handle first: a backend may hold its files until then.
+            self.store = Box::new(NoStore);
+            self.store = self.backend.open(&self.dir).map_err(failed)?;
+            // Any part of the failed batch may have landed (sled writes a batch's log entries as
+            // they fill a segment; a full disk stops it midway), and so may a whole batch whose
+            // manifest could not be written. Keys that landed are no longer new to `contains`,
+            // so the count is taken from the store itself, once per failure (a key scan).
+            self.meta.records = count_records(&*self.store).map_err(failed)?;
             self.reopen = false;
         }
         let result = self.write_batch(users);
@@ -382,11 +413,25 @@ impl LedgerStore {
     }
 }
 
+/// How many records (credit and month keys: not the meta record nor the type table) `store`
+/// holds.
+fn count_records(store: &dyn Store) -> StoreResult<u64> {
+    let keys = store.keys()?;
+    let records = keys
+        .iter()
+        .filter(|key| key.as_slice() != codec::META_KEY && key.as_slice() != codec::TYPES_KEY)
+        .count();
+    Ok(records as u64)
+}
+
 /// Stands in for a backend between dropping a failed handle and reopening it.
 struct NoStore;
 
 impl Store for NoStore {
     fn load(&self) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+    fn keys(&self) -> StoreResult<Vec<Vec<u8>>> {
         Ok(Vec::new())
     }
     fn contains(&self, _key: &[u8]) -> StoreResult<bool> {
@@ -428,25 +473,33 @@ pub fn recover(dir: &Path) -> StoreResult<Recovery> {
         None => Ok(Vec::new()),
     };
     for (raw_key, value) in pairs {
-        let checked = Key::decode(&raw_key).and_then(|key| {
-            let result = match &key {
-                Key::Meta => codec::decode_meta(&value).map(|meta| generation = meta.generation),
-                Key::Types => types.as_ref().map(|_| ()).map_err(Clone::clone),
-                Key::Credit { .. } => codec::decode_credit(&raw_key, &value).map(|_| ()),
-                Key::Month { .. } => types
-                    .as_ref()
-                    .map_err(Clone::clone)
-                    .and_then(|types| codec::decode_month(&raw_key, &value, types))
-                    .and_then(|image| image.check().map_err(DecodeError::Corrupted)),
-            };
-            result.map(|()| key)
-        });
+        // A panic while decoding one record (a decoder bug) drops that record like damage.
+        let checked = guard::quietly("usagemeter", "decoding", || {
+            Ok(Key::decode(&raw_key).and_then(|key| {
+                let result = match &key {
+                    Key::Meta => {
+                        codec::decode_meta(&value).map(|meta| generation = meta.generation)
+                    }
+                    Key::Types => types.as_ref().map(|_| ()).map_err(Clone::clone),
+                    Key::Credit { .. } => codec::decode_credit(&raw_key, &value).map(|_| ()),
+                    Key::Month { .. } => types
+                        .as_ref()
+                        .map_err(Clone::clone)
+                        .and_then(|types| codec::decode_month(&raw_key, &value, types))
+                        .and_then(|image| image.check().map_err(DecodeError::Corrupted)),
+                };
+                result.map(|()| key)
+            }))
+        })
+        .unwrap_or_else(|panicked| Err(DecodeError::Corrupted(panicked.to_string())));
         match checked {
             Ok(Key::Meta | Key::Types) => {}
             Ok(_) => recovery.kept += 1,
             Err(e) => {
-                let name = Key::decode(&raw_key)
-                    .map_or_else(|_| format!("key {raw_key:?}"), |k| k.to_string());
+                let name = Key::decode(&raw_key).map_or_else(
+                    |_| format!("key {}", codec::describe_key(&raw_key)),
+                    |k| k.to_string(),
+                );
                 recovery.dropped.push(format!("{name}: {e}"));
                 removes.push(raw_key);
             }

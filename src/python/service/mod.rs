@@ -214,7 +214,7 @@ impl MeteringCore {
     // One argument per option of `MeteringService.__new__`, which owns the defaults.
     #[allow(clippy::too_many_arguments)]
     #[new]
-    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend="sled", snapshot_interval_ms=1000))]
+    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend=None, snapshot_interval_ms=1000))]
     fn new(
         py: Python<'_>,
         cost_map: Bound<'_, PyCostMap>,
@@ -222,7 +222,7 @@ impl MeteringCore {
         subscription_ttl_ms: i64,
         clock: Option<Py<PyAny>>,
         store_path: Option<PathBuf>,
-        store_backend: &str,
+        store_backend: Option<&str>,
         snapshot_interval_ms: u64,
     ) -> PyResult<Self> {
         if subscription_ttl_ms < 0 {
@@ -233,7 +233,7 @@ impl MeteringCore {
         if snapshot_interval_ms == 0 {
             return Err(PyValueError::new_err("snapshot_interval must be positive"));
         }
-        let backend = persistence::parse_backend(store_backend)?;
+        let backend = store_backend.map(persistence::parse_backend).transpose()?;
         let unmapped = if unmapped_free {
             Unmapped::Free
         } else {
