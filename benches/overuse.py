@@ -92,10 +92,14 @@ def main() -> None:
         assert service.get_remaining_usage(actor) >= 0  # the ledger is sane after the run
     overuse = [alarm for alarm in alarms if alarm.kind == "overuse"]
     print(f"users: {USERS_PER_GROUP} within, {USERS_PER_GROUP} at 1,000x+ of the allowance; {ROUNDS} rounds")
-    print(f"increment_usage ns/op, median: within {statistics.median(within_ns):.0f}, "
-          f"over {statistics.median(over_ns):.0f}")
-    print(f"over / within, median of {ROUNDS} interleaved rounds: {statistics.median(ratios):.2f} "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f}); target <= 1.2")
+    print(
+        f"increment_usage ns/op, median: within {statistics.median(within_ns):.0f}, "
+        f"over {statistics.median(over_ns):.0f}"
+    )
+    print(
+        f"over / within, median of {ROUNDS} interleaved rounds: {statistics.median(ratios):.2f} "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f}); target <= 1.2"
+    )
     per_user = ROUNDS * CALLS // USERS_PER_GROUP
     print(
         f"overuse alarms while timing {2 * ROUNDS * CALLS:,} calls: {len(overuse)} "

@@ -506,6 +506,38 @@ def test_report_text(store: tuple[Path, Backend]) -> None:
     assert_fits_and_singular(result.stdout)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_report_shows_the_plan_the_application_chose(tmp_path: Path, backend: Backend) -> None:
+    """A plan chosen through the events (not the built-in rules) is kept in the store and reported."""
+    path = tmp_path / "store"
+    pro = Policy("pro", to_microcents("20"))
+    with MeteringService(store=str(path), store_backend=backend) as service:
+        service.events.on(
+            "metering:registerAvailablePolicies", lambda event: event.available_policies.append(pro)
+        )
+        service.events.on(
+            "metering:getUserSubscription",
+            lambda event: setattr(
+                event, "user_subscription_id", "pro" if event.actor.user_id == "p" else None
+            ),
+        )
+        service.increment_usage(Actor("p"), "kv:write", 1_000)
+        service.increment_usage(Actor("free"), "kv:write", 1)
+        spent = service.get_actor_current_month_usage_details(Actor("p"))["usage"]["total"]
+    with open_store(path, backend) as reopened:
+        assert reopened._last_plan("p") == ("pro", to_microcents("20"))
+        assert reopened._last_plan("free") == ("temp_free", 25_000_000)
+    document = report_json("--store", str(path), "--actor", "p")
+    assert document["balance"]["plan"] == "pro" and document["balance"]["plan_stored"]
+    assert document["balance"]["monthly_allowance"] == to_microcents("20")
+    assert document["balance"]["remaining"] == to_microcents("20") - spent
+    text = run_cli("report", "--store", str(path), "--actor", "p")
+    assert f"plan in {current_month()}: pro, allowance $20.00 a month" in text.stdout
+    assert "no plan stored" not in text.stdout
+    with open_store(path, backend) as reopened:  # the report wrote nothing
+        assert reopened._last_plan("p") == ("pro", to_microcents("20"))
+
+
 def test_report_shows_plans_and_balances(store: tuple[Path, Backend]) -> None:
     """The buyer's row and actor report show the plan, allowance, remaining and purchased credit."""
     path, backend = store
@@ -521,6 +553,7 @@ def test_report_shows_plans_and_balances(store: tuple[Path, Backend]) -> None:
     assert result.returncode == 0, result.stderr
     (row,) = table(result.stdout.splitlines(), "Top users by spend")
     assert row[0] == BUYER
+    assert balance["plan_stored"]  # the store kept the plan the buyer was charged under
     assert row[3:] == [
         "temp_free",
         format_dollars(balance["monthly_allowance"]),
@@ -528,7 +561,7 @@ def test_report_shows_plans_and_balances(store: tuple[Path, Backend]) -> None:
         "$5.00",
     ]
     assert "Top users by spend (1 of 31 users)" in result.stdout
-    assert "a store keeps no emails or plan choices" in result.stdout
+    assert "no plan stored" not in result.stdout
 
     actor = run_cli("report", "--store", str(path), "--actor", BUYER)
     assert actor.returncode == 0, actor.stderr

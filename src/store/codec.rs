@@ -13,8 +13,14 @@ use crate::ledger::pools::{Credit, MonthPools};
 use crate::ledger::record::UsageCounter;
 use crate::money::Money;
 
-/// Version of the record layout written by this library.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the record layout written by this library. Version 2 added the user's last plan
+/// to the credit record; every other record is laid out as in version 1.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest version this library reads (and rewrites as `FORMAT_VERSION` when it changes).
+pub const OLDEST_READABLE_VERSION: u16 = 1;
+
+/// A user's plan as stored: its id and monthly allowance.
+pub type StoredPlan = (String, Money);
 
 /// Key of the store's own record: generation and record count.
 pub const META_KEY: &[u8] = b"\x00meta";
@@ -221,6 +227,7 @@ impl Writer {
 /// Reads values in the record layout, refusing anything out of bounds.
 struct Reader<'a> {
     bytes: &'a [u8],
+    version: u16,
 }
 
 impl<'a> Reader<'a> {
@@ -237,12 +244,15 @@ impl<'a> Reader<'a> {
         if version > FORMAT_VERSION {
             return Err(DecodeError::NewerVersion(version));
         }
-        if version != FORMAT_VERSION {
+        if version < OLDEST_READABLE_VERSION {
             return Err(DecodeError::Corrupted(format!(
                 "unknown format version {version}"
             )));
         }
-        Ok(Reader { bytes: &body[2..] })
+        Ok(Reader {
+            bytes: &body[2..],
+            version,
+        })
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.bytes.len() {
@@ -347,20 +357,48 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
     r.end().map(|()| meta)
 }
 
-pub fn encode_credit(key: &[u8], credit: &Credit) -> Vec<u8> {
+/// A user's record: lifetime purchased credit and, since version 2, the plan the user was last
+/// resolved to (`[0]` for none, `[1][id][allowance]`).
+pub fn encode_credit(key: &[u8], credit: &Credit, plan: Option<&StoredPlan>) -> Vec<u8> {
     let mut w = Writer::new();
     w.money(credit.purchased);
     w.money(credit.consumed);
+    match plan {
+        None => w.varint(0),
+        Some((id, allowance)) => {
+            w.varint(1);
+            w.text(id);
+            w.money(*allowance);
+        }
+    }
     w.finish(key)
 }
 
-pub fn decode_credit(key: &[u8], bytes: &[u8]) -> Result<Credit, DecodeError> {
+pub fn decode_credit(
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<(Credit, Option<StoredPlan>), DecodeError> {
     let mut r = Reader::open(bytes, key)?;
     let credit = Credit {
         purchased: r.money()?,
         consumed: r.money()?,
     };
-    r.end().map(|()| credit)
+    let plan = match r.version {
+        1 => None, // written before plans were kept
+        _ => match r.varint()? {
+            0 => None,
+            1 => {
+                let id = r.text()?;
+                let allowance = r.money()?;
+                if allowance.is_negative() || !allowance.fits_record() {
+                    return Err(DecodeError::Corrupted("plan allowance out of range".into()));
+                }
+                Some((id, allowance))
+            }
+            other => return Err(DecodeError::Corrupted(format!("unknown plan tag {other}"))),
+        },
+    };
+    r.end().map(|()| (credit, plan))
 }
 
 pub fn encode_types(types: &TypeTable) -> Vec<u8> {
@@ -437,7 +475,7 @@ pub fn encode_user(user: &UserImage, types: &mut TypeTable) -> Vec<(Vec<u8>, Vec
         user_id: user.user_id.clone(),
     }
     .encode();
-    let credit = encode_credit(&credit_key, &user.credit);
+    let credit = encode_credit(&credit_key, &user.credit, user.plan.as_ref());
     let mut pairs = vec![(credit_key, credit)];
     for (month, image) in &user.months {
         let key = Key::Month {
@@ -501,17 +539,21 @@ mod tests {
                 consumed: Money::ZERO,
             };
             assert_eq!(
-                decode_credit(b"k", &encode_credit(b"k", &credit)).unwrap(),
-                credit
+                decode_credit(b"k", &encode_credit(b"k", &credit, None)).unwrap(),
+                (credit, None)
             );
         }
         let credit = Credit {
             purchased: Money::from_microcents(7).unwrap(),
             consumed: Money::ZERO,
         };
+        let plan: StoredPlan = (
+            "pro ü".into(),
+            Money::from_microcents(2_000_000_000).unwrap(),
+        );
         assert_eq!(
-            decode_credit(b"k", &encode_credit(b"k", &credit)).unwrap(),
-            credit
+            decode_credit(b"k", &encode_credit(b"k", &credit, Some(&plan))).unwrap(),
+            (credit, Some(plan))
         );
         let meta = Meta {
             generation: 9,
@@ -550,12 +592,32 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_credit_record_still_loads_without_a_plan() {
+        // Version 1's layout: [1u16][purchased][consumed][CRC32 of key and body].
+        let mut body = 1u16.to_le_bytes().to_vec();
+        body.extend_from_slice(&[14, 0]); // zigzag varints: 7 attocents purchased, 0 consumed
+        let checksum = keyed_checksum(b"k", &body);
+        body.extend_from_slice(&checksum.to_le_bytes());
+        let credit = Credit {
+            purchased: Money::from_attocents(7).unwrap(),
+            consumed: Money::ZERO,
+        };
+        assert_eq!(decode_credit(b"k", &body).unwrap(), (credit, None));
+        // The same bytes as version 2 lack the plan tag: refused as truncated.
+        let mut v2 = 2u16.to_le_bytes().to_vec();
+        v2.extend_from_slice(&[14, 0]);
+        let checksum = keyed_checksum(b"k", &v2);
+        v2.extend_from_slice(&checksum.to_le_bytes());
+        assert!(decode_credit(b"k", &v2).is_err());
+    }
+
+    #[test]
     fn a_record_under_another_key_is_refused() {
         let credit = Credit {
             purchased: Money::from_microcents(7).unwrap(),
             consumed: Money::ZERO,
         };
-        let value = encode_credit(b"cknown-17", &credit);
+        let value = encode_credit(b"cknown-17", &credit, None);
         assert!(decode_credit(b"cknown-17", &value).is_ok());
         assert!(decode_credit(b"cknown-16", &value).is_err());
     }
@@ -589,11 +651,12 @@ mod tests {
 
     #[test]
     fn a_newer_version_is_named() {
+        let newer = FORMAT_VERSION + 1;
         let mut bytes = encode_meta(&Meta::default());
-        bytes[0] = 2;
+        bytes[..2].copy_from_slice(&newer.to_le_bytes());
         let body_len = bytes.len() - 4;
         let checksum = keyed_checksum(META_KEY, &bytes[..body_len]);
         bytes[body_len..].copy_from_slice(&checksum.to_le_bytes());
-        assert_eq!(decode_meta(&bytes), Err(DecodeError::NewerVersion(2)));
+        assert_eq!(decode_meta(&bytes), Err(DecodeError::NewerVersion(newer)));
     }
 }

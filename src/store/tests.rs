@@ -225,6 +225,7 @@ fn the_record_count_holds_after_a_failed_batch_that_partly_landed() {
                 purchased: Money::from_microcents(5).unwrap(),
                 consumed: Money::ZERO,
             },
+            plan: None,
             months: Vec::new(),
         };
         {
