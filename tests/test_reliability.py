@@ -198,6 +198,14 @@ EXIT_WITH_A_FULL_DISK = """
 """
 
 
+def run_on_a_full_disk(code: str, mount: Path) -> subprocess.CompletedProcess[str]:
+    """Runs `code` (which fills `mount`), then frees the space whatever happened."""
+    try:
+        return run_python(code, timeout=120)
+    finally:
+        (mount / "filler").unlink(missing_ok=True)
+
+
 def snapshot_threads() -> int:
     """Native snapshot threads alive in this process (named by the library)."""
     names = [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
@@ -211,10 +219,7 @@ def test_the_interpreter_exits_when_the_last_snapshot_fails(
     tiny_tmpfs: Path,  # noqa: F811
 ) -> None:
     code = EXIT_WITH_A_FULL_DISK.format(mount=str(tiny_tmpfs), backend=backend, ending="# exit")
-    try:
-        result = run_python(code, timeout=120)
-    finally:
-        (tiny_tmpfs / "filler").unlink(missing_ok=True)
+    result = run_on_a_full_disk(code, tiny_tmpfs)
     assert "flush failed as expected" in result.stdout, result.stderr
     assert result.returncode == 0, result.stderr
     assert "could not write the last snapshot" in result.stderr
@@ -237,11 +242,7 @@ def test_a_dropped_service_stops_its_thread_even_when_the_snapshot_fails(
     print("threads after del:", snapshot_threads(), flush=True)
     """
     code = EXIT_WITH_A_FULL_DISK.format(mount=str(tiny_tmpfs), backend=backend, ending="")
-    code = textwrap.dedent(code) + textwrap.dedent(ending)
-    try:
-        result = run_python(code, timeout=120)
-    finally:
-        (tiny_tmpfs / "filler").unlink(missing_ok=True)
+    result = run_on_a_full_disk(textwrap.dedent(code) + textwrap.dedent(ending), tiny_tmpfs)
     assert result.returncode == 0, result.stderr
     assert "threads after del: 0" in result.stdout, (result.stdout, result.stderr)
 

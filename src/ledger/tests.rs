@@ -250,28 +250,20 @@ fn set_total_never_moves_purchased_credit() {
         .budget("u", OCTOBER, Plan::Fixed(m(1_000)))
         .unwrap()
         .credit;
-    set(5_000).unwrap();
-    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
-    assert_eq!(budget.credit, credit_before);
-    assert_eq!(
+    // (allowance used, purchased consumed, overage) after setting `total`; credit never moves.
+    let pools_after_setting = |total| {
+        set(total).unwrap();
+        let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
+        assert_eq!(budget.credit, credit_before);
+        let pools = budget.pools;
         (
-            budget.pools.allowance_used,
-            budget.pools.purchased_consumed,
-            budget.pools.overage
-        ),
-        (m(1_000), m(200), m(3_800))
-    );
-    set(300).unwrap();
-    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
-    assert_eq!(budget.credit, credit_before);
-    assert_eq!(
-        (
-            budget.pools.allowance_used,
-            budget.pools.purchased_consumed,
-            budget.pools.overage
-        ),
-        (m(100), m(200), m(0))
-    );
+            pools.allowance_used,
+            pools.purchased_consumed,
+            pools.overage,
+        )
+    };
+    assert_eq!(pools_after_setting(5_000), (m(1_000), m(200), m(3_800)));
+    assert_eq!(pools_after_setting(300), (m(100), m(200), m(0)));
     // Below what purchased credit paid this month: refused, nothing changes.
     assert!(matches!(set(199), Err(LedgerError::InvalidInput(_))));
     assert_eq!(ledger.user_usage("u", OCTOBER).total, m(300));
