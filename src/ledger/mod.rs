@@ -410,9 +410,11 @@ impl Ledger {
         let mut deltas = Deltas::with_capacity(items.len());
         let mut unmapped_items = 0;
         for item in items {
-            self.check_item(item)?;
+            validate_usage_type(item.usage_type)?;
             if item.units == 0 && item.cost_override.is_none() {
-                continue; // records nothing, as documented (but the type was checked)
+                // Records nothing, as documented; the type must still be one it could record.
+                self.check_item(item)?;
+                continue;
             }
             let (usage_type, cost) = match (self.types.priced(item.usage_type), item.cost_override)
             {
@@ -465,11 +467,6 @@ impl Ledger {
         for (_, account) in self.accounts.pin().iter() {
             drop(account.state.lock());
         }
-    }
-
-    /// Whether `seal` was called.
-    pub fn is_sealed(&self) -> bool {
-        self.sealed.load(Ordering::SeqCst)
     }
 
     fn refuse_if_sealed(&self) -> LedgerResult<()> {
@@ -607,22 +604,9 @@ impl Ledger {
             ..Receipt::default()
         };
         let mut new_credit = credit;
-        let pools_before = state
-            .months
-            .get(&booking.month)
-            .map(|m| m.pools)
-            .unwrap_or_default();
-        let split_of = |pools: &MonthPools| {
-            match mode {
-            ChargeMode::SetTotal(_) => pools::adjustment_split(cost, allowance, pools).ok_or_else(|| {
-                LedgerError::InvalidInput(format!(
-                    "the month total cannot go below the {} µ¢ that purchased credit paid this month: \
-                     purchased credit moves only through update_addon_credit",
-                    pools.purchased_consumed.to_microcents_half_up()
-                ))
-            }),
+        let split_of = |pools: &MonthPools| match mode {
+            ChargeMode::SetTotal(_) => adjustment_split(cost, allowance, pools),
             _ => Ok(pools::split(cost, allowance, pools, &credit)),
-        }
         };
         let (split, month_total) = match state.months.get_mut(&booking.month) {
             // The common call: one usage type, to a month whose only app is this one. That app's
@@ -666,15 +650,13 @@ impl Ledger {
         if self.track_changes {
             state.mark_changed(booking.user_id, Some(booking.month), &self.changes);
         }
+        // Only a charge that went into overage with no credit left can cross an overuse multiple.
         let overuse_multiple = match new_credit.left() == Money::ZERO && split.overage.is_positive()
         {
             true => {
-                let pools_after = state.months[&booking.month].pools;
-                pools::overuse_multiple_crossed(
-                    pools::usage_net_of_credit(&pools_before),
-                    pools::usage_net_of_credit(&pools_after),
-                    allowance,
-                )
+                let net_after = pools::usage_net_of_credit(&state.months[&booking.month].pools);
+                let net_before = net_after.minus(split.allowance).minus(split.overage);
+                pools::overuse_multiple_crossed(net_before, net_after, allowance)
             }
             false => None,
         };
@@ -991,6 +973,17 @@ impl Ledger {
             accounts.insert(user.user_id.into_boxed_str(), Arc::new(account));
         }
     }
+}
+
+/// `pools::adjustment_split`, with the refusal as the error the caller sees.
+fn adjustment_split(cost: Money, allowance: Money, pools: &MonthPools) -> LedgerResult<Split> {
+    pools::adjustment_split(cost, allowance, pools).ok_or_else(|| {
+        LedgerError::InvalidInput(format!(
+            "the month total cannot go below the {} µ¢ that purchased credit paid this month: \
+             purchased credit moves only through update_addon_credit",
+            pools.purchased_consumed.to_microcents_half_up()
+        ))
+    })
 }
 
 fn validate_usage_type(usage_type: &str) -> LedgerResult<()> {
