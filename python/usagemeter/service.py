@@ -108,16 +108,14 @@ class MeteringService(MeteringCore):
             raise TypeError(f"cost_map must be a usagemeter.CostMap, not {type(cost_map).__name__}")
         if unmapped not in ("error", "free"):
             raise ValueError(f"unmapped must be 'error' or 'free', not {unmapped!r}")
-        if isinstance(subscription_ttl, bool) or not isinstance(subscription_ttl, int | float):
-            raise TypeError("subscription_ttl must be a number of seconds")
+        _check_seconds("subscription_ttl", subscription_ttl)
         if not subscription_ttl >= 0:
             raise ValueError(f"subscription_ttl must be >= 0 seconds, got {subscription_ttl}")
         # Infinity (or anything beyond the native millisecond range) caches plans for good.
         ttl_ms = 2**62 if subscription_ttl >= 2**52 else round(subscription_ttl * 1000)
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning epoch seconds")
-        if isinstance(snapshot_interval, bool) or not isinstance(snapshot_interval, int | float):
-            raise TypeError("snapshot_interval must be a number of seconds")
+        _check_seconds("snapshot_interval", snapshot_interval)
         if not 0 < snapshot_interval <= MAX_SNAPSHOT_INTERVAL:
             raise ValueError(
                 f"snapshot_interval must be positive seconds, at most {MAX_SNAPSHOT_INTERVAL:g} "
@@ -132,10 +130,7 @@ class MeteringService(MeteringCore):
                 raise ValueError(
                     f"max_global_usage_per_minute must be >= 0 µ¢, got {max_global_usage_per_minute}"
                 )
-        if isinstance(global_usage_check_interval, bool) or not isinstance(
-            global_usage_check_interval, int | float
-        ):
-            raise TypeError("global_usage_check_interval must be a number of seconds")
+        _check_seconds("global_usage_check_interval", global_usage_check_interval)
         if not (0 < global_usage_check_interval and math.isfinite(global_usage_check_interval)):
             raise ValueError(
                 f"global_usage_check_interval must be positive seconds, got {global_usage_check_interval}"
@@ -283,6 +278,12 @@ class MeteringService(MeteringCore):
             raise ValueError(f"cost_overrides name kinds that are not in usage: {sorted(unknown)}")
         items = [(f"{model_prefix}:{kind}", amount, overrides.get(kind)) for kind, amount in usage.items()]
         return self.batch_increment_usages(actor, items)
+
+
+def _check_seconds(name: str, value: object) -> None:
+    """``TypeError`` unless ``value`` is an int or float (a bool is not a number of seconds)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds")
 
 
 def _month_label(epoch_seconds: float) -> str:

@@ -38,6 +38,15 @@ fn item(usage_type: &str, units: u64) -> UsageItem<'_> {
     }
 }
 
+/// An item of the unpriced type "x" whose whole cost is `microcents` (a cost override).
+fn costing(microcents: i128) -> UsageItem<'static> {
+    UsageItem {
+        usage_type: "x",
+        units: 0,
+        cost_override: Some(m(microcents)),
+    }
+}
+
 #[test]
 fn a_cached_plan_is_used_until_it_expires() {
     let ledger = ledger();
@@ -236,14 +245,7 @@ fn try_charge_refuses_without_recording() {
 fn set_total_never_moves_purchased_credit() {
     let ledger = ledger();
     ledger.add_purchased("u", m(500)).unwrap();
-    let charge = |cost| {
-        let usage = UsageItem {
-            usage_type: "x",
-            units: 0,
-            cost_override: Some(m(cost)),
-        };
-        ledger.charge(None, &booking("u"), &[usage], ChargeMode::Always)
-    };
+    let charge = |cost| ledger.charge(None, &booking("u"), &[costing(cost)], ChargeMode::Always);
     charge(1_200).unwrap(); // 1,000 allowance + 200 credit
     let set = |total| ledger.charge(None, &booking("u"), &[], ChargeMode::SetTotal(m(total)));
     let credit_before = ledger
@@ -394,16 +396,7 @@ fn months_are_separate_and_credit_is_lifetime() {
         ..october
     };
     ledger
-        .charge(
-            None,
-            &october,
-            &[UsageItem {
-                usage_type: "x",
-                units: 0,
-                cost_override: Some(m(150)),
-            }],
-            ChargeMode::Always,
-        )
+        .charge(None, &october, &[costing(150)], ChargeMode::Always)
         .unwrap();
     assert_eq!(
         ledger
@@ -413,16 +406,7 @@ fn months_are_separate_and_credit_is_lifetime() {
         m(150)
     );
     let receipt = ledger
-        .charge(
-            None,
-            &november,
-            &[UsageItem {
-                usage_type: "x",
-                units: 0,
-                cost_override: Some(m(400)),
-            }],
-            ChargeMode::Always,
-        )
+        .charge(None, &november, &[costing(400)], ChargeMode::Always)
         .unwrap();
     assert_eq!(
         receipt.split,
@@ -435,16 +419,7 @@ fn months_are_separate_and_credit_is_lifetime() {
     // A single jump from under the allowance pages nobody.
     assert_eq!(receipt.overuse_multiple, None);
     let receipt = ledger
-        .charge(
-            None,
-            &november,
-            &[UsageItem {
-                usage_type: "x",
-                units: 0,
-                cost_override: Some(m(500)),
-            }],
-            ChargeMode::Always,
-        )
+        .charge(None, &november, &[costing(500)], ChargeMode::Always)
         .unwrap();
     // Net of the 50 of purchased credit: 350 -> 850 crosses 8x the allowance of 100.
     assert_eq!(receipt.overuse_multiple, Some(8));

@@ -210,10 +210,6 @@ impl Snapshotter {
         }
         result
     }
-
-    pub fn is_running(&self) -> bool {
-        self.thread.lock().is_some()
-    }
 }
 
 fn run(shared: &Shared, writer: &mut Writer, interval: Duration) {
@@ -233,19 +229,20 @@ fn run(shared: &Shared, writer: &mut Writer, interval: Duration) {
         // Requests made while this snapshot ran may have missed its copies: only the ones made
         // before it started are covered.
         progress.completed = progress.completed.max(target);
-        let saved = result.is_ok();
+        // A last snapshot ends the thread if it succeeded, or if `stop` said to end anyway;
+        // otherwise the thread goes on retrying and a later `stop` asks again.
+        let ends = stopping && (result.is_ok() || progress.abandon);
         match result {
             Ok(()) => progress.saved = progress.saved.max(target),
             Err(error) => progress.last_error = Some(error),
         }
         if stopping {
-            progress.stop_requested = false;
-            if saved || progress.abandon {
-                progress.stopped = true;
-                shared.done.notify_all();
-                return;
-            }
+            progress.stop_requested = false; // not one that came while this snapshot ran
         }
+        progress.stopped = ends;
         shared.done.notify_all();
+        if ends {
+            return;
+        }
     }
 }

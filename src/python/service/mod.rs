@@ -74,10 +74,9 @@ impl Drop for MeteringCore {
             std::mem::forget(self.persistence.take());
             return;
         }
-        if let Some(persistence) = &self.persistence {
+        if self.persistence.is_some() {
             Python::attach(|py| {
-                py.detach(|| self.ledger.seal());
-                if let Err(error) = persistence.close_abandoning(py) {
+                if let Err(error) = self.shut(py, true) {
                     error.write_unraisable(py, None);
                 }
             });
@@ -193,15 +192,22 @@ impl MeteringCore {
             .ok_or_else(|| PyRuntimeError::new_err("MeteringCore is used through MeteringService"))
     }
 
-    /// Marks the service closed (new calls refuse) and waits for the calls already recording;
-    /// false if it was closed already by `_forked` (then nothing of the store may be touched).
-    fn seal(&self, py: Python<'_>) -> bool {
+    /// `close()`: marks the service closed (new calls refuse), waits for the calls already
+    /// recording (once: a later call finds the ledger sealed), then writes the last snapshot and
+    /// stops the thread; `abandon` stops it even if that snapshot fails. Nothing of the store is
+    /// touched in a forked child (`_forked`).
+    fn shut(&self, py: Python<'_>, abandon: bool) -> PyResult<()> {
         if self.forked.load(Ordering::Acquire) {
-            return false;
+            return Ok(());
         }
-        self.closed.store(true, Ordering::Release);
-        py.detach(|| self.ledger.seal());
-        true
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            py.detach(|| self.ledger.seal());
+        }
+        match (&self.persistence, abandon) {
+            (None, _) => Ok(()),
+            (Some(persistence), false) => persistence.close(py),
+            (Some(persistence), true) => persistence.close_abandoning(py),
+        }
     }
 
     fn month_now(&self, py: Python<'_>) -> PyResult<MonthId> {
@@ -281,24 +287,14 @@ impl MeteringCore {
     /// service stays closed to new calls and the snapshot thread keeps retrying: free space and
     /// call `close()` again.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        if self.seal(py) {
-            if let Some(persistence) = &self.persistence {
-                persistence.close(py)?;
-            }
-        }
-        Ok(())
+        self.shut(py, false)
     }
 
     /// `close()` for the interpreter's exit: if the last snapshot fails the snapshot thread
     /// stops all the same (the error is raised; what it could not write is lost), so that the
     /// process can end.
     fn _close_at_exit(&self, py: Python<'_>) -> PyResult<()> {
-        if self.seal(py) {
-            if let Some(persistence) = &self.persistence {
-                persistence.close_abandoning(py)?;
-            }
-        }
-        Ok(())
+        self.shut(py, true)
     }
 
     /// Called in a child process after `os.fork()`: this copy of the service refuses every call

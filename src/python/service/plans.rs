@@ -44,15 +44,17 @@ impl MeteringCore {
         now_ms: i64,
     ) -> PyResult<(Money, Py<PyAny>)> {
         const TRIES: usize = 3;
-        for attempt in 1..=TRIES {
+        let mut tries = 0;
+        loop {
+            tries += 1;
             let epoch = self.ledger.plan_epoch();
             let policy = self.hooks()?.resolve_policy.call1(py, (actor_obj,))?;
             let allowance = policy.getattr(py, "monthly_allowance")?;
             let allowance = convert::microcents(allowance.bind(py), "monthly_allowance")?;
-            let plan_id: String = policy.getattr(py, "id")?.extract(py)?;
             if actor.is_system {
                 return Ok((allowance, policy));
             }
+            let plan_id: String = policy.getattr(py, "id")?.extract(py)?;
             let expires_at_ms = now_ms.saturating_add(self.subscription_ttl_ms);
             // The hot path reads the allowance from the user's account (no second map lookup).
             if self
@@ -71,12 +73,13 @@ impl MeteringCore {
                 }
                 return Ok((allowance, policy));
             }
+            // Not cached: the user has no account (nothing to do), or an invalidation ran during
+            // the look-up (read the plan again, a few times at most).
             let invalidated = self.ledger.plan_epoch() != epoch;
-            if !invalidated || attempt == TRIES {
+            if !invalidated || tries == TRIES {
                 return Ok((allowance, policy));
             }
         }
-        unreachable!("the last try returns")
     }
 
     /// The user's plan (its `Policy`), cached or resolved.
