@@ -481,6 +481,11 @@ impl Ledger {
         self.id
     }
 
+    /// The user's account if it has one (creating nothing).
+    pub fn existing_account(&self, user_id: &str) -> Option<AccountHandle> {
+        self.accounts.pin().get(user_id).map(Arc::clone)
+    }
+
     /// The user's account, created (empty) if the user has none yet.
     pub fn account(&self, user_id: &str) -> AccountHandle {
         Arc::clone(account_in(&self.accounts.pin(), user_id))

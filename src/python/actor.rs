@@ -49,10 +49,17 @@ impl AccountCache {
         (*ledger_id == ledger.id()).then_some(&**account)
     }
 
-    /// The kept account if it was filled for this ledger; never creates one (for read-only
-    /// checks, which must not allocate an account for a user never charged).
-    pub fn peek(&self, ledger: &Ledger) -> Option<&Account> {
-        let (ledger_id, account) = self.0.get()?;
+    /// The user's account in `ledger` if it has one, kept like `get` but never created: for
+    /// read-only checks, which must not allocate an account for a user never charged, yet should
+    /// skip the lookup by id as charges do once the account exists.
+    pub fn existing(&self, ledger: &Ledger, user_id: &str) -> Option<&Account> {
+        let (ledger_id, account) = match self.0.get() {
+            Some(kept) => kept,
+            None => {
+                let account = ledger.existing_account(user_id)?;
+                self.0.get_or_init(|| (ledger.id(), account))
+            }
+        };
         (*ledger_id == ledger.id()).then_some(&**account)
     }
 }

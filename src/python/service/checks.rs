@@ -44,9 +44,9 @@ impl MeteringCore {
         }
         let now_ms = self.now_ms(py)?;
         let month = MonthId::from_epoch_ms(now_ms);
-        // A read: the kept account if any, else a look-up that creates nothing.
+        // A read: the kept (or now kept) account if the user has one; never creates one.
         self.with_plan(py, actor_obj, actor, now_ms, |plan| {
-            match actor.account.peek(&self.ledger) {
+            match actor.account.existing(&self.ledger, &actor.user_id) {
                 Some(account) => self.ledger.budget_in(account, month, plan),
                 None => self.ledger.budget(&actor.user_id, month, plan),
             }
