@@ -3,6 +3,7 @@
 
 pub mod costmap;
 pub mod error;
+pub mod fleet;
 pub mod ledger;
 pub mod money;
 pub mod python;
@@ -24,7 +25,7 @@ mod _core {
     #[pymodule_export]
     use crate::python::errors::{
         CostMapError, StoreClosedError, StoreCorruptedError, StoreError, StoreLockedError,
-        StoreVersionError, StoreWriteError, UnknownUsageType,
+        StoreUnavailableError, StoreVersionError, StoreWriteError, UnknownUsageType,
     };
     #[pymodule_export]
     use crate::python::meter::PyMeter;

@@ -10,8 +10,12 @@ import os
 
 import pytest
 from hypothesis import settings
+from redis_support import redis_cluster, redis_server, redis_url
 from support import FakeClock, small_cost_map
 from usagemeter import CostMap, MeteringService
+
+# Real Redis servers for every test module (see `redis_support`): pytest finds fixtures by name here.
+__all__ = ["redis_cluster", "redis_server", "redis_url"]
 
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.register_profile("ci", max_examples=400, deadline=None)

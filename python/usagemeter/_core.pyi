@@ -19,6 +19,7 @@ __all__ = [
     "StoreCorruptedError",
     "StoreError",
     "StoreLockedError",
+    "StoreUnavailableError",
     "StoreVersionError",
     "StoreWriteError",
     "UnknownUsageType",
@@ -44,6 +45,9 @@ class StoreError(Exception):
 
 class StoreLockedError(StoreError):
     """Another process or service holds the store; the message names the path."""
+
+class StoreUnavailableError(StoreError):
+    """The shared ledger (a Redis server or cluster) cannot be reached; the message names the URL."""
 
 class StoreCorruptedError(StoreError):
     """The store is damaged, truncated or lost data; the message names what failed."""

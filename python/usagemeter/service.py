@@ -96,10 +96,13 @@ class MeteringService(MeteringCore):
         subscription_ttl: float = 60.0,
         clock: Clock | None = None,
         store: str | os.PathLike[str] | None = None,
-        store_backend: Literal["sled", "redb"] | None = None,
+        store_backend: Literal["sled", "redb", "redis", "redis-cluster"] | None = None,
         snapshot_interval: float = 1.0,
         max_global_usage_per_minute: int | None = None,
         global_usage_check_interval: float = 900.0,
+        lease_ttl: float = 10.0,
+        offline_spending: Literal["refuse", "leases"] = "refuse",
+        connect_timeout: float = 5.0,
     ) -> MeteringService:
         """Validate the options, open the store if any, and connect the ledger to the events."""
         if cost_map is None:
@@ -135,8 +138,16 @@ class MeteringService(MeteringCore):
             raise ValueError(
                 f"global_usage_check_interval must be positive seconds, got {global_usage_check_interval}"
             )
-        if store_backend not in (None, "sled", "redb"):
-            raise ValueError(f"store_backend must be 'sled', 'redb' or None, not {store_backend!r}")
+        if store_backend not in (None, "sled", "redb", "redis", "redis-cluster"):
+            raise ValueError(
+                f"store_backend must be 'sled', 'redb', 'redis', 'redis-cluster' or None, not {store_backend!r}"
+            )
+        for name, seconds in (("lease_ttl", lease_ttl), ("connect_timeout", connect_timeout)):
+            _check_seconds(name, seconds)
+            if not 0 < seconds <= MAX_SNAPSHOT_INTERVAL:
+                raise ValueError(f"{name} must be positive seconds, at most a day, got {seconds}")
+        if offline_spending not in ("refuse", "leases"):
+            raise ValueError(f"offline_spending must be 'refuse' or 'leases', not {offline_spending!r}")
         store_path = None if store is None else os.fspath(store)
         policies = tuple(policies)
         for policy in policies:
@@ -144,7 +155,17 @@ class MeteringService(MeteringCore):
                 raise TypeError(f"policies must be Policy objects, not {type(policy).__name__}")
         interval_ms = max(1, round(snapshot_interval * 1000))
         self = super().__new__(
-            cls, cost_map, unmapped == "free", ttl_ms, clock, store_path, store_backend, interval_ms
+            cls,
+            cost_map,
+            unmapped == "free",
+            ttl_ms,
+            clock,
+            store_path,
+            store_backend,
+            interval_ms,
+            max(1, round(lease_ttl * 1000)),
+            offline_spending == "leases",
+            max(1, round(connect_timeout * 1000)),
         )
         # Set up here rather than in __init__, so the options are declared once.
         self.events = EventBus()

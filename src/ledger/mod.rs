@@ -22,6 +22,7 @@ pub mod image;
 pub mod month;
 pub mod pools;
 pub mod record;
+pub mod replica;
 pub mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,6 +112,9 @@ pub struct Receipt {
     pub overuse_multiple: Option<i128>,
     /// Items recorded for free because the cost map has no price for them (`Unmapped::Free`).
     pub unmapped_items: usize,
+    /// A fleet replica refused an `IfAffordable` charge because its budget lease does not cover
+    /// it: ask the fleet for a larger lease and try again (`replica.rs`).
+    pub lease_short: bool,
 }
 
 /// A user's budget for one month, every figure exact.
@@ -168,6 +172,9 @@ struct AccountState {
     changed_months: Vec<MonthId>,
     /// Whether the user id is already in the change log.
     queued: bool,
+    /// A fleet replica's budget lease for this user (`replica.rs`); boxed, as most accounts of
+    /// a fleet hold none and every account of a single process none.
+    lease: Option<Box<replica::Lease>>,
 }
 
 /// One user's month. Per-type counters are kept once, per app; the user's own per-type figures
@@ -363,6 +370,8 @@ pub struct Ledger {
     /// Bumped by every `forget_plan`, so that a plan resolved while an invalidation ran is never
     /// cached over it (`set_plan_if`).
     plan_epoch: AtomicU64,
+    /// Set for a fleet replica: affordability is decided on budget leases (`replica.rs`).
+    leases: Option<Arc<replica::LeaseRules>>,
 }
 
 impl Ledger {
@@ -378,6 +387,7 @@ impl Ledger {
             id: NEXT_LEDGER_ID.fetch_add(1, Ordering::Relaxed),
             sealed: AtomicBool::new(false),
             plan_epoch: AtomicU64::new(0),
+            leases: None,
         }
     }
 
@@ -597,15 +607,20 @@ impl Ledger {
         let calls = deltas.iter().map(|d| d.count).sum::<u64>();
         // Affordability is decided after validation: a call that could never be recorded raises
         // the same error whether or not the user could afford it.
+        let checks = mode == ChargeMode::IfAffordable && cost.is_positive();
+        let lease_short = match &self.leases {
+            Some(rules) if checks => !state.lease_covers(booking.month, cost, rules),
+            _ => false,
+        };
         let refuses = |pools: &MonthPools| {
-            mode == ChargeMode::IfAffordable
-                && cost.is_positive()
-                && pools::remaining(allowance, pools, &credit) < cost
+            checks && (lease_short || pools::remaining(allowance, pools, &credit) < cost)
         };
         let refused = Receipt {
             accepted: false,
+            allowance,
             month_total: before,
             cost,
+            lease_short,
             ..Receipt::default()
         };
         let mut new_credit = credit;
@@ -652,6 +667,9 @@ impl Ledger {
             }
         };
         state.credit = new_credit;
+        if self.leases.is_some() {
+            state.spend_lease(booking.month, cost);
+        }
         if self.track_changes {
             state.mark_changed(booking.user_id, Some(booking.month), &self.changes);
         }
@@ -673,6 +691,7 @@ impl Ledger {
             split,
             overuse_multiple,
             unmapped_items,
+            lease_short: false,
         })
     }
 
@@ -955,22 +974,7 @@ impl Ledger {
             };
             for (month, image) in user.months {
                 // The store checked that the app records add up to the month's (`MonthImage::check`).
-                let mut apps: SmallVec<[(AppName, UsageRecord); 1]> = image
-                    .apps
-                    .iter()
-                    .map(|(app, r)| (AppName::new(app), self.record_from_image(r)))
-                    .collect();
-                apps.sort_by(|a, b| a.0.cmp(&b.0));
-                let (total, count) = (image.usage.total, image.usage.count);
-                state.months.insert(
-                    month,
-                    UserMonth {
-                        total,
-                        count,
-                        apps,
-                        pools: image.pools,
-                    },
-                );
+                state.months.insert(month, self.user_month_of(&image));
             }
             let account = Account {
                 state: Mutex::new(state),

@@ -56,6 +56,12 @@ create_exception!(
     StoreError,
     "The service was closed."
 );
+create_exception!(
+    usagemeter,
+    StoreUnavailableError,
+    StoreError,
+    "The shared ledger (a Redis server or cluster) cannot be reached; the message names the URL."
+);
 
 pub fn store_error(error: CoreStoreError) -> PyErr {
     let message = error.to_string();
@@ -65,6 +71,7 @@ pub fn store_error(error: CoreStoreError) -> PyErr {
         CoreStoreError::NewerVersion(_) => StoreVersionError::new_err(message),
         CoreStoreError::Write(_) => StoreWriteError::new_err(message),
         CoreStoreError::Closed(_) => StoreClosedError::new_err(message),
+        CoreStoreError::Unavailable(_) => StoreUnavailableError::new_err(message),
         CoreStoreError::Other(_) => StoreError::new_err(message),
     }
 }

@@ -13,6 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::errors::store_error;
+use crate::fleet::sync::{Fleet, FleetOptions, FleetRound, InvalidateHook};
+use crate::ledger::image::UserImage;
 use crate::ledger::Ledger;
 use crate::store::snapshot::{ErrorHook, Snapshotter};
 use crate::store::{self, Backend, LedgerStore, Loaded, StoreError};
@@ -29,7 +31,7 @@ pub struct StoreErrors(Arc<Mutex<VecDeque<String>>>);
 const MAX_QUEUED_ERRORS: usize = 64;
 
 impl StoreErrors {
-    fn push(&self, message: String) {
+    pub fn push(&self, message: String) {
         let mut queue = self.0.lock();
         if queue.len() == MAX_QUEUED_ERRORS {
             queue.pop_front();
@@ -40,22 +42,67 @@ impl StoreErrors {
     pub fn take(&self) -> Vec<String> {
         self.0.lock().drain(..).collect()
     }
+
+    /// A hook for a background thread that queues its errors, prefixed with `what`.
+    fn hook(&self, what: &'static str) -> ErrorHook {
+        let queue = self.clone();
+        Box::new(move |message: &str| queue.push(format!("{what}: {message}")))
+    }
 }
 
-/// A service's open store and its snapshot thread.
+/// Where a service keeps its ledger.
+pub enum StoreKind {
+    /// An embedded store in a local directory (the backend of the store there when `None`).
+    Embedded(Option<Backend>),
+    /// The shared ledger of a fleet: one Redis server (`redis://`, `rediss://`, `unix://`), or a
+    /// Redis Cluster (seed nodes, comma-separated).
+    Shared { cluster: bool },
+}
+
+/// Whether `location` is a URL of a shared ledger.
+fn is_shared_url(location: &str) -> bool {
+    ["redis://", "rediss://", "unix://", "redis+unix://"]
+        .iter()
+        .any(|scheme| location.starts_with(scheme))
+}
+
+/// What `store` and `store_backend` name.
+pub fn store_kind(location: &str, backend: Option<&str>) -> PyResult<StoreKind> {
+    let shared = is_shared_url(location);
+    match backend {
+        Some("redis") | Some("redis-cluster") if !shared => Err(PyValueError::new_err(format!(
+            "store_backend={:?} needs a redis://, rediss:// or unix:// URL as store, not {location:?}",
+            backend.unwrap_or_default()
+        ))),
+        Some("redis") => Ok(StoreKind::Shared { cluster: false }),
+        Some("redis-cluster") => Ok(StoreKind::Shared { cluster: true }),
+        None if shared => Ok(StoreKind::Shared { cluster: false }),
+        Some(_) if shared => Err(PyValueError::new_err(format!(
+            "store {location:?} is a shared ledger: store_backend must be 'redis',              'redis-cluster' or None"
+        ))),
+        None => Ok(StoreKind::Embedded(None)),
+        Some(name) => parse_backend(name).map(|b| StoreKind::Embedded(Some(b))),
+    }
+}
+
+/// A service's open store and its background thread (snapshots, or the fleet's sync).
 pub struct Persistence {
+    /// The store directory, or the shared ledger's URL.
     pub dir: String,
     /// The store directory made absolute when opened, to find its files after a fork.
-    canonical_dir: PathBuf,
-    pub backend: Backend,
+    canonical_dir: Option<PathBuf>,
+    /// "sled", "redb", "redis" or "redis-cluster".
+    pub backend: &'static str,
     pub snapshotter: Snapshotter,
     pub errors: StoreErrors,
+    /// The shared ledger, for a fleet's worker.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 pub fn parse_backend(name: &str) -> PyResult<Backend> {
     Backend::parse(name).ok_or_else(|| {
         PyValueError::new_err(format!(
-            "store_backend must be 'sled' or 'redb', not {name:?}"
+            "store_backend must be 'sled', 'redb', 'redis' or 'redis-cluster', not {name:?}"
         ))
     })
 }
@@ -77,8 +124,8 @@ fn check_store_path(dir: &Path) -> PyResult<()> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if is_scheme {
             return Err(PyValueError::new_err(format!(
-                "store must be a local directory, not a URL ({text:?}): shared stores \
-                 ({scheme}://) are not supported yet"
+                "store must be a local directory or a redis://, rediss:// or unix:// URL, \
+                 not {text:?} ({scheme}:// is not a store this version knows)"
             )));
         }
     }
@@ -104,22 +151,52 @@ impl Persistence {
             .dir()
             .canonicalize()
             .unwrap_or_else(|_| store.dir().to_path_buf());
-        let backend = store.backend();
+        let backend = store.backend().name();
         let errors = StoreErrors::default();
-        let queue = errors.clone();
-        let on_error: ErrorHook = Box::new(move |message: &str| {
-            queue.push(format!(
-                "snapshot failed, usage is kept in memory and retried: {message}"
-            ))
-        });
+        let on_error = errors.hook("snapshot failed, usage is kept in memory and retried");
         let snapshotter = Snapshotter::start(ledger, store, interval, on_error);
         Persistence {
             dir,
-            canonical_dir,
+            canonical_dir: Some(canonical_dir),
             backend,
             snapshotter,
             errors,
+            fleet: None,
         }
+    }
+
+    /// Joins the fleet sharing the ledger at `url` (loading every user into `ledger`, which
+    /// must be empty), and starts the sync thread.
+    pub fn join_fleet(
+        py: Python<'_>,
+        url: &str,
+        cluster: bool,
+        make_ledger: impl FnOnce() -> Ledger,
+        options: FleetOptions,
+        on_invalidate: impl FnOnce(Arc<Ledger>) -> InvalidateHook,
+    ) -> PyResult<(Arc<Ledger>, Persistence)> {
+        let ledger = Arc::new(make_ledger());
+        let hook = on_invalidate(Arc::clone(&ledger));
+        let interval = options.interval;
+        let opened = py.detach(|| Fleet::open(Arc::clone(&ledger), options, hook));
+        let (fleet, users): (Fleet, Vec<UserImage>) = opened.map_err(store_error)?;
+        ledger.restore(users);
+        ledger.set_online(true);
+        let fleet = Arc::new(fleet);
+        let errors = StoreErrors::default();
+        let on_error =
+            errors.hook("sync with the shared ledger failed, usage is kept in memory and retried");
+        let round = Box::new(FleetRound(Arc::clone(&fleet)));
+        let snapshotter = Snapshotter::start_round(round, "usagemeter-sync", interval, on_error);
+        let persistence = Persistence {
+            dir: url.to_string(),
+            canonical_dir: None,
+            backend: if cluster { "redis-cluster" } else { "redis" },
+            snapshotter,
+            errors,
+            fleet: Some(fleet),
+        };
+        Ok((ledger, persistence))
     }
 
     pub fn flush(&self, py: Python<'_>) -> PyResult<()> {
@@ -143,7 +220,9 @@ impl Persistence {
     /// never use this `Persistence` again, nor drop it (its destructor would wait for the thread
     /// that the child does not have): see `MeteringCore::_forked`.
     pub fn close_inherited_descriptors(&self) {
-        close_descriptors_under(&self.canonical_dir);
+        if let Some(dir) = &self.canonical_dir {
+            close_descriptors_under(dir);
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub enum StoreError {
     Write(String),
     /// The store was closed (or its snapshot thread has ended).
     Closed(String),
+    /// A shared ledger (Redis) cannot be reached.
+    Unavailable(String),
     /// Anything else (wrong backend, bad path).
     Other(String),
 }
@@ -65,6 +67,7 @@ impl fmt::Display for StoreError {
             | StoreError::NewerVersion(m)
             | StoreError::Write(m)
             | StoreError::Closed(m)
+            | StoreError::Unavailable(m)
             | StoreError::Other(m) => f.write_str(m),
         }
     }

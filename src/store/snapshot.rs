@@ -53,13 +53,24 @@ pub struct Snapshotter {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The work the background thread does every interval: a snapshot to an embedded store, or a
+/// sync with a fleet's shared ledger (`crate::fleet`). `last` is the round of `stop`.
+pub trait Round: Send {
+    fn run(&mut self, last: bool) -> StoreResult<()>;
+}
+
 /// State owned by the snapshot thread.
 struct Writer {
     ledger: Arc<Ledger>,
     store: LedgerStore,
     /// Changes of failed snapshots, by user, to write with the next one.
     unsaved: BTreeMap<String, UserImage>,
-    on_error: ErrorHook,
+}
+
+impl Round for Writer {
+    fn run(&mut self, _last: bool) -> StoreResult<()> {
+        self.snapshot()
+    }
 }
 
 impl Writer {
@@ -90,18 +101,18 @@ impl Writer {
         self.unsaved.clear();
         Ok(())
     }
+}
 
-    /// `snapshot`, with a panic (a bug, or a backend that met damaged data) turned into an error:
-    /// the thread survives it, keeps the unsaved copies and retries.
-    fn snapshot_caught(&mut self) -> StoreResult<()> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.snapshot())).unwrap_or_else(
-            |_| {
-                Err(StoreError::Write(
-                    "the snapshot failed unexpectedly (a panic in the store backend)".into(),
-                ))
-            },
-        )
-    }
+/// A round, with a panic (a bug, or a backend that met damaged data) turned into an error: the
+/// thread survives it, keeps what it could not write and retries.
+fn run_caught(round: &mut dyn Round, last: bool) -> StoreResult<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| round.run(last))).unwrap_or_else(
+        |_| {
+            Err(StoreError::Write(
+                "the snapshot failed unexpectedly (a panic in the store backend)".into(),
+            ))
+        },
+    )
 }
 
 fn closed_error() -> StoreError {
@@ -116,22 +127,31 @@ impl Snapshotter {
         interval: Duration,
         on_error: ErrorHook,
     ) -> Snapshotter {
+        let writer = Writer {
+            ledger,
+            store,
+            unsaved: BTreeMap::new(),
+        };
+        Snapshotter::start_round(Box::new(writer), "usagemeter-snapshot", interval, on_error)
+    }
+
+    /// Starts a thread named `name` that runs `round` every `interval` (and for `flush`/`stop`).
+    pub fn start_round(
+        mut round: Box<dyn Round>,
+        name: &str,
+        interval: Duration,
+        on_error: ErrorHook,
+    ) -> Snapshotter {
         let shared = Arc::new(Shared {
             progress: Mutex::new(Progress::default()),
             wake: Condvar::new(),
             done: Condvar::new(),
         });
-        let mut writer = Writer {
-            ledger,
-            store,
-            unsaved: BTreeMap::new(),
-            on_error,
-        };
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
-            .name("usagemeter-snapshot".into())
-            .spawn(move || run(&thread_shared, &mut writer, interval))
-            .expect("the snapshot thread starts");
+            .name(name.into())
+            .spawn(move || run(&thread_shared, &mut *round, interval, &on_error))
+            .expect("the background thread starts");
         Snapshotter {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -212,7 +232,7 @@ impl Snapshotter {
     }
 }
 
-fn run(shared: &Shared, writer: &mut Writer, interval: Duration) {
+fn run(shared: &Shared, round: &mut dyn Round, interval: Duration, on_error: &ErrorHook) {
     loop {
         let (target, stopping) = {
             let mut progress = shared.progress.lock();
@@ -221,9 +241,9 @@ fn run(shared: &Shared, writer: &mut Writer, interval: Duration) {
             }
             (progress.requested, progress.stop_requested)
         };
-        let result = writer.snapshot_caught();
+        let result = run_caught(round, stopping);
         if let Err(error) = &result {
-            (writer.on_error)(&error.to_string());
+            on_error(&error.to_string());
         }
         let mut progress = shared.progress.lock();
         // Requests made while this snapshot ran may have missed its copies: only the ones made

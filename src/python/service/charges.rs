@@ -106,18 +106,59 @@ impl MeteringCore {
         record: impl Fn(&Booking<'_>) -> Result<Receipt, LedgerError>,
     ) -> PyResult<Receipt> {
         let now_ms = self.now_ms(py)?;
-        let receipt = self.with_plan(py, actor_obj, actor, now_ms, |plan| {
+        let month = MonthId::from_epoch_ms(now_ms);
+        let charge = |plan| {
             record(&Booking {
                 user_id: &actor.user_id,
                 app_id: actor.booking_app(),
-                month: MonthId::from_epoch_ms(now_ms),
+                month,
                 plan,
             })
-        })?;
+        };
+        let mut receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
+        // A fleet's worker whose budget lease does not cover the charge asks the fleet for more
+        // (the last credits of a user go through the shared ledger, one request per call), then
+        // decides again. Twice at most: a lease granted is spent by this worker alone, but
+        // another thread of this process may take it first.
+        for _ in 0..2 {
+            if !receipt.lease_short || !self.lease_granted(py, actor, month, &receipt) {
+                break;
+            }
+            receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
+        }
         if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
             self.raise_alarms(py, actor_obj, items, &receipt, receipt.allowance);
         }
         Ok(receipt)
+    }
+
+    /// Asks the fleet for a lease covering `receipt`'s cost (with the GIL released). An error
+    /// (the shared ledger cannot be reached) is raised as a `store_error` alarm, and the charge
+    /// stays refused: strict spending fails closed.
+    fn lease_granted(
+        &self,
+        py: Python<'_>,
+        actor: &PyActor,
+        month: MonthId,
+        receipt: &Receipt,
+    ) -> bool {
+        let Some(persistence) = &self.persistence else {
+            return false;
+        };
+        let Some(fleet) = &persistence.fleet else {
+            return false;
+        };
+        let asked = py
+            .detach(|| fleet.request_lease(&actor.user_id, month, receipt.cost, receipt.allowance));
+        match asked {
+            Ok(granted) => granted,
+            Err(error) => {
+                persistence.errors.push(format!(
+                    "a budget lease could not be asked for, the charge is refused: {error}"
+                ));
+                false
+            }
+        }
     }
 
     fn raise_alarms(

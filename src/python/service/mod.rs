@@ -35,8 +35,12 @@ use super::actor::PyActor;
 use super::costmap::PyCostMap;
 use super::errors::StoreClosedError;
 use super::persistence::{self, Persistence};
+use crate::fleet::sync::FleetOptions;
 use crate::ledger::month::MonthId;
 use crate::ledger::{Ledger, Unmapped};
+
+/// Each user's resolved plan (`plans.rs`).
+type PlanCache = papaya::HashMap<Box<str>, CachedPlan, foldhash::fast::RandomState>;
 
 /// Python callables installed once by `MeteringService.__init__`.
 struct Hooks {
@@ -54,7 +58,8 @@ pub struct MeteringCore {
     cost_map: Py<PyCostMap>,
     clock: Option<Py<PyAny>>,
     subscription_ttl_ms: i64,
-    plans: papaya::HashMap<Box<str>, CachedPlan, foldhash::fast::RandomState>,
+    /// Shared with the fleet's sync thread, which drops the plans other workers invalidate.
+    plans: Arc<PlanCache>,
     hooks: OnceLock<Hooks>,
     persistence: Option<Persistence>,
     /// Set when `close()` begins: every later call raises `StoreClosedError`.
@@ -220,7 +225,7 @@ impl MeteringCore {
     // One argument per option of `MeteringService.__new__`, which owns the defaults.
     #[allow(clippy::too_many_arguments)]
     #[new]
-    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend=None, snapshot_interval_ms=1000))]
+    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend=None, snapshot_interval_ms=1000, lease_ttl_ms=10_000, serve_offline=false, connect_timeout_ms=5_000))]
     fn new(
         py: Python<'_>,
         cost_map: Bound<'_, PyCostMap>,
@@ -230,6 +235,9 @@ impl MeteringCore {
         store_path: Option<PathBuf>,
         store_backend: Option<&str>,
         snapshot_interval_ms: u64,
+        lease_ttl_ms: u64,
+        serve_offline: bool,
+        connect_timeout_ms: u64,
     ) -> PyResult<Self> {
         if subscription_ttl_ms < 0 {
             return Err(PyValueError::new_err(
@@ -239,21 +247,62 @@ impl MeteringCore {
         if snapshot_interval_ms == 0 {
             return Err(PyValueError::new_err("snapshot_interval must be positive"));
         }
-        let backend = store_backend.map(persistence::parse_backend).transpose()?;
+        if lease_ttl_ms == 0 || connect_timeout_ms == 0 {
+            return Err(PyValueError::new_err(
+                "lease_ttl and connect_timeout must be positive",
+            ));
+        }
+        let location = store_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        let kind = match (&location, store_backend) {
+            (Some(location), backend) => Some(persistence::store_kind(location, backend)?),
+            (None, Some(backend)) => {
+                persistence::store_kind("", Some(backend))?;
+                None
+            }
+            (None, None) => None,
+        };
         let unmapped = if unmapped_free {
             Unmapped::Free
         } else {
             Unmapped::Error
         };
         let ledger = Ledger::new(Arc::clone(&cost_map.get().inner), unmapped);
-        let (ledger, persistence) = match store_path {
-            None => (Arc::new(ledger), None),
-            Some(path) => {
+        let plans: Arc<PlanCache> = Arc::new(crate::ledger::record::new_concurrent_map());
+        let interval = Duration::from_millis(snapshot_interval_ms);
+        let (ledger, persistence) = match (store_path, kind) {
+            (None, _) | (_, None) => (Arc::new(ledger), None),
+            (Some(_), Some(persistence::StoreKind::Shared { cluster })) => {
+                let url = location.unwrap_or_default();
+                let options = FleetOptions {
+                    urls: url.split(',').map(|u| u.trim().to_string()).collect(),
+                    cluster,
+                    connect_timeout: Duration::from_millis(connect_timeout_ms),
+                    lease_ttl: Duration::from_millis(lease_ttl_ms),
+                    interval,
+                };
+                let cache = Arc::clone(&plans);
+                let (ledger, persistence) = Persistence::join_fleet(
+                    py,
+                    &url,
+                    cluster,
+                    || ledger.track_changes().with_leases(serve_offline),
+                    options,
+                    move |ledger| {
+                        Box::new(move |user_id: &str| {
+                            ledger.forget_plan(user_id);
+                            cache.pin().remove(user_id);
+                        })
+                    },
+                )?;
+                (ledger, Some(persistence))
+            }
+            (Some(path), Some(persistence::StoreKind::Embedded(backend))) => {
                 let (store, loaded) = persistence::open(py, &path, backend)?;
                 let ledger = ledger.track_changes();
                 ledger.restore(loaded.users);
                 let ledger = Arc::new(ledger);
-                let interval = Duration::from_millis(snapshot_interval_ms);
                 let persistence = Persistence::start(store, Arc::clone(&ledger), interval);
                 (ledger, Some(persistence))
             }
@@ -263,7 +312,7 @@ impl MeteringCore {
             cost_map: cost_map.unbind(),
             clock,
             subscription_ttl_ms,
-            plans: crate::ledger::record::new_concurrent_map(),
+            plans,
             hooks: OnceLock::new(),
             persistence,
             closed: AtomicBool::new(false),
@@ -334,10 +383,36 @@ impl MeteringCore {
         self.persistence.as_ref().map(|p| p.dir.clone())
     }
 
-    /// The store backend ("sled" or "redb"), or None for a memory-only service.
+    /// The store backend ("sled", "redb", "redis" or "redis-cluster"), or None for a
+    /// memory-only service.
     #[getter]
     fn store_backend(&self) -> Option<&'static str> {
-        self.persistence.as_ref().map(|p| p.backend.name())
+        self.persistence.as_ref().map(|p| p.backend)
+    }
+
+    /// The traffic of this worker's syncs with the shared ledger (None without one): rounds,
+    /// round trips, bytes sent, writes, conflicts and lease requests since it opened.
+    fn _sync_stats(&self) -> Option<std::collections::HashMap<&'static str, u64>> {
+        let fleet = self.persistence.as_ref()?.fleet.as_ref()?;
+        let stats = fleet.stats();
+        Some(
+            [
+                ("rounds", stats.rounds),
+                ("round_trips", stats.round_trips),
+                ("bytes_sent", stats.bytes_sent),
+                ("writes", stats.writes),
+                ("conflicts", stats.conflicts),
+                ("lease_requests", stats.lease_requests),
+            ]
+            .into(),
+        )
+    }
+
+    /// This worker's id in the shared ledger (None without one).
+    #[getter]
+    fn _worker_id(&self) -> Option<String> {
+        let fleet = self.persistence.as_ref()?.fleet.as_ref()?;
+        Some(fleet.worker().to_string())
     }
 
     /// Installs the plan resolver and the alarm dispatcher (once).

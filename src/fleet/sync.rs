@@ -1,0 +1,865 @@
+//! The sync thread of one worker, and the budget-lease requests of its callers.
+//!
+//! Every `interval` (and for `flush` and `close`) a round:
+//! 1. sends what is unsent: for each user changed here, its figures minus the fleet's figures as
+//!    last known, merged into the fleet's figures (`figures::merge`) and written by one
+//!    compare-and-set script per user, all in one pipeline. A write carries this worker's write
+//!    id: a retry after a timeout is recognised and applied once. If the fleet moved meanwhile
+//!    (another worker wrote), the reply holds its figures: merge again and retry.
+//! 2. renews the budget leases held here (or returns those unused for a round);
+//! 3. names the changed users in the feed stream, and reads the feed: users changed by other
+//!    workers are read again and their new figures rebased into the local ledger; plan
+//!    invalidations are applied.
+//!
+//! A round that fails (the server cannot be reached) keeps its writes and retries them, with the
+//! same write ids, before taking anything new: while the server is away, what is unsent stays in
+//! the ledger's own accounts (one copy per changed user and month, however many calls), so memory
+//! does not grow with the calls made meanwhile.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use redis::{Cmd, Value};
+
+use super::figures::{merge, UserFigures};
+use super::link::{unavailable, Link};
+use super::record::{self, Stored, StoredLease, FEED_KEY, USERS_KEY};
+use crate::ledger::image::UserImage;
+use crate::ledger::month::MonthId;
+use crate::ledger::pools;
+use crate::ledger::replica::Taken;
+use crate::ledger::Ledger;
+use crate::money::Money;
+use crate::store::codec::TypeTable;
+use crate::store::snapshot::Round;
+use crate::store::{StoreError, StoreResult};
+
+/// How a worker joins the fleet.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// One URL, or a cluster's seed nodes.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub connect_timeout: Duration,
+    /// How long a budget lease lives in the shared ledger without renewal.
+    pub lease_ttl: Duration,
+    /// Between two syncs.
+    pub interval: Duration,
+}
+
+/// Called with each user whose plan another worker invalidated.
+pub type InvalidateHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// What a write asks of the user's lease.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ask {
+    /// Nothing: the user holds no lease here.
+    None,
+    /// Renew it, topped up to the fair share when the fleet has room (spent in the last round).
+    Renew { month: MonthId, left: Money },
+    /// At least `need` now (a caller waits), or nothing if the fleet has no room for it.
+    Need { month: MonthId, need: Money },
+    /// Give it back (unused for a round, or closing).
+    Release { month: MonthId },
+}
+
+/// One user's write, kept until the fleet confirms it.
+struct Write {
+    user: String,
+    id: u64,
+    /// What this worker recorded and the fleet has not: figures of the changed months, credit.
+    delta: UserFigures,
+    allowance: Money,
+    ask: Ask,
+    /// When the lease request was made: a granted lease is usable for `lease_ttl` from here.
+    asked_at: Instant,
+}
+
+/// Traffic figures, for `sync_stats` (benchmarks and tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub rounds: u64,
+    pub round_trips: u64,
+    pub bytes_sent: u64,
+    pub writes: u64,
+    pub conflicts: u64,
+    pub lease_requests: u64,
+}
+
+struct State {
+    link: Option<Link>,
+    /// The next write id (per worker, increasing).
+    next_id: u64,
+    known: HashMap<String, Stored>,
+    pending: Vec<Write>,
+    /// Users holding a lease here.
+    leased: BTreeSet<String>,
+    /// The last feed entry read.
+    feed_id: String,
+    /// Plan invalidations to publish.
+    invalidations: Vec<String>,
+    stats: Stats,
+}
+
+pub struct Fleet {
+    ledger: Arc<Ledger>,
+    options: FleetOptions,
+    worker: String,
+    state: Mutex<State>,
+    on_invalidate: InvalidateHook,
+}
+
+/// A unique id for this worker (process and service): its writes and leases are named by it.
+fn worker_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = foldhash::fast::RandomState::default().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    format!("{:016x}{:08x}", hasher.finish(), std::process::id())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+/// A `{code, payload}` reply of the script.
+fn script_reply(value: &Value) -> Option<(i64, &Value)> {
+    match value {
+        Value::Array(items) if items.len() == 2 => match &items[0] {
+            Value::Int(code) => Some((*code, &items[1])),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The field/value pairs of an `HGETALL` reply (an array, or a map under RESP3).
+fn pairs(value: &Value) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let bytes = |v: &Value| match v {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.clone().into_bytes(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        _ => Vec::new(),
+    };
+    match value {
+        Value::Array(items) => items
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (bytes(&c[0]), bytes(&c[1])))
+            .collect(),
+        Value::Map(items) => items.iter().map(|(f, v)| (bytes(f), bytes(v))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn corrupted(user: &str, why: String) -> StoreError {
+    StoreError::Corrupted(format!(
+        "the shared ledger's record of user {user:?}: {why}"
+    ))
+}
+
+impl Fleet {
+    /// Connects (within the connect timeout) and loads every user of the shared ledger.
+    pub fn open(
+        ledger: Arc<Ledger>,
+        options: FleetOptions,
+        on_invalidate: InvalidateHook,
+    ) -> StoreResult<(Fleet, Vec<UserImage>)> {
+        let mut link = Link::open(&options.urls, options.cluster, options.connect_timeout)?;
+        let fleet = Fleet {
+            ledger,
+            worker: worker_id(),
+            state: Mutex::new(State {
+                link: None,
+                next_id: 1,
+                known: HashMap::new(),
+                pending: Vec::new(),
+                leased: BTreeSet::new(),
+                feed_id: "0-0".into(),
+                invalidations: Vec::new(),
+                stats: Stats::default(),
+            }),
+            on_invalidate,
+            options,
+        };
+        let images = {
+            let mut state = fleet.state.lock();
+            // The feed's position first: a change made while loading is then read again.
+            state.feed_id = fleet.feed_end(&mut link)?;
+            let users = fleet.all_users(&mut link)?;
+            let stored = fleet.read_users(&mut link, &users)?;
+            let mut images = Vec::with_capacity(stored.len());
+            for (user, stored) in stored {
+                images.push(stored.image(&user).map_err(|why| corrupted(&user, why))?);
+                state.known.insert(user, stored);
+            }
+            state.link = Some(link);
+            images
+        };
+        Ok((fleet, images))
+    }
+
+    fn io(&self, e: &redis::RedisError) -> StoreError {
+        unavailable(&self.options.urls.join(","), e)
+    }
+
+    fn feed_end(&self, link: &mut Link) -> StoreResult<String> {
+        let last = link
+            .one(
+                redis::cmd("XREVRANGE")
+                    .arg(FEED_KEY)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .map_err(|e| self.io(&e))?;
+        Ok(match &last {
+            Value::Array(entries) => entries
+                .first()
+                .and_then(|entry| match entry {
+                    Value::Array(parts) => parts.first().and_then(text_of),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "0-0".into()),
+            _ => "0-0".into(),
+        })
+    }
+
+    fn all_users(&self, link: &mut Link) -> StoreResult<Vec<String>> {
+        let members = link
+            .one(redis::cmd("SMEMBERS").arg(USERS_KEY))
+            .map_err(|e| self.io(&e))?;
+        let mut users: Vec<String> = match &members {
+            Value::Array(items) | Value::Set(items) => items.iter().filter_map(text_of).collect(),
+            _ => Vec::new(),
+        };
+        users.sort();
+        Ok(users)
+    }
+
+    /// Reads users' hashes (users with no hash are left out).
+    fn read_users(&self, link: &mut Link, users: &[String]) -> StoreResult<Vec<(String, Stored)>> {
+        let mut read = Vec::with_capacity(users.len());
+        for chunk in users.chunks(1000) {
+            let commands: Vec<Cmd> = chunk
+                .iter()
+                .map(|user| {
+                    let mut c = redis::cmd("HGETALL");
+                    c.arg(record::user_key(user));
+                    c
+                })
+                .collect();
+            let values = link.run(&commands).map_err(|e| self.io(&e))?;
+            for (user, value) in chunk.iter().zip(values) {
+                let fields = pairs(&value);
+                if fields.is_empty() {
+                    continue;
+                }
+                let stored = record::decode(user, &fields).map_err(|why| corrupted(user, why))?;
+                read.push((user.clone(), stored));
+            }
+        }
+        Ok(read)
+    }
+
+    /// Queues a plan invalidation for the other workers (sent with the next round).
+    pub fn publish_invalidation(&self, user_id: &str) {
+        self.state.lock().invalidations.push(user_id.to_string());
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.lock().stats
+    }
+
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// Asks the fleet now for a lease covering at least `need` of `month` for `user_id` (a
+    /// caller's `try_increment_usage` that its lease does not cover). Sends the user's unsent
+    /// figures in the same write. Returns whether a lease was granted; false when the fleet has
+    /// no room, or cannot be reached (then the error is returned too, for the alarm).
+    pub fn request_lease(
+        &self,
+        user_id: &str,
+        month: MonthId,
+        need: Money,
+        allowance: Money,
+    ) -> StoreResult<bool> {
+        let mut state = self.state.lock();
+        let result = self.request_locked(&mut state, user_id, month, need, allowance);
+        self.ledger.set_online(result.is_ok());
+        if result.is_err() {
+            state.link = None;
+        }
+        result
+    }
+
+    fn request_locked(
+        &self,
+        state: &mut State,
+        user_id: &str,
+        month: MonthId,
+        need: Money,
+        allowance: Money,
+    ) -> StoreResult<bool> {
+        self.connect(state)?;
+        let now = self.server_ms(state)?;
+        if !state.pending.is_empty() {
+            self.write(state, now)?;
+        }
+        let Some(taken) = self.ledger.take_user_for_fleet(user_id) else {
+            return Ok(false);
+        };
+        state.stats.lease_requests += 1;
+        let id = state.next_id;
+        state.next_id += 1;
+        let mut write = self.write_of(state, taken, id, false);
+        write.ask = Ask::Need { month, need };
+        write.allowance = allowance;
+        state.pending.push(write);
+        let changed = self.write(state, now)?;
+        self.announce(state, &changed)?;
+        Ok(self.ledger.lease_left(user_id, month) >= need)
+    }
+
+    fn connect(&self, state: &mut State) -> StoreResult<()> {
+        if state.link.is_none() {
+            state.link = Some(Link::open(
+                &self.options.urls,
+                self.options.cluster,
+                self.options.connect_timeout,
+            )?);
+        }
+        Ok(())
+    }
+
+    fn link<'s>(&self, state: &'s mut State) -> &'s mut Link {
+        state.link.as_mut().expect("connected first")
+    }
+
+    /// The server's clock (ms): every lease expiry is decided on it, never on a worker's.
+    fn server_ms(&self, state: &mut State) -> StoreResult<i64> {
+        state.stats.round_trips += 1;
+        let time = self
+            .link(state)
+            .one(&redis::cmd("TIME"))
+            .map_err(|e| self.io(&e))?;
+        match &time {
+            Value::Array(parts) if parts.len() == 2 => {
+                let seconds: i64 = text_of(&parts[0]).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let micros: i64 = text_of(&parts[1]).and_then(|s| s.parse().ok()).unwrap_or(0);
+                Ok(seconds * 1000 + micros / 1000)
+            }
+            _ => Ok(now_ms()),
+        }
+    }
+
+    /// One round (see the module's documentation). `last`: returns every lease.
+    fn round(&self, state: &mut State, last: bool) -> StoreResult<()> {
+        self.connect(state)?;
+        state.stats.rounds += 1;
+        let now = self.server_ms(state)?;
+        let mut changed = Vec::new();
+        if !state.pending.is_empty() {
+            changed = self.write(state, now)?;
+        }
+        let leased: Vec<String> = state.leased.iter().cloned().collect();
+        let id = state.next_id;
+        state.next_id += 1;
+        for taken in self.ledger.take_for_fleet(&leased) {
+            let write = self.write_of(state, taken, id, last);
+            if write.delta.is_zero() && write.ask == Ask::None && !self.plan_changed(state, &write)
+            {
+                continue;
+            }
+            state.pending.push(write);
+        }
+        changed.extend(self.write(state, now)?);
+        self.announce(state, &changed)?;
+        self.pull(state)
+    }
+
+    fn plan_changed(&self, state: &State, write: &Write) -> bool {
+        let known = state
+            .known
+            .get(&write.user)
+            .and_then(|s| s.figures.plan.as_ref());
+        write.delta.plan.is_some() && write.delta.plan.as_ref() != known
+    }
+
+    /// What to write for one taken user.
+    fn write_of(&self, state: &State, taken: Taken, id: u64, last: bool) -> Write {
+        let user = taken.image.user_id.clone();
+        let sent = UserFigures::of(&taken.image);
+        let months: Vec<MonthId> = taken.image.months.iter().map(|(m, _)| *m).collect();
+        let known = state
+            .known
+            .get(&user)
+            .map(|s| s.figures.only_months(months.iter().copied()))
+            .unwrap_or_default();
+        let delta = sent.minus(&known);
+        let ask = match taken.lease {
+            None => Ask::None,
+            Some((lease, _)) if last => Ask::Release { month: lease.month },
+            Some((lease, spent)) if spent == Money::ZERO => Ask::Release { month: lease.month },
+            Some((lease, _)) => Ask::Renew {
+                month: lease.month,
+                left: lease.left(),
+            },
+        };
+        let allowance = taken
+            .allowance
+            .or(taken.image.plan.as_ref().map(|(_, a)| *a))
+            .unwrap_or(Money::ZERO);
+        Write {
+            user,
+            id,
+            delta,
+            allowance,
+            ask,
+            asked_at: Instant::now(),
+        }
+    }
+
+    /// The lease to hold after `merged` is written: (month, amount), amount zero to return it.
+    fn lease_after(
+        &self,
+        write: &Write,
+        known: &Stored,
+        merged: &UserFigures,
+        now: i64,
+    ) -> Result<Option<(MonthId, Money)>, String> {
+        let (month, left, need) = match write.ask {
+            Ask::None => return Ok(None),
+            Ask::Release { month } => return Ok(Some((month, Money::ZERO))),
+            Ask::Renew { month, left } => (month, left, Money::ZERO),
+            Ask::Need { month, need } => (month, Money::ZERO, need),
+        };
+        let others: Vec<&StoredLease> = known
+            .leases
+            .iter()
+            .filter(|l| l.worker != self.worker && l.month == month && l.expires_ms > now)
+            .collect();
+        let held = others.iter().fold(Money::ZERO, |sum, l| {
+            sum.checked_add(l.amount).unwrap_or(sum)
+        });
+        let month_pools = merged
+            .months
+            .get(&month)
+            .map(|f| f.to_image().map(|i| i.pools))
+            .transpose()?
+            .unwrap_or_default();
+        let remaining = pools::remaining(write.allowance, &month_pools, &merged.credit()?);
+        let free = remaining.minus(held).max(Money::ZERO);
+        // A fair share of what is free, so that other workers find some too; it shrinks as the
+        // budget runs out, down to exactly what a caller needs (the last credits).
+        let share = Money::from_attocents(free.attocents() / (2 * (others.len() as i128 + 1)))
+            .unwrap_or(Money::ZERO);
+        let amount = match write.ask {
+            Ask::Need { .. } => match free >= need {
+                true => need.max(share).min(free),
+                false => Money::ZERO,
+            },
+            _ => left.max(share).min(free),
+        };
+        Ok(Some((month, amount)))
+    }
+
+    /// Sends every pending write until each is confirmed or this fails; returns the users whose
+    /// figures it changed (for the feed).
+    fn write(&self, state: &mut State, now: i64) -> StoreResult<Vec<String>> {
+        let mut changed = Vec::new();
+        let mut script_loaded = false;
+        for _pass in 0..16 {
+            if state.pending.is_empty() {
+                return Ok(changed);
+            }
+            let mut commands = Vec::with_capacity(state.pending.len() * 2);
+            let mut planned = Vec::with_capacity(state.pending.len());
+            for write in &state.pending {
+                let empty = Stored::default();
+                let known = state.known.get(&write.user).unwrap_or(&empty);
+                let merged = merge(&known.figures, &write.delta, write.allowance)
+                    .map_err(|why| corrupted(&write.user, why))?;
+                let lease = self
+                    .lease_after(write, known, &merged, now)
+                    .map_err(|why| corrupted(&write.user, why))?;
+                let mut types = TypeTable::from_names(known.types.clone());
+                let months: Vec<MonthId> = write.delta.months.keys().copied().collect();
+                let mut sets = record::encode(&write.user, &merged, &months, &mut types)
+                    .map_err(|why| corrupted(&write.user, why))?;
+                let mut deletes: Vec<Vec<u8>> = Vec::new();
+                if let Some((month, amount)) = lease {
+                    let field = format!("l:{}", self.worker).into_bytes();
+                    match amount.is_positive() {
+                        true => {
+                            let expires_ms = now + self.options.lease_ttl.as_millis() as i64;
+                            let stored = StoredLease {
+                                worker: self.worker.clone(),
+                                amount,
+                                month,
+                                expires_ms,
+                            };
+                            sets.push((field, stored.encode().into_bytes()));
+                        }
+                        false => deletes.push(field),
+                    }
+                }
+                // Expired leases of other workers, and write ids older than an hour (a retry
+                // comes within seconds of its write).
+                for lease in &known.leases {
+                    if lease.worker != self.worker && lease.expires_ms <= now {
+                        deletes.push(format!("l:{}", lease.worker).into_bytes());
+                    }
+                }
+                for (worker, ms) in &known.writes {
+                    if worker != &self.worker && *ms < now - 3_600_000 {
+                        deletes.push(format!("s:{worker}").into_bytes());
+                    }
+                }
+                if known.version == 0 {
+                    let mut add = redis::cmd("SADD");
+                    add.arg(USERS_KEY).arg(&write.user);
+                    commands.push(add);
+                }
+                let mut cas =
+                    match state.link.as_ref().is_some_and(Link::is_cluster) || script_loaded {
+                        // A cluster sends the script's text (each node caches it on first use).
+                        true => {
+                            let mut c = redis::cmd("EVAL");
+                            c.arg(record::SCRIPT);
+                            c
+                        }
+                        false => {
+                            let mut c = redis::cmd("EVALSHA");
+                            c.arg(redis::Script::new(record::SCRIPT).get_hash());
+                            c
+                        }
+                    };
+                cas.arg(1)
+                    .arg(record::user_key(&write.user))
+                    .arg(known.version)
+                    .arg(format!("s:{}", self.worker))
+                    .arg(write.id)
+                    .arg(now)
+                    .arg(sets.len());
+                for (field, value) in &sets {
+                    cas.arg(field).arg(value);
+                }
+                cas.arg(deletes.len());
+                for field in &deletes {
+                    cas.arg(field);
+                }
+                commands.push(cas);
+                planned.push((merged, lease, types, known.version == 0));
+            }
+            state.stats.round_trips += 1;
+            state.stats.bytes_sent += commands
+                .iter()
+                .map(|c| c.get_packed_command().len() as u64)
+                .sum::<u64>();
+            let replies = self.link(state).run(&commands).map_err(|e| self.io(&e))?;
+            // The replies of the scripts (after any SADD).
+            let mut replies = replies.into_iter();
+            let mut keep = Vec::new();
+            let pending = std::mem::take(&mut state.pending);
+            for (write, (merged, lease, types, was_new)) in pending.into_iter().zip(planned) {
+                if was_new {
+                    replies.next();
+                }
+                let reply = replies.next().unwrap_or(Value::Nil);
+                if let Value::ServerError(error) = &reply {
+                    if error.code() == "NOSCRIPT" && !script_loaded {
+                        script_loaded = true;
+                        keep.push(write);
+                        continue;
+                    }
+                    state.pending = keep.into_iter().chain(std::iter::once(write)).collect();
+                    return Err(StoreError::Write(format!(
+                        "the shared ledger refused a write: {error}"
+                    )));
+                }
+                let Some((code, payload)) = script_reply(&reply) else {
+                    state.pending = keep.into_iter().chain(std::iter::once(write)).collect();
+                    return Err(StoreError::Write(format!(
+                        "unexpected reply from the shared ledger: {reply:?}"
+                    )));
+                };
+                let known = state.known.remove(&write.user).unwrap_or_default();
+                let held = known.figures.plus(&write.delta);
+                match code {
+                    0 => {
+                        state.stats.writes += 1;
+                        let version = match payload {
+                            Value::Int(v) => *v as u64,
+                            _ => known.version + 1,
+                        };
+                        let difference = merged.minus(&held);
+                        self.ledger
+                            .rebase(&write.user, &difference, merged.plan.as_ref())
+                            .map_err(|why| corrupted(&write.user, why))?;
+                        let mut leases: Vec<StoredLease> = known
+                            .leases
+                            .into_iter()
+                            .filter(|l| l.worker != self.worker)
+                            .collect();
+                        if let Some((month, amount)) = lease {
+                            self.apply_lease(state, &write, month, amount);
+                            if amount.is_positive() {
+                                leases.push(StoredLease {
+                                    worker: self.worker.clone(),
+                                    amount,
+                                    month,
+                                    expires_ms: now + self.options.lease_ttl.as_millis() as i64,
+                                });
+                            }
+                        }
+                        if !write.delta.is_zero() || matches!(write.ask, Ask::Release { .. }) {
+                            changed.push(write.user.clone());
+                        }
+                        state.known.insert(
+                            write.user,
+                            Stored {
+                                version,
+                                figures: merged,
+                                types: types.names().to_vec(),
+                                leases,
+                                writes: known.writes,
+                            },
+                        );
+                    }
+                    1 | 2 => {
+                        let fleet = record::decode(&write.user, &pairs(payload))
+                            .map_err(|why| corrupted(&write.user, why))?;
+                        // Applied before (a retry): the fleet's figures hold this write. Moved:
+                        // they do not; bring them in and merge again.
+                        let base = if code == 1 { &held } else { &known.figures };
+                        let difference = fleet.figures.minus(base);
+                        self.ledger
+                            .rebase(&write.user, &difference, fleet.figures.plan.as_ref())
+                            .map_err(|why| corrupted(&write.user, why))?;
+                        if code == 1 {
+                            let mine = fleet.leases.iter().find(|l| l.worker == self.worker);
+                            if let Some(month) = Self::ask_month(write.ask) {
+                                let amount = mine.map_or(Money::ZERO, |l| l.amount);
+                                self.apply_lease(state, &write, month, amount);
+                            }
+                            changed.push(write.user.clone());
+                            state.known.insert(write.user, fleet);
+                        } else {
+                            state.stats.conflicts += 1;
+                            state.known.insert(write.user.clone(), fleet);
+                            keep.push(write);
+                        }
+                    }
+                    _ => {
+                        state.pending = keep.into_iter().chain(std::iter::once(write)).collect();
+                        return Err(StoreError::Write(format!(
+                            "unexpected reply code {code} from the shared ledger"
+                        )));
+                    }
+                }
+            }
+            state.pending = keep;
+        }
+        Err(StoreError::Write(
+            "the shared ledger changed under every write for 16 tries; retried next round".into(),
+        ))
+    }
+
+    fn ask_month(ask: Ask) -> Option<MonthId> {
+        match ask {
+            Ask::None => None,
+            Ask::Renew { month, .. } | Ask::Need { month, .. } | Ask::Release { month } => {
+                Some(month)
+            }
+        }
+    }
+
+    fn apply_lease(&self, state: &mut State, write: &Write, month: MonthId, amount: Money) {
+        let valid_until = write.asked_at + self.options.lease_ttl;
+        self.ledger
+            .set_lease(&write.user, month, amount, valid_until);
+        match amount.is_positive() {
+            true => state.leased.insert(write.user.clone()),
+            false => state.leased.remove(&write.user),
+        };
+    }
+
+    /// Names the changed users (and the invalidations) in the feed, for the other workers.
+    fn announce(&self, state: &mut State, changed: &[String]) -> StoreResult<()> {
+        let invalidations = std::mem::take(&mut state.invalidations);
+        if changed.is_empty() && invalidations.is_empty() {
+            return Ok(());
+        }
+        let mut add = redis::cmd("XADD");
+        add.arg(FEED_KEY)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(100_000)
+            .arg("*")
+            .arg("w")
+            .arg(&self.worker);
+        for user in changed {
+            add.arg("u").arg(user);
+        }
+        for user in &invalidations {
+            add.arg("i").arg(user);
+        }
+        state.stats.round_trips += 1;
+        state.stats.bytes_sent += add.get_packed_command().len() as u64;
+        if let Err(e) = self.link(state).one(&add) {
+            state.invalidations = invalidations;
+            return Err(self.io(&e));
+        }
+        Ok(())
+    }
+
+    /// Reads the feed since the last round: users changed by other workers are read again and
+    /// rebased; plan invalidations are applied. If the feed was trimmed past this worker's
+    /// position, every user is read again.
+    fn pull(&self, state: &mut State) -> StoreResult<()> {
+        let mut command = redis::cmd("XREAD");
+        command
+            .arg("COUNT")
+            .arg(100_000)
+            .arg("STREAMS")
+            .arg(FEED_KEY)
+            .arg(&state.feed_id);
+        let mut first = redis::cmd("XRANGE");
+        first.arg(FEED_KEY).arg("-").arg("+").arg("COUNT").arg(1);
+        state.stats.round_trips += 1;
+        let replies = self
+            .link(state)
+            .run(&[first, command])
+            .map_err(|e| self.io(&e))?;
+        let entry_ids = |value: &Value| -> Vec<(String, Vec<(String, String)>)> {
+            let Value::Array(entries) = value else {
+                return Vec::new();
+            };
+            entries
+                .iter()
+                .filter_map(|entry| match entry {
+                    Value::Array(parts) if parts.len() == 2 => {
+                        let id = text_of(&parts[0])?;
+                        let fields = pairs(&parts[1])
+                            .into_iter()
+                            .map(|(f, v)| {
+                                (
+                                    String::from_utf8_lossy(&f).into_owned(),
+                                    String::from_utf8_lossy(&v).into_owned(),
+                                )
+                            })
+                            .collect();
+                        Some((id, fields))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let oldest = entry_ids(&replies[0]).into_iter().next().map(|(id, _)| id);
+        let entries = match &replies[1] {
+            // {stream: entries} (RESP2: [[stream, entries]]).
+            Value::Array(streams) => streams
+                .iter()
+                .flat_map(|s| match s {
+                    Value::Array(parts) if parts.len() == 2 => entry_ids(&parts[1]),
+                    _ => Vec::new(),
+                })
+                .collect(),
+            Value::Map(streams) => streams.iter().flat_map(|(_, e)| entry_ids(e)).collect(),
+            _ => Vec::new(),
+        };
+        // The oldest entry kept is after the last one read: that one was trimmed, and entries
+        // between may have been too.
+        let trimmed = match &oldest {
+            Some(oldest) => state.feed_id != "0-0" && stream_id_after(oldest, &state.feed_id),
+            None => false,
+        };
+        let mut users: BTreeSet<String> = BTreeSet::new();
+        for (id, fields) in &entries {
+            state.feed_id.clone_from(id);
+            let from_me = fields.iter().any(|(f, v)| f == "w" && v == &self.worker);
+            for (field, user) in fields {
+                match field.as_str() {
+                    "u" if !from_me => {
+                        users.insert(user.clone());
+                    }
+                    "i" if !from_me => (self.on_invalidate)(user),
+                    _ => {}
+                }
+            }
+        }
+        let users: Vec<String> = match trimmed {
+            true => self.all_users(self.link(state))?,
+            false => users.into_iter().collect(),
+        };
+        if users.is_empty() {
+            return Ok(());
+        }
+        state.stats.round_trips += 1;
+        let link = state.link.as_mut().expect("connected first");
+        let read = self.read_users(link, &users)?;
+        for (user, fleet) in read {
+            let known = state.known.remove(&user).unwrap_or_default();
+            if fleet.version != known.version {
+                let difference = fleet.figures.minus(&known.figures);
+                self.ledger
+                    .rebase(&user, &difference, fleet.figures.plan.as_ref())
+                    .map_err(|why| corrupted(&user, why))?;
+            }
+            let newer = if fleet.version >= known.version {
+                fleet
+            } else {
+                known
+            };
+            state.known.insert(user, newer);
+        }
+        Ok(())
+    }
+}
+
+/// Whether stream id `a` (`ms-seq`) comes after `b`.
+fn stream_id_after(a: &str, b: &str) -> bool {
+    let parse = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    parse(a) > parse(b)
+}
+
+/// The sync thread's round (run by `Snapshotter`).
+pub struct FleetRound(pub Arc<Fleet>);
+
+impl Round for FleetRound {
+    fn run(&mut self, last: bool) -> StoreResult<()> {
+        let fleet = &self.0;
+        let mut state = fleet.state.lock();
+        let result = fleet.round(&mut state, last);
+        fleet.ledger.set_online(result.is_ok());
+        if result.is_err() {
+            // Connect again next round (the server may have restarted).
+            state.link = None;
+        }
+        result
+    }
+}

@@ -1,0 +1,233 @@
+//! The ledger as one worker's replica of a fleet's shared ledger (`crate::fleet`).
+//!
+//! Each account holds the fleet's figures as last synced, plus what this worker recorded since
+//! (unsent). The sync thread takes a user's changed months (`take_for_fleet`), sends what is
+//! unsent, and adds the difference between the fleet's new figures and what the account held
+//! (`rebase`), so that charges made meanwhile stay on top.
+//!
+//! Strict spending (`try_increment_usage`) is decided on a budget lease: a slice of the user's
+//! budget this worker reserved in the shared ledger. A charge of the lease's month spends from
+//! it; an affordability check that the lease does not cover is refused with `lease_short`, so
+//! that the caller asks the fleet for more and tries again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::image::UserImage;
+use super::month::MonthId;
+use super::{account_in, AccountState, Ledger, MonthImage, UserMonth};
+use crate::fleet::figures::{MonthFigures, UserFigures};
+use crate::money::Money;
+
+/// A slice of one month's budget reserved for this worker.
+#[derive(Clone, Copy, Debug)]
+pub struct Lease {
+    pub month: MonthId,
+    /// What the fleet holds reserved for this worker, as of the last sync.
+    pub granted: Money,
+    /// Spent from it since the last sync.
+    pub spent: Money,
+    /// When it stops being usable here: before the fleet lets it expire.
+    pub valid_until: Instant,
+}
+
+impl Lease {
+    pub fn left(&self) -> Money {
+        self.granted.minus(self.spent).max(Money::ZERO)
+    }
+}
+
+/// How leases are used (set for a fleet's replica).
+pub struct LeaseRules {
+    /// False while the shared ledger cannot be reached.
+    pub online: AtomicBool,
+    /// Whether leases already held may be spent while the shared ledger cannot be reached.
+    pub serve_offline: bool,
+}
+
+/// What the sync thread takes of one user.
+pub struct Taken {
+    /// The changed months (all of their figures), the credit and the last plan.
+    pub image: UserImage,
+    /// The user's cached allowance, if its plan is cached.
+    pub allowance: Option<Money>,
+    /// The lease, its part left (now also `granted`) and what was spent since the last take.
+    pub lease: Option<(Lease, Money)>,
+}
+
+impl AccountState {
+    /// Whether the lease (usable now) covers `cost` in `month`.
+    pub(super) fn lease_covers(&self, month: MonthId, cost: Money, rules: &LeaseRules) -> bool {
+        let usable = rules.serve_offline || rules.online.load(Ordering::Relaxed);
+        match &self.lease {
+            Some(lease) if usable && lease.month == month && lease.left() >= cost => {
+                Instant::now() < lease.valid_until
+            }
+            _ => false,
+        }
+    }
+
+    /// Spends a recorded charge's cost from the lease of its month.
+    pub(super) fn spend_lease(&mut self, month: MonthId, cost: Money) {
+        if let Some(lease) = &mut self.lease {
+            if lease.month == month && cost.is_positive() {
+                lease.spent = lease.spent.plus(cost);
+            }
+        }
+    }
+}
+
+impl Ledger {
+    /// Makes this ledger a fleet replica whose affordability checks spend budget leases.
+    pub fn with_leases(mut self, serve_offline: bool) -> Ledger {
+        self.leases = Some(Arc::new(LeaseRules {
+            online: AtomicBool::new(false),
+            serve_offline,
+        }));
+        self
+    }
+
+    /// Whether the shared ledger was reached by the last sync.
+    pub fn set_online(&self, online: bool) {
+        if let Some(rules) = &self.leases {
+            rules.online.store(online, Ordering::Relaxed);
+        }
+    }
+
+    fn take_account(&self, user_id: &str, state: &mut AccountState) -> Taken {
+        state.queued = false;
+        let changed = std::mem::take(&mut state.changed_months);
+        let months = changed
+            .iter()
+            .map(|m| (*m, self.month_image(&state.months[m])))
+            .collect();
+        let lease = state.lease.as_deref_mut().map(|lease| {
+            let spent = lease.spent;
+            lease.granted = lease.left();
+            lease.spent = Money::ZERO;
+            (*lease, spent)
+        });
+        Taken {
+            image: UserImage {
+                user_id: user_id.to_string(),
+                credit: state.credit,
+                plan: state.last_plan.as_ref().map(|(id, a)| (id.to_string(), *a)),
+                months,
+            },
+            allowance: state.plan.map(|(allowance, _)| allowance),
+            lease,
+        }
+    }
+
+    /// Takes every user changed since the last take, and the users of `also` (those holding a
+    /// lease, to renew or return it), each under its own lock.
+    pub fn take_for_fleet(&self, also: &[String]) -> Vec<Taken> {
+        let accounts = self.accounts.pin();
+        let mut users: Vec<Box<str>> = self.changes.take();
+        users.extend(also.iter().map(|u| Box::from(u.as_str())));
+        users.sort();
+        users.dedup();
+        users
+            .into_iter()
+            .filter_map(|user_id| {
+                let account = accounts.get(&*user_id)?;
+                Some(self.take_account(&user_id, &mut account.state.lock()))
+            })
+            .collect()
+    }
+
+    /// Takes one user (to ask the fleet for a lease now).
+    pub fn take_user_for_fleet(&self, user_id: &str) -> Option<Taken> {
+        let accounts = self.accounts.pin();
+        let account = accounts.get(user_id)?;
+        let taken = self.take_account(user_id, &mut account.state.lock());
+        Some(taken)
+    }
+
+    /// Adds `difference` (the fleet's new figures minus what the account held of them) to the
+    /// user's account, creating it if needed; the plan becomes `plan` if given. Refuses (changing
+    /// nothing) figures no account can hold.
+    pub fn rebase(
+        &self,
+        user_id: &str,
+        difference: &UserFigures,
+        plan: Option<&(String, Money)>,
+    ) -> Result<(), String> {
+        let accounts = self.accounts.pin();
+        let mut state = account_in(&accounts, user_id).state.lock();
+        let mut months: Vec<(MonthId, MonthImage)> = Vec::new();
+        for (month, figures) in &difference.months {
+            let mut new = match state.months.get(month) {
+                Some(current) => MonthFigures::of(&self.month_image(current)),
+                None => MonthFigures::default(),
+            };
+            new.add(figures, 1);
+            let image = new
+                .to_image()
+                .map_err(|e| format!("month {}: {e}", month.label()))?;
+            months.push((*month, image));
+        }
+        let credit = UserFigures {
+            credit: [
+                state.credit.purchased.attocents() + difference.credit[0],
+                state.credit.consumed.attocents() + difference.credit[1],
+            ],
+            ..UserFigures::default()
+        }
+        .credit()?;
+        // Everything is checked: write.
+        for (month, image) in months {
+            let user_month = self.user_month_of(&image);
+            state.months.insert(month, user_month);
+        }
+        state.credit = credit;
+        if let Some((id, allowance)) = plan {
+            state.last_plan = Some((Arc::from(id.as_str()), *allowance));
+        }
+        Ok(())
+    }
+
+    /// Sets the user's lease for `month` to `granted` (what the fleet now holds for this
+    /// worker), keeping what was spent since the take; zero removes it.
+    pub fn set_lease(&self, user_id: &str, month: MonthId, granted: Money, valid_until: Instant) {
+        let accounts = self.accounts.pin();
+        let mut state = account_in(&accounts, user_id).state.lock();
+        let spent = match &state.lease {
+            Some(lease) if lease.month == month => lease.spent,
+            _ => Money::ZERO,
+        };
+        state.lease = match granted.is_positive() {
+            true => Some(Box::new(Lease {
+                month,
+                granted,
+                spent,
+                valid_until,
+            })),
+            false => None,
+        };
+    }
+
+    /// Whether the user holds a lease for `month` (for tests and reports).
+    pub fn lease_left(&self, user_id: &str, month: MonthId) -> Money {
+        self.read_account(user_id, |state| match &state.lease {
+            Some(lease) if lease.month == month => lease.left(),
+            _ => Money::ZERO,
+        })
+    }
+
+    pub(super) fn user_month_of(&self, image: &MonthImage) -> UserMonth {
+        let mut apps: smallvec::SmallVec<[(super::AppName, super::UsageRecord); 1]> = image
+            .apps
+            .iter()
+            .map(|(app, r)| (super::AppName::new(app), self.record_from_image(r)))
+            .collect();
+        apps.sort_by(|a, b| a.0.cmp(&b.0));
+        UserMonth {
+            total: image.usage.total,
+            count: image.usage.count,
+            apps,
+            pools: image.pools,
+        }
+    }
+}
