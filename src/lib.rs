@@ -30,7 +30,7 @@ mod _core {
     #[pymodule_export]
     use crate::python::meter::PyMeter;
     #[pymodule_export]
-    use crate::python::persistence::{recover_store, verify_store};
+    use crate::python::persistence::{copy_store, recover_store, verify_store};
     #[pymodule_export]
     use crate::python::service::MeteringCore;
 

@@ -67,6 +67,15 @@ def verify_store(path: str | os.PathLike[str]) -> dict[str, Any]:
 def recover_store(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Keep every record of the store at ``path`` whose checksum holds; delete the others."""
 
+def copy_store(
+    source: str,
+    destination: str,
+    source_backend: str | None = None,
+    destination_backend: str | None = None,
+) -> dict[str, int]:
+    """Copy every user of ``source`` into a new store at ``destination`` (a directory or a
+    ``redis://`` URL, either way); returns ``{"users": n, "user_months": m}``."""
+
 @final
 class Actor:
     """A user, optionally acting through an app. Frozen and hashable."""
@@ -148,6 +157,9 @@ class MeteringCore:
         store_path: str | os.PathLike[str] | None = None,
         store_backend: str | None = None,
         snapshot_interval_ms: int = 1000,
+        lease_ttl_ms: int = 10_000,
+        serve_offline: bool = False,
+        connect_timeout_ms: int = 5_000,
     ) -> Self: ...
     def flush(self) -> None:
         """Block until everything recorded before the call is durable; ``StoreWriteError`` on failure."""
@@ -223,6 +235,11 @@ class MeteringCore:
         """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total."""
     def set_actor_current_month_usage_total(self, actor: Actor, total: int) -> int:
         """Set the user's month total by booking the difference as ``manual_adjustment``.
+    def _sync_stats(self) -> dict[str, int] | None:
+        """This worker's sync traffic with the shared ledger (None without one)."""
+    @property
+    def _worker_id(self) -> str | None:
+        """This worker's id in the shared ledger (None without one)."""
 
         Purchased credit is left alone: raising the total fills the allowance, then overage;
         lowering it gives back overage, then allowance. ``ValueError`` below what purchased credit

@@ -6,6 +6,7 @@
 //! (`crate::ledger::replica`). The Redis layout is in `record.rs`; the arithmetic of
 //! differences and merges in `figures.rs`.
 
+pub mod bulk;
 pub mod figures;
 pub mod link;
 pub mod record;

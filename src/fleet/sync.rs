@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use redis::{Cmd, Value};
+use redis::Value;
 
+use super::bulk::{self, corrupted, pairs, text_of};
 use super::figures::{merge, UserFigures};
 use super::link::{unavailable, Link};
 use super::record::{self, Stored, StoredLease, FEED_KEY, USERS_KEY};
@@ -142,39 +143,6 @@ fn script_reply(value: &Value) -> Option<(i64, &Value)> {
     }
 }
 
-/// The field/value pairs of an `HGETALL` reply (an array, or a map under RESP3).
-fn pairs(value: &Value) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let bytes = |v: &Value| match v {
-        Value::BulkString(b) => b.clone(),
-        Value::SimpleString(s) => s.clone().into_bytes(),
-        Value::Int(i) => i.to_string().into_bytes(),
-        _ => Vec::new(),
-    };
-    match value {
-        Value::Array(items) => items
-            .chunks(2)
-            .filter(|c| c.len() == 2)
-            .map(|c| (bytes(&c[0]), bytes(&c[1])))
-            .collect(),
-        Value::Map(items) => items.iter().map(|(f, v)| (bytes(f), bytes(v))).collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn text_of(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn corrupted(user: &str, why: String) -> StoreError {
-    StoreError::Corrupted(format!(
-        "the shared ledger's record of user {user:?}: {why}"
-    ))
-}
-
 impl Fleet {
     /// Connects (within the connect timeout) and loads every user of the shared ledger.
     pub fn open(
@@ -244,40 +212,12 @@ impl Fleet {
     }
 
     fn all_users(&self, link: &mut Link) -> StoreResult<Vec<String>> {
-        let members = link
-            .one(redis::cmd("SMEMBERS").arg(USERS_KEY))
-            .map_err(|e| self.io(&e))?;
-        let mut users: Vec<String> = match &members {
-            Value::Array(items) | Value::Set(items) => items.iter().filter_map(text_of).collect(),
-            _ => Vec::new(),
-        };
-        users.sort();
-        Ok(users)
+        bulk::all_users(link).map_err(|e| self.io(&e))
     }
 
     /// Reads users' hashes (users with no hash are left out).
     fn read_users(&self, link: &mut Link, users: &[String]) -> StoreResult<Vec<(String, Stored)>> {
-        let mut read = Vec::with_capacity(users.len());
-        for chunk in users.chunks(1000) {
-            let commands: Vec<Cmd> = chunk
-                .iter()
-                .map(|user| {
-                    let mut c = redis::cmd("HGETALL");
-                    c.arg(record::user_key(user));
-                    c
-                })
-                .collect();
-            let values = link.run(&commands).map_err(|e| self.io(&e))?;
-            for (user, value) in chunk.iter().zip(values) {
-                let fields = pairs(&value);
-                if fields.is_empty() {
-                    continue;
-                }
-                let stored = record::decode(user, &fields).map_err(|why| corrupted(user, why))?;
-                read.push((user.clone(), stored));
-            }
-        }
-        Ok(read)
+        bulk::read_users(link, users, &self.options.urls.join(","))
     }
 
     /// Queues a plan invalidation for the other workers (sent with the next round).

@@ -292,3 +292,76 @@ pub fn recover_store(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict
     summary.set_item("dropped", recovery.dropped)?;
     Ok(summary)
 }
+
+/// Opens the shared ledger at `url` for a tool (no worker joins).
+fn tool_link(url: &str, cluster: bool) -> Result<crate::fleet::link::Link, StoreError> {
+    let urls: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+    crate::fleet::link::Link::open(&urls, cluster, Duration::from_secs(5))
+}
+
+/// Every user of the store at `location` (a directory or a shared ledger's URL), verified.
+fn load_any(location: &str, kind: &StoreKind) -> Result<Vec<UserImage>, StoreError> {
+    match kind {
+        StoreKind::Embedded(backend) => {
+            let path = Path::new(location);
+            let found = existing_store(path)?;
+            let (_, loaded) = LedgerStore::open(path, backend.unwrap_or(found))?;
+            Ok(loaded.users)
+        }
+        StoreKind::Shared { cluster } => {
+            crate::fleet::bulk::load(&mut tool_link(location, *cluster)?, location)
+        }
+    }
+}
+
+/// Writes `users` into a new store at `location` (refusing one that holds data).
+fn write_new_any(location: &str, kind: &StoreKind, users: &[UserImage]) -> Result<(), StoreError> {
+    match kind {
+        StoreKind::Embedded(backend) => {
+            let path = Path::new(location);
+            if path.exists() && store::detect_backend(path)?.is_some() {
+                return Err(StoreError::Other(format!(
+                    "{location} already holds a usagemeter store: copy into a new directory"
+                )));
+            }
+            let (mut store, _) = LedgerStore::open_with(path, *backend)?;
+            store.write_snapshot(users)
+        }
+        StoreKind::Shared { cluster } => {
+            crate::fleet::bulk::write_new(&mut tool_link(location, *cluster)?, location, users)
+        }
+    }
+}
+
+/// Copies every user of the store at `source` into a new store at `destination`: an embedded
+/// store (a directory) or a shared ledger (`redis://...`), either way. The source is verified
+/// record by record first; the destination must be new (an empty Redis database, or a
+/// directory with no store). Returns `{"users": int, "user_months": int}`.
+#[pyfunction]
+#[pyo3(signature = (source, destination, source_backend=None, destination_backend=None))]
+pub fn copy_store<'py>(
+    py: Python<'py>,
+    source: &str,
+    destination: &str,
+    source_backend: Option<&str>,
+    destination_backend: Option<&str>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let from = store_kind(source, source_backend)?;
+    let to = store_kind(destination, destination_backend)?;
+    if let StoreKind::Embedded(_) = to {
+        check_store_path(Path::new(destination))?;
+    }
+    let users = py
+        .detach(|| {
+            let users = load_any(source, &from)?;
+            write_new_any(destination, &to, &users).map(|()| users)
+        })
+        .map_err(store_error)?;
+    let summary = PyDict::new(py);
+    summary.set_item("users", users.len())?;
+    summary.set_item(
+        "user_months",
+        users.iter().map(|u| u.months.len()).sum::<usize>(),
+    )?;
+    Ok(summary)
+}
