@@ -175,6 +175,11 @@ class MeteringCore:
         """Errors of background snapshots not yet raised as ``store_error`` alarms."""
     def _account_count(self) -> int:
         """How many users have an account in the ledger (tests: read-only checks create none)."""
+    def _sync_stats(self) -> dict[str, int] | None:
+        """This worker's sync traffic with the shared ledger (None without one)."""
+    @property
+    def _worker_id(self) -> str | None:
+        """This worker's id in the shared ledger (None without one)."""
     @property
     def closed(self) -> bool:
         """Whether ``close()`` has begun: every call now raises ``StoreClosedError``."""
@@ -235,11 +240,6 @@ class MeteringCore:
         """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total."""
     def set_actor_current_month_usage_total(self, actor: Actor, total: int) -> int:
         """Set the user's month total by booking the difference as ``manual_adjustment``.
-    def _sync_stats(self) -> dict[str, int] | None:
-        """This worker's sync traffic with the shared ledger (None without one)."""
-    @property
-    def _worker_id(self) -> str | None:
-        """This worker's id in the shared ledger (None without one)."""
 
         Purchased credit is left alone: raising the total fills the allowance, then overage;
         lowering it gives back overage, then allowance. ``ValueError`` below what purchased credit
