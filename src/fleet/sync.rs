@@ -66,6 +66,15 @@ enum Ask {
     Release { month: MonthId },
 }
 
+/// The lease a write leaves this worker.
+#[derive(Clone, Copy, Debug)]
+struct LeaseOutcome {
+    month: MonthId,
+    amount: Money,
+    /// Set when a caller's charge found no room (see `replica::Lease::dry`): server ms.
+    dry_until_ms: Option<i64>,
+}
+
 /// One user's write, kept until the fleet confirms it.
 struct Write {
     user: String,
@@ -74,8 +83,6 @@ struct Write {
     delta: UserFigures,
     allowance: Money,
     ask: Ask,
-    /// When the lease request was made: a granted lease is usable for `lease_ttl` from here.
-    asked_at: Instant,
 }
 
 /// Traffic figures, for `sync_stats` (benchmarks and tests).
@@ -101,6 +108,10 @@ struct State {
     feed_id: String,
     /// Plan invalidations to publish.
     invalidations: Vec<String>,
+    /// Just before the server's clock was last read: a lease written with an expiry taken from
+    /// that reading is usable here until this instant plus `lease_ttl`, which comes before the
+    /// fleet lets it expire.
+    clock_read_at: Instant,
     stats: Stats,
 }
 
@@ -162,6 +173,7 @@ impl Fleet {
                 leased: BTreeSet::new(),
                 feed_id: "0-0".into(),
                 invalidations: Vec::new(),
+                clock_read_at: Instant::now(),
                 stats: Stats::default(),
             }),
             on_invalidate,
@@ -299,6 +311,7 @@ impl Fleet {
     /// The server's clock (ms): every lease expiry is decided on it, never on a worker's.
     fn server_ms(&self, state: &mut State) -> StoreResult<i64> {
         state.stats.round_trips += 1;
+        state.clock_read_at = Instant::now();
         let time = self
             .link(state)
             .one(&redis::cmd("TIME"))
@@ -376,21 +389,26 @@ impl Fleet {
             delta,
             allowance,
             ask,
-            asked_at: Instant::now(),
         }
     }
 
-    /// The lease to hold after `merged` is written: (month, amount), amount zero to return it.
+    /// The lease to hold after `merged` is written, amount zero to return it.
     fn lease_after(
         &self,
         write: &Write,
         known: &Stored,
         merged: &UserFigures,
         now: i64,
-    ) -> Result<Option<(MonthId, Money)>, String> {
+    ) -> Result<Option<LeaseOutcome>, String> {
         let (month, left, need) = match write.ask {
             Ask::None => return Ok(None),
-            Ask::Release { month } => return Ok(Some((month, Money::ZERO))),
+            Ask::Release { month } => {
+                return Ok(Some(LeaseOutcome {
+                    month,
+                    amount: Money::ZERO,
+                    dry_until_ms: None,
+                }))
+            }
             Ask::Renew { month, left } => (month, left, Money::ZERO),
             Ask::Need { month, need } => (month, Money::ZERO, need),
         };
@@ -421,7 +439,23 @@ impl Fleet {
             },
             _ => left.max(share).min(free),
         };
-        Ok(Some((month, amount)))
+        // No room for a caller's charge: none until another worker's lease expires (or returns,
+        // or the user's figures change, which this worker reads in the feed).
+        let dry_until_ms = match write.ask {
+            Ask::Need { .. } if !amount.is_positive() => Some(
+                others
+                    .iter()
+                    .map(|l| l.expires_ms)
+                    .min()
+                    .unwrap_or(now + 3_600_000),
+            ),
+            _ => None,
+        };
+        Ok(Some(LeaseOutcome {
+            month,
+            amount,
+            dry_until_ms,
+        }))
     }
 
     /// Sends every pending write until each is confirmed or this fails; returns the users whose
@@ -448,7 +482,7 @@ impl Fleet {
                 let mut sets = record::encode(&write.user, &merged, &months, &mut types)
                     .map_err(|why| corrupted(&write.user, why))?;
                 let mut deletes: Vec<Vec<u8>> = Vec::new();
-                if let Some((month, amount)) = lease {
+                if let Some(LeaseOutcome { month, amount, .. }) = lease {
                     let field = format!("l:{}", self.worker).into_bytes();
                     match amount.is_positive() {
                         true => {
@@ -562,8 +596,9 @@ impl Fleet {
                             .into_iter()
                             .filter(|l| l.worker != self.worker)
                             .collect();
-                        if let Some((month, amount)) = lease {
-                            self.apply_lease(state, &write, month, amount);
+                        if let Some(outcome) = lease {
+                            let LeaseOutcome { month, amount, .. } = outcome;
+                            self.apply_lease(state, &write, outcome, now);
                             if amount.is_positive() {
                                 leases.push(StoredLease {
                                     worker: self.worker.clone(),
@@ -601,7 +636,12 @@ impl Fleet {
                             let mine = fleet.leases.iter().find(|l| l.worker == self.worker);
                             if let Some(month) = Self::ask_month(write.ask) {
                                 let amount = mine.map_or(Money::ZERO, |l| l.amount);
-                                self.apply_lease(state, &write, month, amount);
+                                let outcome = LeaseOutcome {
+                                    month,
+                                    amount,
+                                    dry_until_ms: None,
+                                };
+                                self.apply_lease(state, &write, outcome, now);
                             }
                             changed.push(write.user.clone());
                             state.known.insert(write.user, fleet);
@@ -635,10 +675,22 @@ impl Fleet {
         }
     }
 
-    fn apply_lease(&self, state: &mut State, write: &Write, month: MonthId, amount: Money) {
-        let valid_until = write.asked_at + self.options.lease_ttl;
+    fn apply_lease(&self, state: &mut State, write: &Write, outcome: LeaseOutcome, now: i64) {
+        let LeaseOutcome {
+            month,
+            amount,
+            dry_until_ms,
+        } = outcome;
+        let valid_until = state.clock_read_at + self.options.lease_ttl;
+        let dry = match (write.ask, dry_until_ms) {
+            (Ask::Need { need, .. }, Some(until_ms)) => {
+                let wait = Duration::from_millis(until_ms.saturating_sub(now).max(0) as u64);
+                Some((need, state.clock_read_at + wait))
+            }
+            _ => None,
+        };
         self.ledger
-            .set_lease(&write.user, month, amount, valid_until);
+            .set_lease(&write.user, month, amount, valid_until, dry);
         match amount.is_positive() {
             true => state.leased.insert(write.user.clone()),
             false => state.leased.remove(&write.user),

@@ -612,6 +612,8 @@ impl Ledger {
             Some(rules) if checks => !state.lease_covers(booking.month, cost, rules),
             _ => false,
         };
+        // Refused all the same, but not worth asking the fleet again (`replica::Lease::dry`).
+        let ask_fleet = lease_short && !state.lease_dry(booking.month, cost);
         let refuses = |pools: &MonthPools| {
             checks && (lease_short || pools::remaining(allowance, pools, &credit) < cost)
         };
@@ -620,7 +622,7 @@ impl Ledger {
             allowance,
             month_total: before,
             cost,
-            lease_short,
+            lease_short: ask_fleet,
             ..Receipt::default()
         };
         let mut new_credit = credit;
@@ -714,6 +716,7 @@ impl Ledger {
             .filter(|p| p.fits_record())
             .ok_or_else(|| overflow("the user's purchased credit"))?;
         state.credit.purchased = purchased;
+        state.clear_dry();
         if self.track_changes {
             state.mark_changed(user_id, None, &self.changes);
         }

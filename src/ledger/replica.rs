@@ -30,6 +30,10 @@ pub struct Lease {
     pub spent: Money,
     /// When it stops being usable here: before the fleet lets it expire.
     pub valid_until: Instant,
+    /// The fleet had no room for a charge of this cost or more, until the instant given (when
+    /// another worker's lease expires) or until this user's figures change: such charges are
+    /// refused without asking again.
+    pub dry: Option<(Money, Instant)>,
 }
 
 impl Lease {
@@ -57,6 +61,23 @@ pub struct Taken {
 }
 
 impl AccountState {
+    /// Whether the fleet is known to have no room for `cost` in `month` (see `Lease::dry`).
+    pub(super) fn lease_dry(&self, month: MonthId, cost: Money) -> bool {
+        match &self.lease {
+            Some(lease) if lease.month == month => {
+                matches!(lease.dry, Some((at_least, until)) if cost >= at_least && Instant::now() < until)
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets that the fleet had no room: the user's budget changed.
+    pub(super) fn clear_dry(&mut self) {
+        if let Some(lease) = &mut self.lease {
+            lease.dry = None;
+        }
+    }
+
     /// Whether the lease (usable now) covers `cost` in `month`.
     pub(super) fn lease_covers(&self, month: MonthId, cost: Money, rules: &LeaseRules) -> bool {
         let usable = rules.serve_offline || rules.online.load(Ordering::Relaxed);
@@ -88,7 +109,14 @@ impl Ledger {
         self
     }
 
-    /// Whether the shared ledger was reached by the last sync.
+    /// Whether the last sync reached the shared ledger (true for a ledger of one process).
+    pub fn is_online(&self) -> bool {
+        self.leases
+            .as_ref()
+            .is_none_or(|rules| rules.online.load(Ordering::Relaxed))
+    }
+
+    /// Records whether the shared ledger was reached by the last sync.
     pub fn set_online(&self, online: bool) {
         if let Some(rules) = &self.leases {
             rules.online.store(online, Ordering::Relaxed);
@@ -182,6 +210,7 @@ impl Ledger {
             state.months.insert(month, user_month);
         }
         state.credit = credit;
+        state.clear_dry();
         if let Some((id, allowance)) = plan {
             state.last_plan = Some((Arc::from(id.as_str()), *allowance));
         }
@@ -189,20 +218,29 @@ impl Ledger {
     }
 
     /// Sets the user's lease for `month` to `granted` (what the fleet now holds for this
-    /// worker), keeping what was spent since the take; zero removes it.
-    pub fn set_lease(&self, user_id: &str, month: MonthId, granted: Money, valid_until: Instant) {
+    /// worker), keeping what was spent since the take; zero removes it, unless `dry` says that
+    /// the fleet had no room for a charge (then that is kept: see `Lease::dry`).
+    pub fn set_lease(
+        &self,
+        user_id: &str,
+        month: MonthId,
+        granted: Money,
+        valid_until: Instant,
+        dry: Option<(Money, Instant)>,
+    ) {
         let accounts = self.accounts.pin();
         let mut state = account_in(&accounts, user_id).state.lock();
         let spent = match &state.lease {
             Some(lease) if lease.month == month => lease.spent,
             _ => Money::ZERO,
         };
-        state.lease = match granted.is_positive() {
+        state.lease = match granted.is_positive() || dry.is_some() {
             true => Some(Box::new(Lease {
                 month,
                 granted,
                 spent,
                 valid_until,
+                dry,
             })),
             false => None,
         };

@@ -148,6 +148,11 @@ impl MeteringCore {
         let Some(fleet) = &persistence.fleet else {
             return false;
         };
+        if !self.ledger.is_online() {
+            // The last sync failed: asking now would wait on the same failure (up to the connect
+            // timeout) on the caller's thread. Refused; the sync thread keeps trying.
+            return false;
+        }
         let asked = py
             .detach(|| fleet.request_lease(&actor.user_id, month, receipt.cost, receipt.allowance));
         match asked {
