@@ -59,9 +59,17 @@ class MeteringService(MeteringCore):
     every ``snapshot_interval`` seconds, as one atomic batch made durable with fsync.
     ``store_backend`` is ``"sled"`` or ``"redb"``; the default ``None`` opens an existing store
     with its own backend and creates a new one with sled (an explicit backend that differs from
-    an existing store's raises ``StoreError``). ``store`` must be a local directory: an empty
-    path or a URL (``redis://...``; shared stores are not supported yet) raises ``ValueError``
-    before anything is created. Loss bound: a crash loses at most
+    an existing store's raises ``StoreError``). An empty path, or a URL of another scheme than
+    the shared ledger's, raises ``ValueError`` before anything is created.
+
+    ``store="redis://HOST:PORT/DB"`` (also ``rediss://``, ``unix://``; ``store_backend=
+    "redis-cluster"`` for a Redis Cluster's seed nodes, comma-separated) makes this service a
+    worker of a fleet sharing one ledger: every call is answered in-process, and a native thread
+    syncs with Redis every ``snapshot_interval``. ``try_increment_usage`` spends budget leases
+    reserved in Redis (``lease_ttl`` seconds without renewal), so the fleet never overspends;
+    while Redis is unreachable it refuses, unless ``offline_spending="leases"`` (spend the leases
+    held). ``connect_timeout`` bounds opening (``StoreUnavailableError``). See the README's fleet
+    section for the bounds. For a directory store, the loss bound: a crash loses at most
     the changes of the last ``snapshot_interval`` plus the snapshot being written; whatever a
     returned ``flush()`` covered is never lost. ``close()`` (or leaving a ``with`` block, or the
     interpreter's exit) writes a last snapshot. SIGTERM is the host application's to handle:
