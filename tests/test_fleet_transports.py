@@ -1,0 +1,94 @@
+"""The shared ledger over each transport a user can name: TLS (`rediss://`) and a Unix socket
+(`unix://`), on real redis-server processes; and the URLs that are refused."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from redis_support import RedisServer, free_port
+from usagemeter import Actor, MeteringService, StoreUnavailableError
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl must be on PATH for the TLS test (Debian's openssl package)")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _meter_and_reopen(url: str) -> None:
+    """One charge through `url`, flushed and closed, is what a second worker reads."""
+    alice = Actor("alice")
+    with MeteringService(store=url, snapshot_interval=0.05, connect_timeout=5) as first:
+        assert first.increment_usage(alice, "tts:chars", 7, 700) == 700
+        first.flush()
+    with MeteringService(store=url, connect_timeout=5) as second:
+        usage = second.get_actor_current_month_usage_details(alice)["usage"]
+        assert usage["tts:chars"] == {"units": 7, "cost": 700, "count": 1}
+
+
+def test_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    tls_port = free_port()
+    tls_args = (
+        *("--tls-port", str(tls_port)),
+        *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+        *("--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"),
+    )
+    with RedisServer(extra_args=tls_args):
+        # A self-signed certificate: `#insecure` skips its verification (redis-rs's URL flag).
+        _meter_and_reopen(f"rediss://127.0.0.1:{tls_port}/0#insecure")
+        # Verified, it is refused: an unknown issuer is never trusted silently.
+        with pytest.raises(StoreUnavailableError, match=r"rediss://127\.0\.0\.1"):
+            MeteringService(store=f"rediss://127.0.0.1:{tls_port}/0", connect_timeout=2)
+
+
+def test_unix_socket(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    with RedisServer(extra_args=("--unixsocket", str(socket_path), "--unixsocketperm", "700")):
+        _meter_and_reopen(f"unix://{socket_path}")
+
+
+@pytest.mark.parametrize(
+    ("store", "backend", "message"),
+    [
+        ("redis://127.0.0.1:1/0", "sled", "shared ledger"),
+        ("./a-directory", "redis", "needs a redis://"),
+        ("./a-directory", "redis-cluster", "needs a redis://"),
+        ("http://127.0.0.1:1/0", None, "http://"),
+    ],
+)
+def test_mismatched_store_and_backend_are_refused(
+    store: str, backend: str | None, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        MeteringService(store=store, store_backend=backend)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []  # nothing was created
