@@ -479,3 +479,132 @@ fn racing_try_charges_never_overspend() {
     assert_eq!(accepted, 100);
     assert_eq!(ledger.user_usage("racer", OCTOBER).total, m(12_500));
 }
+
+mod replica {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::fleet::figures::UserFigures;
+
+    fn replica() -> Ledger {
+        ledger().track_changes().with_leases(false)
+    }
+
+    fn try_charge(ledger: &Ledger, microcents: i128) -> Receipt {
+        let items = [costing(microcents)];
+        let receipt = ledger.charge(None, &booking("u"), &items, ChargeMode::IfAffordable);
+        receipt.unwrap()
+    }
+
+    #[test]
+    fn an_affordable_charge_needs_a_lease_that_covers_it() {
+        let ledger = replica();
+        ledger.set_online(true);
+        // No lease: refused, and the caller is told to ask the fleet.
+        let refused = try_charge(&ledger, 100);
+        assert!(!refused.accepted && refused.lease_short);
+        let later = Instant::now() + Duration::from_secs(60);
+        ledger.set_lease("u", OCTOBER, m(250), later, None);
+        assert!(try_charge(&ledger, 100).accepted);
+        assert!(try_charge(&ledger, 100).accepted);
+        // 50 left of the lease: a charge of 100 is short even though the allowance is not.
+        assert!(try_charge(&ledger, 100).lease_short);
+        assert_eq!(ledger.lease_left("u", OCTOBER), m(50));
+        // A charge that always records spends the lease too (saturating).
+        let always = [costing(80)];
+        let booked = ledger.charge(None, &booking("u"), &always, ChargeMode::Always);
+        assert!(booked.unwrap().accepted);
+        assert_eq!(ledger.lease_left("u", OCTOBER), Money::ZERO);
+    }
+
+    #[test]
+    fn a_lease_is_unusable_offline_expired_or_of_another_month() {
+        let ledger = replica();
+        let later = Instant::now() + Duration::from_secs(60);
+        ledger.set_lease("u", OCTOBER, m(500), later, None);
+        assert!(try_charge(&ledger, 10).lease_short, "offline: refused");
+        ledger.set_online(true);
+        assert!(try_charge(&ledger, 10).accepted);
+        ledger.set_lease("u", NOVEMBER, m(500), later, None);
+        assert!(
+            try_charge(&ledger, 10).lease_short,
+            "a lease of another month"
+        );
+        ledger.set_lease("u", OCTOBER, m(500), Instant::now(), None);
+        assert!(try_charge(&ledger, 10).lease_short, "expired");
+        let offline_ok = ledger_with_offline_leases();
+        offline_ok.set_lease("u", OCTOBER, m(500), later, None);
+        let items = [costing(10)];
+        let receipt = offline_ok.charge(None, &booking("u"), &items, ChargeMode::IfAffordable);
+        assert!(
+            receipt.unwrap().accepted,
+            "serve_offline spends the lease held"
+        );
+    }
+
+    fn ledger_with_offline_leases() -> Ledger {
+        ledger().track_changes().with_leases(true)
+    }
+
+    #[test]
+    fn no_room_is_remembered_until_the_user_changes() {
+        let ledger = replica();
+        ledger.set_online(true);
+        let later = Instant::now() + Duration::from_secs(60);
+        ledger.set_lease("u", OCTOBER, Money::ZERO, later, Some((m(100), later)));
+        let refused = try_charge(&ledger, 100);
+        assert!(
+            !refused.accepted && !refused.lease_short,
+            "not worth asking"
+        );
+        assert!(
+            try_charge(&ledger, 99).lease_short,
+            "a smaller charge may fit"
+        );
+        ledger.rebase("u", &UserFigures::default(), None).unwrap();
+        assert!(
+            try_charge(&ledger, 100).lease_short,
+            "the user changed: ask again"
+        );
+    }
+
+    #[test]
+    fn take_then_rebase_keeps_what_was_recorded_meanwhile() {
+        let ledger = replica();
+        ledger
+            .charge(
+                None,
+                &booking("u"),
+                &[item("kv:write", 2)],
+                ChargeMode::Always,
+            )
+            .unwrap();
+        let taken = ledger.take_for_fleet(&[]);
+        assert_eq!(taken.len(), 1);
+        let sent = UserFigures::of(&taken[0].image);
+        // Recorded after the take: still unsent.
+        ledger
+            .charge(
+                None,
+                &booking("u"),
+                &[item("kv:write", 1)],
+                ChargeMode::Always,
+            )
+            .unwrap();
+        // The fleet's figures: what was sent, plus another worker's 4 writes.
+        let other = replica();
+        other
+            .charge(
+                None,
+                &booking("u"),
+                &[item("kv:write", 4)],
+                ChargeMode::Always,
+            )
+            .unwrap();
+        let theirs = UserFigures::of(&other.take_for_fleet(&[]).remove(0).image);
+        let fleet = sent.plus(&theirs);
+        ledger.rebase("u", &fleet.minus(&sent), None).unwrap();
+        let usage = ledger.user_usage("u", OCTOBER);
+        assert_eq!(usage.total, m(125 * 7));
+    }
+}
