@@ -148,7 +148,8 @@ class MeteringService(MeteringCore):
             )
         if store_backend not in (None, "sled", "redb", "redis", "redis-cluster"):
             raise ValueError(
-                f"store_backend must be 'sled', 'redb', 'redis', 'redis-cluster' or None, not {store_backend!r}"
+                "store_backend must be 'sled', 'redb', 'redis', 'redis-cluster' or None, "
+                f"not {store_backend!r}"
             )
         for name, seconds in (("lease_ttl", lease_ttl), ("connect_timeout", connect_timeout)):
             _check_seconds(name, seconds)
