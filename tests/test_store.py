@@ -659,18 +659,19 @@ def test_a_new_store_is_sled_by_default(store_path: Path) -> None:
     assert (store_path / "sled").is_dir() and not (store_path / "redb").exists()
 
 
-@pytest.mark.parametrize("path", ["", "redis://localhost:6379/0", "s3://bucket/usage", "file:///tmp/x"])
+@pytest.mark.parametrize("path", ["", "s3://bucket/usage", "file:///tmp/x", "http://localhost:6379/0"])
 def test_a_store_that_is_no_local_path_is_refused_before_anything_is_created(
     path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``store=""`` used to leave LOCK, sled/ and a manifest in the working directory (which the
-    next call then opened as a store); ``redis://...`` made a local directory named ``redis:``."""
+    next call then opened as a store); a URL made a local directory named after its scheme.
+    ``redis://`` URLs open the shared ledger (tests/test_fleet*.py)."""
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
         with pytest.raises(ValueError, match=r"empty|URL") as caught:
             MeteringService(small_cost_map(), store=path, clock=FakeClock())
         if path:
-            assert "not supported yet" in str(caught.value)
+            assert "is not a store this version knows" in str(caught.value)
         assert list(tmp_path.iterdir()) == []
 
 
