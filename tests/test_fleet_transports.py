@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from redis_support import RedisServer, free_port
-from usagemeter import Actor, MeteringService, StoreUnavailableError
+from usagemeter import Actor, MeteringService, StoreClosedError, StoreUnavailableError
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -92,3 +93,27 @@ def test_mismatched_store_and_backend_are_refused(
     with pytest.raises(ValueError, match=message):
         MeteringService(store=store, store_backend=backend)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_a_forked_child_refuses_a_worker_opened_before_the_fork(redis_url: str) -> None:
+    """A pre-fork server must open its worker after the fork: the parent's sync thread and
+    connection are not in the child, which refuses every call instead of metering unsynced."""
+    from test_reliability import wait_child
+
+    service = MeteringService(store=redis_url, snapshot_interval=0.05)
+    alice = Actor("alice")
+    service.increment_usage(alice, "t", 1, 10)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            service.increment_usage(alice, "t", 1, 10)
+            os._exit(1)
+        except StoreClosedError as error:
+            os._exit(0 if "fork" in str(error) else 2)
+        except BaseException:
+            os._exit(3)
+    assert wait_child(pid) == 0
+    assert service.increment_usage(alice, "t", 1, 10) == 20
+    service.close()
+    with MeteringService(store=redis_url) as reopened:
+        assert reopened.get_actor_current_month_usage_details(alice)["usage"]["total"] == 20
