@@ -75,6 +75,20 @@ struct LeaseOutcome {
     dry_until_ms: Option<i64>,
 }
 
+/// What a write sends, kept to apply its reply.
+struct Planned {
+    merged: UserFigures,
+    lease: Option<LeaseOutcome>,
+    types: TypeTable,
+    /// The user was new to this worker (the write also added it to the set of users).
+    was_new: bool,
+}
+
+enum Settled {
+    Done { changed: bool },
+    Retry,
+}
+
 /// One user's write, kept until the fleet confirms it.
 struct Write {
     user: String,
@@ -544,7 +558,12 @@ impl Fleet {
                     cas.arg(field);
                 }
                 commands.push(cas);
-                planned.push((merged, lease, types, known.version == 0));
+                planned.push(Planned {
+                    merged,
+                    lease,
+                    types,
+                    was_new: known.version == 0,
+                });
             }
             state.stats.round_trips += 1;
             state.stats.bytes_sent += commands
@@ -555,115 +574,149 @@ impl Fleet {
             // The replies of the scripts (after any SADD).
             let mut replies = replies.into_iter();
             let mut keep = Vec::new();
+            let mut failure = None;
             let pending = std::mem::take(&mut state.pending);
-            for (write, (merged, lease, types, was_new)) in pending.into_iter().zip(planned) {
-                if was_new {
+            for (write, planned) in pending.into_iter().zip(planned) {
+                if planned.was_new {
                     replies.next();
                 }
                 let reply = replies.next().unwrap_or(Value::Nil);
                 if let Value::ServerError(error) = &reply {
-                    if error.code() == "NOSCRIPT" && !script_loaded {
+                    if error.code() == "NOSCRIPT" {
                         script_loaded = true;
                         keep.push(write);
                         continue;
                     }
-                    state.pending = keep.into_iter().chain(std::iter::once(write)).collect();
-                    return Err(StoreError::Write(format!(
-                        "the shared ledger refused a write: {error}"
-                    )));
                 }
-                let Some((code, payload)) = script_reply(&reply) else {
-                    state.pending = keep.into_iter().chain(std::iter::once(write)).collect();
-                    return Err(StoreError::Write(format!(
-                        "unexpected reply from the shared ledger: {reply:?}"
-                    )));
-                };
-                let known = state.known.remove(&write.user).unwrap_or_default();
-                let held = known.figures.plus(&write.delta);
-                match code {
-                    0 => {
-                        state.stats.writes += 1;
-                        let version = match payload {
-                            Value::Int(v) => *v as u64,
-                            _ => known.version + 1,
-                        };
-                        let difference = merged.minus(&held);
-                        self.ledger
-                            .rebase(&write.user, &difference, merged.plan.as_ref())
-                            .map_err(|why| corrupted(&write.user, why))?;
-                        let mut leases: Vec<StoredLease> = known
-                            .leases
-                            .into_iter()
-                            .filter(|l| l.worker != self.worker)
-                            .collect();
-                        if let Some(outcome) = lease {
-                            let LeaseOutcome { month, amount, .. } = outcome;
-                            self.apply_lease(state, &write, outcome, now);
-                            if amount.is_positive() {
-                                leases.push(StoredLease {
-                                    worker: self.worker.clone(),
-                                    amount,
-                                    month,
-                                    expires_ms: now + self.options.lease_ttl.as_millis() as i64,
-                                });
-                            }
-                        }
-                        if !write.delta.is_zero() || matches!(write.ask, Ask::Release { .. }) {
-                            changed.push(write.user.clone());
-                        }
-                        state.known.insert(
-                            write.user,
-                            Stored {
-                                version,
-                                figures: merged,
-                                types: types.names().to_vec(),
-                                leases,
-                                writes: known.writes,
-                            },
-                        );
-                    }
-                    1 | 2 => {
-                        let fleet = record::decode(&write.user, &pairs(payload))
-                            .map_err(|why| corrupted(&write.user, why))?;
-                        // Applied before (a retry): the fleet's figures hold this write. Moved:
-                        // they do not; bring them in and merge again.
-                        let base = if code == 1 { &held } else { &known.figures };
-                        let difference = fleet.figures.minus(base);
-                        self.ledger
-                            .rebase(&write.user, &difference, fleet.figures.plan.as_ref())
-                            .map_err(|why| corrupted(&write.user, why))?;
-                        if code == 1 {
-                            let mine = fleet.leases.iter().find(|l| l.worker == self.worker);
-                            if let Some(month) = Self::ask_month(write.ask) {
-                                let amount = mine.map_or(Money::ZERO, |l| l.amount);
-                                let outcome = LeaseOutcome {
-                                    month,
-                                    amount,
-                                    dry_until_ms: None,
-                                };
-                                self.apply_lease(state, &write, outcome, now);
-                            }
-                            changed.push(write.user.clone());
-                            state.known.insert(write.user, fleet);
-                        } else {
-                            state.stats.conflicts += 1;
-                            state.known.insert(write.user.clone(), fleet);
-                            keep.push(write);
-                        }
-                    }
-                    _ => {
-                        state.pending = keep.into_iter().chain(std::iter::once(write)).collect();
-                        return Err(StoreError::Write(format!(
-                            "unexpected reply code {code} from the shared ledger"
-                        )));
+                // A write that is not settled stays for the next pass or round, whatever
+                // happened to the others: it may have been applied (the retry then finds its
+                // write id) or not.
+                match self.settle(state, &write, planned, &reply, now) {
+                    Ok(Settled::Done { changed: true }) => changed.push(write.user),
+                    Ok(Settled::Done { changed: false }) => {}
+                    Ok(Settled::Retry) => keep.push(write),
+                    Err(error) => {
+                        failure.get_or_insert(error);
+                        keep.push(write);
                     }
                 }
             }
             state.pending = keep;
+            if let Some(error) = failure {
+                return Err(error);
+            }
         }
         Err(StoreError::Write(
             "the shared ledger changed under every write for 16 tries; retried next round".into(),
         ))
+    }
+
+    /// Applies the reply to one write: `Done` (the fleet holds it; `changed` if its figures
+    /// moved), or `Retry` (the fleet moved: its figures are brought in, merge again).
+    fn settle(
+        &self,
+        state: &mut State,
+        write: &Write,
+        planned: Planned,
+        reply: &Value,
+        now: i64,
+    ) -> StoreResult<Settled> {
+        if let Value::ServerError(error) = reply {
+            return Err(StoreError::Write(format!(
+                "the shared ledger refused a write: {error}"
+            )));
+        }
+        let Some((code, payload)) = script_reply(reply) else {
+            return Err(StoreError::Write(format!(
+                "unexpected reply from the shared ledger: {reply:?}"
+            )));
+        };
+        let empty = Stored::default();
+        let known = state.known.get(&write.user).unwrap_or(&empty);
+        let held = known.figures.plus(&write.delta);
+        let user = &write.user;
+        match code {
+            0 => {
+                let version = match payload {
+                    Value::Int(v) => *v as u64,
+                    _ => known.version + 1,
+                };
+                let Planned {
+                    merged,
+                    lease,
+                    types,
+                    ..
+                } = planned;
+                let difference = merged.minus(&held);
+                self.ledger
+                    .rebase(user, &difference, merged.plan.as_ref())
+                    .map_err(|why| corrupted(user, why))?;
+                let mut leases: Vec<StoredLease> = known
+                    .leases
+                    .iter()
+                    .filter(|l| l.worker != self.worker)
+                    .cloned()
+                    .collect();
+                let writes = known.writes.clone();
+                if let Some(outcome) = lease {
+                    self.apply_lease(state, write, outcome, now);
+                    if outcome.amount.is_positive() {
+                        leases.push(StoredLease {
+                            worker: self.worker.clone(),
+                            amount: outcome.amount,
+                            month: outcome.month,
+                            expires_ms: now + self.options.lease_ttl.as_millis() as i64,
+                        });
+                    }
+                }
+                state.stats.writes += 1;
+                state.known.insert(
+                    user.clone(),
+                    Stored {
+                        version,
+                        figures: merged,
+                        types: types.names().to_vec(),
+                        leases,
+                        writes,
+                    },
+                );
+                let changed = !write.delta.is_zero() || matches!(write.ask, Ask::Release { .. });
+                Ok(Settled::Done { changed })
+            }
+            1 | 2 => {
+                let fleet =
+                    record::decode(user, &pairs(payload)).map_err(|why| corrupted(user, why))?;
+                // Applied before (a retry): the fleet's figures hold this write. Moved: they do
+                // not; bring them in and merge again.
+                let base = if code == 1 { &held } else { &known.figures };
+                let difference = fleet.figures.minus(base);
+                self.ledger
+                    .rebase(user, &difference, fleet.figures.plan.as_ref())
+                    .map_err(|why| corrupted(user, why))?;
+                let mine = fleet
+                    .leases
+                    .iter()
+                    .find(|l| l.worker == self.worker)
+                    .map(|l| l.amount);
+                state.known.insert(user.clone(), fleet);
+                if code == 2 {
+                    state.stats.conflicts += 1;
+                    return Ok(Settled::Retry);
+                }
+                if let Some(month) = Self::ask_month(write.ask) {
+                    let outcome = LeaseOutcome {
+                        month,
+                        amount: mine.unwrap_or(Money::ZERO),
+                        dry_until_ms: None,
+                    };
+                    self.apply_lease(state, write, outcome, now);
+                }
+                Ok(Settled::Done { changed: true })
+            }
+            _ => Err(StoreError::Write(format!(
+                "unexpected reply code {code} from the shared ledger"
+            ))),
+        }
     }
 
     fn ask_month(ask: Ask) -> Option<MonthId> {
