@@ -1,9 +1,12 @@
-"""Operator tools for a store directory: check it, or keep what is intact.
+"""Operator tools for a store: check it, keep what is intact, or copy it elsewhere.
 
 ``verify_store(path)`` checks every record (format version, checksum, invariants, record count
 against the manifest) and describes the store; ``recover_store(path)`` keeps every record whose
 checksum holds, deletes the others and reports them. Both take the store's lock, so they refuse
-(``StoreLockedError``) while a service has the store open.
+(``StoreLockedError``) while a service has the store open. Both work on a store directory only.
+
+``copy_store(source, destination)`` copies every user of a store (a directory, or a fleet's shared
+ledger at a ``redis://`` URL) into a new one, either way: sled or redb into Redis, and back.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from typing import Any
 
 from usagemeter import _core
 
-__all__ = ["recover_store", "verify_store"]
+__all__ = ["SHARED_URL_SCHEMES", "copy_store", "is_shared_url", "recover_store", "verify_store"]
+
+# What starts the URL of a fleet's shared ledger (Redis); anything else is a store directory.
+SHARED_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+unix://")
 
 
 def verify_store(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -32,3 +38,29 @@ def recover_store(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns ``{"kept": int, "dropped": [description, ...]}``.
     """
     return _core.recover_store(os.fspath(path))
+
+
+def is_shared_url(store: str | os.PathLike[str]) -> bool:
+    """True when ``store`` is the URL of a fleet's shared ledger (``redis://...``), not a directory.
+
+    A Redis Cluster's seed list (``redis://a:7000,redis://b:7001``) counts too: it starts with one.
+    """
+    return os.fspath(store).startswith(SHARED_URL_SCHEMES)
+
+
+def copy_store(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    source_backend: str | None = None,
+    destination_backend: str | None = None,
+) -> dict[str, int]:
+    """Copy every user of the store at ``source`` into a new store at ``destination``.
+
+    Either may be a store directory (sled or redb) or a shared ledger's URL (``redis://...``; a
+    Redis Cluster's comma-separated seeds with backend ``"redis-cluster"``). A backend of None is
+    the directory's own store's (source), sled (a new directory), or ``"redis"`` (a URL). The
+    source is verified record by record first; the destination must be new: a directory with no
+    store, or an empty Redis database, else ``StoreError``. Returns ``{"users", "user_months"}``.
+    """
+    return _core.copy_store(os.fspath(source), os.fspath(destination), source_backend, destination_backend)

@@ -2,15 +2,19 @@
 
 ``usagemeter demo`` simulates an AI API server metering thousands of actors from several threads,
 persisting to ``./usagemeter-data`` (a second run continues from it);
-``usagemeter report --store PATH`` prints what a store holds for a month (top users with their
-balances, per-type totals, or one user's details); ``usagemeter store verify PATH`` checks every
-record of a store and ``usagemeter store recover PATH`` keeps the records whose checksum holds;
+``usagemeter demo --workers N --store redis://...`` runs it as N worker processes sharing one
+ledger in Redis; ``usagemeter report --store PATH|URL`` prints what a store or a shared ledger
+holds for a month (top users with their balances, per-type totals, or one user's details);
+``usagemeter store verify PATH`` checks every record of a store, ``usagemeter store recover PATH``
+keeps the records whose checksum holds and ``usagemeter store copy SRC DST`` copies a ledger
+between a store directory and Redis;
 ``usagemeter costmap check PATH...`` validates cost-map files; ``usagemeter costmap show [PREFIX]``
 lists the shipped prices. Everything here uses only the public API of the ``usagemeter`` package.
 
 This module holds the argument parser and ``main``; each command lives in its own module
-(``demo``, ``report``, ``store``, ``costmap``), and ``output`` is what they print with (rich, at
-most 100 columns). ``import usagemeter`` imports none of it: the library never needs rich.
+(``demo``, ``fleet`` for the demo's worker processes, ``report``, ``store``, ``costmap``), and
+``output`` is what they print with (rich, at most 100 columns). ``import usagemeter`` imports
+none of it: the library never needs rich.
 """
 
 from __future__ import annotations
@@ -25,8 +29,16 @@ from collections.abc import Callable, Sequence
 from usagemeter import __version__
 from usagemeter.cli.costmap import run_costmap_check, run_costmap_show
 from usagemeter.cli.demo import run_demo
+from usagemeter.cli.fleet import run_fleet_demo
 from usagemeter.cli.report import JSON_SHAPE, run_report
-from usagemeter.cli.store import BACKENDS, DEFAULT_STORE, run_store_recover, run_store_verify
+from usagemeter.cli.store import (
+    ALL_BACKENDS,
+    DEFAULT_STORE,
+    run_store_copy,
+    run_store_recover,
+    run_store_verify,
+)
+from usagemeter.store import is_shared_url
 
 __all__ = ["build_parser", "main"]
 
@@ -87,10 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate an AI API server: worker threads serve requests from Zipf-skewed actors, "
         "check their credit, book real cost-map usage types, then print throughput and usage tables. "
         f"The usage persists to a store ({DEFAULT_STORE} unless --store says otherwise) and the next "
-        "run continues from it.",
+        "run continues from it. With --workers N and --store redis://HOST:PORT/DB the requests are "
+        "served by N worker processes sharing that one ledger, which also race for the last credits "
+        "of a few small budgets with try_increment_usage; one combined report read back from Redis "
+        "then shows the fleet's ledger and that every budget was honoured.",
     )
     demo.add_argument("--actors", type=_at_least(1), default=5_000, help="distinct actors (default 5,000)")
-    demo.add_argument("--threads", type=_at_least(1), default=4, help="worker threads (default 4)")
+    demo.add_argument(
+        "--threads",
+        type=_at_least(1),
+        default=4,
+        help="worker threads (default 4; per process with --workers)",
+    )
+    demo.add_argument(
+        "--workers",
+        type=_at_least(1),
+        metavar="N",
+        help="serve the requests from N worker processes sharing one ledger: needs --store redis://... "
+        "(default: one process)",
+    )
     demo.add_argument(
         "--requests", type=_at_least(0), default=200_000, help="total requests (default 200,000)"
     )
@@ -109,14 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_store_argument,
         default=DEFAULT_STORE,
         metavar="PATH",
-        help=f"store directory, created if missing (default {DEFAULT_STORE}); 'none' keeps usage in "
-        "memory only",
+        help=f"store directory, created if missing (default {DEFAULT_STORE}), or a shared ledger's URL "
+        "(redis://HOST:PORT/DB, rediss://, unix://); 'none' keeps usage in memory only",
     )
     demo.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=ALL_BACKENDS,
         default=None,
-        help="store backend (default: the existing store's, else the library default)",
+        help="store backend (default: the existing store's, else the library default; redis for a "
+        "URL; redis-cluster for a Redis Cluster's comma-separated seed URLs)",
     )
     demo.add_argument("--exact", action="store_true", help=_EXACT_HELP)
 
@@ -131,13 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
             "plan and balances; with --actor, one user's usage per type and per app, plan and balances. "
             "Money is dollars rounded to the cent (--exact: to the µ¢), integer µ¢ in --json. A store "
             "keeps no emails or plan choices, so the plan shown is what the built-in rules give a bare "
-            "user id. Exit 1 with the error on stderr if there is no store at PATH or another process "
-            "holds it; nothing is ever created.",
+            "user id. PATH may also be a fleet's shared ledger (redis://HOST:PORT/DB, rediss://, "
+            "unix://; --backend redis-cluster for a cluster's comma-separated seeds): the report opens "
+            "it as one more worker, which loads every user, so it reads while servers run and meter, "
+            "as of that moment. Exit 1 with the error on stderr if there is no store at PATH, another "
+            "process holds it or Redis does not answer; nothing is ever created.",
             width=_HELP_WIDTH,
         ),
         epilog=f"--json prints one document of this shape (money in integer µ¢):\n{JSON_SHAPE}",
     )
-    report.add_argument("--store", required=True, metavar="PATH", help="store directory")
+    report.add_argument(
+        "--store", required=True, metavar="PATH", help="store directory, or a shared ledger's redis:// URL"
+    )
+    report.add_argument(
+        "--backend",
+        choices=ALL_BACKENDS,
+        default=None,
+        help="store backend (default: the directory's store's; redis for a URL)",
+    )
     report.add_argument(
         "--month",
         type=_month_argument,
@@ -154,23 +193,49 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print one JSON document (money in integer µ¢)")
     report.add_argument("--exact", action="store_true", help=_EXACT_HELP + " (--json is always exact)")
 
-    store = commands.add_parser("store", help="verify or recover a store")
+    store = commands.add_parser("store", help="verify, recover or copy a store")
     store_commands = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
     verify = store_commands.add_parser(
         "verify",
         help="check every record of a store",
         description="Check the store at PATH (format version, every record's checksum, the record count "
         "against the manifest) and print a summary. Exit 1 with the error on stderr if it is missing, "
-        "corrupted, written by a newer version, or held by another process.",
+        "corrupted, written by a newer version, or held by another process. A directory only: a "
+        "shared ledger's URL (redis://...) is refused; `usagemeter report --store URL` opens one, which "
+        "loads every user.",
     )
     verify.add_argument("path", metavar="PATH", help="store directory")
     recover = store_commands.add_parser(
         "recover",
         help="keep every record whose checksum holds, drop the others",
         description="Rewrite the store at PATH keeping every record whose checksum holds; print how many "
-        "were kept and each record dropped. Exit 1 with the error on stderr if it cannot.",
+        "were kept and each record dropped. Exit 1 with the error on stderr if it cannot. A directory "
+        "only: a shared ledger's URL (redis://...) is refused.",
     )
     recover.add_argument("path", metavar="PATH", help="store directory")
+    copy = store_commands.add_parser(
+        "copy",
+        help="copy a ledger into a new store: a directory into Redis, or back",
+        description="Copy every user of the store at SRC (a directory, or a shared ledger's URL "
+        "redis://HOST:PORT/DB) into a new store at DST (a directory with no store, or an empty Redis "
+        "database), verifying every record read; print how many users and user months were copied. "
+        "Stop the servers writing to SRC first: a copy holds what SRC held when it was read. Exit 1 "
+        "with the error on stderr if SRC is missing, locked or damaged, or DST is not new.",
+    )
+    copy.add_argument("source", metavar="SRC", help="store directory or redis:// URL to copy from")
+    copy.add_argument("destination", metavar="DST", help="new store directory or empty redis:// database")
+    copy.add_argument(
+        "--source-backend",
+        choices=ALL_BACKENDS,
+        default=None,
+        help="SRC's backend (default: the directory's store's; redis for a URL)",
+    )
+    copy.add_argument(
+        "--backend",
+        choices=ALL_BACKENDS,
+        default=None,
+        help="DST's backend (default: sled for a directory; redis for a URL)",
+    )
 
     costmap = commands.add_parser("costmap", help="check or list cost maps")
     costmap_commands = costmap.add_subparsers(dest="costmap_command", required=True, metavar="COMMAND")
@@ -194,14 +259,34 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> int:
     """Runs the command ``args`` names; returns its exit code."""
     if args.command == "demo":
+        if args.workers is not None:
+            if args.store is None or not is_shared_url(args.store):
+                print(
+                    "usagemeter demo: --workers needs a shared ledger for the worker processes: "
+                    "--store redis://HOST:PORT/DB (or rediss://, unix://)",
+                    file=sys.stderr,
+                )
+                return 2
+            return run_fleet_demo(
+                args.workers,
+                args.actors,
+                args.threads,
+                args.requests,
+                args.seed,
+                args.store,
+                args.backend,
+                args.exact,
+            )
         return run_demo(
             args.actors, args.threads, args.requests, args.seed, args.store, args.backend, args.exact
         )
     if args.command == "report":
-        return run_report(args.store, args.month, args.actor, args.json, args.top, args.exact)
+        return run_report(args.store, args.month, args.actor, args.json, args.top, args.exact, args.backend)
     if args.command == "store":
         if args.store_command == "verify":
             return run_store_verify(args.path)
+        if args.store_command == "copy":
+            return run_store_copy(args.source, args.destination, args.source_backend, args.backend)
         return run_store_recover(args.path)
     if args.costmap_command == "check":
         return run_costmap_check(args.paths)

@@ -48,11 +48,12 @@ from usagemeter.cli.output import Printer, count, format_dollars, make_console, 
 from usagemeter.cli.store import (
     DEFAULT_STORE,
     MANIFEST_NAME,
-    Backend,
+    AnyBackend,
     detect_backend,
     open_service,
     store_error_message,
 )
+from usagemeter.store import is_shared_url
 
 __all__ = [
     "BLOCK_SIZE",
@@ -494,8 +495,11 @@ def demo_store_problem(store: str) -> str | None:
     """Why the demo cannot keep a store at ``store``, or None if it can (found, or created there).
 
     A store is a directory, created with its parents if missing: a regular file at the path, or at
-    one of its parents, is an error, told before the store is opened.
+    one of its parents, is an error, told before the store is opened. A shared ledger's URL
+    (``redis://...``) is None: whether it answers is found out by opening it.
     """
+    if is_shared_url(store):
+        return None
     path = Path(store)
     for candidate in (path, *path.parents):
         if candidate.exists():
@@ -512,7 +516,7 @@ def run_demo(
     request_count: int,
     seed: int,
     store: str | None = DEFAULT_STORE,
-    backend: Backend | None = None,
+    backend: AnyBackend | None = None,
     exact: bool = False,
 ) -> int:
     """``usagemeter demo``: simulates an AI API server and prints throughput and usage tables.
@@ -532,8 +536,9 @@ def run_demo(
     # instead of thousands of lines. Errors (a listener that raised, a failed snapshot) still show.
     logging.getLogger("usagemeter").setLevel(logging.ERROR)
     cost_map = CostMap.default()
-    continuing = store is not None and (Path(store) / MANIFEST_NAME).is_file()
-    if store is not None and backend is None:
+    shared = store is not None and is_shared_url(store)
+    continuing = store is not None and not shared and (Path(store) / MANIFEST_NAME).is_file()
+    if store is not None and not shared and backend is None:
         backend = detect_backend(store)  # None for a new store: the library's default backend
     opening = time.perf_counter()
     try:
@@ -628,7 +633,7 @@ def _demo_session(
     before = _ledger_state(service)
     if store is None:
         out.print("store: none, memory only (nothing is kept after this run)")
-    elif continuing:
+    elif continuing or (is_shared_url(store) and not before.empty):  # a shared ledger holding usage
         out.print(f"continuing from {store} ({service.store_backend}), opened in {open_seconds:.2f} s")
         out.print(
             f"  this month so far: {count(before.users, 'user')}, {count(before.increments, 'increment')}, "

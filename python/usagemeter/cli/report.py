@@ -1,5 +1,9 @@
 """``usagemeter report --store PATH``: what a store holds for a month, or for one user.
 
+PATH is a store directory or a fleet's shared ledger (``redis://...``). A shared ledger is opened
+as one more worker of the fleet (non-exclusive, so servers may run and meter meanwhile), which
+loads every user from Redis: the report shows the ledger as of that moment.
+
 Without ``--actor``: the month's users, increments and total, the per-type totals and the top
 users by spend with their plan and balances. With ``--actor ID``: that user's usage per type and
 per app, plan and balances. ``--json`` prints one document, money in integer µ¢, of the shape
@@ -32,7 +36,14 @@ from usagemeter import (
     StoreError,
 )
 from usagemeter.cli.output import Printer, count, format_dollars, make_table
-from usagemeter.cli.store import detect_backend, open_service, store_error_message, store_problem
+from usagemeter.cli.store import (
+    AnyBackend,
+    detect_backend,
+    open_service,
+    store_error_message,
+    store_problem,
+)
+from usagemeter.store import is_shared_url
 
 __all__ = ["JSON_SHAPE", "current_month", "run_report"]
 
@@ -41,7 +52,7 @@ __all__ = ["JSON_SHAPE", "current_month", "run_report"]
 # largest first. Adding a key is compatible; renaming or removing one is not.
 JSON_SHAPE = """\
 {
-  "store": "PATH", "backend": "sled" | "redb", "month": "YYYY-MM",
+  "store": "PATH", "backend": "sled" | "redb" | "redis" | "redis-cluster", "month": "YYYY-MM",
   "balances_month": "YYYY-MM",   (the current month: balances are as of now)
   month report (no --actor):
   "users": int, "increments": int, "total": µ¢,
@@ -54,6 +65,8 @@ JSON_SHAPE = """\
 BALANCE = {"plan": str, "plan_stored": bool, "monthly_allowance": µ¢, "allowance_used": µ¢,
            "purchased_credits": µ¢, "consumed_purchase_credits": µ¢, "remaining": µ¢}
 """
+
+REPORT_CONNECT_TIMEOUT = 5.0  # seconds until an unreachable shared ledger is an error
 
 _PLAN_NOTE = "* no plan stored for this user: the built-in rules' plan for a bare user id"
 
@@ -260,6 +273,7 @@ def run_report(
     as_json: bool,
     top: int | None,
     exact: bool = False,
+    backend: AnyBackend | None = None,
 ) -> int:
     """``usagemeter report``: prints what the store at ``store`` holds for ``month`` (default: now).
 
@@ -267,12 +281,13 @@ def run_report(
     ``top`` users by spend (default 10 in text, all of them in JSON; 0: all) with their plan and
     balances. With ``actor`` (a user id): that user's usage per type and per app, plan and
     balances. ``as_json`` prints one JSON document (shape in the module docstring; money as integer
-    µ¢); ``exact`` shows text money to the µ¢ instead of the cent. Never creates a store: a path
-    without one is an error. Returns the exit code: 0, or 1 (message on stderr) if the store is
-    missing, locked by another process or cannot be read.
+    µ¢); ``exact`` shows text money to the µ¢ instead of the cent. ``store`` may be a shared
+    ledger's URL (``redis://...``), read while other workers run; ``backend`` is the store's (None:
+    the directory's store's, ``redis`` for a URL). Never creates a store: a path without one is an
+    error. Returns the exit code: 0, or 1 (message on stderr) if the store is missing, locked by
+    another process, unreachable or cannot be read.
     """
-    path = Path(store)
-    problem = store_problem(path, need_manifest=True)
+    problem = store_problem(store, need_manifest=True, allow_url=True)
     if problem is not None:
         print(f"usagemeter report: {problem}", file=sys.stderr)
         return 1
@@ -282,9 +297,11 @@ def run_report(
     else:
         limit = top or None  # 0: every user
     try:
-        with open_service(store, detect_backend(path)) as service:
+        if backend is None and not is_shared_url(store):
+            backend = detect_backend(Path(store))
+        with open_service(store, backend, connect_timeout=REPORT_CONNECT_TIMEOUT) as service:
             use_stored_plans(service)
-            backend = service.store_backend
+            opened_backend = service.store_backend
             balances_month = current_month()
             if actor is None:
                 body = _month_report(service, month, limit)
@@ -293,16 +310,22 @@ def run_report(
     except StoreError as error:
         print(f"usagemeter report: {store_error_message(error, store)}", file=sys.stderr)
         return 1
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a store or backend the library refuses
         print(f"usagemeter report: {error}", file=sys.stderr)
         return 1
-    document = {"store": store, "backend": backend, "month": month, "balances_month": balances_month, **body}
+    document = {
+        "store": store,
+        "backend": opened_backend,
+        "month": month,
+        "balances_month": balances_month,
+        **body,
+    }
     if as_json:
         json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
         return 0
     out = Printer(sys.stdout)
-    out.print(f"store {store} ({backend})")
+    out.print(f"store {store} ({opened_backend})")
     if actor is None:
         _print_month_report(out, document, exact)
     else:

@@ -1,13 +1,18 @@
-"""``usagemeter store verify|recover``, and what every command needs to find and open a store.
+"""``usagemeter store verify|recover|copy``, and what every command needs to find and open a store.
 
 A store is a directory holding a manifest (``usagemeter.manifest``) and one backend directory
-(``sled`` or ``redb``). Nothing here creates a store except ``open_service`` on a path that has
-none, which only the demo does.
+(``sled`` or ``redb``), or a fleet's shared ledger at a URL (``redis://HOST:PORT/DB``, ``rediss://``,
+``unix://``; a Redis Cluster's comma-separated seeds with backend ``redis-cluster``). ``report``
+and ``demo`` take either; ``store verify`` and ``store recover`` work on a directory only (they
+check and rewrite its files); ``store copy`` moves a ledger between the two kinds. Nothing here
+creates a store except ``open_service`` on a path that has none, which only the demo does, and
+``store copy``, whose destination must be new.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,23 +20,32 @@ from typing import Any, Literal
 
 from usagemeter import CostMap, MeteringService, StoreError, StoreLockedError
 from usagemeter.cli.output import Printer, count
-from usagemeter.store import recover_store, verify_store
+from usagemeter.store import copy_store, is_shared_url, recover_store, verify_store
 
 __all__ = [
+    "ALL_BACKENDS",
     "BACKENDS",
     "DEFAULT_STORE",
     "MANIFEST_NAME",
+    "SHARED_BACKENDS",
+    "AnyBackend",
     "Backend",
+    "SharedBackend",
     "detect_backend",
     "open_service",
+    "run_store_copy",
     "run_store_recover",
     "run_store_verify",
     "store_error_message",
     "store_problem",
 ]
 
-Backend = Literal["sled", "redb"]
+Backend = Literal["sled", "redb"]  # a store directory's
 BACKENDS: tuple[Backend, ...] = ("sled", "redb")
+SharedBackend = Literal["redis", "redis-cluster"]  # a fleet's shared ledger's (a URL)
+SHARED_BACKENDS: tuple[SharedBackend, ...] = ("redis", "redis-cluster")
+AnyBackend = Literal["sled", "redb", "redis", "redis-cluster"]
+ALL_BACKENDS: tuple[AnyBackend, ...] = (*BACKENDS, *SHARED_BACKENDS)
 DEFAULT_STORE = "./usagemeter-data"  # where the demo persists unless told otherwise
 MANIFEST_NAME = "usagemeter.manifest"  # every store directory has one (format version, backend, ...)
 
@@ -55,13 +69,25 @@ def detect_backend(path: str | os.PathLike[str]) -> Backend | None:
     return present[0] if len(present) == 1 else None
 
 
-def store_problem(path: Path, *, need_manifest: bool) -> str | None:
-    """Why ``path`` is not an existing store directory, or None if it is one.
+def store_problem(
+    store: str | os.PathLike[str], *, need_manifest: bool, allow_url: bool = False
+) -> str | None:
+    """Why ``store`` is not an existing store directory, or None if it is one.
 
     With ``need_manifest=False`` a directory holding a backend directory but no manifest counts as
-    a store too, so ``store verify`` / ``store recover`` can report on what is there. Looks only:
-    never creates anything.
+    a store too, so ``store verify`` / ``store recover`` can report on what is there. A shared
+    ledger's URL (``redis://...``) is None with ``allow_url`` (whether it answers is found out by
+    opening it), else the reason it is refused. Looks only: never creates anything.
     """
+    if is_shared_url(store):
+        if allow_url:
+            return None
+        return (
+            f"{os.fspath(store)} is a fleet's shared ledger (Redis), not a store directory: this command "
+            "checks a directory's files only (`usagemeter report --store URL` opens a shared ledger, "
+            "which loads every user)"
+        )
+    path = Path(store)
     if not path.exists():
         return f"no store at {path}: the directory does not exist"
     if not path.is_dir():
@@ -74,12 +100,18 @@ def store_problem(path: Path, *, need_manifest: bool) -> str | None:
 
 
 def open_service(
-    store: str | None, backend: Backend | None, cost_map: CostMap | None = None
+    store: str | None,
+    backend: AnyBackend | None,
+    cost_map: CostMap | None = None,
+    *,
+    connect_timeout: float = 5.0,
 ) -> MeteringService:
-    """A MeteringService on ``store`` (None: memory only) with ``backend`` (None: the library default)."""
+    """A MeteringService on ``store`` (None: memory only) with ``backend`` (None: the library default:
+    the directory's store's, sled for a new one, ``redis`` for a URL). ``connect_timeout`` (seconds)
+    bounds the wait for a shared ledger that does not answer (``StoreUnavailableError``)."""
     if store is None or backend is None:
-        return MeteringService(cost_map, store=store)
-    return MeteringService(cost_map, store=store, store_backend=backend)
+        return MeteringService(cost_map, store=store, connect_timeout=connect_timeout)
+    return MeteringService(cost_map, store=store, store_backend=backend, connect_timeout=connect_timeout)
 
 
 def store_error_message(error: StoreError, store: str) -> str:
@@ -103,7 +135,7 @@ def _describe(value: object) -> str:
 
 def _run_store_tool(command: str, store: str, tool: Callable[[str], dict[str, Any]]) -> dict[str, Any] | None:
     """Runs ``tool(store)`` for ``usagemeter store COMMAND``: its result, or None after printing why not."""
-    problem = store_problem(Path(store), need_manifest=False)
+    problem = store_problem(store, need_manifest=False)
     if problem is not None:
         print(f"usagemeter store {command}: {problem}", file=sys.stderr)
         return None
@@ -152,4 +184,61 @@ def run_store_recover(store: str) -> int:
         # The description comes from the Rust store code as it is; printed without wrapping so a
         # long key stays on one line to copy.
         out.print(f"  dropped: {description}", wrap=False)
+    return 0
+
+
+def _copy_backend(store: str, given: AnyBackend | None, *, source: bool) -> str:
+    """The backend a copy reads (``source``) or writes at ``store``: ``given``, else what is there
+    (a source directory's store's), ``redis`` for a URL, sled (the library default) for a new one."""
+    if given is not None:
+        return given
+    if is_shared_url(store):
+        return "redis"
+    detected = detect_backend(store) if source else None
+    return detected if detected is not None else "sled"
+
+
+def run_store_copy(
+    source: str,
+    destination: str,
+    source_backend: AnyBackend | None = None,
+    backend: AnyBackend | None = None,
+) -> int:
+    """``usagemeter store copy``: copies every user of ``source`` into a new store at ``destination``.
+
+    Either is a store directory or a shared ledger's URL (``redis://...``), so a sled or redb store
+    moves into Redis and back. ``source_backend`` / ``backend`` are those of the source and the
+    destination (None: the source directory's store's, ``redis`` for a URL, sled for a new
+    directory). Prints how many users and user months were copied; returns 0, or 1 with the error
+    on stderr if the source is missing, locked or damaged, or the destination already holds a
+    store (a directory with one, or a Redis database that is not empty).
+    """
+    if not is_shared_url(source):
+        problem = store_problem(source, need_manifest=True)
+        if problem is not None:
+            print(f"usagemeter store copy: {problem}", file=sys.stderr)
+            return 1
+    if not is_shared_url(destination) and Path(destination).exists() and not Path(destination).is_dir():
+        print(
+            f"usagemeter store copy: {destination} is a file, not a directory (a store is a directory)",
+            file=sys.stderr,
+        )
+        return 1
+    from_backend = _copy_backend(source, source_backend, source=True)
+    to_backend = _copy_backend(destination, backend, source=False)
+    try:
+        copied = copy_store(source, destination, source_backend=source_backend, destination_backend=backend)
+    except StoreError as error:
+        print(f"usagemeter store copy: {store_error_message(error, source)}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as error:
+        print(f"usagemeter store copy: {error}", file=sys.stderr)
+        return 1
+    out = Printer(sys.stdout)
+    out.print(
+        f"copied {count(copied['users'], 'user')} ({count(copied['user_months'], 'user month')}) "
+        f"from {source} ({from_backend}) to {destination} ({to_backend})",
+        wrap=False,
+    )
+    out.print(f"  `usagemeter report --store {shlex.quote(destination)}` shows it", wrap=False)
     return 0
