@@ -185,10 +185,11 @@ class MeteringCore:
         """Whether ``close()`` has begun: every call now raises ``StoreClosedError``."""
     @property
     def store_path(self) -> str | None:
-        """The store directory, or None for a memory-only service."""
+        """The store directory or the shared ledger's URL, or None for a memory-only service."""
     @property
     def store_backend(self) -> str | None:
-        """The store backend (``"sled"`` or ``"redb"``), or None for a memory-only service."""
+        """The store backend (``"sled"``, ``"redb"``, ``"redis"`` or ``"redis-cluster"``), or None
+        for a memory-only service."""
     def _last_plan(self, user_id: str) -> tuple[str, int] | None:
         """``(plan id, monthly allowance µ¢)`` the user was last resolved to (kept in the store)."""
     def get_actors_usage(self, month: str | None = None) -> list[tuple[str, int, int]]:

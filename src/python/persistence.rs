@@ -78,7 +78,8 @@ pub fn store_kind(location: &str, backend: Option<&str>) -> PyResult<StoreKind> 
         Some("redis-cluster") => Ok(StoreKind::Shared { cluster: true }),
         None if shared => Ok(StoreKind::Shared { cluster: false }),
         Some(_) if shared => Err(PyValueError::new_err(format!(
-            "store {location:?} is a shared ledger: store_backend must be 'redis',              'redis-cluster' or None"
+            "store {location:?} is a shared ledger: store_backend must be 'redis', \
+             'redis-cluster' or None"
         ))),
         None => Ok(StoreKind::Embedded(None)),
         Some(name) => parse_backend(name).map(|b| StoreKind::Embedded(Some(b))),

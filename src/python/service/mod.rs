@@ -377,7 +377,7 @@ impl MeteringCore {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// The store directory, or None for a memory-only service.
+    /// The store directory or the shared ledger's URL, or None for a memory-only service.
     #[getter]
     fn store_path(&self) -> Option<String> {
         self.persistence.as_ref().map(|p| p.dir.clone())
