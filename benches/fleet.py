@@ -114,18 +114,26 @@ def prime_script_cache(server: RedisServer) -> None:
     server.command("-n", "15", "FLUSHDB")
 
 
-def timed_pass(service: MeteringService, calls: Sequence[Call]) -> float:
-    """Seconds for ``increment_usage`` of every call, GC off."""
+def measured_pass(service: MeteringService, calls: Sequence[Call]) -> tuple[float, float, float]:
+    """``increment_usage`` of every call, GC off: seconds of wall time, of this thread's CPU time
+    and of the process's CPU time (every thread: the sync thread's work during the pass too)."""
     increment = service.increment_usage
     gc.collect()
     gc.disable()
     try:
+        thread, process = time.thread_time(), time.process_time()
         started = time.perf_counter()
         for actor, usage_type, amount in calls:
             increment(actor, usage_type, amount)
-        return time.perf_counter() - started
+        wall = time.perf_counter() - started
+        return wall, time.thread_time() - thread, time.process_time() - process
     finally:
         gc.enable()
+
+
+def timed_pass(service: MeteringService, calls: Sequence[Call]) -> float:
+    """Seconds for ``increment_usage`` of every call, GC off."""
+    return measured_pass(service, calls)[0]
 
 
 def timed_flush(service: MeteringService) -> float:
@@ -206,6 +214,15 @@ class Samples:
     per_call: list[float] = field(default_factory=list)
     flush: list[float] = field(default_factory=list)
     per_call_with_flush: list[float] = field(default_factory=list)
+    thread_cpu: list[float] = field(default_factory=list)
+    """CPU seconds per call of the calling thread."""
+    process_cpu: list[float] = field(default_factory=list)
+    """CPU seconds per call of the whole process (calling thread, sync thread) during the pass."""
+
+    def add_pass(self, wall: float, thread: float, process: float) -> None:
+        self.per_call.append(wall / self.calls)
+        self.thread_cpu.append(thread / self.calls)
+        self.process_cpu.append(process / self.calls)
 
     def rate(self, which: str = "per_call", best: bool = False) -> float:
         values: list[float] = getattr(self, which)
@@ -247,13 +264,13 @@ def bench_throughput(
     }
 
     def run_memory() -> None:
-        samples["memory"].per_call.append(timed_pass(memory, workload) / calls)
+        samples["memory"].add_pass(*measured_pass(memory, workload))
 
     def run_shared() -> None:
-        seconds = timed_pass(shared, workload)
+        seconds, thread, process = measured_pass(shared, workload)
         flush = timed_flush(shared)
         sample = samples["redis"]
-        sample.per_call.append(seconds / calls)
+        sample.add_pass(seconds, thread, process)
         sample.flush.append(flush)
         sample.per_call_with_flush.append((seconds + flush) / calls)
 
@@ -510,6 +527,23 @@ def render(
             f"| naive: one `EVALSHA` per increment | {naive.calls:,} | {naive.rate():,.0f} "
             f"| {naive.rate(best=True):,.0f} | {naive.rate() / memory.rate():.4f}x | |"
         )
+    thread_ratio = statistics.median(memory.thread_cpu) / statistics.median(shared.thread_cpu)
+    process_ratio = statistics.median(memory.process_cpu) / statistics.median(shared.process_cpu)
+    lines += [
+        "",
+        "The same passes by CPU time (medians), which the machine's other jobs disturb less than wall "
+        "time: the calling thread's alone, and the whole process's (the calling thread plus the sync "
+        "thread's work during the pass).",
+        "",
+        "| candidate | calling thread CPU ns/call | process CPU ns/call | vs store=None, thread CPU "
+        "| vs store=None, process CPU |",
+        "|---|---:|---:|---:|---:|",
+        f"| `store=None` | {statistics.median(memory.thread_cpu) * 1e9:,.0f} "
+        f"| {statistics.median(memory.process_cpu) * 1e9:,.0f} | 1.00x | 1.00x |",
+        f'| `store="redis://..."` | {statistics.median(shared.thread_cpu) * 1e9:,.0f} '
+        f"| {statistics.median(shared.process_cpu) * 1e9:,.0f} | {thread_ratio:.2f}x "
+        f"| {process_ratio:.2f}x |",
+    ]
     lines += [
         "",
         f"Final `flush()` after a pass of {shared.calls:,} calls (one sync round: {args.users:,} users' "
