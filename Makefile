@@ -23,7 +23,7 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
 .PHONY: help dev test test-rust test-python test-venv lint demo crashloop wheel fuzz-store fuzz-codec \
-	bench-build bench bench-store bench-hot-path bench-overuse clean
+	bench-build bench bench-store bench-hot-path bench-overuse bench-fleet clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -88,9 +88,11 @@ bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (b
 	$(VENV)/bin/maturin build --release --quiet --interpreter $(BENCH_PY)
 	$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps target/wheels/*.whl
 
-bench: bench-build ## Python API vs reference, sqlite, redis and the native floor; writes benches/RESULTS.md
-	$(BENCH_PY) -m pip install --quiet "redis>=5" || echo "no redis client: the redis figures are skipped"
+# fleet.py starts its redis-server with tests/redis_support.py, which imports pytest.
+bench: bench-build ## Python API vs reference, sqlite, redis, the native floor and the fleet; writes benches/RESULTS.md
+	$(BENCH_PY) -m pip install --quiet "redis>=5" "pytest>=8" || echo "no redis client: the redis figures are skipped"
 	$(BENCH_PY) benches/run.py --write-results
+	$(BENCH_PY) benches/fleet.py --write-results --made-by="make bench"
 
 bench-store: bench-build ## snapshot/reopen time of 1,000,000 records and throughput with snapshots
 	$(BENCH_PY) benches/bench_store.py
@@ -101,6 +103,10 @@ bench-hot-path: bench-build ## ns per call warm and cold, and instructions per c
 
 bench-overuse: bench-build ## ns per call of users far over their allowance vs within it, alarms counted
 	$(BENCH_PY) benches/overuse.py
+
+bench-fleet: bench-build ## workers sharing a Redis ledger vs store=None and a Lua call per increment
+	$(BENCH_PY) -m pip install --quiet "redis>=5" "pytest>=8"
+	$(BENCH_PY) benches/fleet.py --write-results --made-by="make bench-fleet"
 
 clean: ## remove build outputs
 	rm -rf target dist $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .hypothesis

@@ -18,8 +18,10 @@ Candidates:
 Plus peak RSS per (actor, month, usage type) record, measured in a fresh process.
 
 ``--write-results`` writes ``benches/RESULTS.md``, keeping its ``<!-- analysis -->``,
-``<!-- rust -->``, ``<!-- store -->`` and ``<!-- abi3 -->`` sections (written by hand from
-profiles, the criterion bench, ``make bench-store`` and ``benches/compare_builds.py``).
+``<!-- rust -->``, ``<!-- store -->``, ``<!-- overuse -->`` and ``<!-- abi3 -->`` sections (written
+by hand from profiles, the criterion bench, ``make bench-store``, ``make bench-overuse`` and
+``benches/compare_builds.py``) and its ``<!-- fleet -->`` section (written by ``benches/fleet.py
+--write-results``, which ``make bench`` runs next).
 """
 
 from __future__ import annotations
@@ -983,8 +985,9 @@ def render(report: Report, command: str, existing: str) -> str:
     lines = [
         "# Benchmark results",
         "",
-        "<!-- Written by `benches/run.py --write-results` (`make bench`); the rust, store and abi3",
-        "     sections and the analysis are kept as they are when the file is rewritten. -->",
+        "<!-- Written by `benches/run.py --write-results` (`make bench`); the rust, store, overuse,",
+        "     abi3 and fleet sections and the analysis are kept as they are when the file is rewritten",
+        "     (the fleet section is written by `benches/fleet.py --write-results`). -->",
         "",
         f"Run on {report.started:%Y-%m-%d %H:%M} UTC, {report.seconds / 60:.1f} minutes.",
         "",
@@ -1060,6 +1063,10 @@ def render(report: Report, command: str, existing: str) -> str:
         "## abi3 or one wheel per Python",
         "",
         _preserved(existing, "abi3", "Not measured yet: `benches/compare_builds.py`."),
+        "",
+        "## Fleet: workers sharing one ledger in Redis",
+        "",
+        _preserved(existing, "fleet", "Not measured yet: `make bench-fleet`."),
         "",
     ]
     return "\n".join(lines)
