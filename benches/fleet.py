@@ -99,21 +99,6 @@ def new_service(store: str | None, interval: float = INTERVAL) -> MeteringServic
     )
 
 
-def prime_script_cache(server: RedisServer) -> None:
-    """Have one worker write one user (db 15), so that Redis caches usagemeter's script.
-
-    A workaround, not part of any measurement: on a Redis that has not cached the script yet,
-    a first sync round writing two users or more fails (``StoreWriteError: ... NoScript``) and
-    so does every retry. ``Fleet::write`` (src/fleet/sync.rs) falls back to EVAL on the first
-    NOSCRIPT reply of the pipeline but takes the second one for a refusal. With one user the
-    fallback's EVAL caches the script, and every later EVALSHA finds it.
-    """
-    with new_service(f"redis://127.0.0.1:{server.port}/15") as service:
-        service.increment_usage(Actor("prime"), next(iter(TYPES)), 1)
-        service.flush()
-    server.command("-n", "15", "FLUSHDB")
-
-
 def measured_pass(service: MeteringService, calls: Sequence[Call]) -> tuple[float, float, float]:
     """``increment_usage`` of every call, GC off: seconds of wall time, of this thread's CPU time
     and of the process's CPU time (every thread: the sync thread's work during the pass too)."""
@@ -715,7 +700,6 @@ def main() -> None:
     started, load_start = time.perf_counter(), load_average()
     notes: list[str] = []
     with RedisServer(appendonly=False) as server:
-        prime_script_cache(server)
         samples = bench_throughput(server, args.users, args.calls, args.naive_calls, args.rounds, notes)
         traffic = [
             bench_traffic(server, 4, args.users, args.traffic_seconds),
