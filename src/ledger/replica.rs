@@ -184,6 +184,12 @@ impl Ledger {
     ) -> Result<(), String> {
         let accounts = self.accounts.pin();
         let mut state = account_in(&accounts, user_id).state.lock();
+        if difference.is_zero() {
+            // The common case (this worker's own write, nobody else's in between): the account
+            // already holds the fleet's figures; only a new plan is taken.
+            set_last_plan(&mut state, plan);
+            return Ok(());
+        }
         let mut months: Vec<(MonthId, MonthImage)> = Vec::new();
         for (month, figures) in &difference.months {
             let mut new = match state.months.get(month) {
@@ -211,9 +217,7 @@ impl Ledger {
         }
         state.credit = credit;
         state.clear_dry();
-        if let Some((id, allowance)) = plan {
-            state.last_plan = Some((Arc::from(id.as_str()), *allowance));
-        }
+        set_last_plan(&mut state, plan);
         Ok(())
     }
 
@@ -266,6 +270,16 @@ impl Ledger {
             count: image.usage.count,
             apps,
             pools: image.pools,
+        }
+    }
+}
+
+/// Takes `plan` (the fleet's) as the user's last plan, if given and different.
+fn set_last_plan(state: &mut AccountState, plan: Option<&(String, Money)>) {
+    if let Some((id, allowance)) = plan {
+        let same = matches!(&state.last_plan, Some((held, a)) if **held == **id && a == allowance);
+        if !same {
+            state.last_plan = Some((Arc::from(id.as_str()), *allowance));
         }
     }
 }

@@ -562,10 +562,15 @@ mod replica {
             "a smaller charge may fit"
         );
         ledger.rebase("u", &UserFigures::default(), None).unwrap();
-        assert!(
-            try_charge(&ledger, 100).lease_short,
-            "the user changed: ask again"
-        );
+        let unchanged = try_charge(&ledger, 100);
+        assert!(!unchanged.lease_short, "nothing changed: still no room");
+        let credit = UserFigures {
+            credit: [m(500).attocents(), 0],
+            ..UserFigures::default()
+        };
+        ledger.rebase("u", &credit, None).unwrap();
+        let changed = try_charge(&ledger, 100);
+        assert!(changed.lease_short, "the user changed: ask again");
     }
 
     #[test]
