@@ -9,7 +9,7 @@ use super::{as_actor, MeteringCore};
 use crate::error::LedgerError;
 use crate::ledger::month::MonthId;
 use crate::ledger::record::TypeId;
-use crate::ledger::{Account, Booking, ChargeMode, Receipt, UsageItem};
+use crate::ledger::{Account, Booking, ChargeMode, Plan, Receipt, UsageItem};
 use crate::money::Money;
 use crate::python::actor::PyActor;
 use crate::python::convert::{self, money_to_int};
@@ -116,18 +116,37 @@ impl MeteringCore {
             })
         };
         let mut receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
-        // A fleet's worker whose budget lease does not cover the charge asks the fleet for more
-        // (the last credits of a user go through the shared ledger, one request per call), then
-        // decides again. Twice at most: a lease granted is spent by this worker alone, but
-        // another thread of this process may take it first.
+        if receipt.lease_short {
+            receipt = self.charge_on_new_lease(py, actor_obj, actor, now_ms, receipt, charge)?;
+        }
+        if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
+            self.raise_alarms(py, actor_obj, items, &receipt, receipt.allowance);
+        }
+        Ok(receipt)
+    }
+
+    /// A fleet's worker whose budget lease does not cover the charge asks the fleet for more
+    /// (the last credits of a user go through the shared ledger, one request per call), then
+    /// decides again. Twice at most: a lease granted is spent by this worker alone, but another
+    /// thread of this process may take it first. Out of line: one process never comes here.
+    #[cold]
+    #[inline(never)]
+    fn charge_on_new_lease(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        now_ms: i64,
+        refused: Receipt,
+        charge: impl Fn(Plan) -> Result<Receipt, LedgerError> + Copy,
+    ) -> PyResult<Receipt> {
+        let month = MonthId::from_epoch_ms(now_ms);
+        let mut receipt = refused;
         for _ in 0..2 {
             if !receipt.lease_short || !self.lease_granted(py, actor, month, &receipt) {
                 break;
             }
             receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
-        }
-        if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
-            self.raise_alarms(py, actor_obj, items, &receipt, receipt.allowance);
         }
         Ok(receipt)
     }
