@@ -45,6 +45,7 @@ test-rust: $(VENV)/bin/activate ## cargo tests of the Rust core
 	cargo test --quiet --lib
 
 test-python: dev ## pytest (hypothesis profile from HYPOTHESIS_PROFILE), stubtest, mypy --strict
+	scripts/ensure_redis.sh
 	$(PY) -m mypy.stubtest usagemeter._core
 	$(PY) -m mypy
 	$(PY) -m pytest
@@ -105,6 +106,7 @@ bench-overuse: bench-build ## ns per call of users far over their allowance vs w
 	$(BENCH_PY) benches/overuse.py
 
 bench-fleet: bench-build ## workers sharing a Redis ledger vs store=None and a Lua call per increment
+	scripts/ensure_redis.sh
 	$(BENCH_PY) -m pip install --quiet "redis>=5" "pytest>=8"
 	$(BENCH_PY) benches/fleet.py --write-results --made-by="make bench-fleet"
 
