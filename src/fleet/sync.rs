@@ -30,7 +30,7 @@ use super::record::{self, Stored, StoredLease, FEED_KEY, USERS_KEY};
 use crate::ledger::image::UserImage;
 use crate::ledger::month::MonthId;
 use crate::ledger::pools;
-use crate::ledger::replica::Taken;
+use crate::ledger::replica::{Release, Taken};
 use crate::ledger::Ledger;
 use crate::money::Money;
 use crate::store::codec::TypeTable;
@@ -60,8 +60,12 @@ enum Ask {
     None,
     /// Renew it, topped up to the fair share when the fleet has room (spent in the last round).
     Renew { month: MonthId, left: Money },
-    /// At least `need` now (a caller waits), or nothing if the fleet has no room for it.
-    Need { month: MonthId, need: Money },
+    /// At least `need` now (a caller waits), or no more than `left` if the fleet has no room.
+    Need {
+        month: MonthId,
+        need: Money,
+        left: Money,
+    },
     /// Give it back (unused for a round, or closing).
     Release { month: MonthId },
 }
@@ -298,8 +302,12 @@ impl Fleet {
         state.stats.lease_requests += 1;
         let id = state.next_id;
         state.next_id += 1;
-        let mut write = self.write_of(state, taken, id, false);
-        write.ask = Ask::Need { month, need };
+        let left = match &taken.lease {
+            Some((lease, _)) if lease.month == month => lease.left(),
+            _ => Money::ZERO,
+        };
+        let mut write = self.write_of(state, taken, id);
+        write.ask = Ask::Need { month, need, left };
         write.allowance = allowance;
         state.pending.push(write);
         let changed = self.write(state, now)?;
@@ -352,8 +360,9 @@ impl Fleet {
         let leased: Vec<String> = state.leased.iter().cloned().collect();
         let id = state.next_id;
         state.next_id += 1;
-        for taken in self.ledger.take_for_fleet(&leased) {
-            let write = self.write_of(state, taken, id, last);
+        let release = if last { Release::All } else { Release::Unspent };
+        for taken in self.ledger.take_for_fleet(&leased, release) {
+            let write = self.write_of(state, taken, id);
             if write.delta.is_zero() && write.ask == Ask::None && !self.plan_changed(state, &write)
             {
                 continue;
@@ -374,7 +383,7 @@ impl Fleet {
     }
 
     /// What to write for one taken user.
-    fn write_of(&self, state: &State, taken: Taken, id: u64, last: bool) -> Write {
+    fn write_of(&self, state: &State, taken: Taken, id: u64) -> Write {
         let user = taken.image.user_id.clone();
         let sent = UserFigures::of(&taken.image);
         let months: Vec<MonthId> = taken.image.months.iter().map(|(m, _)| *m).collect();
@@ -386,8 +395,9 @@ impl Fleet {
         let delta = sent.minus(&known);
         let ask = match taken.lease {
             None => Ask::None,
-            Some((lease, _)) if last => Ask::Release { month: lease.month },
-            Some((lease, spent)) if spent == Money::ZERO => Ask::Release { month: lease.month },
+            Some((lease, _)) if taken.released => Ask::Release { month: lease.month },
+            // Only the memory that the fleet had no room: nothing held in the fleet.
+            Some((lease, _)) if !lease.granted.is_positive() => Ask::None,
             Some((lease, _)) => Ask::Renew {
                 month: lease.month,
                 left: lease.left(),
@@ -424,7 +434,7 @@ impl Fleet {
                 }))
             }
             Ask::Renew { month, left } => (month, left, Money::ZERO),
-            Ask::Need { month, need } => (month, Money::ZERO, need),
+            Ask::Need { month, need, left } => (month, left, need),
         };
         let others: Vec<&StoredLease> = known
             .leases
@@ -446,17 +456,18 @@ impl Fleet {
         // budget runs out, down to exactly what a caller needs (the last credits).
         let share = Money::from_attocents(free.attocents() / (2 * (others.len() as i128 + 1)))
             .unwrap_or(Money::ZERO);
+        // Never below `left`: the worker may have spent it since the take (the fleet reserved it
+        // for this worker, and it is not in the fleet's usage yet).
         let amount = match write.ask {
-            Ask::Need { .. } => match free >= need {
-                true => need.max(share).min(free),
-                false => Money::ZERO,
-            },
-            _ => left.max(share).min(free),
-        };
+            Ask::Need { .. } if free >= need => need.max(share).min(free),
+            Ask::Need { .. } => Money::ZERO,
+            _ => share,
+        }
+        .max(left);
         // No room for a caller's charge: none until another worker's lease expires (or returns,
         // or the user's figures change, which this worker reads in the feed).
         let dry_until_ms = match write.ask {
-            Ask::Need { .. } if !amount.is_positive() => Some(
+            Ask::Need { .. } if amount < need => Some(
                 others
                     .iter()
                     .map(|l| l.expires_ms)

@@ -58,6 +58,20 @@ pub struct Taken {
     pub allowance: Option<Money>,
     /// The lease, its part left (now also `granted`) and what was spent since the last take.
     pub lease: Option<(Lease, Money)>,
+    /// The lease was given up at the take (see `Release`): its write returns it to the fleet.
+    pub released: bool,
+}
+
+/// Which leases a take gives up. A lease is given up at the take, under the account's lock, so
+/// that nothing is spent from it while the write that returns it is on its way: spent then, it
+/// would be usage the fleet holds no lease for, and another worker could be granted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    None,
+    /// Leases nothing was spent from since the last take.
+    Unspent,
+    /// Every lease (closing).
+    All,
 }
 
 impl AccountState {
@@ -123,17 +137,27 @@ impl Ledger {
         }
     }
 
-    fn take_account(&self, user_id: &str, state: &mut AccountState) -> Taken {
+    fn take_account(&self, user_id: &str, state: &mut AccountState, release: Release) -> Taken {
         state.queued = false;
         let changed = std::mem::take(&mut state.changed_months);
         let months = changed
             .iter()
             .map(|m| (*m, self.month_image(&state.months[m])))
             .collect();
+        let mut released = false;
         let lease = state.lease.as_deref_mut().map(|lease| {
             let spent = lease.spent;
             lease.granted = lease.left();
             lease.spent = Money::ZERO;
+            let gives_up = match release {
+                Release::None => false,
+                Release::Unspent => spent == Money::ZERO,
+                Release::All => true,
+            };
+            if gives_up && lease.dry.is_none() {
+                lease.granted = Money::ZERO;
+                released = true;
+            }
             (*lease, spent)
         });
         Taken {
@@ -145,12 +169,13 @@ impl Ledger {
             },
             allowance: state.plan.map(|(allowance, _)| allowance),
             lease,
+            released,
         }
     }
 
     /// Takes every user changed since the last take, and the users of `also` (those holding a
     /// lease, to renew or return it), each under its own lock.
-    pub fn take_for_fleet(&self, also: &[String]) -> Vec<Taken> {
+    pub fn take_for_fleet(&self, also: &[String], release: Release) -> Vec<Taken> {
         let accounts = self.accounts.pin();
         let mut users: Vec<Box<str>> = self.changes.take();
         users.extend(also.iter().map(|u| Box::from(u.as_str())));
@@ -160,7 +185,7 @@ impl Ledger {
             .into_iter()
             .filter_map(|user_id| {
                 let account = accounts.get(&*user_id)?;
-                Some(self.take_account(&user_id, &mut account.state.lock()))
+                Some(self.take_account(&user_id, &mut account.state.lock(), release))
             })
             .collect()
     }
@@ -169,7 +194,7 @@ impl Ledger {
     pub fn take_user_for_fleet(&self, user_id: &str) -> Option<Taken> {
         let accounts = self.accounts.pin();
         let account = accounts.get(user_id)?;
-        let taken = self.take_account(user_id, &mut account.state.lock());
+        let taken = self.take_account(user_id, &mut account.state.lock(), Release::None);
         Some(taken)
     }
 

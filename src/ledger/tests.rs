@@ -485,6 +485,7 @@ mod replica {
 
     use super::*;
     use crate::fleet::figures::UserFigures;
+    use crate::ledger::replica;
 
     fn replica() -> Ledger {
         ledger().track_changes().with_leases(false)
@@ -574,6 +575,24 @@ mod replica {
     }
 
     #[test]
+    fn a_lease_unspent_since_the_last_take_is_given_up_at_the_take() {
+        // Given up under the account's lock: nothing can be spent from it while the write that
+        // returns it is on its way (that spending would be usage the fleet holds no lease for).
+        let ledger = replica();
+        ledger.set_online(true);
+        let later = Instant::now() + Duration::from_secs(60);
+        ledger.set_lease("u", OCTOBER, m(500), later, None);
+        assert!(try_charge(&ledger, 100).accepted);
+        let spent = ledger.take_for_fleet(&["u".into()], replica::Release::Unspent);
+        assert!(!spent[0].released, "spent in the last round: kept");
+        assert_eq!(ledger.lease_left("u", OCTOBER), m(400));
+        let idle = ledger.take_for_fleet(&["u".into()], replica::Release::Unspent);
+        assert!(idle[0].released);
+        assert_eq!(ledger.lease_left("u", OCTOBER), Money::ZERO);
+        assert!(try_charge(&ledger, 100).lease_short);
+    }
+
+    #[test]
     fn take_then_rebase_keeps_what_was_recorded_meanwhile() {
         let ledger = replica();
         ledger
@@ -584,7 +603,7 @@ mod replica {
                 ChargeMode::Always,
             )
             .unwrap();
-        let taken = ledger.take_for_fleet(&[]);
+        let taken = ledger.take_for_fleet(&[], replica::Release::None);
         assert_eq!(taken.len(), 1);
         let sent = UserFigures::of(&taken[0].image);
         // Recorded after the take: still unsent.
@@ -606,7 +625,12 @@ mod replica {
                 ChargeMode::Always,
             )
             .unwrap();
-        let theirs = UserFigures::of(&other.take_for_fleet(&[]).remove(0).image);
+        let theirs = UserFigures::of(
+            &other
+                .take_for_fleet(&[], replica::Release::None)
+                .remove(0)
+                .image,
+        );
         let fleet = sent.plus(&theirs);
         ledger.rebase("u", &fleet.minus(&sent), None).unwrap();
         let usage = ledger.user_usage("u", OCTOBER);
