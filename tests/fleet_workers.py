@@ -11,11 +11,12 @@ Modes:
   reports how many calls each user had accepted.
 - `sums`: `calls` seeded random `increment_usage` calls over `users` users, apps and types;
   writes its exact expected figures (see `Tally`) to `expected_path` and reports them.
-- `victim`: takes a budget lease (`try_increment_usage` on `lease_user`), then records
-  `increment_usage` on its own users until killed, calling `flush()` every `flush_every` calls
-  and reporting after each what had been recorded before that flush began. Before each call it
-  counts the call in a shared file (`attempts_path`, one little-endian int64 a user), so the
-  parent knows an upper bound of what it recorded when it SIGKILLs it.
+- `victim`: records `increment_usage` on its own users until killed, and every `lease_every`
+  calls spends one call of `lease_user`'s budget (so it holds a budget lease, in use, when it is
+  killed); calls `flush()` every `flush_every` calls and reports after each what had been
+  recorded before that flush began. Before each call it counts the call in a shared file
+  (`attempts_path`, one little-endian int64 a user, the budget user last), so the parent knows
+  an upper bound of what it recorded when it SIGKILLs it.
 - `steady`: `increment_usage` on its own users until a `stop` line arrives on stdin; reports the
   units of each user, any exception, and the alarms it saw (e.g. `store_error` during an outage).
 """
@@ -154,16 +155,14 @@ def run_sums(config: dict[str, Any], service: MeteringService) -> dict[str, Any]
 def run_victim(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
     users = [f"{config['prefix']}{index}" for index in range(config["users"])]
     actors = [Actor(user) for user in users]
-    lease_actor = Actor(config["lease_user"])
-    spent = 0
-    for _ in range(config["lease_calls"]):
-        if service.try_increment_usage(lease_actor, "fleet:call", 1, config["cost"]) is not None:
-            spent += 1
-    service.flush()
-    emit("leased", spent=spent)
-    recorded = [0] * len(users)
-    size = 8 * len(users)
-    with open(config["attempts_path"], "r+b") as file, mmap.mmap(file.fileno(), size) as attempts:
+    lease_user = config["lease_user"]
+    lease_actor = Actor(lease_user)
+    # Slot i counts user i's calls, the last slot the budget user's accepted-or-tried ones.
+    recorded = [0] * (len(users) + 1)
+    with (
+        open(config["attempts_path"], "r+b") as file,
+        mmap.mmap(file.fileno(), 8 * len(recorded)) as attempts,
+    ):
         calls = 0
         while True:
             index = calls % len(users)
@@ -172,10 +171,16 @@ def run_victim(config: dict[str, Any], service: MeteringService) -> dict[str, An
             service.increment_usage(actors[index], "fleet:int", 1)
             recorded[index] += 1
             calls += 1
+            if calls % config["lease_every"] == 0:
+                # Spending keeps this worker's budget lease in use (renewed every round).
+                struct.pack_into("<q", attempts, 8 * len(users), recorded[-1] + 1)
+                if service.try_increment_usage(lease_actor, "fleet:call", 1, config["cost"]) is None:
+                    raise SystemExit("the budget ran out: the test's budget is too small")
+                recorded[-1] += 1
             if calls % config["flush_every"] == 0:
                 before = list(recorded)
                 service.flush()
-                emit("flushed", units=dict(zip(users, before, strict=True)))
+                emit("flushed", units=dict(zip([*users, lease_user], before, strict=True)))
 
 
 def run_steady(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
