@@ -116,8 +116,13 @@ class FleetWorker:
         self.lines.put(None)
 
     def stderr_tail(self) -> str:
+        """The end of the worker's stderr, without the alarm log lines (one a failed sync)."""
         self._stderr.flush()
-        return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-30:])
+        lines = self.stderr_path.read_text(errors="replace").splitlines()
+        alarms = [line for line in lines if line.startswith("metering alarm")]
+        others = [line for line in lines if not line.startswith("metering alarm")]
+        summary = f"({len(alarms)} alarm lines, the last: {alarms[-1]})" if alarms else "(no alarm lines)"
+        return "\n".join([summary, *others[-30:]])
 
     def expect(self, event: str, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
         """The next line of kind `event` (earlier lines are kept in `seen`)."""
