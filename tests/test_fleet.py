@@ -870,6 +870,12 @@ def test_a_lease_ttl_that_is_not_positive_is_a_value_error(seconds: float) -> No
         MeteringService(fleet_cost_map(), store=f"redis://127.0.0.1:{free_port()}/0", lease_ttl=seconds)
 
 
+@pytest.mark.parametrize("seconds", [0, -1, float("nan")])
+def test_a_connect_timeout_that_is_not_positive_is_a_value_error(seconds: float) -> None:
+    with pytest.raises(ValueError):
+        MeteringService(fleet_cost_map(), store=f"redis://127.0.0.1:{free_port()}/0", connect_timeout=seconds)
+
+
 def test_an_unknown_offline_spending_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         MeteringService(
