@@ -42,7 +42,7 @@ LONG = os.environ.get("USAGEMETER_FLEET_LONG") == "1"
 WORKERS_SCRIPT = Path(__file__).with_name("fleet_workers.py")
 INTERVAL = 0.1  # seconds between two syncs of every service here
 COST = 1_000  # µ¢ per call of the budget tests (a cost override)
-EVENT_TIMEOUT = 120.0  # seconds a worker may take to report (a debug build on a shared machine)
+EVENT_TIMEOUT = 900.0 if LONG else 120.0  # seconds a worker may take to report (debug build, shared machine)
 
 
 def unique_prefix(name: str) -> str:
@@ -465,12 +465,12 @@ def run_race(spawn: Spawn, url: str, backend: str | None) -> None:
             assert fresh.get_remaining_usage(Actor(user)) == allowance - count * COST
 
 
-@pytest.mark.timeout(600 if LONG else 120)
+@pytest.mark.timeout(1200 if LONG else 120)
 def test_racing_workers_never_overspend(spawn: Spawn, fleet_url: str) -> None:
     run_race(spawn, fleet_url, None)
 
 
-@pytest.mark.timeout(600 if LONG else 180)
+@pytest.mark.timeout(1200 if LONG else 180)
 def test_racing_workers_never_overspend_on_a_cluster(spawn: Spawn, redis_cluster: RedisCluster) -> None:
     run_race(spawn, ",".join(redis_cluster.urls), "redis-cluster")
 
@@ -568,12 +568,12 @@ def usage_total(usage: dict[str, Any]) -> int:
     return int(total)
 
 
-@pytest.mark.timeout(900 if LONG else 180)
+@pytest.mark.timeout(1200 if LONG else 180)
 def test_many_workers_sum_exactly(spawn: Spawn, fleet_url: str, tmp_path: Path) -> None:
     run_sums(spawn, fleet_url, None, tmp_path, check_global=True)
 
 
-@pytest.mark.timeout(900 if LONG else 180)
+@pytest.mark.timeout(1200 if LONG else 180)
 def test_many_workers_sum_exactly_on_a_cluster(
     spawn: Spawn, redis_cluster: RedisCluster, tmp_path: Path
 ) -> None:
