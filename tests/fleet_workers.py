@@ -235,9 +235,10 @@ def main() -> None:
         raise
     worked = time.monotonic() - started
     service.close()
+    closed = time.monotonic() - started
     with lock:
         seen = list(alarms)
-    emit("done", seconds=worked, alarms=seen, **result)
+    emit("done", seconds=worked, closed_after=closed, stats=service._sync_stats(), alarms=seen, **result)
 
 
 if __name__ == "__main__":

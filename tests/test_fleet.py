@@ -207,6 +207,15 @@ def start_together(workers: list[FleetWorker]) -> None:
         worker.send("go")
 
 
+def print_timings(label: str, reports: list[dict[str, Any]]) -> None:
+    """What each worker took (seen with `pytest -s`), and its sync traffic."""
+    for index, report in enumerate(reports):
+        print(
+            f"{label} worker {index}: {report['seconds']:.1f} s working, "
+            f"closed after {report['closed_after']:.1f} s; sync {report['stats']}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading figures
 
@@ -450,6 +459,7 @@ def run_race(spawn: Spawn, url: str, backend: str | None) -> None:
     ]
     start_together(workers)
     reports = [worker.finish() for worker in workers]
+    print_timings("race", reports)
     accepted = {f"{prefix}{index}": 0 for index in range(RACE_USERS)}
     for report in reports:
         for user, count in report["accepted"].items():
@@ -524,8 +534,7 @@ def run_sums(spawn: Spawn, url: str, backend: str | None, tmp_path: Path, check_
         for index, path in enumerate(paths)
     ]
     start_together(workers)
-    for worker in workers:
-        worker.finish()
+    print_timings("sums", [worker.finish() for worker in workers])
     types, apps = expected_sums(paths)
     mismatches: list[str] = []
     with open_fleet(url, **options) as fresh:
