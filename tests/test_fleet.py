@@ -69,19 +69,9 @@ def budget_policies(allowance: int) -> list[Policy]:
     return [Policy("temp_free", allowance)]
 
 
-def load_script_through_one_write(url: str) -> None:
-    """Makes the server cache the write script, the way the library itself gets it there: a round
-    with a single user's write (EVALSHA, NOSCRIPT, then EVAL). Works around the NOSCRIPT bug (see
-    `test_the_first_sync_of_several_users_on_a_fresh_server`) for the tests of other properties."""
-    with open_fleet(url) as service:
-        service.increment_usage(Actor(f"script-loader-{uuid.uuid4().hex[:8]}"), "fleet:free", 1)
-        service.flush()
-
-
 @pytest.fixture
 def fleet_url(redis_server: RedisServer) -> str:
-    """`redis_url`, with the write script already cached on the server."""
-    load_script_through_one_write(redis_server.url)
+    """A fresh server's URL (it has not cached the write script: the first round loads it)."""
     return redis_server.url
 
 
@@ -257,9 +247,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.01
 
 @pytest.mark.timeout(60)
 def test_the_first_sync_of_several_users_on_a_fresh_server(redis_url: str) -> None:
-    """BUG: the first round's pipeline sends EVALSHA for every user; on a server without the script
-    each reply is NOSCRIPT, and only the first is taken as "load it": the second fails the round
-    with StoreWriteError, and every later round starts with EVALSHA again, so it never recovers."""
+    """The first round's pipeline sends EVALSHA for every user; on a server without the script
+    each reply is NOSCRIPT, and every one of them is sent again with the script's text. (Only the
+    first used to be: the second failed the round, and every later round the same way.)"""
     service = open_fleet(redis_url)
     errors: list[str] = []
     try:
@@ -284,10 +274,10 @@ def units_of_all(service: MeteringService, users: list[str]) -> list[int]:
 
 @pytest.mark.timeout(60)
 def test_a_write_refused_for_one_user_leaves_the_others_counted_once(redis_server: RedisServer) -> None:
-    """BUG: when one write of a round's pipeline gets an error reply, the replies of the writes
-    after it are ignored and those writes dropped, although Redis applied them. Their users'
-    versions then look moved by "another worker", the worker merges its own write in again, and
-    each is counted twice, here and in Redis. One user's hash holding a string (WRONGTYPE) makes
+    """When one write of a round's pipeline gets an error reply, the writes after it are settled
+    from their own replies. (They used to be dropped although Redis applied them: their users'
+    versions then looked moved by "another worker", the worker merged its own write in again,
+    and each was counted twice, here and in Redis.) One user's hash holding a string (WRONGTYPE) makes
     the error deterministic; after a restart, `-LOADING` replies do the same (see the restart test)."""
     url = redis_server.url
     users = [f"u{index}" for index in range(10)]
@@ -318,12 +308,12 @@ def test_a_write_refused_for_one_user_leaves_the_others_counted_once(redis_serve
 
 @pytest.mark.timeout(60)
 def test_usage_kept_through_a_refused_round_reaches_redis(redis_server: RedisServer) -> None:
-    """BUG: a round whose pipeline gets an error reply keeps only the writes up to the refused one;
-    the writes after it are dropped, and their usage never reaches Redis. Here the refusal is the
-    NOSCRIPT of a restarted server (the NOSCRIPT bug), then the script is loaded again."""
+    """Usage kept through a round that failed (the server stopped) reaches the restarted server
+    once, although the restarted server has lost its script cache (every write of the round gets
+    NOSCRIPT and is sent again; such writes used to be dropped after the first, and their usage
+    lost)."""
     url = redis_server.url
     users = [f"u{index}" for index in range(5)]
-    load_script_through_one_write(url)
     service = open_fleet(url, snapshot_interval=3_600.0)  # rounds only when the test flushes
     try:
         for user in users:
@@ -337,11 +327,6 @@ def test_usage_kept_through_a_refused_round_reaches_redis(redis_server: RedisSer
         for user in users:
             service.increment_usage(Actor(user), "fleet:int", 1)
         redis_server.start()  # its script cache is empty
-        with pytest.raises(StoreError):
-            service.flush()
-        with pytest.raises(StoreError):
-            service.flush()
-        load_script_through_one_write(url)
         service.flush()
         local = units_of_all(service, users)
     finally:
@@ -681,13 +666,12 @@ OUTAGE_SECONDS = 5.0 if LONG else 2.0
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("reload_script", [False, True], ids=["as-is", "script-reloaded-by-the-test"])
 def test_workers_meter_through_a_redis_restart_and_every_call_lands_once(
-    spawn: Spawn, redis_server: RedisServer, reload_script: bool
+    spawn: Spawn, redis_server: RedisServer
 ) -> None:
-    """`script-reloaded-by-the-test` has the test make the restarted server cache the write script
-    again (through one single-user write), so the rest is checked despite the NOSCRIPT bug."""
-    load_script_through_one_write(redis_server.url)
+    """The restarted server reloads its AOF (every write it confirmed) but not its script cache,
+    and answers `-LOADING` while it reads the AOF: every write refused then is retried with its
+    write id, never dropped nor applied twice."""
     prefix = unique_prefix("outage")
     workers = [
         spawn(f"steady-{index}", mode="steady", url=redis_server.url, prefix=f"{prefix}{index}-", users=50)
@@ -698,8 +682,6 @@ def test_workers_meter_through_a_redis_restart_and_every_call_lands_once(
     redis_server.stop()
     time.sleep(OUTAGE_SECONDS)
     redis_server.start()
-    if reload_script:
-        load_script_through_one_write(redis_server.url)
     time.sleep(1.0)
     for worker in workers:
         worker.send("stop")
@@ -730,7 +712,6 @@ def test_workers_meter_through_a_redis_restart_and_every_call_lands_once(
 @pytest.mark.timeout(120)
 def test_offline_try_increment_refuses_by_default(redis_server: RedisServer) -> None:
     user = unique_prefix("offline") + "u"
-    load_script_through_one_write(redis_server.url)
     actor = Actor(user)
     allowance = 1_000 * COST
     with open_fleet(redis_server.url, policies=budget_policies(allowance)) as service:
@@ -755,7 +736,6 @@ def test_offline_try_increment_refuses_by_default(redis_server: RedisServer) -> 
 @pytest.mark.timeout(120)
 def test_offline_spending_of_leases_stays_within_them(redis_server: RedisServer) -> None:
     user = unique_prefix("leases") + "u"
-    load_script_through_one_write(redis_server.url)
     actor = Actor(user)
     budget_calls = 100
     allowance = budget_calls * COST

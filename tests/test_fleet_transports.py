@@ -118,16 +118,3 @@ def test_a_forked_child_refuses_a_worker_opened_before_the_fork(redis_url: str) 
     with MeteringService(store=redis_url) as reopened:
         assert reopened.get_actor_current_month_usage_details(alice)["usage"]["total"] == 20
 
-
-def test_the_first_round_on_a_fresh_server_writes_many_users(redis_url: str) -> None:
-    """The server has not cached the sync script: every write of the first round's pipeline
-    gets NOSCRIPT, and each is sent again with the script's text (one used to be taken for a
-    refusal, so that the round failed for good)."""
-    users = [Actor(f"u{index}") for index in range(5)]
-    with MeteringService(store=redis_url, snapshot_interval=3600) as service:
-        for user in users:
-            service.increment_usage(user, "t", 1, 10)
-        service.flush()
-    with MeteringService(store=redis_url) as reopened:
-        totals = [reopened.get_actor_current_month_usage_details(u)["usage"]["total"] for u in users]
-    assert totals == [10] * 5
