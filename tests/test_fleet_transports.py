@@ -117,4 +117,3 @@ def test_a_forked_child_refuses_a_worker_opened_before_the_fork(redis_url: str) 
     service.close()
     with MeteringService(store=redis_url) as reopened:
         assert reopened.get_actor_current_month_usage_details(alice)["usage"]["total"] == 20
-
