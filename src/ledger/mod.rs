@@ -287,6 +287,7 @@ impl UserMonth {
 
     /// Adds a checked charge's cost and calls to the month, and its split to the pools and
     /// `credit` (its record was written by the caller).
+    #[inline]
     fn book(&mut self, cost: Money, calls: u64, split: &Split, credit: &mut Credit) {
         pools::apply(split, &mut self.pools, credit);
         self.total = self.total.plus(cost);
@@ -608,12 +609,12 @@ impl Ledger {
         // Affordability is decided after validation: a call that could never be recorded raises
         // the same error whether or not the user could afford it.
         let checks = mode == ChargeMode::IfAffordable && cost.is_positive();
-        let lease_short = match &self.leases {
-            Some(rules) if checks => !state.lease_covers(booking.month, cost, rules),
-            _ => false,
+        // A fleet's replica decides on its lease (`replica.rs`): out of line, so that a single
+        // process's charge stays as small as it was.
+        let (lease_short, ask_fleet) = match &self.leases {
+            Some(rules) if checks => state.lease_decision(booking.month, cost, rules),
+            _ => (false, false),
         };
-        // Refused all the same, but not worth asking the fleet again (`replica::Lease::dry`).
-        let ask_fleet = lease_short && !state.lease_dry(booking.month, cost);
         let refuses = |pools: &MonthPools| {
             checks && (lease_short || pools::remaining(allowance, pools, &credit) < cost)
         };

@@ -46,6 +46,7 @@ pub fn remaining(allowance: Money, pools: &MonthPools, credit: &Credit) -> Money
 /// Splits `cost` over the pools. A charge fills the allowance, then purchased credit, then
 /// overage; a refund (negative cost, from a manual adjustment) gives back in the reverse order,
 /// never more than this month took from each pool.
+#[inline(always)]
 pub fn split(cost: Money, allowance: Money, pools: &MonthPools, credit: &Credit) -> Split {
     if cost.is_negative() {
         let refund = cost.negated();
@@ -69,6 +70,7 @@ pub fn split(cost: Money, allowance: Money, pools: &MonthPools, credit: &Credit)
 }
 
 /// Records a split. Every sum here is bounded by a month total that was range-checked.
+#[inline]
 pub fn apply(split: &Split, pools: &mut MonthPools, credit: &mut Credit) {
     pools.allowance_used = pools.allowance_used.plus(split.allowance);
     pools.purchased_consumed = pools.purchased_consumed.plus(split.purchased);

@@ -75,8 +75,21 @@ pub enum Release {
 }
 
 impl AccountState {
+    /// Whether the lease falls short of `cost` in `month`, and if so whether the fleet is worth
+    /// asking (not when it is known to have no room: `Lease::dry`).
+    #[inline(never)]
+    pub(super) fn lease_decision(
+        &self,
+        month: MonthId,
+        cost: Money,
+        rules: &LeaseRules,
+    ) -> (bool, bool) {
+        let short = !self.lease_covers(month, cost, rules);
+        (short, short && !self.lease_dry(month, cost))
+    }
+
     /// Whether the fleet is known to have no room for `cost` in `month` (see `Lease::dry`).
-    pub(super) fn lease_dry(&self, month: MonthId, cost: Money) -> bool {
+    fn lease_dry(&self, month: MonthId, cost: Money) -> bool {
         match &self.lease {
             Some(lease) if lease.month == month => {
                 matches!(lease.dry, Some((at_least, until)) if cost >= at_least && Instant::now() < until)
@@ -93,7 +106,7 @@ impl AccountState {
     }
 
     /// Whether the lease (usable now) covers `cost` in `month`.
-    pub(super) fn lease_covers(&self, month: MonthId, cost: Money, rules: &LeaseRules) -> bool {
+    fn lease_covers(&self, month: MonthId, cost: Money, rules: &LeaseRules) -> bool {
         let usable = rules.serve_offline || rules.online.load(Ordering::Relaxed);
         match &self.lease {
             Some(lease) if usable && lease.month == month && lease.left() >= cost => {
@@ -104,6 +117,7 @@ impl AccountState {
     }
 
     /// Spends a recorded charge's cost from the lease of its month.
+    #[inline(never)]
     pub(super) fn spend_lease(&mut self, month: MonthId, cost: Money) {
         if let Some(lease) = &mut self.lease {
             if lease.month == month && cost.is_positive() {

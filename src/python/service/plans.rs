@@ -105,6 +105,7 @@ impl MeteringCore {
 
     /// Runs `call` with the plan cached in the user's account; if there is none (or it expired),
     /// resolves it through the events (no lock held) and runs `call` again with it.
+    #[inline(always)]
     pub(super) fn with_plan<T>(
         &self,
         py: Python<'_>,
