@@ -24,6 +24,7 @@ __all__ = [
     "StoreWriteError",
     "UnknownUsageType",
     "__version__",
+    "copy_store",
     "recover_store",
     "verify_store",
 ]
