@@ -84,6 +84,12 @@ def test_unix_socket(tmp_path: Path) -> None:
         ("./a-directory", "redis", "needs a redis://"),
         ("./a-directory", "redis-cluster", "needs a redis://"),
         ("http://127.0.0.1:1/0", None, "http://"),
+        ("redis://", None, "not a Redis URL"),
+        ("redis://127.0.0.1:notaport/0", None, "not a Redis URL"),
+        ("redis://127.0.0.1:1/abc", "redis", "not a Redis URL"),
+        ("unix://", None, "not a Redis URL"),
+        ("redis://127.0.0.1:1,redis://127.0.0.1:2", None, "redis-cluster"),
+        ("redis://127.0.0.1:1,nonsense", "redis-cluster", "not a Redis URL"),
     ],
 )
 def test_mismatched_store_and_backend_are_refused(
@@ -117,3 +123,13 @@ def test_a_forked_child_refuses_a_worker_opened_before_the_fork(redis_url: str) 
     service.close()
     with MeteringService(store=redis_url) as reopened:
         assert reopened.get_actor_current_month_usage_details(alice)["usage"]["total"] == 20
+
+
+def test_copy_store_refuses_a_malformed_url_before_reading_anything(tmp_path: Path) -> None:
+    from usagemeter._core import copy_store
+
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        copy_store(str(tmp_path / "none"), "redis://127.0.0.1:notaport/0")
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        copy_store("redis://", str(tmp_path / "copy"))
+    assert list(tmp_path.iterdir()) == []

@@ -66,6 +66,27 @@ fn is_shared_url(location: &str) -> bool {
         .any(|scheme| location.starts_with(scheme))
 }
 
+/// The URLs of a shared ledger, checked before anything connects: one for a server, one or
+/// more (comma-separated) seed nodes for a cluster. A malformed URL is a `ValueError`.
+pub fn shared_urls(location: &str, cluster: bool) -> PyResult<Vec<String>> {
+    use redis::IntoConnectionInfo;
+    let urls: Vec<String> = location.split(',').map(|u| u.trim().to_string()).collect();
+    if urls.len() > 1 && !cluster {
+        return Err(PyValueError::new_err(format!(
+            "store {location:?} names several servers: a Redis Cluster's seed nodes need \
+             store_backend='redis-cluster'"
+        )));
+    }
+    for url in &urls {
+        if let Err(error) = url.as_str().into_connection_info() {
+            return Err(PyValueError::new_err(format!(
+                "store {url:?} is not a Redis URL: {error}"
+            )));
+        }
+    }
+    Ok(urls)
+}
+
 /// What `store` and `store_backend` name.
 pub fn store_kind(location: &str, backend: Option<&str>) -> PyResult<StoreKind> {
     let shared = is_shared_url(location);
@@ -349,8 +370,11 @@ pub fn copy_store<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let from = store_kind(source, source_backend)?;
     let to = store_kind(destination, destination_backend)?;
-    if let StoreKind::Embedded(_) = to {
-        check_store_path(Path::new(destination))?;
+    for (location, kind) in [(source, &from), (destination, &to)] {
+        match kind {
+            StoreKind::Shared { cluster } => drop(shared_urls(location, *cluster)?),
+            StoreKind::Embedded(_) => check_store_path(Path::new(location))?,
+        }
     }
     let users = py
         .detach(|| {

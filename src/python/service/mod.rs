@@ -276,7 +276,7 @@ impl MeteringCore {
             (Some(_), Some(persistence::StoreKind::Shared { cluster })) => {
                 let url = location.unwrap_or_default();
                 let options = FleetOptions {
-                    urls: url.split(',').map(|u| u.trim().to_string()).collect(),
+                    urls: persistence::shared_urls(&url, cluster)?,
                     cluster,
                     connect_timeout: Duration::from_millis(connect_timeout_ms),
                     lease_ttl: Duration::from_millis(lease_ttl_ms),
