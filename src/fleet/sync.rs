@@ -70,6 +70,10 @@ enum Ask {
     Release { month: MonthId },
 }
 
+/// Users written per pipeline: bounds the memory of a round (commands and replies) however
+/// many users changed in an interval.
+const WRITE_BATCH: usize = 1000;
+
 /// The lease a write leaves this worker.
 #[derive(Clone, Copy, Debug)]
 struct LeaseOutcome {
@@ -126,6 +130,9 @@ struct State {
     feed_id: String,
     /// Plan invalidations to publish.
     invalidations: Vec<String>,
+    /// Users whose writes the fleet holds and the feed does not name yet (kept through a
+    /// failed round: the other workers must still learn of them).
+    unannounced: Vec<String>,
     /// Just before the server's clock was last read: a lease written with an expiry taken from
     /// that reading is usable here until this instant plus `lease_ttl`, which comes before the
     /// fleet lets it expire.
@@ -191,6 +198,7 @@ impl Fleet {
                 leased: BTreeSet::new(),
                 feed_id: "0-0".into(),
                 invalidations: Vec::new(),
+                unannounced: Vec::new(),
                 clock_read_at: Instant::now(),
                 stats: Stats::default(),
             }),
@@ -310,8 +318,8 @@ impl Fleet {
         write.ask = Ask::Need { month, need, left };
         write.allowance = allowance;
         state.pending.push(write);
-        let changed = self.write(state, now)?;
-        self.announce(state, &changed)?;
+        self.write(state, now)?;
+        self.announce(state)?;
         Ok(self.ledger.lease_left(user_id, month) >= need)
     }
 
@@ -353,9 +361,8 @@ impl Fleet {
         self.connect(state)?;
         state.stats.rounds += 1;
         let now = self.server_ms(state)?;
-        let mut changed = Vec::new();
         if !state.pending.is_empty() {
-            changed = self.write(state, now)?;
+            self.write(state, now)?;
         }
         let leased: Vec<String> = state.leased.iter().cloned().collect();
         let id = state.next_id;
@@ -369,8 +376,8 @@ impl Fleet {
             }
             state.pending.push(write);
         }
-        changed.extend(self.write(state, now)?);
-        self.announce(state, &changed)?;
+        self.write(state, now)?;
+        self.announce(state)?;
         self.pull(state)
     }
 
@@ -485,12 +492,26 @@ impl Fleet {
 
     /// Sends every pending write until each is confirmed or this fails; returns the users whose
     /// figures it changed (for the feed).
-    fn write(&self, state: &mut State, now: i64) -> StoreResult<Vec<String>> {
-        let mut changed = Vec::new();
+    fn write(&self, state: &mut State, now: i64) -> StoreResult<()> {
+        let mut all = std::mem::take(&mut state.pending);
+        while !all.is_empty() {
+            let rest = all.split_off(all.len().min(WRITE_BATCH));
+            state.pending = all;
+            if let Err(error) = self.write_batch(state, now) {
+                state.pending.extend(rest);
+                return Err(error);
+            }
+            all = rest;
+        }
+        Ok(())
+    }
+
+    /// `write` of at most `WRITE_BATCH` users: one pipeline a pass.
+    fn write_batch(&self, state: &mut State, now: i64) -> StoreResult<()> {
         let mut script_loaded = false;
         for _pass in 0..16 {
             if state.pending.is_empty() {
-                return Ok(changed);
+                return Ok(());
             }
             let mut commands = Vec::with_capacity(state.pending.len() * 2);
             let mut planned = Vec::with_capacity(state.pending.len());
@@ -603,7 +624,7 @@ impl Fleet {
                 // happened to the others: it may have been applied (the retry then finds its
                 // write id) or not.
                 match self.settle(state, &write, planned, &reply, now) {
-                    Ok(Settled::Done { changed: true }) => changed.push(write.user),
+                    Ok(Settled::Done { changed: true }) => state.unannounced.push(write.user),
                     Ok(Settled::Done { changed: false }) => {}
                     Ok(Settled::Retry) => keep.push(write),
                     Err(error) => {
@@ -762,7 +783,8 @@ impl Fleet {
     }
 
     /// Names the changed users (and the invalidations) in the feed, for the other workers.
-    fn announce(&self, state: &mut State, changed: &[String]) -> StoreResult<()> {
+    fn announce(&self, state: &mut State) -> StoreResult<()> {
+        let changed = std::mem::take(&mut state.unannounced);
         let invalidations = std::mem::take(&mut state.invalidations);
         if changed.is_empty() && invalidations.is_empty() {
             return Ok(());
@@ -775,7 +797,7 @@ impl Fleet {
             .arg("*")
             .arg("w")
             .arg(&self.worker);
-        for user in changed {
+        for user in &changed {
             add.arg("u").arg(user);
         }
         for user in &invalidations {
@@ -785,6 +807,7 @@ impl Fleet {
         state.stats.bytes_sent += add.get_packed_command().len() as u64;
         if let Err(e) = self.link(state).one(&add) {
             state.invalidations = invalidations;
+            state.unannounced = changed;
             return Err(self.io(&e));
         }
         Ok(())
