@@ -592,6 +592,125 @@ mod replica {
         assert!(try_charge(&ledger, 100).lease_short);
     }
 
+    /// Two replicas and a shared ledger kept as figures, synced the way `fleet::sync` does
+    /// (take, difference against the known figures, merge, rebase by what the merge changed;
+    /// pull: rebase by the fleet's newer figures), in a random interleaving with charges,
+    /// adjustments and credit. At the end every replica and the fleet hold every charge once,
+    /// the pools add up to the month, and the allowance is never used beyond itself.
+    #[test]
+    fn replicas_synced_in_any_order_hold_every_charge_once() {
+        use crate::fleet::figures::merge;
+        let allowance = m(1_000);
+        for seed in 1..=200u64 {
+            let mut rng = seed;
+            let mut next = |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let workers = [replica(), replica()];
+            let mut known = [UserFigures::default(), UserFigures::default()];
+            let mut fleet = UserFigures::default();
+            let mut charged = 0i128;
+            let mut purchased = 0i128;
+            let fixed = Booking {
+                plan: Plan::Fixed(allowance),
+                ..booking("u")
+            };
+            for _ in 0..60 {
+                let w = next(2) as usize;
+                match next(5) {
+                    0 | 1 => {
+                        let cost = 1 + next(400) as i128;
+                        let items = [costing(cost)];
+                        let receipt = workers[w].charge(None, &fixed, &items, ChargeMode::Always);
+                        assert!(receipt.unwrap().accepted);
+                        charged += cost;
+                    }
+                    2 => {
+                        let amount = 1 + next(300) as i128;
+                        workers[w].add_purchased("u", m(amount)).unwrap();
+                        purchased += amount;
+                    }
+                    3 => {
+                        for taken in workers[w].take_for_fleet(&[], replica::Release::None) {
+                            let sent = UserFigures::of(&taken.image);
+                            let months = taken.image.months.iter().map(|(month, _)| *month);
+                            let delta = sent.minus(&known[w].only_months(months));
+                            // The fleet may have moved since this worker knew it (the CAS
+                            // conflict): merge into the fleet's figures, as a retry does.
+                            let held_fleet = fleet.clone();
+                            workers[w]
+                                .rebase("u", &held_fleet.minus(&known[w]), None)
+                                .unwrap();
+                            let merged = merge(&held_fleet, &delta, allowance).unwrap();
+                            let held = held_fleet.plus(&delta);
+                            workers[w].rebase("u", &merged.minus(&held), None).unwrap();
+                            known[w] = merged.clone();
+                            fleet = merged;
+                        }
+                    }
+                    _ => {
+                        workers[w]
+                            .rebase("u", &fleet.minus(&known[w]), None)
+                            .unwrap();
+                        known[w] = fleet.clone();
+                    }
+                }
+            }
+            for w in 0..2 {
+                for taken in workers[w].take_for_fleet(&[], replica::Release::None) {
+                    let sent = UserFigures::of(&taken.image);
+                    let months = taken.image.months.iter().map(|(month, _)| *month);
+                    let delta = sent.minus(&known[w].only_months(months));
+                    workers[w]
+                        .rebase("u", &fleet.minus(&known[w]), None)
+                        .unwrap();
+                    let merged = merge(&fleet, &delta, allowance).unwrap();
+                    workers[w]
+                        .rebase("u", &merged.minus(&fleet.plus(&delta)), None)
+                        .unwrap();
+                    known[w] = merged.clone();
+                    fleet = merged;
+                }
+            }
+            for w in 0..2 {
+                workers[w]
+                    .rebase("u", &fleet.minus(&known[w]), None)
+                    .unwrap();
+                assert_eq!(
+                    workers[w].user_usage("u", OCTOBER).total,
+                    m(charged),
+                    "seed {seed}"
+                );
+                let budget = workers[w].budget("u", OCTOBER, fixed.plan).unwrap();
+                let pools = budget.pools;
+                let split = pools
+                    .allowance_used
+                    .plus(pools.purchased_consumed)
+                    .plus(pools.overage);
+                assert_eq!(
+                    split,
+                    m(charged),
+                    "seed {seed}: the pools add up to the month"
+                );
+                assert!(pools.allowance_used <= allowance, "seed {seed}");
+                assert_eq!(budget.credit.purchased, m(purchased), "seed {seed}");
+                assert_eq!(
+                    budget.credit.consumed, pools.purchased_consumed,
+                    "seed {seed}"
+                );
+                assert!(
+                    budget.credit.consumed <= budget.credit.purchased,
+                    "seed {seed}"
+                );
+            }
+            let image = fleet.to_image("u").unwrap();
+            assert_eq!(image.months[0].1.usage.total, m(charged), "seed {seed}");
+        }
+    }
+
     #[test]
     fn take_then_rebase_keeps_what_was_recorded_meanwhile() {
         let ledger = replica();
