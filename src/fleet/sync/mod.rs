@@ -15,6 +15,8 @@
 //! same write ids, before taking anything new: while the server is away, what is unsent stays in
 //! the ledger's own accounts (one copy per changed user and month, however many calls), so memory
 //! does not grow with the calls made meanwhile.
+//!
+//! Budget leases are in `lease.rs`, the feed of changed users in `feed.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -23,19 +25,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use redis::Value;
 
+use self::lease::{Ask, LeaseOutcome};
+
 use super::bulk::{self, corrupted, pairs, text_of};
 use super::figures::{merge, UserFigures};
 use super::link::{unavailable, Link};
-use super::record::{self, Stored, StoredLease, FEED_KEY, USERS_KEY};
+use super::record::{self, Stored, StoredLease, USERS_KEY};
 use crate::ledger::image::UserImage;
 use crate::ledger::month::MonthId;
-use crate::ledger::pools;
 use crate::ledger::replica::{Release, Taken};
 use crate::ledger::Ledger;
 use crate::money::Money;
 use crate::store::codec::TypeTable;
 use crate::store::snapshot::Round;
 use crate::store::{StoreError, StoreResult};
+
+mod feed;
+mod lease;
 
 /// How a worker joins the fleet.
 #[derive(Clone, Debug)]
@@ -53,35 +59,9 @@ pub struct FleetOptions {
 /// Called with each user whose plan another worker invalidated.
 pub type InvalidateHook = Box<dyn Fn(&str) + Send + Sync>;
 
-/// What a write asks of the user's lease.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Ask {
-    /// Nothing: the user holds no lease here.
-    None,
-    /// Renew it, topped up to the fair share when the fleet has room (spent in the last round).
-    Renew { month: MonthId, left: Money },
-    /// At least `need` now (a caller waits), or no more than `left` if the fleet has no room.
-    Need {
-        month: MonthId,
-        need: Money,
-        left: Money,
-    },
-    /// Give it back (unused for a round, or closing).
-    Release { month: MonthId },
-}
-
 /// Users written per pipeline: bounds the memory of a round (commands and replies) however
 /// many users changed in an interval.
 const WRITE_BATCH: usize = 1000;
-
-/// The lease a write leaves this worker.
-#[derive(Clone, Copy, Debug)]
-struct LeaseOutcome {
-    month: MonthId,
-    amount: Money,
-    /// Set when a caller's charge found no room (see `replica::Lease::dry`): server ms.
-    dry_until_ms: Option<i64>,
-}
 
 /// What a write sends, kept to apply its reply.
 struct Planned {
@@ -224,29 +204,6 @@ impl Fleet {
 
     fn io(&self, e: &redis::RedisError) -> StoreError {
         unavailable(&self.options.urls.join(","), e)
-    }
-
-    fn feed_end(&self, link: &mut Link) -> StoreResult<String> {
-        let last = link
-            .one(
-                redis::cmd("XREVRANGE")
-                    .arg(FEED_KEY)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .map_err(|e| self.io(&e))?;
-        Ok(match &last {
-            Value::Array(entries) => entries
-                .first()
-                .and_then(|entry| match entry {
-                    Value::Array(parts) => parts.first().and_then(text_of),
-                    _ => None,
-                })
-                .unwrap_or_else(|| "0-0".into()),
-            _ => "0-0".into(),
-        })
     }
 
     fn all_users(&self, link: &mut Link) -> StoreResult<Vec<String>> {
@@ -421,73 +378,6 @@ impl Fleet {
             allowance,
             ask,
         }
-    }
-
-    /// The lease to hold after `merged` is written, amount zero to return it.
-    fn lease_after(
-        &self,
-        write: &Write,
-        known: &Stored,
-        merged: &UserFigures,
-        now: i64,
-    ) -> Result<Option<LeaseOutcome>, String> {
-        let (month, left, need) = match write.ask {
-            Ask::None => return Ok(None),
-            Ask::Release { month } => {
-                return Ok(Some(LeaseOutcome {
-                    month,
-                    amount: Money::ZERO,
-                    dry_until_ms: None,
-                }))
-            }
-            Ask::Renew { month, left } => (month, left, Money::ZERO),
-            Ask::Need { month, need, left } => (month, left, need),
-        };
-        let others: Vec<&StoredLease> = known
-            .leases
-            .iter()
-            .filter(|l| l.worker != self.worker && l.month == month && l.expires_ms > now)
-            .collect();
-        let held = others.iter().fold(Money::ZERO, |sum, l| {
-            sum.checked_add(l.amount).unwrap_or(sum)
-        });
-        let month_pools = merged
-            .months
-            .get(&month)
-            .map(|f| f.to_image().map(|i| i.pools))
-            .transpose()?
-            .unwrap_or_default();
-        let remaining = pools::remaining(write.allowance, &month_pools, &merged.credit()?);
-        let free = remaining.minus(held).max(Money::ZERO);
-        // A fair share of what is free, so that other workers find some too; it shrinks as the
-        // budget runs out, down to exactly what a caller needs (the last credits).
-        let share = Money::from_attocents(free.attocents() / (2 * (others.len() as i128 + 1)))
-            .unwrap_or(Money::ZERO);
-        // Never below `left`: the worker may have spent it since the take (the fleet reserved it
-        // for this worker, and it is not in the fleet's usage yet).
-        let amount = match write.ask {
-            Ask::Need { .. } if free >= need => need.max(share).min(free),
-            Ask::Need { .. } => Money::ZERO,
-            _ => share,
-        }
-        .max(left);
-        // No room for a caller's charge: none until another worker's lease expires (or returns,
-        // or the user's figures change, which this worker reads in the feed).
-        let dry_until_ms = match write.ask {
-            Ask::Need { .. } if amount < need => Some(
-                others
-                    .iter()
-                    .map(|l| l.expires_ms)
-                    .min()
-                    .unwrap_or(now + 3_600_000),
-            ),
-            _ => None,
-        };
-        Ok(Some(LeaseOutcome {
-            month,
-            amount,
-            dry_until_ms,
-        }))
     }
 
     /// Sends every pending write until each is confirmed or this fails; returns the users whose
@@ -750,180 +640,6 @@ impl Fleet {
             ))),
         }
     }
-
-    fn ask_month(ask: Ask) -> Option<MonthId> {
-        match ask {
-            Ask::None => None,
-            Ask::Renew { month, .. } | Ask::Need { month, .. } | Ask::Release { month } => {
-                Some(month)
-            }
-        }
-    }
-
-    fn apply_lease(&self, state: &mut State, write: &Write, outcome: LeaseOutcome, now: i64) {
-        let LeaseOutcome {
-            month,
-            amount,
-            dry_until_ms,
-        } = outcome;
-        let valid_until = state.clock_read_at + self.options.lease_ttl;
-        let dry = match (write.ask, dry_until_ms) {
-            (Ask::Need { need, .. }, Some(until_ms)) => {
-                let wait = Duration::from_millis(until_ms.saturating_sub(now).max(0) as u64);
-                Some((need, state.clock_read_at + wait))
-            }
-            _ => None,
-        };
-        self.ledger
-            .set_lease(&write.user, month, amount, valid_until, dry);
-        match amount.is_positive() {
-            true => state.leased.insert(write.user.clone()),
-            false => state.leased.remove(&write.user),
-        };
-    }
-
-    /// Names the changed users (and the invalidations) in the feed, for the other workers.
-    fn announce(&self, state: &mut State) -> StoreResult<()> {
-        let changed = std::mem::take(&mut state.unannounced);
-        let invalidations = std::mem::take(&mut state.invalidations);
-        if changed.is_empty() && invalidations.is_empty() {
-            return Ok(());
-        }
-        let mut add = redis::cmd("XADD");
-        add.arg(FEED_KEY)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(100_000)
-            .arg("*")
-            .arg("w")
-            .arg(&self.worker);
-        for user in &changed {
-            add.arg("u").arg(user);
-        }
-        for user in &invalidations {
-            add.arg("i").arg(user);
-        }
-        state.stats.round_trips += 1;
-        state.stats.bytes_sent += add.get_packed_command().len() as u64;
-        if let Err(e) = self.link(state).one(&add) {
-            state.invalidations = invalidations;
-            state.unannounced = changed;
-            return Err(self.io(&e));
-        }
-        Ok(())
-    }
-
-    /// Reads the feed since the last round: users changed by other workers are read again and
-    /// rebased; plan invalidations are applied. If the feed was trimmed past this worker's
-    /// position, every user is read again.
-    fn pull(&self, state: &mut State) -> StoreResult<()> {
-        let mut command = redis::cmd("XREAD");
-        command
-            .arg("COUNT")
-            .arg(100_000)
-            .arg("STREAMS")
-            .arg(FEED_KEY)
-            .arg(&state.feed_id);
-        let mut first = redis::cmd("XRANGE");
-        first.arg(FEED_KEY).arg("-").arg("+").arg("COUNT").arg(1);
-        state.stats.round_trips += 1;
-        let replies = self
-            .link(state)
-            .run(&[first, command])
-            .map_err(|e| self.io(&e))?;
-        let entry_ids = |value: &Value| -> Vec<(String, Vec<(String, String)>)> {
-            let Value::Array(entries) = value else {
-                return Vec::new();
-            };
-            entries
-                .iter()
-                .filter_map(|entry| match entry {
-                    Value::Array(parts) if parts.len() == 2 => {
-                        let id = text_of(&parts[0])?;
-                        let fields = pairs(&parts[1])
-                            .into_iter()
-                            .map(|(f, v)| {
-                                (
-                                    String::from_utf8_lossy(&f).into_owned(),
-                                    String::from_utf8_lossy(&v).into_owned(),
-                                )
-                            })
-                            .collect();
-                        Some((id, fields))
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        let oldest = entry_ids(&replies[0]).into_iter().next().map(|(id, _)| id);
-        let entries = match &replies[1] {
-            // {stream: entries} (RESP2: [[stream, entries]]).
-            Value::Array(streams) => streams
-                .iter()
-                .flat_map(|s| match s {
-                    Value::Array(parts) if parts.len() == 2 => entry_ids(&parts[1]),
-                    _ => Vec::new(),
-                })
-                .collect(),
-            Value::Map(streams) => streams.iter().flat_map(|(_, e)| entry_ids(e)).collect(),
-            _ => Vec::new(),
-        };
-        // The oldest entry kept is after the last one read: that one was trimmed, and entries
-        // between may have been too.
-        let trimmed = match &oldest {
-            Some(oldest) => state.feed_id != "0-0" && stream_id_after(oldest, &state.feed_id),
-            None => false,
-        };
-        let mut users: BTreeSet<String> = BTreeSet::new();
-        for (id, fields) in &entries {
-            state.feed_id.clone_from(id);
-            let from_me = fields.iter().any(|(f, v)| f == "w" && v == &self.worker);
-            for (field, user) in fields {
-                match field.as_str() {
-                    "u" if !from_me => {
-                        users.insert(user.clone());
-                    }
-                    "i" if !from_me => (self.on_invalidate)(user),
-                    _ => {}
-                }
-            }
-        }
-        let users: Vec<String> = match trimmed {
-            true => self.all_users(self.link(state))?,
-            false => users.into_iter().collect(),
-        };
-        if users.is_empty() {
-            return Ok(());
-        }
-        state.stats.round_trips += 1;
-        let link = state.link.as_mut().expect("connected first");
-        let read = self.read_users(link, &users)?;
-        for (user, fleet) in read {
-            let known = state.known.remove(&user).unwrap_or_default();
-            if fleet.version != known.version {
-                let difference = fleet.figures.minus(&known.figures);
-                self.ledger
-                    .rebase(&user, &difference, fleet.figures.plan.as_ref())
-                    .map_err(|why| corrupted(&user, why))?;
-            }
-            let newer = if fleet.version >= known.version {
-                fleet
-            } else {
-                known
-            };
-            state.known.insert(user, newer);
-        }
-        Ok(())
-    }
-}
-
-/// Whether stream id `a` (`ms-seq`) comes after `b`.
-fn stream_id_after(a: &str, b: &str) -> bool {
-    let parse = |id: &str| -> (u64, u64) {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-    };
-    parse(a) > parse(b)
 }
 
 /// The sync thread's round (run by `Snapshotter`).
