@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from support import (
     COMPLETION,
@@ -298,6 +298,16 @@ def apply_op(service: MeteringService, op: Op) -> object:
     raise AssertionError(op)
 
 
+def outcome_of(service: MeteringService, op: Op) -> object:
+    """`apply_op`'s result, or the refusal it raised: a month total set below what purchased
+    credit paid this month is a `ValueError` that changes nothing, and must be the same one with
+    a store as in memory."""
+    try:
+        return apply_op(service, op)
+    except ValueError as error:
+        return ("ValueError", str(error))
+
+
 def month_of(epoch: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(epoch))
 
@@ -310,6 +320,17 @@ def first_of_next_month(epoch: float) -> int:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(ops=ops_st)
+# Found by CI's profile: purchased credit paid part of the month, then a total set to 0 is refused
+# (ValueError, nothing changed), by a store and by memory alike.
+@example(
+    ops=[
+        ("credit", "ann", 1),
+        ("batch", "ann", None, [("claude:haiku:ephemeral_5m_input_tokens", 800_001, None)]),
+        ("set_total", "ann", None, 0),
+        ("reopen",),
+        ("increment", "ann", None, "claude:haiku:ephemeral_5m_input_tokens", 3),
+    ]
+)
 def test_a_store_closed_and_reopened_anywhere_answers_like_memory(
     small_map: CostMap, backend: str, ops: list[Op]
 ) -> None:
@@ -333,7 +354,7 @@ def test_a_store_closed_and_reopened_anywhere_answers_like_memory(
                     stored.close()
                     stored = open_store(path, backend, clock, snapshot_interval=3600.0)
                 else:
-                    assert apply_op(stored, op) == apply_op(memory, op), op
+                    assert outcome_of(stored, op) == outcome_of(memory, op), op
             expected = observe(memory, ["ann", "bob", "cy"], [None, "app-a", "app-b"], months)
             assert observe(stored, ["ann", "bob", "cy"], [None, "app-a", "app-b"], months) == expected
         finally:
