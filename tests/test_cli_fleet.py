@@ -5,8 +5,6 @@ against real ``redis-server`` processes (``redis_support``).
 
 from __future__ import annotations
 
-import calendar
-import json
 import re
 import subprocess
 import sys
@@ -18,32 +16,9 @@ from typing import Any
 import pytest
 from redis_support import RedisCluster, RedisServer, free_port
 from support import FakeClock
+from test_cli import PAST, PAST_MONTH, report_json, run_cli
 from usagemeter import Actor, MeteringService, Policy, to_microcents
 from usagemeter.cli.store import detect_backend
-
-PAST = calendar.timegm((2024, 3, 10, 12, 0, 0))
-PAST_MONTH = "2024-03"
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Runs ``python -m usagemeter *args`` (in ``cwd``) and captures its output as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "usagemeter", *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=timeout,
-        check=False,
-        cwd=cwd,
-    )
-
-
-def report_json(*args: str) -> dict[str, Any]:
-    """``usagemeter report --json *args``, which must succeed."""
-    result = run_cli("report", "--json", *args)
-    assert result.returncode == 0, result.stderr
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], *needles: str) -> None:
