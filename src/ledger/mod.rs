@@ -114,7 +114,7 @@ pub struct Receipt {
     pub unmapped_items: usize,
     /// A fleet replica refused an `IfAffordable` charge because its budget lease does not cover
     /// it: ask the fleet for a larger lease and try again (`replica.rs`).
-    pub lease_short: bool,
+    pub ask_fleet: bool,
 }
 
 /// A user's budget for one month, every figure exact.
@@ -623,7 +623,7 @@ impl Ledger {
             allowance,
             month_total: before,
             cost,
-            lease_short: ask_fleet,
+            ask_fleet,
             ..Receipt::default()
         };
         let mut new_credit = credit;
@@ -694,7 +694,7 @@ impl Ledger {
             split,
             overuse_multiple,
             unmapped_items,
-            lease_short: false,
+            ask_fleet: false,
         })
     }
 

@@ -7,7 +7,7 @@
 //!
 //! Strict spending (`try_increment_usage`) is decided on a budget lease: a slice of the user's
 //! budget this worker reserved in the shared ledger. A charge of the lease's month spends from
-//! it; an affordability check that the lease does not cover is refused with `lease_short`, so
+//! it; an affordability check that the lease does not cover is refused with `ask_fleet`, so
 //! that the caller asks the fleet for more and tries again.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -503,13 +503,13 @@ mod replica {
         ledger.set_online(true);
         // No lease: refused, and the caller is told to ask the fleet.
         let refused = try_charge(&ledger, 100);
-        assert!(!refused.accepted && refused.lease_short);
+        assert!(!refused.accepted && refused.ask_fleet);
         let later = Instant::now() + Duration::from_secs(60);
         ledger.set_lease("u", OCTOBER, m(250), later, None);
         assert!(try_charge(&ledger, 100).accepted);
         assert!(try_charge(&ledger, 100).accepted);
         // 50 left of the lease: a charge of 100 is short even though the allowance is not.
-        assert!(try_charge(&ledger, 100).lease_short);
+        assert!(try_charge(&ledger, 100).ask_fleet);
         assert_eq!(ledger.lease_left("u", OCTOBER), m(50));
         // A charge that always records spends the lease too (saturating).
         let always = [costing(80)];
@@ -523,16 +523,16 @@ mod replica {
         let ledger = replica();
         let later = Instant::now() + Duration::from_secs(60);
         ledger.set_lease("u", OCTOBER, m(500), later, None);
-        assert!(try_charge(&ledger, 10).lease_short, "offline: refused");
+        assert!(try_charge(&ledger, 10).ask_fleet, "offline: refused");
         ledger.set_online(true);
         assert!(try_charge(&ledger, 10).accepted);
         ledger.set_lease("u", NOVEMBER, m(500), later, None);
         assert!(
-            try_charge(&ledger, 10).lease_short,
+            try_charge(&ledger, 10).ask_fleet,
             "a lease of another month"
         );
         ledger.set_lease("u", OCTOBER, m(500), Instant::now(), None);
-        assert!(try_charge(&ledger, 10).lease_short, "expired");
+        assert!(try_charge(&ledger, 10).ask_fleet, "expired");
         let offline_ok = ledger_with_offline_leases();
         offline_ok.set_lease("u", OCTOBER, m(500), later, None);
         let items = [costing(10)];
@@ -554,24 +554,21 @@ mod replica {
         let later = Instant::now() + Duration::from_secs(60);
         ledger.set_lease("u", OCTOBER, Money::ZERO, later, Some((m(100), later)));
         let refused = try_charge(&ledger, 100);
+        assert!(!refused.accepted && !refused.ask_fleet, "not worth asking");
         assert!(
-            !refused.accepted && !refused.lease_short,
-            "not worth asking"
-        );
-        assert!(
-            try_charge(&ledger, 99).lease_short,
+            try_charge(&ledger, 99).ask_fleet,
             "a smaller charge may fit"
         );
         ledger.rebase("u", &UserFigures::default(), None).unwrap();
         let unchanged = try_charge(&ledger, 100);
-        assert!(!unchanged.lease_short, "nothing changed: still no room");
+        assert!(!unchanged.ask_fleet, "nothing changed: still no room");
         let credit = UserFigures {
             credit: [m(500).attocents(), 0],
             ..UserFigures::default()
         };
         ledger.rebase("u", &credit, None).unwrap();
         let changed = try_charge(&ledger, 100);
-        assert!(changed.lease_short, "the user changed: ask again");
+        assert!(changed.ask_fleet, "the user changed: ask again");
     }
 
     #[test]
@@ -589,7 +586,7 @@ mod replica {
         let idle = ledger.take_for_fleet(&["u".into()], replica::Release::Unspent);
         assert!(idle[0].released);
         assert_eq!(ledger.lease_left("u", OCTOBER), Money::ZERO);
-        assert!(try_charge(&ledger, 100).lease_short);
+        assert!(try_charge(&ledger, 100).ask_fleet);
     }
 
     /// Two replicas and a shared ledger kept as figures, synced the way `fleet::sync` does

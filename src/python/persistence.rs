@@ -16,6 +16,7 @@ use super::errors::store_error;
 use crate::fleet::sync::{Fleet, FleetOptions, FleetRound, InvalidateHook};
 use crate::ledger::image::UserImage;
 use crate::ledger::Ledger;
+use crate::store::guard::quietly_failing;
 use crate::store::snapshot::{ErrorHook, Snapshotter};
 use crate::store::{self, Backend, LedgerStore, Loaded, StoreError};
 
@@ -200,7 +201,11 @@ impl Persistence {
         let ledger = Arc::new(make_ledger());
         let hook = on_invalidate(Arc::clone(&ledger));
         let interval = options.interval;
-        let opened = py.detach(|| Fleet::open(Arc::clone(&ledger), options, hook));
+        let opened = py.detach(|| {
+            quietly_failing("opening the shared ledger", || {
+                Fleet::open(Arc::clone(&ledger), options, hook)
+            })
+        });
         let (fleet, users): (Fleet, Vec<UserImage>) = opened.map_err(store_error)?;
         ledger.restore(users);
         ledger.set_online(true);
@@ -378,8 +383,10 @@ pub fn copy_store<'py>(
     }
     let users = py
         .detach(|| {
-            let users = load_any(source, &from)?;
-            write_new_any(destination, &to, &users).map(|()| users)
+            quietly_failing("the copy", || {
+                let users = load_any(source, &from)?;
+                write_new_any(destination, &to, &users).map(|()| users)
+            })
         })
         .map_err(store_error)?;
     let summary = PyDict::new(py);

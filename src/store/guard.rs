@@ -72,20 +72,36 @@ impl Drop for QuietScope {
     }
 }
 
-/// Runs `f` (a call into `backend` doing `what`); a panic in it becomes `StoreError::Corrupted`
-/// naming the backend, the operation and the panic, and nothing is printed.
-pub fn quietly<T>(backend: &str, what: &str, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+/// Runs `f`; a panic in it prints nothing and is returned as its message (and place).
+pub fn caught<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     install_hook();
     let result = {
         let _scope = QuietScope::enter();
         panic::catch_unwind(AssertUnwindSafe(f))
     };
-    result.unwrap_or_else(|_| {
-        let why = LAST_PANIC
+    result.map_err(|_| {
+        LAST_PANIC
             .with(|last| last.borrow_mut().take())
-            .unwrap_or_else(|| "no message".into());
+            .unwrap_or_else(|| "no message".into())
+    })
+}
+
+/// Runs `f` (a call into `backend` doing `what`); a panic in it becomes `StoreError::Corrupted`
+/// naming the backend, the operation and the panic, and nothing is printed.
+pub fn quietly<T>(backend: &str, what: &str, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    caught(f).unwrap_or_else(|why| {
         Err(StoreError::Corrupted(format!(
             "{backend} failed during {what}, the store is damaged: {why}"
+        )))
+    })
+}
+
+/// Runs `f` (work with the shared ledger); a panic in it, a bug, becomes `StoreError::Write`
+/// naming `what` and the panic, and nothing is printed.
+pub fn quietly_failing<T>(what: &str, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    caught(f).unwrap_or_else(|why| {
+        Err(StoreError::Write(format!(
+            "{what} failed unexpectedly (a panic: {why})"
         )))
     })
 }

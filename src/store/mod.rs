@@ -8,7 +8,7 @@
 //! a damaged record, a lost record, a database older than its manifest, data files that vanished.
 
 pub mod codec;
-mod guard;
+pub(crate) mod guard;
 pub mod manifest;
 pub mod redb_store;
 pub mod sled_store;

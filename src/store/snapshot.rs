@@ -106,13 +106,7 @@ impl Writer {
 /// A round, with a panic (a bug, or a backend that met damaged data) turned into an error: the
 /// thread survives it, keeps what it could not write and retries.
 fn run_caught(round: &mut dyn Round, last: bool) -> StoreResult<()> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| round.run(last))).unwrap_or_else(
-        |_| {
-            Err(StoreError::Write(
-                "the snapshot failed unexpectedly (a panic in the store backend)".into(),
-            ))
-        },
-    )
+    super::guard::quietly_failing("the background round", || round.run(last))
 }
 
 fn closed_error() -> StoreError {

@@ -9,7 +9,7 @@ use super::{Fleet, State};
 use crate::fleet::bulk::{corrupted, pairs, text_of};
 use crate::fleet::link::Link;
 use crate::fleet::record::FEED_KEY;
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 
 impl Fleet {
     pub(super) fn feed_end(&self, link: &mut Link) -> StoreResult<String> {
@@ -108,8 +108,14 @@ impl Fleet {
                 })
                 .collect()
         };
-        let oldest = entry_ids(&replies[0]).into_iter().next().map(|(id, _)| id);
-        let entries = match &replies[1] {
+        let (Some(first), Some(read)) = (replies.first(), replies.get(1)) else {
+            return Err(StoreError::Write(format!(
+                "the shared ledger answered {} replies to 2 feed commands",
+                replies.len()
+            )));
+        };
+        let oldest = entry_ids(first).into_iter().next().map(|(id, _)| id);
+        let entries = match read {
             // {stream: entries} (RESP2: [[stream, entries]]).
             Value::Array(streams) => streams
                 .iter()

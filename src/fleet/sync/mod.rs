@@ -37,6 +37,7 @@ use crate::ledger::replica::{Release, Taken};
 use crate::ledger::Ledger;
 use crate::money::Money;
 use crate::store::codec::TypeTable;
+use crate::store::guard::quietly_failing;
 use crate::store::snapshot::Round;
 use crate::store::{StoreError, StoreResult};
 
@@ -240,7 +241,9 @@ impl Fleet {
         allowance: Money,
     ) -> StoreResult<bool> {
         let mut state = self.state.lock();
-        let result = self.request_locked(&mut state, user_id, month, need, allowance);
+        let result = quietly_failing("a budget lease request", || {
+            self.request_locked(&mut state, user_id, month, need, allowance)
+        });
         self.ledger.set_online(result.is_ok());
         if result.is_err() {
             state.link = None;

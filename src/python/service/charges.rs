@@ -116,7 +116,7 @@ impl MeteringCore {
             })
         };
         let mut receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
-        if receipt.lease_short {
+        if receipt.ask_fleet {
             receipt = self.charge_on_new_lease(py, actor_obj, actor, now_ms, receipt, charge)?;
         }
         if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
@@ -143,7 +143,7 @@ impl MeteringCore {
         let month = MonthId::from_epoch_ms(now_ms);
         let mut receipt = refused;
         for _ in 0..2 {
-            if !receipt.lease_short || !self.lease_granted(py, actor, month, &receipt) {
+            if !receipt.ask_fleet || !self.lease_granted(py, actor, month, &receipt) {
                 break;
             }
             receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
@@ -161,10 +161,7 @@ impl MeteringCore {
         month: MonthId,
         receipt: &Receipt,
     ) -> bool {
-        let Some(persistence) = &self.persistence else {
-            return false;
-        };
-        let Some(fleet) = &persistence.fleet else {
+        let (Some(persistence), Some(fleet)) = (&self.persistence, self.fleet()) else {
             return false;
         };
         if !self.ledger.is_online() {

@@ -35,7 +35,7 @@ use super::actor::PyActor;
 use super::costmap::PyCostMap;
 use super::errors::StoreClosedError;
 use super::persistence::{self, Persistence};
-use crate::fleet::sync::FleetOptions;
+use crate::fleet::sync::{Fleet, FleetOptions};
 use crate::ledger::month::MonthId;
 use crate::ledger::{Ledger, Unmapped};
 
@@ -213,6 +213,11 @@ impl MeteringCore {
             (Some(persistence), false) => persistence.close(py),
             (Some(persistence), true) => persistence.close_abandoning(py),
         }
+    }
+
+    /// The shared ledger, for a fleet's worker.
+    pub(in crate::python) fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.persistence.as_ref()?.fleet.as_ref()
     }
 
     fn month_now(&self, py: Python<'_>) -> PyResult<MonthId> {
@@ -393,8 +398,7 @@ impl MeteringCore {
     /// The traffic of this worker's syncs with the shared ledger (None without one): rounds,
     /// round trips, bytes sent, writes, conflicts and lease requests since it opened.
     fn _sync_stats(&self) -> Option<std::collections::HashMap<&'static str, u64>> {
-        let fleet = self.persistence.as_ref()?.fleet.as_ref()?;
-        let stats = fleet.stats();
+        let stats = self.fleet()?.stats();
         Some(
             [
                 ("rounds", stats.rounds),
@@ -411,8 +415,7 @@ impl MeteringCore {
     /// This worker's id in the shared ledger (None without one).
     #[getter]
     fn _worker_id(&self) -> Option<String> {
-        let fleet = self.persistence.as_ref()?.fleet.as_ref()?;
-        Some(fleet.worker().to_string())
+        Some(self.fleet()?.worker().to_string())
     }
 
     /// Installs the plan resolver and the alarm dispatcher (once).

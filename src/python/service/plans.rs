@@ -144,7 +144,7 @@ impl MeteringCore {
         // The ledger first: it bumps the plan epoch that running look-ups check.
         self.ledger.forget_plan(user_id);
         self.plans.pin().remove(user_id);
-        if let Some(fleet) = self.persistence.as_ref().and_then(|p| p.fleet.as_ref()) {
+        if let Some(fleet) = self.fleet() {
             // The other workers drop it at their next sync.
             fleet.publish_invalidation(user_id);
         }
