@@ -19,6 +19,11 @@ MANYLINUX := manylinux_2_17
 # (benches/RESULTS.md, "abi3"). maturin's bundled sysconfig builds for a version not installed.
 WHEEL_PYTHONS := python3.11 python3.12 python3.13
 
+# The async, ASGI and metrics tests run real servers and clients, and the providers' own SDK
+# objects (issue 11); none of these is a dependency of `import usagemeter`.
+WEB_TEST_PACKAGES := "uvicorn>=0.30" "httpx>=0.27" "starlette>=0.37" "fastapi>=0.110" "anyio>=4" \
+	"trio>=0.25" "prometheus-client>=0.20" "openai>=1.40" "anthropic>=0.34"
+
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
@@ -32,7 +37,7 @@ $(VENV)/bin/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "maturin>=1.9.4,<2" pytest pytest-timeout hypothesis mypy ruff \
-		trove-classifiers "rich>=13"
+		trove-classifiers "rich>=13" $(WEB_TEST_PACKAGES)
 	touch $@
 
 dev: $(VENV)/bin/activate ## build the extension (debug) into .venv
