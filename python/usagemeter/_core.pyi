@@ -243,8 +243,6 @@ class MeteringCore:
     ) -> int:
         """The most units of ``usage_type`` the remaining budget pays for after ``reserved``
         (0 when nothing is left; 2**64-1 for a free type or the system actor)."""
-    def _plan_cached(self, actor: Actor) -> bool:
-        """Whether the actor's plan is cached and fresh (a call now runs no event listener)."""
     def _stats(self) -> dict[str, int]:
         """``refusals``; with a store also ``store_failures`` and ``store_lag_ms``."""
     def has_enough_credits_for(self, actor: Actor, usage_type: str, amount: int) -> bool:
