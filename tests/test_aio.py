@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import trio
@@ -34,6 +34,7 @@ from usagemeter import (
     StoreClosedError,
 )
 from usagemeter.aio import AsyncMeter, AsyncMeteringService
+from usagemeter.types import ActorBudget
 
 T = TypeVar("T")
 
@@ -241,7 +242,7 @@ def test_a_meter_and_a_batch_through_the_async_service(slow_callbacks: _SlowCall
     async def plan(event: GetUserSubscriptionEvent) -> None:
         event.user_subscription_id = "pro"
 
-    async def main() -> tuple[int, int, dict[str, Any]]:
+    async def main() -> tuple[int, int, ActorBudget]:
         service = AsyncMeteringService(MeteringService(PRICES, policies=[PRO]))
         service.events.on(GET_USER_SUBSCRIPTION, plan)
         meter = await service.meter(Actor("fay"), "llm:output")

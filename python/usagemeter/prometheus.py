@@ -44,6 +44,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from usagemeter._core import StoreClosedError
 from usagemeter.events import ALARM, AlarmEvent
 from usagemeter.service import MeteringService
+from usagemeter.types import SyncStats, usage_by_type
 
 if TYPE_CHECKING:
     from usagemeter.aio import AsyncMeteringService
@@ -225,10 +226,11 @@ class MeteringCollector(Collector):
             yield failures
         if service.store_backend in ("redis", "redis-cluster"):
             sync = service._sync_stats() if with_samples else None
+            figures = None if sync is None else _sync_figures(sync)
             for key, suffix, documentation in _SYNC_FIGURES:
                 family = CounterMetricFamily(self._name(suffix), documentation)
-                if sync is not None:
-                    family.add_metric([], sync[key])
+                if figures is not None:
+                    family.add_metric([], figures[key])
                 yield family
         with self._gates_lock:
             gates = list(self._gates)
@@ -261,9 +263,7 @@ class MeteringCollector(Collector):
             except StoreClosedError:
                 report = None  # a closed service has no month to show; its counters still do
             if report is not None:
-                for usage_type, figures in sorted(report.items()):
-                    if usage_type == "total":
-                        continue
+                for usage_type, figures in sorted(usage_by_type(report).items()):
                     cost.add_metric([usage_type], figures["cost"])
                     units.add_metric([usage_type], figures["units"])
                     charges.add_metric([usage_type], figures["count"])
@@ -323,6 +323,18 @@ def register(
         collector.close()
         raise
     return collector
+
+
+def _sync_figures(sync: SyncStats) -> dict[str, int]:
+    """``_sync_stats()`` as a plain dict (looked up by the names in ``_SYNC_FIGURES``)."""
+    return {
+        "rounds": sync["rounds"],
+        "round_trips": sync["round_trips"],
+        "bytes_sent": sync["bytes_sent"],
+        "writes": sync["writes"],
+        "conflicts": sync["conflicts"],
+        "lease_requests": sync["lease_requests"],
+    }
 
 
 def _sync_service(service: object) -> MeteringService:
