@@ -30,6 +30,7 @@ from usagemeter.policies import Policy
 from usagemeter.service import MeteringService
 from usagemeter.types import (
     ActorBudget,
+    ActorReport,
     AddonCredits,
     AllowedUsage,
     AppTotals,
@@ -296,6 +297,10 @@ class AsyncMeteringService:
     async def get_actor_app_usage(self, actor: Actor, app_id: str) -> AppTotals:
         """``{"total", "count"}`` of the user's usage this month through one app."""
         return self.sync.get_actor_app_usage(actor, app_id)
+
+    async def get_actor_report(self, actor: Actor, month: str | None = None) -> ActorReport:
+        """A user's month in one call: plan, budget, usage by type and by app."""
+        return await self._with_plan(actor, self.sync.get_actor_report, actor, month)
 
     async def get_global_usage(self) -> UsageReport:
         """This month's usage over all actors (summed in a worker thread: it scans every user)."""

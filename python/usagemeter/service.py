@@ -33,6 +33,7 @@ from usagemeter.events import (
     RegisterAvailablePoliciesEvent,
 )
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
+from usagemeter.types import ActorReport
 
 __all__ = ["PLAN_EVENTS", "SERVICE_METHODS", "MeteringService", "MeteringServiceWrapper"]
 
@@ -328,6 +329,39 @@ class MeteringService(MeteringCore):
         for message in self._take_store_errors():
             self._raise_alarm("store_error", Actor.system(), None, message)
 
+    def get_actor_report(self, actor: Actor, month: str | None = None) -> ActorReport:
+        """A user's month in one call: plan, budget, usage by type and by app (``ActorReport``).
+
+        ``month`` is ``YYYY-MM`` (UTC), default the current month on the service's clock.
+        ``budget`` is ``get_actor_budget(actor)`` for the current month and None for another (the
+        ledger keeps no past budgets); ``plan_id`` is the user's plan now. The figures are read
+        one after another, not as one atomic view: a charge made meanwhile may show in one part
+        and not yet in another. ``ValueError`` for the system actor (never metered) or a bad month.
+        """
+        if not isinstance(actor, Actor):
+            raise TypeError(f"actor must be a usagemeter.Actor, not {type(actor).__name__}")
+        if actor.is_system:
+            raise ValueError("the system actor is not metered: it has no report")
+        if month is not None and not isinstance(month, str):
+            raise TypeError(f"month must be a 'YYYY-MM' string or None, not {type(month).__name__}")
+        while True:
+            current = _month_label(float(self._clock()))
+            wanted = current if month is None else month
+            details = self.get_actor_month_usage_details(actor, wanted)  # checks the month's form
+            plan_id = self.get_actor_subscription(actor).id
+            budget = self.get_actor_budget(actor) if wanted == current else None
+            # At a month's end the parts could be of two months: read them again in the new one.
+            if _month_label(float(self._clock())) == current:
+                break
+        return {
+            "user_id": actor.user_id,
+            "month": wanted,
+            "plan_id": plan_id,
+            "budget": budget,
+            "usage": details["usage"],
+            "app_totals": details["app_totals"],
+        }
+
     def record_usage_object(
         self,
         usage: Mapping[str, int],
@@ -504,6 +538,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "check_global_usage_rate",
     "flush",
     "close",
+    "get_actor_report",
 )
 """Every public method of ``MeteringService``, as ``MeteringServiceWrapper`` exposes them."""
 

@@ -15,8 +15,7 @@ read need an ``isinstance``; so ``UsageReport`` is ``dict[str, Any]``, and
 ``usage_by_type(report)`` returns the usage types typed as ``dict[str, UsageFigures]``.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: TypedDict must see NotRequired itself (Python 3.11).
 from typing import Any, NotRequired, TypeAlias, TypedDict
 
 __all__ = [
