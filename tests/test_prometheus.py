@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -108,6 +109,19 @@ def test_month_figures_start_again_with_a_new_month(
     assert ("usagemeter_month_units", (("usage_type", "kv:read"),)) not in samples
 
 
+def test_a_manual_total_can_lower_the_month_figures(
+    service: MeteringService, registry: CollectorRegistry
+) -> None:
+    """Why the month figures are gauges, not counters: an operator's correction lowers them."""
+    register(service, registry)
+    alice = Actor("alice")
+    service.increment_usage(alice, "kv:write", 10)  # 1,250 µ¢
+    service.set_actor_current_month_usage_total(alice, 100)
+    text = scrape(registry)
+    assert 'usagemeter_month_cost_microcents{usage_type="manual_adjustment"} -1150.0\n' in text
+    assert "usagemeter_month_total_cost_microcents 100.0\n" in text
+
+
 def test_usage_by_type_false_leaves_the_month_figures_out(
     service: MeteringService, registry: CollectorRegistry
 ) -> None:
@@ -193,22 +207,35 @@ def test_store_figures_with_a_store_and_none_without(
     assert value(samples, "usagemeter_refusals_total") == 0
 
 
-def test_a_fleet_worker_shows_its_sync_traffic(redis_url: str) -> None:
-    registry = CollectorRegistry()
-    with MeteringService(small_cost_map(), store=redis_url, snapshot_interval=0.05) as worker:
-        register(worker, registry)
-        worker.increment_usage(Actor("alice"), "kv:write", 2)
-        worker.flush()
-        samples = samples_of(scrape(registry))
-        sync = worker._sync_stats()
-        assert sync is not None
+def test_fleet_workers_show_their_sync_traffic_and_the_fleets_month(redis_url: str) -> None:
+    """Each worker's replica holds the whole fleet's month (so aggregate workers with max(), not
+    sum()); the sync counters are each worker's own."""
+    first_registry, second_registry = CollectorRegistry(), CollectorRegistry()
+    with (
+        MeteringService(small_cost_map(), store=redis_url, snapshot_interval=0.05) as first,
+        MeteringService(small_cost_map(), store=redis_url, snapshot_interval=0.05) as second,
+    ):
+        register(first, first_registry)
+        register(second, second_registry)
+        first.increment_usage(Actor("alice"), "kv:write", 2)
+        first.flush()
+        second.increment_usage(Actor("bob"), "kv:read", 1)
+        second.flush()
+        # Each worker pulls the other's writes in its next sync rounds (every 0.05 s).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+            service.get_global_usage()["total"] == 250 + 63 for service in (first, second)
+        ):
+            time.sleep(0.01)
+        samples = samples_of(scrape(first_registry))
         assert value(samples, "usagemeter_sync_rounds_total") >= 1
         assert value(samples, "usagemeter_sync_writes_total") >= 1
-        for key in ("round_trips", "conflicts", "lease_requests"):
-            assert ("usagemeter_sync_" + key + "_total", ()) in samples
-        assert ("usagemeter_sync_sent_bytes_total", ()) in samples
+        for key in ("round_trips", "sent_bytes", "conflicts", "lease_requests"):
+            assert (f"usagemeter_sync_{key}_total", ()) in samples
         assert value(samples, "usagemeter_store_failures_total") == 0
-        assert value(samples, "usagemeter_month_cost_microcents", usage_type="kv:write") == 250
+        assert 0 <= value(samples, "usagemeter_store_lag_seconds") < 60
+        for worker_samples in (samples, samples_of(scrape(second_registry))):
+            assert value(worker_samples, "usagemeter_month_total_cost_microcents") == 250 + 63
 
 
 class Gate:

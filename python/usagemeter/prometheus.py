@@ -27,8 +27,13 @@ name                                    type     labels          what
 
 The ``month_*`` figures are gauges: they are this month's (UTC, the service's clock) and start
 again from zero when the month changes, and an operator's ``set_actor_current_month_usage_total``
-may lower them. Use ``delta()`` or ``deriv()`` on them, not ``rate()``. The counters count from
-the moment the service (refusals, store, sync) or the collector (alarms) was created.
+may lower them (its ``manual_adjustment`` cost may be negative). Use ``delta()`` or ``deriv()`` on
+them, not ``rate()``. The counters count from the moment the service (refusals, store, sync) or
+the collector (alarms) was created.
+
+On a fleet (``store="redis://..."``) every worker's replica holds the whole fleet's month, as of
+its last sync: aggregate the ``month_*`` figures over workers with ``max()`` (or scrape one
+worker), never ``sum()``; the counters are each worker's own, and do add up.
 """
 
 from __future__ import annotations
@@ -133,8 +138,8 @@ class MeteringCollector(Collector):
     Creating the collector subscribes a counter to ``metering:alarm``; ``close()`` removes it.
 
     Prometheus values are floats: a figure in µ¢ is exact up to 2**53 µ¢ (about $90 million);
-    beyond that it is rounded to 16 significant digits. The exact figures are in the reports
-    (``get_global_usage()``, ``usagemeter report``).
+    beyond that it is the nearest float (16 significant digits). The exact figures are in the
+    reports (``get_global_usage()``, ``usagemeter report``).
     """
 
     def __init__(
