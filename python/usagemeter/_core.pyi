@@ -222,6 +222,29 @@ class MeteringCore:
         self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
     ) -> int:
         """Record several usages as one atomic event: all validated first, all or nothing."""
+    def _try_increment_usage_nowait(
+        self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
+    ) -> tuple[bool, int | None]:
+        """``try_increment_usage`` that never waits on the shared ledger: ``(True, total or None)``
+        when decided, ``(False, None)`` (nothing recorded) when only a lease request could decide."""
+    def cost_of(self, usage_type: str, amount: int, cost_override: int | None = None) -> int:
+        """What ``amount`` units of ``usage_type`` cost in µ¢ (rounded half up, as reports round)."""
+    def cost_of_usages(self, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> int:
+        """What the items (as for ``batch_increment_usages``) cost together, in µ¢."""
+    def has_enough_credits_for_usages(
+        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+    ) -> bool:
+        """Whether the user's remaining budget covers all the items together."""
+    def affordable_units(
+        self,
+        actor: Actor,
+        usage_type: str,
+        reserved: Iterable[tuple[str, int] | tuple[str, int, int | None]] | None = None,
+    ) -> int:
+        """The most units of ``usage_type`` the remaining budget pays for after ``reserved``
+        (0 when nothing is left; 2**64-1 for a free type or the system actor)."""
+    def _stats(self) -> dict[str, int]:
+        """``refusals``; with a store also ``store_failures`` and ``store_lag_ms``."""
     def has_enough_credits_for(self, actor: Actor, usage_type: str, amount: int) -> bool:
         """Whether the user's remaining budget covers ``amount`` units of ``usage_type``."""
     def has_enough_credits(self, actor: Actor, amount: int) -> bool:

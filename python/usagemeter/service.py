@@ -26,6 +26,7 @@ from usagemeter.events import (
     OVERRIDE_DEFAULT_SUBSCRIPTION,
     REGISTER_AVAILABLE_POLICIES,
     AlarmEvent,
+    AsyncListenerError,
     EventBus,
     GetUserSubscriptionEvent,
     OverrideDefaultSubscriptionEvent,
@@ -34,11 +35,14 @@ from usagemeter.events import (
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
 from usagemeter.providers import _priced_items
 
-__all__ = ["SERVICE_METHODS", "MeteringService", "MeteringServiceWrapper"]
+__all__ = ["PLAN_EVENTS", "SERVICE_METHODS", "MeteringService", "MeteringServiceWrapper"]
 
 logger = logging.getLogger("usagemeter")
 
 Clock = Callable[[], float | int]
+
+PLAN_EVENTS = (OVERRIDE_DEFAULT_SUBSCRIPTION, REGISTER_AVAILABLE_POLICIES, GET_USER_SUBSCRIPTION)
+"""The events of a plan look-up, in the order they are emitted."""
 
 # The longest snapshot interval accepted: a day. Longer would be a loss bound nobody wants, and
 # 1e300 s would overflow the native millisecond count.
@@ -95,6 +99,7 @@ class MeteringService(MeteringCore):
     _global_usage_check_interval: float
     _rate_lock: threading.Lock
     _rate_baseline: tuple[str, float, int] | None
+    _prepared_plans: threading.local
 
     def __new__(
         cls,
@@ -185,6 +190,7 @@ class MeteringService(MeteringCore):
         self._global_usage_check_interval = float(global_usage_check_interval)
         self._rate_lock = threading.Lock()
         self._rate_baseline = None
+        self._prepared_plans = threading.local()
         # Weak references: the native ledger keeps these callables, and a strong reference back
         # to the service would be a cycle through a native object that the GC cannot see.
         this = weakref.ref(self)
@@ -212,14 +218,48 @@ class MeteringService(MeteringCore):
         self.close()
 
     def _resolve_policy(self, actor: Actor) -> Policy:
-        """Decide an actor's plan through the three subscription events."""
-        default = OverrideDefaultSubscriptionEvent(actor, USER_FREE.id if actor.email else TEMP_FREE.id)
-        self.events.emit(OVERRIDE_DEFAULT_SUBSCRIPTION, default)
-        register = RegisterAvailablePoliciesEvent(actor, list(self._policies))
-        self.events.emit(REGISTER_AVAILABLE_POLICIES, register)
-        chosen = GetUserSubscriptionEvent(actor)
-        self.events.emit(GET_USER_SUBSCRIPTION, chosen)
+        """Decide an actor's plan through the three subscription events (the native ledger calls
+        this when its cache misses). ``AsyncListenerError`` if a listener is ``async def``: the
+        async service then resolves the plan with ``_resolve_policy_async`` and hands it over
+        through ``_prepared_plans`` for the call it makes again."""
+        prepared: dict[Actor, Policy] | None = getattr(self._prepared_plans, "plans", None)
+        if prepared is not None and actor in prepared:
+            return prepared[actor]
+        if self.events.has_async_listeners(*PLAN_EVENTS):
+            raise AsyncListenerError(
+                "a listener of the plan events is async and this call cannot await it: use "
+                "usagemeter.aio.AsyncMeteringService, or plain functions"
+            )
+        events = self._plan_events(actor)
+        for name, event in zip(PLAN_EVENTS, events, strict=True):
+            self.events.emit(name, event, awaitables="refuse")
+        return self._chosen_policy(*events)
 
+    async def _resolve_policy_async(self, actor: Actor) -> Policy:
+        """``_resolve_policy``, awaiting the listeners that are ``async def``."""
+        events = self._plan_events(actor)
+        for name, event in zip(PLAN_EVENTS, events, strict=True):
+            await self.events.emit_async(name, event)
+        return self._chosen_policy(*events)
+
+    def _plan_events(
+        self, actor: Actor
+    ) -> tuple[OverrideDefaultSubscriptionEvent, RegisterAvailablePoliciesEvent, GetUserSubscriptionEvent]:
+        """The three events of a plan look-up, in the order they are emitted (``PLAN_EVENTS``)."""
+        return (
+            OverrideDefaultSubscriptionEvent(actor, USER_FREE.id if actor.email else TEMP_FREE.id),
+            RegisterAvailablePoliciesEvent(actor, list(self._policies)),
+            GetUserSubscriptionEvent(actor),
+        )
+
+    def _chosen_policy(
+        self,
+        default: OverrideDefaultSubscriptionEvent,
+        register: RegisterAvailablePoliciesEvent,
+        chosen: GetUserSubscriptionEvent,
+    ) -> Policy:
+        """The plan the listeners chose: the user's, else the default, else ``user_free``."""
+        actor = chosen.actor
         available: dict[str, Policy] = {}
         for policy in (*register.available_policies, *BUILTIN_POLICIES):
             if isinstance(policy, Policy):
@@ -459,7 +499,11 @@ SERVICE_METHODS: tuple[str, ...] = (
     "batch_increment_usages",
     "record_usage_object",
     "has_enough_credits_for",
+    "has_enough_credits_for_usages",
     "has_enough_credits",
+    "cost_of",
+    "cost_of_usages",
+    "affordable_units",
     "has_any_usage",
     "has_usage_this_month",
     "get_remaining_usage",

@@ -456,6 +456,25 @@ impl Ledger {
         Ok((deltas, unmapped_items))
     }
 
+    /// What `items` would cost as one batch (a cost override replaces price x units), validated
+    /// as a charge would validate them; records and interns nothing.
+    pub fn cost_of_items(&self, items: &[UsageItem<'_>]) -> LedgerResult<Money> {
+        let mut total = Money::ZERO;
+        for item in items {
+            let cost = match item.cost_override {
+                Some(cost) => {
+                    validate_usage_type(item.usage_type)?;
+                    cost
+                }
+                None => self.cost_of(item.usage_type, item.units)?,
+            };
+            total = total
+                .checked_add(cost)
+                .ok_or_else(|| overflow("the cost of the items"))?;
+        }
+        Ok(total)
+    }
+
     /// Checks one item as a charge would (a valid usage type, priced or overridden or recorded
     /// for free), recording and interning nothing: the system actor's calls are checked too.
     pub fn check_item(&self, item: &UsageItem<'_>) -> LedgerResult<()> {

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -40,6 +40,20 @@ struct Progress {
     abandon: bool,
     /// The thread has ended: nothing more is written, and waiting for it would never end.
     stopped: bool,
+    /// When the last round succeeded (or the thread started, before any did).
+    last_success: Option<Instant>,
+    /// Rounds that failed since the thread started.
+    failures: u64,
+}
+
+/// How the background rounds are going, for metrics (`Snapshotter::health`).
+#[derive(Clone, Copy, Debug)]
+pub struct Health {
+    /// Time since the last round that succeeded, or since the thread started if none did: what a
+    /// crash now could lose at most (the store's lag behind memory).
+    pub lag: Duration,
+    /// Rounds that failed since the thread started.
+    pub failures: u64,
 }
 
 struct Shared {
@@ -137,7 +151,10 @@ impl Snapshotter {
         on_error: ErrorHook,
     ) -> Snapshotter {
         let shared = Arc::new(Shared {
-            progress: Mutex::new(Progress::default()),
+            progress: Mutex::new(Progress {
+                last_success: Some(Instant::now()),
+                ..Progress::default()
+            }),
             wake: Condvar::new(),
             done: Condvar::new(),
         });
@@ -184,6 +201,17 @@ impl Snapshotter {
         match (&progress.last_error, progress.completed >= target) {
             (Some(error), true) => Err(error.clone()),
             _ => Err(closed_error()),
+        }
+    }
+
+    /// The lag behind memory and the failures of the background rounds.
+    pub fn health(&self) -> Health {
+        let progress = self.shared.progress.lock();
+        Health {
+            lag: progress
+                .last_success
+                .map_or(Duration::ZERO, |at| at.elapsed()),
+            failures: progress.failures,
         }
     }
 
@@ -247,8 +275,14 @@ fn run(shared: &Shared, round: &mut dyn Round, interval: Duration, on_error: &Er
         // otherwise the thread goes on retrying and a later `stop` asks again.
         let ends = stopping && (result.is_ok() || progress.abandon);
         match result {
-            Ok(()) => progress.saved = progress.saved.max(target),
-            Err(error) => progress.last_error = Some(error),
+            Ok(()) => {
+                progress.saved = progress.saved.max(target);
+                progress.last_success = Some(Instant::now());
+            }
+            Err(error) => {
+                progress.last_error = Some(error);
+                progress.failures += 1;
+            }
         }
         if stopping {
             progress.stop_requested = false; // not one that came while this snapshot ran

@@ -16,10 +16,37 @@ use crate::python::convert::{self, money_to_int};
 use crate::python::errors::ledger_error;
 
 /// One batch item, with its usage type still owned by Python so the name is borrowed.
-struct OwnedItem<'py> {
+pub(super) struct OwnedItem<'py> {
     usage_type: Bound<'py, PyAny>,
     units: u64,
     cost_override: Option<Money>,
+}
+
+/// The items of a batch argument (an iterable of `(usage_type, amount[, cost_override])`),
+/// each checked; the names stay owned by Python (see `usage_items`).
+pub(super) fn owned_items<'py>(usages: &Bound<'py, PyAny>) -> PyResult<Vec<OwnedItem<'py>>> {
+    PyIterator::from_object(usages)?
+        .map(|item| batch_item(&item?))
+        .collect()
+}
+
+/// `owned` as the ledger's items, borrowing the names.
+pub(super) fn usage_items<'a>(owned: &'a [OwnedItem<'_>]) -> PyResult<Vec<UsageItem<'a>>> {
+    owned
+        .iter()
+        .map(|o| {
+            let usage_type = o
+                .usage_type
+                .cast::<PyString>()
+                .expect("checked in batch_item")
+                .to_str()?;
+            Ok(UsageItem {
+                usage_type,
+                units: o.units,
+                cost_override: o.cost_override,
+            })
+        })
+        .collect()
 }
 
 fn batch_item<'py>(item: &Bound<'py, PyAny>) -> PyResult<OwnedItem<'py>> {
@@ -58,6 +85,15 @@ fn item_of_fields<'py>(
     })
 }
 
+/// Whether a charge may wait on the shared ledger: a fleet's worker whose budget lease falls
+/// short asks Redis for more (one round trip). `Never` is for `usagemeter.aio`, which sends
+/// such a charge to a thread instead of blocking its event loop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    Allowed,
+    Never,
+}
+
 impl MeteringCore {
     /// Records items for a (non-system) actor, then raises the alarms the receipt calls for.
     fn charge(
@@ -67,9 +103,10 @@ impl MeteringCore {
         actor: &PyActor,
         items: &[UsageItem<'_>],
         mode: ChargeMode,
+        wait: Wait,
     ) -> PyResult<Receipt> {
         let account = actor.account.get(&self.ledger, &actor.user_id);
-        self.charge_with(py, actor_obj, actor, items, |booking| {
+        self.charge_with(py, actor_obj, actor, items, wait, |booking| {
             self.ledger.charge(account, booking, items, mode)
         })
     }
@@ -88,7 +125,7 @@ impl MeteringCore {
         if actor.is_system {
             return Ok(money_to_int(py, Money::ZERO));
         }
-        let receipt = self.charge_with(py, actor_obj, actor, &[], |booking| {
+        let receipt = self.charge_with(py, actor_obj, actor, &[], Wait::Allowed, |booking| {
             self.ledger
                 .charge_priced(account, booking, usage_type, units)
         })?;
@@ -96,13 +133,16 @@ impl MeteringCore {
     }
 
     /// Runs `record` for the actor this month under its plan, then raises the alarms the receipt
-    /// calls for (`items`: what `record` records, named in the unmapped-usage alarms).
+    /// calls for (`items`: what `record` records, named in the unmapped-usage alarms). With
+    /// `Wait::Never`, a charge that would ask the fleet for a lease is returned refused, with
+    /// `ask_fleet` set, and raises no alarm.
     fn charge_with(
         &self,
         py: Python<'_>,
         actor_obj: &Bound<'_, PyAny>,
         actor: &PyActor,
         items: &[UsageItem<'_>],
+        wait: Wait,
         record: impl Fn(&Booking<'_>) -> Result<Receipt, LedgerError>,
     ) -> PyResult<Receipt> {
         let now_ms = self.now_ms(py)?;
@@ -117,6 +157,9 @@ impl MeteringCore {
         };
         let mut receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
         if receipt.ask_fleet {
+            if wait == Wait::Never {
+                return Ok(receipt);
+            }
             receipt = self.charge_on_new_lease(py, actor_obj, actor, now_ms, receipt, charge)?;
         }
         if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
@@ -233,7 +276,7 @@ impl MeteringCore {
         usage_type: &Bound<'_, PyAny>,
         amount: &Bound<'_, PyAny>,
         cost_override: Option<&Bound<'_, PyAny>>,
-        mode: ChargeMode,
+        (mode, wait): (ChargeMode, Wait),
     ) -> PyResult<Option<Receipt>> {
         let actor = as_actor(actor_obj)?;
         let item = UsageItem {
@@ -248,7 +291,8 @@ impl MeteringCore {
             self.ledger.check_item(&item).map_err(ledger_error)?;
             return Ok(None);
         }
-        self.charge(py, actor_obj, actor, &[item], mode).map(Some)
+        self.charge(py, actor_obj, actor, &[item], mode, wait)
+            .map(Some)
     }
 }
 
@@ -285,7 +329,7 @@ impl MeteringCore {
             usage_type,
             amount,
             cost_override,
-            ChargeMode::Always,
+            (ChargeMode::Always, Wait::Allowed),
         )?;
         Ok(money_to_int(
             py,
@@ -309,12 +353,49 @@ impl MeteringCore {
             usage_type,
             amount,
             cost_override,
-            ChargeMode::IfAffordable,
+            (ChargeMode::IfAffordable, Wait::Allowed),
         )?;
         Ok(match receipt {
             None => Some(money_to_int(py, Money::ZERO)),
             Some(receipt) if receipt.accepted => Some(money_to_int(py, receipt.month_total)),
-            Some(_) => None,
+            Some(_) => {
+                self.refused();
+                None
+            }
+        })
+    }
+
+    /// `try_increment_usage` that never waits on the shared ledger (for `usagemeter.aio`):
+    /// returns `(True, total or None)` when it decided, or `(False, None)`, having recorded
+    /// nothing, when only a lease request to the fleet could decide (call `try_increment_usage`
+    /// off the event loop then).
+    #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
+    fn _try_increment_usage_nowait<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        usage_type: &Bound<'py, PyAny>,
+        amount: &Bound<'py, PyAny>,
+        cost_override: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(bool, Option<Bound<'py, PyInt>>)> {
+        let receipt = self.one_usage(
+            py,
+            actor,
+            usage_type,
+            amount,
+            cost_override,
+            (ChargeMode::IfAffordable, Wait::Never),
+        )?;
+        Ok(match receipt {
+            None => (true, Some(money_to_int(py, Money::ZERO))),
+            Some(receipt) if receipt.accepted => {
+                (true, Some(money_to_int(py, receipt.month_total)))
+            }
+            Some(receipt) if receipt.ask_fleet => (false, None),
+            Some(_) => {
+                self.refused();
+                (true, None)
+            }
         })
     }
 
@@ -326,24 +407,8 @@ impl MeteringCore {
         usages: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyInt>> {
         let actor_ref = as_actor(actor)?;
-        let owned = PyIterator::from_object(usages)?
-            .map(|item| batch_item(&item?))
-            .collect::<PyResult<Vec<_>>>()?;
-        let items = owned
-            .iter()
-            .map(|o| {
-                let usage_type = o
-                    .usage_type
-                    .cast::<PyString>()
-                    .expect("checked in batch_item")
-                    .to_str()?;
-                Ok(UsageItem {
-                    usage_type,
-                    units: o.units,
-                    cost_override: o.cost_override,
-                })
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let owned = owned_items(usages)?;
+        let items = usage_items(&owned)?;
         if actor_ref.is_system {
             self.ensure_open()?;
             for item in &items {
@@ -351,7 +416,14 @@ impl MeteringCore {
             }
             return Ok(money_to_int(py, Money::ZERO));
         }
-        let receipt = self.charge(py, actor, actor_ref, &items, ChargeMode::Always)?;
+        let receipt = self.charge(
+            py,
+            actor,
+            actor_ref,
+            &items,
+            ChargeMode::Always,
+            Wait::Allowed,
+        )?;
         Ok(money_to_int(py, receipt.month_total))
     }
 
@@ -390,7 +462,14 @@ impl MeteringCore {
             self.ensure_open()?;
             return Ok(money_to_int(py, Money::ZERO));
         }
-        let receipt = self.charge(py, actor, actor_ref, &[], ChargeMode::SetTotal(target))?;
+        let receipt = self.charge(
+            py,
+            actor,
+            actor_ref,
+            &[],
+            ChargeMode::SetTotal(target),
+            Wait::Allowed,
+        )?;
         Ok(money_to_int(py, receipt.month_total))
     }
 }

@@ -33,7 +33,7 @@ impl MeteringCore {
     }
 
     /// `budget` for an actor already extracted (the credit checks have it in hand).
-    fn budget_of(
+    pub(super) fn budget_of(
         &self,
         py: Python<'_>,
         actor_obj: &Bound<'_, PyAny>,
@@ -68,7 +68,7 @@ impl MeteringCore {
     }
 
     /// Whether the actor can pay `cost` (`None`: a cost beyond the ledger's range).
-    fn affords(
+    pub(super) fn affords(
         &self,
         py: Python<'_>,
         actor_obj: &Bound<'_, PyAny>,

@@ -12,17 +12,19 @@
 //! - `plans.rs`: the per-user plan cache and the subscription methods;
 //! - `charges.rs`: recording usage and credit, and the alarms a charge raises;
 //! - `checks.rs`: the budget and the credit checks on it;
+//! - `estimates.rs`: what usage would cost and what the budget buys (records nothing);
 //! - `reports.rs`: usage reports per user, per app and over all users.
 //!
 //! `meter()` lives with `Meter` in `../meter.rs`, so that this module does not import that one.
 
 mod charges;
 mod checks;
+mod estimates;
 mod plans;
 mod reports;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -67,6 +69,9 @@ pub struct MeteringCore {
     /// Set in a child process after `fork()` (`_forked`): the store and its thread are the
     /// parent's, so this copy refuses every call and never touches them.
     forked: AtomicBool,
+    /// Charges refused for want of budget (`try_increment_usage`), for metrics. Counted on the
+    /// refusal path only: an accepted charge touches no counter shared by every thread.
+    refusals: AtomicU64,
 }
 
 impl Drop for MeteringCore {
@@ -216,6 +221,12 @@ impl MeteringCore {
     }
 
     /// The shared ledger, for a fleet's worker.
+    /// Counts a charge refused for want of budget (`_stats`).
+    #[cold]
+    pub(in crate::python) fn refused(&self) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(in crate::python) fn fleet(&self) -> Option<&Arc<Fleet>> {
         self.persistence.as_ref()?.fleet.as_ref()
     }
@@ -322,6 +333,7 @@ impl MeteringCore {
             persistence,
             closed: AtomicBool::new(false),
             forked: AtomicBool::new(false),
+            refusals: AtomicU64::new(0),
         })
     }
 
@@ -393,6 +405,21 @@ impl MeteringCore {
     #[getter]
     fn store_backend(&self) -> Option<&'static str> {
         self.persistence.as_ref().map(|p| p.backend)
+    }
+
+    /// Counters for metrics: `refusals` (charges refused for want of budget since the service
+    /// opened), and with a store `store_failures` (background snapshots or syncs that failed)
+    /// and `store_lag_ms` (time since the last one that succeeded: what a crash could lose).
+    fn _stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        let mut stats =
+            std::collections::HashMap::from([("refusals", self.refusals.load(Ordering::Relaxed))]);
+        if let Some(persistence) = &self.persistence {
+            let health = persistence.snapshotter.health();
+            stats.insert("store_failures", health.failures);
+            let lag_ms = u64::try_from(health.lag.as_millis()).unwrap_or(u64::MAX);
+            stats.insert("store_lag_ms", lag_ms);
+        }
+        stats
     }
 
     /// The traffic of this worker's syncs with the shared ledger (None without one): rounds,
