@@ -175,6 +175,10 @@ class _StreamUsage:
         return report, False
 
 
+def _distinct(iterator: object, iterable: object) -> tuple[object, ...]:
+    return (iterator,) if iterator is iterable else (iterator, iterable)
+
+
 class _Metering:
     """The parts of a metered stream that do not depend on sync or async iteration."""
 
@@ -312,11 +316,12 @@ class MeteredStream(_Metering, Iterator[T], Generic[T]):
         if self._finished:
             return
         try:
-            for source in (self._chunks, self._source):
+            # The iterator (a generator's cleanup), then the iterable: an SDK stream's close()
+            # releases the HTTP response, which closing its iterator does not.
+            for source in _distinct(self._chunks, self._source):
                 close = getattr(source, "close", None)
                 if callable(close):
                     close()
-                    break
         finally:
             self._finish_sync()
 
@@ -385,13 +390,12 @@ class AsyncMeteredStream(_Metering, AsyncIterator[T], Generic[T]):
         if self._finished:
             return
         try:
-            for source in (self._chunks, self._source):
+            for source in _distinct(self._chunks, self._source):  # as in MeteredStream.close
                 close = getattr(source, "aclose", None) or getattr(source, "close", None)
                 if callable(close):
                     result = close()
                     if inspect.isawaitable(result):
                         await result
-                    break
         finally:
             await self._finish_async()
 
