@@ -257,7 +257,12 @@ ANTHROPIC_EVENTS: list[dict[str, Any]] = [
     {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     {"type": "ping"},
     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
-    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there, friend!"}},
+    # 5 + 75 = 80 characters: an estimate of 20 tokens, above the 15 the report counts.
+    {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": " there" * 12 + "!!!"},
+    },
     {"type": "content_block_stop", "index": 0},
     {
         "type": "message_delta",
@@ -282,7 +287,8 @@ def test_anthropic_events_as_dicts_and_sdk_objects(shipped: MeteringService) -> 
     stream = meter_stream(shipped, actor, "claude:claude-sonnet-4-5", ANTHROPIC_EVENTS)
     assert list(stream) == ANTHROPIC_EVENTS
     assert stream.estimated is False
-    assert usage_of(shipped, actor) == sonnet_usage(25, 15, 100)  # message_delta's count replaces 1
+    # message_delta's count replaces message_start's 1, and a final report is taken as it is.
+    assert usage_of(shipped, actor) == sonnet_usage(25, 15, 100)
     # The SDK gives pings no type of their own: leave them out.
     events = [
         TypeAdapter(RawMessageStreamEvent).validate_python(e) for e in ANTHROPIC_EVENTS if e["type"] != "ping"
@@ -294,14 +300,14 @@ def test_anthropic_events_as_dicts_and_sdk_objects(shipped: MeteringService) -> 
 
 def test_an_anthropic_stream_cut_short_keeps_its_exact_input(shipped: MeteringService) -> None:
     # Closed before message_delta: message_start's input counts, output raised to the estimate
-    # ("Hello there, friend!": 20 characters, 5 tokens, more than message_start's 1).
+    # (80 characters, 20 tokens, more than message_start's 1).
     actor = Actor("u")
     with meter_stream(shipped, actor, SONNET, ANTHROPIC_EVENTS) as stream:
         for event in stream:
             if event["type"] == "content_block_stop":
                 break
     assert stream.estimated is False
-    assert usage_of(shipped, actor) == sonnet_usage(25, 5, 100)
+    assert usage_of(shipped, actor) == sonnet_usage(25, 20, 100)
 
 
 # https://platform.openai.com/docs/api-reference/responses-streaming
