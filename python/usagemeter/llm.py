@@ -9,10 +9,14 @@ The prompt is priced as uncached input, the most it can cost; nothing is recorde
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from usagemeter._core import Actor
-from usagemeter.aio import AsyncMeteringService
 from usagemeter.providers import _count, estimated_usage, usage_items
-from usagemeter.service import MeteringService
+
+if TYPE_CHECKING:
+    from usagemeter.aio import AsyncMeteringService
+    from usagemeter.service import MeteringService
 
 __all__ = [
     "acan_afford_completion",
