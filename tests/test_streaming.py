@@ -236,6 +236,15 @@ def test_bad_arguments_raise_at_once(shipped: MeteringService) -> None:
     with pytest.raises(ValueError, match="model_prefix"):
         meter_stream(shipped, actor, "", [])
 
+    class AsyncOnly:
+        async def record_usage_object(self, usage: object, actor: Actor, model_prefix: str) -> int:
+            return 0
+
+    with pytest.raises(TypeError, match="ameter_stream"):
+        meter_stream(AsyncOnly(), actor, GPT, [])
+    gc.collect()  # a stream that failed to build records nothing (nor fails) when collected
+    assert usage_of(shipped, actor) == {"total": 0}
+
 
 # --- Anthropic, Responses and Gemini streams -------------------------------------------------
 

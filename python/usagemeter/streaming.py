@@ -208,7 +208,8 @@ class _Metering:
         self._prompt_tokens = prompt_tokens
         self._prompt_text = prompt_text
         self._seen = _StreamUsage()
-        self._finished = False
+        # Armed (False) by the subclass once fully built: a stream that failed to build records nothing.
+        self._finished = True
         self.usage: Mapping[str, Any] | None = None
         """The usage recorded (the provider's report, or the estimate), once the stream ended."""
         self.estimated: bool | None = None
@@ -291,6 +292,7 @@ class MeteredStream(_Metering, Iterator[T], Generic[T]):
         self._sync_service()  # an async service without .sync: TypeError now, not at the end
         self._source = chunks
         self._chunks = iter(chunks)
+        self._finished = False
 
     def __iter__(self) -> Self:
         """The stream itself."""
@@ -365,6 +367,7 @@ class AsyncMeteredStream(_Metering, AsyncIterator[T], Generic[T]):
         super().__init__(service, actor, model_prefix, prompt_tokens, prompt_text)
         self._source = chunks
         self._chunks = aiter(chunks)
+        self._finished = False
 
     def __aiter__(self) -> Self:
         """The stream itself."""
