@@ -497,6 +497,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "meter",
     "try_increment_usage",
     "batch_increment_usages",
+    "try_batch_increment_usages",
     "record_usage_object",
     "has_enough_credits_for",
     "has_enough_credits_for_usages",
