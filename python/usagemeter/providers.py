@@ -521,6 +521,21 @@ class _ModelIndex:
                 if base not in dated or date > dated[base][0]:
                     dated[base] = (date, model)
         self.newest_dated = {base: model for base, (_, model) in dated.items()}
+        # (prefix, candidate kinds) -> the first kind priced under prefix, or None: the same few
+        # charges recur on every call, and each look-up would otherwise cross into the native map.
+        self.priced_kinds: dict[tuple[str, tuple[str, ...]], str | None] = {}
+
+    def priced_kind(self, cost_map: CostMap, prefix: str, kinds: tuple[str, ...]) -> str | None:
+        """The first of ``kinds`` priced under ``prefix``, or None."""
+        key = (prefix, kinds)
+        try:
+            return self.priced_kinds[key]
+        except KeyError:
+            pass
+        kind = next((k for k in kinds if f"{prefix}:{k}" in cost_map), None)
+        if len(self.priced_kinds) < _MAX_PRICED_KINDS:  # bounded: prefixes come from callers
+            self.priced_kinds[key] = kind
+        return kind
 
 
 # Keyed by id(); each entry holds its cost map, so the id cannot be reused while it is cached.
@@ -528,6 +543,7 @@ class _ModelIndex:
 _INDEXES: dict[int, tuple[CostMap, _ModelIndex]] = {}
 _INDEXES_LOCK = threading.Lock()
 _MAX_INDEXES = 16
+_MAX_PRICED_KINDS = 100_000
 
 
 def _index(cost_map: CostMap) -> _ModelIndex:
@@ -598,6 +614,7 @@ def _priced_items(
         raise ValueError("model_prefix must be a non-empty string")
     payload = to_mapping(usage)
     prefix = resolve_model_prefix(model_prefix, cost_map)
+    index = _index(cost_map)
     dialect = PROVIDERS.get(provider_of(model_prefix).lower())
     charges = None
     if dialect is not None:
@@ -614,7 +631,7 @@ def _priced_items(
     merged: dict[str, int] = {}
     kinds: set[str] = set()
     for charge in charges:
-        kind = next((k for k in charge.kinds if f"{prefix}:{k}" in cost_map), None)
+        kind = index.priced_kind(cost_map, prefix, charge.kinds)
         if kind is None:
             if charge.priced_only:
                 continue
