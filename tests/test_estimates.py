@@ -147,3 +147,22 @@ def test_a_store_reports_its_lag_and_failures(tmp_path: Path) -> None:
         assert stats["store_failures"] == 0
         assert 0 <= stats["store_lag_ms"] < 60_000
         assert set(stats) == {"refusals", "store_failures", "store_lag_ms"}
+
+
+def test_try_batch_records_all_items_only_if_the_budget_covers_them_together() -> None:
+    service = new_service()
+    actor = Actor("hu")
+    input_and_output: list[tuple[str, int] | tuple[str, int, int | None]] = [
+        ("llm:input", 2_000),
+        ("llm:output", 1_167),
+    ]
+    assert service.try_batch_increment_usages(actor, input_and_output) is None  # 1,000.2 > 1,000
+    assert service.has_usage_this_month(actor) is False
+    assert service._stats()["refusals"] == 1
+    assert service.try_batch_increment_usages(actor, [("llm:input", 2_000), ("llm:output", 1_166)]) == 1_000
+    assert service.get_remaining_usage(actor) == 0
+    assert service.try_batch_increment_usages(actor, [("free", 5)]) == 1_000  # costs nothing: accepted
+    assert service.try_batch_increment_usages(Actor.system(), [("image", 10**6)]) == 0
+    with pytest.raises(UnknownUsageType):
+        service.try_batch_increment_usages(actor, [("free", 1), ("unknown", 1)])
+    assert service.get_actor_current_month_usage_details(actor)["usage"]["total"] == 1_000

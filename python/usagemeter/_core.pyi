@@ -241,6 +241,15 @@ class MeteringCore:
     ) -> tuple[bool, int | None]:
         """``try_increment_usage`` that never waits on the shared ledger: ``(True, total or None)``
         when decided, ``(False, None)`` (nothing recorded) when only a lease request could decide."""
+    def try_batch_increment_usages(
+        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+    ) -> int | None:
+        """Record the items as one atomic event only if the remaining budget covers them all;
+        return the new month total, or None (nothing recorded)."""
+    def _try_batch_increment_usages_nowait(
+        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+    ) -> tuple[bool, int | None]:
+        """``try_batch_increment_usages`` that never waits on the shared ledger."""
     def cost_of(self, usage_type: str, amount: int, cost_override: int | None = None) -> int:
         """What ``amount`` units of ``usage_type`` cost in µ¢ (rounded half up, as reports round)."""
     def cost_of_usages(self, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> int:

@@ -193,6 +193,17 @@ class AsyncMeteringService:
         items = list(usages)  # an iterator would be spent by a first attempt
         return await self._with_plan(actor, self.sync.batch_increment_usages, actor, items)
 
+    async def try_batch_increment_usages(self, actor: Actor, usages: Usages) -> int | None:
+        """Record the items atomically only if the remaining budget covers them all; the new
+        total or None. On a fleet, a charge that needs a new lease runs in a worker thread."""
+        items = list(usages)
+        decided, total = await self._with_plan(
+            actor, self.sync._try_batch_increment_usages_nowait, actor, items
+        )
+        if decided:
+            return total
+        return await _in_thread(self.sync.try_batch_increment_usages, actor, items)
+
     async def record_usage_object(
         self,
         usage: Any,

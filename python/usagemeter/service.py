@@ -33,6 +33,7 @@ from usagemeter.events import (
     RegisterAvailablePoliciesEvent,
 )
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
+from usagemeter.providers import _priced_items
 from usagemeter.types import ActorReport
 
 __all__ = ["PLAN_EVENTS", "SERVICE_METHODS", "MeteringService", "MeteringServiceWrapper"]
@@ -364,24 +365,42 @@ class MeteringService(MeteringCore):
 
     def record_usage_object(
         self,
-        usage: Mapping[str, int],
+        usage: object,
         actor: Actor,
         model_prefix: str,
         cost_overrides: Mapping[str, int] | None = None,
     ) -> int:
-        """Book ``f"{model_prefix}:{kind}"`` for each ``kind: amount`` of ``usage``, atomically.
+        """Book a provider's usage report for a model, as one atomic batch; return the month total.
 
-        ``cost_overrides`` maps a kind to the cost (µ¢) of that whole item. Returns the user's
-        month total in µ¢.
+        ``usage`` is the usage object as the provider returned it: a dict, or an SDK object
+        (``openai.types.CompletionUsage``, ``openai.types.responses.ResponseUsage``,
+        ``anthropic.types.Usage``, ...). ``model_prefix`` is ``"<provider>:<model>"``, e.g.
+        ``"openai:gpt-5.1"`` or ``"claude:claude-sonnet-4-5"`` (an undated model is priced as its
+        newest dated snapshot). For the providers ``usagemeter.providers.PROVIDERS`` knows
+        (OpenAI chat and responses, Anthropic, Gemini, Mistral, xAI, DeepSeek, Groq, Together,
+        OpenRouter) each field is mapped onto the cost map's names: totals are ignored, nothing is
+        counted twice, and cached, cache-write and reasoning tokens are priced apart when the cost
+        map has prices for them. For another provider each field ``kind`` is booked as
+        ``f"{model_prefix}:{kind}"`` and must be an int. ``usagemeter.providers.usage_items``
+        shows what a payload books without recording it.
+
+        ``cost_overrides`` maps a kind (the last segment of a booked usage type, e.g.
+        ``"prompt_tokens"``) to the cost in µ¢ of that whole item; a kind the payload does not map
+        to raises ``ValueError``. Bad counts raise ``ValueError`` / ``TypeError`` naming the field,
+        an unpriced usage type ``UnknownUsageType``, and nothing is recorded.
         """
-        if not isinstance(model_prefix, str) or not model_prefix:
-            raise ValueError("model_prefix must be a non-empty string")
+        items, kinds = _priced_items(usage, model_prefix, self.cost_map)
         overrides = dict(cost_overrides or {})
-        unknown = set(overrides) - set(usage)
+        unknown = set(overrides) - kinds
         if unknown:
-            raise ValueError(f"cost_overrides name kinds that are not in usage: {sorted(unknown)}")
-        items = [(f"{model_prefix}:{kind}", amount, overrides.get(kind)) for kind, amount in usage.items()]
-        return self.batch_increment_usages(actor, items)
+            raise ValueError(
+                f"cost_overrides name kinds that this usage does not book: {sorted(unknown)} "
+                f"(it books {sorted(kinds)})"
+            )
+        batch = [
+            (usage_type, units, overrides.get(usage_type.rsplit(":", 1)[1])) for usage_type, units in items
+        ]
+        return self.batch_increment_usages(actor, batch)
 
 
 def _check_seconds(name: str, value: object) -> None:
@@ -512,6 +531,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "meter",
     "try_increment_usage",
     "batch_increment_usages",
+    "try_batch_increment_usages",
     "record_usage_object",
     "has_enough_credits_for",
     "has_enough_credits_for_usages",
