@@ -112,6 +112,8 @@ USER_CODE = """
     def one_call(service: MeteringService, actor: Actor) -> int:
         report: ActorReport = service.get_actor_report(actor)
         plan: str = report["plan_id"]
+        allowance: int = service.get_actor_subscription(actor).monthly_allowance
+        assert allowance >= 0
         budget = report["budget"]
         spent: int = report["usage"]["total"]
         return spent if budget is None or not plan else budget["remaining"]
@@ -156,6 +158,7 @@ MISTAKES = {
     'app["totl"]': 'TypedDict "AppTotals" has no key "totl"',
     'summary["record"]': 'TypedDict "StoreSummary" has no key "record"',
     'figures["price"]': 'TypedDict "UsageFigures" has no key "price"',
+    "service.get_actor_subscription(actor).allowance": '"Policy" has no attribute "allowance"',
 }
 
 

@@ -7,6 +7,7 @@ from typing import Any, Self, TypeVar, final
 
 from typing_extensions import disjoint_base
 
+from usagemeter.policies import Policy
 from usagemeter.types import (
     ActorBudget,
     AddonCredits,
@@ -309,7 +310,7 @@ class MeteringCore:
         types each), so that no charge updates a figure shared by every actor. Raises ``OverflowError`` if the
         total leaves the ledger's range (10^24 µ¢: a million actors at their own limit).
         """
-    def get_actor_subscription(self, actor: Actor) -> Any:
+    def get_actor_subscription(self, actor: Actor) -> Policy:
         """The actor's plan (a ``Policy``; cached per user for ``subscription_ttl`` seconds)."""
     def invalidate_subscription(self, user_id: str) -> None:
         """Forget the cached plan of a user, so the next call resolves it again (a look-up already
