@@ -334,10 +334,11 @@ class MeteringService(MeteringCore):
         """A user's month in one call: plan, budget, usage by type and by app (``ActorReport``).
 
         ``month`` is ``YYYY-MM`` (UTC), default the current month on the service's clock.
-        ``budget`` is ``get_actor_budget(actor)`` for the current month and None for another (the
-        ledger keeps no past budgets); ``plan_id`` is the user's plan now. The figures are read
-        one after another, not as one atomic view: a charge made meanwhile may show in one part
-        and not yet in another. ``ValueError`` for the system actor (never metered) or a bad month.
+        ``budget`` is ``get_actor_budget(actor)`` for the current month and None for another
+        (``get_actor_budget`` reads the current month only); ``plan_id`` is the user's plan now.
+        The figures are read one after another, not as one atomic view: a charge made meanwhile
+        may show in one part and not yet in another. ``ValueError`` for the system actor (never
+        metered) or a bad month.
         """
         if not isinstance(actor, Actor):
             raise TypeError(f"actor must be a usagemeter.Actor, not {type(actor).__name__}")
@@ -345,13 +346,14 @@ class MeteringService(MeteringCore):
             raise ValueError("the system actor is not metered: it has no report")
         if month is not None and not isinstance(month, str):
             raise TypeError(f"month must be a 'YYYY-MM' string or None, not {type(month).__name__}")
-        while True:
+        # At a month's end the parts could be of two months: read them again in the new one (a
+        # clock that changes month between every two reads would be broken: stop after three).
+        for _ in range(3):
             current = _month_label(float(self._clock()))
             wanted = current if month is None else month
             details = self.get_actor_month_usage_details(actor, wanted)  # checks the month's form
             plan_id = self.get_actor_subscription(actor).id
             budget = self.get_actor_budget(actor) if wanted == current else None
-            # At a month's end the parts could be of two months: read them again in the new one.
             if _month_label(float(self._clock())) == current:
                 break
         return {

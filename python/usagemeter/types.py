@@ -109,8 +109,8 @@ class ActorReport(TypedDict):
     """``get_actor_report(actor, month=None)``: a user's month in one call.
 
     ``plan_id`` is the user's plan now; ``budget`` is ``get_actor_budget()`` for the current
-    month and None for another month (the ledger keeps no past budgets); ``usage`` and
-    ``app_totals`` are the month's ``UsageDetails``.
+    month and None for another month (``get_actor_budget`` reads the current one only);
+    ``usage`` and ``app_totals`` are the month's ``UsageDetails``.
     """
 
     user_id: str
