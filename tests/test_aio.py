@@ -2,7 +2,7 @@
 
 Every test runs its coroutine under `run_checked`: asyncio's debug mode with a slow-callback
 threshold of 10 ms, and a handler on the `asyncio` logger that collects each "Executing ... took"
-warning. A test fails if a step of the loop took longer than that in each of 3 runs of its
+warning. A test fails if a step of the loop took longer than that in each of 5 runs of its
 scenario: a call that blocks does so every time, while this shared machine's scheduler may stall
 any one step now and then (the control test shows the checker catching a listener that blocks).
 """
@@ -67,7 +67,7 @@ def slow_callbacks() -> Iterator[_SlowCallbacks]:
         logger.removeHandler(handler)
 
 
-ATTEMPTS = 3
+ATTEMPTS = 5
 
 
 def run_checked(main: Callable[[], Awaitable[T]], slow: _SlowCallbacks) -> T:
