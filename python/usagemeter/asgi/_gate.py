@@ -14,6 +14,7 @@ from usagemeter.aio import AsyncMeteringService
 from usagemeter.events import (
     OVERRIDE_DEFAULT_SUBSCRIPTION,
     REGISTER_AVAILABLE_POLICIES,
+    AsyncListenerError,
     OverrideDefaultSubscriptionEvent,
     RegisterAvailablePoliciesEvent,
 )
@@ -74,23 +75,27 @@ def is_async_callable(function: object) -> bool:
 class ActorResolver:
     """Calls the application's ``actor(scope)`` (sync or async) and checks what it returns."""
 
-    __slots__ = ("function", "is_async")
+    __slots__ = ("function",)
 
     def __init__(self, function: object, name: str = "actor") -> None:
-        """Check that ``function`` is callable; note whether it must be awaited."""
+        """Check that ``function`` is callable."""
         if not callable(function):
             raise TypeError(
                 f"{name} must be a function of the ASGI scope returning a usagemeter.Actor or None, "
                 f"not {type(function).__name__}"
             )
         self.function: Callable[[Scope], Any] = function
-        self.is_async = is_async_callable(function)
 
     async def __call__(self, scope: Scope) -> Actor | None:
         """The request's actor, or None; ``TypeError`` if the function returned anything else."""
         actor = self.function(scope)
-        if self.is_async or inspect.isawaitable(actor):
-            actor = await actor
+        if actor is None or type(actor) is Actor:
+            return actor
+        return await self.finish(actor)
+
+    async def finish(self, returned: object) -> Actor | None:
+        """Await what an ``async def`` actor function returned, and check it."""
+        actor = await returned if inspect.isawaitable(returned) else returned
         if actor is None or type(actor) is Actor:
             return actor
         raise TypeError(
@@ -193,16 +198,29 @@ class Gate:
         self.stats = MeteringStats()
 
     async def refusal(self, actor: Actor) -> ErrorKind | None:
-        """Why ``actor`` is refused (a subscription first, then credit), or None."""
+        """Why ``actor`` is refused (a subscription first, then credit), or None.
+
+        The native checks are called directly; only when a plan listener is ``async def`` (the
+        native call raises ``AsyncListenerError``, having done nothing) does the async service
+        make them."""
         service = self.service
+        sync = service.sync
         if self.require_subscription:
-            plan = await service.get_actor_subscription(actor)
+            try:
+                plan = sync.get_actor_subscription(actor)
+            except AsyncListenerError:
+                plan = await service.get_actor_subscription(actor)
             if plan.id == await default_plan_id(service, actor):
                 self.stats.refused_subscription_required += 1
                 return "subscription_required"
-        if self.require_credits and not await service.has_any_usage(actor):
-            self.stats.refused_insufficient_funds += 1
-            return "insufficient_funds"
+        if self.require_credits:
+            try:
+                has_budget = sync.has_any_usage(actor)
+            except AsyncListenerError:
+                has_budget = await service.has_any_usage(actor)
+            if not has_budget:
+                self.stats.refused_insufficient_funds += 1
+                return "insufficient_funds"
         return None
 
 

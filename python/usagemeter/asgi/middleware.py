@@ -4,7 +4,7 @@ bytes, for any ASGI application."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from usagemeter._core import Actor, UnknownUsageType
 from usagemeter.aio import AsyncMeteringService
@@ -19,6 +19,7 @@ from usagemeter.asgi._gate import (
     Send,
     send_json,
 )
+from usagemeter.events import AsyncListenerError
 
 __all__ = ["DEFAULT_EGRESS_USAGE_TYPE", "MeteringMiddleware"]
 
@@ -87,7 +88,11 @@ class MeteringMiddleware:
         )
         self.service: AsyncMeteringService = self._gate.service
         self.stats: MeteringStats = self._gate.stats
-        self._gated = require_credits or require_subscription
+        self._require_credits: bool = require_credits
+        self._require_subscription: bool = require_subscription
+        self._actor_function = self._gate.resolve_actor.function
+        self._has_any_usage = self.service.sync.has_any_usage
+        self._increment_usage = self.service.sync.increment_usage
         exact, prefixes = _exempt(exempt_paths)
         self._exempt_exact = exact
         self._exempt_prefixes = prefixes
@@ -102,19 +107,41 @@ class MeteringMiddleware:
             _check_priced(self.service, egress_usage_type)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handle one ASGI connection."""
-        if scope["type"] != "http" or (self._has_exempt and self._is_exempt(scope["path"])):
+        """Handle one ASGI connection.
+
+        Written for speed (the goal: under 5% of a trivial request under uvicorn, ``make
+        bench-asgi``): the native checks and charges are called directly, not through the async
+        service's coroutines, which only an ``async def`` plan listener needs (the native call
+        then raises ``AsyncListenerError`` having done nothing, and the async service makes it).
+        """
+        if scope["type"] != "http" or (
+            self._has_exempt
+            and ((path := scope["path"]) in self._exempt_exact or path.startswith(self._exempt_prefixes))
+        ):
             await self.app(scope, receive, send)
             return
-        actor = await self._gate.resolve_actor(scope)
-        if actor is None:
-            await self.app(scope, receive, send)
-            return
-        self.stats.requests_metered += 1
-        if self._gated:
+        actor = self._actor_function(scope)
+        if type(actor) is not Actor:
+            if actor is not None:  # an async actor function's coroutine, or a wrong type
+                actor = await self._gate.resolve_actor.finish(actor)
+            if actor is None:
+                await self.app(scope, receive, send)
+                return
+        stats = self.stats
+        stats.requests_metered += 1
+        if self._require_subscription:
             refusal = await self._gate.refusal(actor)
             if refusal is not None:
                 await send_json(send, 402, REFUSALS[refusal])
+                return
+        elif self._require_credits:
+            try:
+                has_budget = self._has_any_usage(actor)
+            except AsyncListenerError:
+                has_budget = await self.service.has_any_usage(actor)
+            if not has_budget:
+                stats.refused_insufficient_funds += 1
+                await send_json(send, 402, REFUSALS["insufficient_funds"])
                 return
         if not self.meter_egress:
             await self.app(scope, receive, send)
@@ -123,33 +150,52 @@ class MeteringMiddleware:
         if extensions and any(name in extensions for name in _FILE_EXTENSIONS):
             kept = {name: value for name, value in extensions.items() if name not in _FILE_EXTENSIONS}
             scope = {**scope, "extensions": kept}
-        egress = _Egress(self, actor, receive, send)
+        # An object rather than closures here: their cell variables would cost every request of
+        # this method, metered or not (measured: 0.4 µs of the 2 µs this method cost).
+        response = _Response(self, actor, receive, send)
         try:
-            await self.app(scope, egress.receive, egress.send)
+            await self.app(scope, response.receive, response.send)
         finally:
-            if not egress.billed:
-                await egress.bill()
+            if not response.billed and response.body_bytes:
+                response.billed = True
+                if not self._bill_now(actor, response.body_bytes):
+                    await self._bill_later(actor, response.body_bytes)
 
-    def _is_exempt(self, path: str) -> bool:
-        return path in self._exempt_exact or path.startswith(self._exempt_prefixes)
+    def _bill_now(self, actor: Actor, body_bytes: int) -> bool:
+        """Charge a response's bytes with the native call; False if it needs an async plan look-up
+        (nothing was recorded: ``_bill_later`` makes it). A failure is logged and counted, never
+        raised into the response, which was sent already."""
+        try:
+            self._increment_usage(actor, self.egress_usage_type, body_bytes)
+        except AsyncListenerError:
+            return False
+        except Exception:
+            self._billing_failed(actor, body_bytes)
+            return True
+        stats = self.stats
+        stats.egress_responses_billed += 1
+        stats.egress_bytes_billed += body_bytes
+        return True
 
-    async def _bill_egress(self, actor: Actor, body_bytes: int) -> None:
-        """One charge for a response's bytes; a failure is logged and counted, never raised into
-        the response (which was sent already)."""
+    async def _bill_later(self, actor: Actor, body_bytes: int) -> None:
+        """``_bill_now`` through the async service, which awaits the plan listeners."""
         try:
             await self.service.increment_usage(actor, self.egress_usage_type, body_bytes)
         except Exception:
-            self.stats.egress_billing_errors += 1
-            logger.exception(
-                "could not bill %d response bytes of %r as %s", body_bytes, actor, self.egress_usage_type
-            )
+            self._billing_failed(actor, body_bytes)
             return
         self.stats.egress_responses_billed += 1
         self.stats.egress_bytes_billed += body_bytes
 
+    def _billing_failed(self, actor: Actor, body_bytes: int) -> None:
+        self.stats.egress_billing_errors += 1
+        logger.exception(
+            "could not bill %d response bytes of %r as %s", body_bytes, actor, self.egress_usage_type
+        )
 
-class _Egress:
-    """The body bytes of one response, billed once."""
+
+class _Response:
+    """The body bytes of one metered response, billed once."""
 
     __slots__ = ("_receive", "_send", "actor", "billed", "body_bytes", "disconnected", "middleware")
 
@@ -169,17 +215,19 @@ class _Egress:
             self.disconnected = True
         return message
 
-    async def send(self, message: Message) -> None:
-        await self._send(message)  # counted once the server took it (it may raise on a disconnect)
+    def send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine itself: the start message goes straight to the server's send.
         if message["type"] == "http.response.body" and not self.disconnected:
-            self.body_bytes += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                await self.bill()
+            return self._send_body(message)
+        return self._send(message)
 
-    async def bill(self) -> None:
-        self.billed = True
-        if self.body_bytes:
-            await self.middleware._bill_egress(self.actor, self.body_bytes)
+    async def _send_body(self, message: Message) -> None:
+        await self._send(message)  # counted once the server took it (it may raise on a disconnect)
+        self.body_bytes += len(message.get("body", b""))
+        if not message.get("more_body", False) and not self.billed:
+            self.billed = True
+            if self.body_bytes and not self.middleware._bill_now(self.actor, self.body_bytes):
+                await self.middleware._bill_later(self.actor, self.body_bytes)
 
 
 def _exempt(paths: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
