@@ -344,6 +344,41 @@ def test_egress_ignores_what_an_app_sends_after_the_disconnect(service: Metering
     assert egress_of(service, "quitter") == {"units": 1000, "cost": 500, "count": 1}
 
 
+def test_egress_is_billed_when_an_async_listener_decides_the_plan() -> None:
+    service = new_service(policies=[PRO])
+    looked_up: list[str] = []
+
+    async def plan(event: GetUserSubscriptionEvent) -> None:
+        await asyncio.sleep(0.001)
+        looked_up.append(event.actor.user_id)
+        event.user_subscription_id = PRO.id
+
+    service.events.on(GET_USER_SUBSCRIPTION, plan)
+    app = egress_app(AsyncMeteringService(service), require_credits=True)
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        # A user never charged: the native charge meets the async listener, the async service
+        # awaits it and charges.
+        assert client.get("/plain", headers={"x-user": "new"}).status_code == 200
+        wait_for(lambda: app.stats.egress_responses_billed == 1)
+    assert egress_of(service, "new") == {"units": 1234, "cost": 617, "count": 1}
+    assert "new" in looked_up
+    assert service.get_actor_subscription(Actor("new")).id == PRO.id
+
+
+def test_a_failed_charge_is_counted_and_logged_and_the_response_stands(
+    service: MeteringService, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = egress_app(service)
+    service.close()  # every charge now raises StoreClosedError
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        response = client.get("/plain", headers={"x-user": "reader"})
+        assert response.status_code == 200
+        assert len(response.content) == 1234
+        wait_for(lambda: app.stats.egress_billing_errors == 1)
+    assert app.stats.egress_responses_billed == 0
+    assert "could not bill 1234 response bytes" in caplog.text
+
+
 def test_a_402_answer_is_not_billed(service: MeteringService) -> None:
     spend_everything(service, "broke")
     app = egress_app(service, require_credits=True)
