@@ -98,7 +98,7 @@ bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (b
 	$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps target/wheels/*.whl
 
 # fleet.py starts its redis-server with tests/redis_support.py, which imports pytest.
-bench: bench-build ## Python API vs reference, sqlite, redis, the native floor and the fleet; writes benches/RESULTS.md
+bench: bench-build ## Python API vs reference, sqlite, redis, the native floor, the fleet and the ASGI gate; writes benches/RESULTS.md
 	$(BENCH_PY) -m pip install --quiet "redis>=5" "pytest>=8" || echo "no redis client: the redis figures are skipped"
 	$(BENCH_PY) benches/run.py --write-results
 	$(BENCH_PY) benches/fleet.py --write-results --made-by="make bench"
