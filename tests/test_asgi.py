@@ -36,6 +36,7 @@ from usagemeter.asgi import (
     MESSAGES,
     MeteringMiddleware,
     PaymentRequired,
+    PaymentRequiredResponse,
     default_plan_id,
     install,
     metering_dependency,
@@ -476,6 +477,45 @@ def test_websocket_and_lifespan_scopes_pass_through(service: MeteringService) ->
     asyncio.run(app({"type": "lifespan"}, receive, send))
     assert seen == [websocket, {"type": "lifespan"}]
     assert app.stats.requests_metered == 0
+
+
+def test_egress_metering_hides_the_file_sending_extensions(service: MeteringService) -> None:
+    seen: list[Scope] = []
+
+    async def inner(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    app = MeteringMiddleware(inner, service, actor=header_actor, meter_egress=True)
+    extensions: dict[str, Any] = {
+        "http.response.pathsend": {},
+        "http.response.zerocopysend": {},
+        "http.response.trailers": {},
+    }
+    scope = {"type": "http", "path": "/", "headers": [(b"x-user", b"reader")], "extensions": extensions}
+    asyncio.run(app(scope, receive, send))
+    # Files then go out as body messages, which are counted; the caller's scope is left alone.
+    assert seen[0]["extensions"] == {"http.response.trailers": {}}
+    assert scope["extensions"] is extensions and len(extensions) == 3
+
+
+def test_a_refusal_closes_a_websocket_handshake() -> None:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    response = PaymentRequiredResponse(PaymentRequired("insufficient_funds"))
+    asyncio.run(response({"type": "websocket"}, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "insufficient_funds"}]
 
 
 def test_importing_usagemeter_asgi_imports_no_framework() -> None:

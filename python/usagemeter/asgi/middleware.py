@@ -109,10 +109,10 @@ class MeteringMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection.
 
-        Written for speed (the goal: under 5% of a trivial request under uvicorn, ``make
-        bench-asgi``): the native checks and charges are called directly, not through the async
-        service's coroutines, which only an ``async def`` plan listener needs (the native call
-        then raises ``AsyncListenerError`` having done nothing, and the async service makes it).
+        Written for speed (``make bench-asgi`` measures it against a trivial app): the native
+        checks and charges are called directly, not through the async service's coroutines,
+        which only an ``async def`` plan listener needs (the native call then raises
+        ``AsyncListenerError`` having done nothing, and the async service makes it).
         """
         if scope["type"] != "http" or (
             self._has_exempt
