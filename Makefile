@@ -28,7 +28,8 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
 .PHONY: help dev test test-rust test-python test-venv lint demo crashloop fleet-long wheel fuzz-store \
-	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-asgi clean
+	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-aio bench-asgi \
+	clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -102,6 +103,7 @@ bench: bench-build ## Python API vs reference, sqlite, redis, the native floor, 
 	$(BENCH_PY) -m pip install --quiet "redis>=5" "pytest>=8" || echo "no redis client: the redis figures are skipped"
 	$(BENCH_PY) benches/run.py --write-results
 	$(BENCH_PY) benches/fleet.py --write-results --made-by="make bench"
+	$(BENCH_PY) benches/aio.py --write-results
 	$(BENCH_PY) -m pip install --quiet $(ASGI_BENCH_PACKAGES)
 	$(BENCH_PY) benches/asgi.py --write-results --made-by="make bench"
 
@@ -111,6 +113,9 @@ bench-store: bench-build ## snapshot/reopen time of 1,000,000 records and throug
 bench-hot-path: bench-build ## ns per call warm and cold, and instructions per call (needs valgrind)
 	$(BENCH_PY) benches/hot_path.py
 	$(BENCH_PY) benches/instructions.py
+
+bench-aio: bench-build ## ns per call of the async API's awaited calls vs the sync ones
+	$(BENCH_PY) benches/aio.py
 
 bench-overuse: bench-build ## ns per call of users far over their allowance vs within it, alarms counted
 	$(BENCH_PY) benches/overuse.py

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sections import write_section  # benches/ is the script's directory, on sys.path
+
 BENCHES = Path(__file__).resolve().parent
 RESULTS = BENCHES / "RESULTS.md"
 
@@ -553,19 +555,6 @@ def render(
     return lines
 
 
-def write_section(path: Path, section: list[str]) -> None:
-    """Replace the asgi section of RESULTS.md (or add it at the end)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    block = "\n".join(section)
-    pattern = re.compile(r"<!-- asgi -->.*?<!-- /asgi -->", flags=re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n## ASGI gate: a trivial app with and without MeteringMiddleware\n\n"
-        text += block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -605,7 +594,12 @@ def main() -> None:
     section = render(results, own, args, command, time.perf_counter() - started)
     print("\n".join(section))
     if args.write_results:
-        write_section(Path(args.write_results), section)
+        write_section(
+            Path(args.write_results),
+            "asgi",
+            "ASGI gate: a trivial app with and without MeteringMiddleware",
+            section,
+        )
         log(f"wrote {args.write_results}")
 
 

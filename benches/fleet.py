@@ -48,6 +48,7 @@ BENCHES = Path(__file__).resolve().parent
 RESULTS = BENCHES / "RESULTS.md"
 sys.path.insert(0, str(BENCHES.parent / "tests"))
 from redis_support import RedisServer  # noqa: E402  (a real redis-server; the module imports pytest)
+from sections import write_section  # noqa: E402  (benches/, the script's directory)
 
 TYPES = {f"fleet:model-{i}:tokens": price for i, price in enumerate((3, 5, 7, 11))}
 COST_MAP = CostMap.from_dict(dict(TYPES))
@@ -654,18 +655,6 @@ def redis_version() -> str:
     return match.group(1) if match else "unknown"
 
 
-def write_section(path: Path, section: list[str]) -> None:
-    """Replace the fleet section of RESULTS.md (or add it at the end)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    block = "\n".join(section)
-    pattern = re.compile(r"<!-- fleet -->.*?<!-- /fleet -->", flags=re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n## Fleet: workers sharing one ledger in Redis\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def load_average() -> str:
     return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -716,7 +705,8 @@ def main() -> None:
     section = render(samples, traffic, races, args, command, seconds, (load_start, load_average()), notes)
     print("\n".join(section))
     if args.write_results:
-        write_section(Path(args.write_results), section)
+        title = "Fleet: workers sharing one ledger in Redis"
+        write_section(Path(args.write_results), "fleet", title, section)
         log(f"wrote {args.write_results}")
 
 

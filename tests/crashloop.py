@@ -287,7 +287,7 @@ def add_into(state: State, change: State) -> None:
 def read_user(service: MeteringService, user: str, violations: list[str]) -> State:
     """A user's October ledger as a flat state; checks on the way that its totals add up."""
     actor = Actor(user)
-    details: dict[str, Any] = service.get_actor_month_usage_details(actor, MONTH)
+    details = service.get_actor_month_usage_details(actor, MONTH)
     usage: dict[str, Any] = details["usage"]
     state: State = {}
     add_into(state, {"total": usage["total"]})

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import HUGE, MAX_PRICE, MAX_UNITS, PRICED_TYPES, PROMPT, new_service, snapshot, usage_of
 from usagemeter import Actor, CostMap, MeteringService, UnknownUsageType
+from usagemeter.types import UsageDetails
 
 # (usage_type, amount, cost_override, exception): each item is wrong on its own.
 BAD_ITEMS: list[tuple[Any, Any, Any, type[Exception]]] = [
@@ -147,7 +148,8 @@ def test_other_bad_arguments(service: MeteringService) -> None:
         service.has_enough_credits_for(actor, "kv:read", 1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         service.has_enough_credits_for(actor, "", 1)
-    assert service.get_actor_current_month_usage_details(actor) == {"usage": {"total": 0}, "app_totals": {}}
+    empty = UsageDetails(usage={"total": 0}, app_totals={})
+    assert service.get_actor_current_month_usage_details(actor) == empty
     assert service.get_actor_addons(actor) == {"purchased_credits": 0, "consumed_purchase_credits": 0}
 
 

@@ -42,8 +42,9 @@ from usagemeter import (
     RegisterAvailablePoliciesEvent,
     UnknownUsageType,
 )
+from usagemeter.types import UsageDetails
 
-EMPTY_DETAILS = {"usage": {"total": 0}, "app_totals": {}}
+EMPTY_DETAILS: UsageDetails = {"usage": {"total": 0}, "app_totals": {}}
 
 
 def add_policy(service: MeteringService, policy: Policy) -> None:

@@ -38,6 +38,7 @@ from test_store import (
 )
 from usagemeter import Actor, StoreCorruptedError, StoreVersionError
 from usagemeter.store import recover_store, verify_store
+from usagemeter.types import UsageDetails
 
 THIS_FILE = Path(__file__).resolve()
 CHILD_TIMEOUT = 60.0
@@ -388,7 +389,7 @@ def test_recover_keeps_every_sound_record_and_reports_the_dropped(backend: str, 
         assert blocks == original[3 : 3 + len(blocks)]  # every other user exactly as before
         assert service.get_global_usage()["total"] == as_dict(original[0])["total"] - VICTIM_COST
         victim = service.get_actor_month_usage_details(Actor(VICTIM_USER), "2026-10")
-        assert victim == {"usage": {"total": 0}, "app_totals": {}}
+        assert victim == UsageDetails(usage={"total": 0}, app_totals={})
     assert recovered["kept"] + len(recovered["dropped"]) == records
 
 

@@ -7,6 +7,21 @@ from typing import Any, Self, TypeVar, final
 
 from typing_extensions import disjoint_base
 
+from usagemeter.policies import Policy
+from usagemeter.types import (
+    ActorBudget,
+    AddonCredits,
+    AllowedUsage,
+    AppTotals,
+    ServiceStats,
+    StoreCopy,
+    StoreRecovery,
+    StoreSummary,
+    SyncStats,
+    UsageDetails,
+    UsageReport,
+)
+
 __all__ = [
     "GLOBAL_APP",
     "MANUAL_ADJUSTMENT",
@@ -62,10 +77,10 @@ class StoreWriteError(StoreError):
 class StoreClosedError(StoreError):
     """The service was closed."""
 
-def verify_store(path: str | os.PathLike[str]) -> dict[str, Any]:
+def verify_store(path: str | os.PathLike[str]) -> StoreSummary:
     """Check every record of the store at ``path`` (taking its lock) and describe it."""
 
-def recover_store(path: str | os.PathLike[str]) -> dict[str, Any]:
+def recover_store(path: str | os.PathLike[str]) -> StoreRecovery:
     """Keep every record of the store at ``path`` whose checksum holds; delete the others."""
 
 def copy_store(
@@ -73,7 +88,7 @@ def copy_store(
     destination: str,
     source_backend: str | None = None,
     destination_backend: str | None = None,
-) -> dict[str, int]:
+) -> StoreCopy:
     """Copy every user of ``source`` into a new store at ``destination`` (a directory or a
     ``redis://`` URL, either way); returns ``{"users": n, "user_months": m}``."""
 
@@ -176,7 +191,7 @@ class MeteringCore:
         """Errors of background snapshots not yet raised as ``store_error`` alarms."""
     def _account_count(self) -> int:
         """How many users have an account in the ledger (tests: read-only checks create none)."""
-    def _sync_stats(self) -> dict[str, int] | None:
+    def _sync_stats(self) -> SyncStats | None:
         """This worker's sync traffic with the shared ledger (None without one)."""
     @property
     def _worker_id(self) -> str | None:
@@ -227,6 +242,15 @@ class MeteringCore:
     ) -> tuple[bool, int | None]:
         """``try_increment_usage`` that never waits on the shared ledger: ``(True, total or None)``
         when decided, ``(False, None)`` (nothing recorded) when only a lease request could decide."""
+    def try_batch_increment_usages(
+        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+    ) -> int | None:
+        """Record the items as one atomic event only if the remaining budget covers them all;
+        return the new month total, or None (nothing recorded)."""
+    def _try_batch_increment_usages_nowait(
+        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+    ) -> tuple[bool, int | None]:
+        """``try_batch_increment_usages`` that never waits on the shared ledger."""
     def cost_of(self, usage_type: str, amount: int, cost_override: int | None = None) -> int:
         """What ``amount`` units of ``usage_type`` cost in µ¢ (rounded half up, as reports round)."""
     def cost_of_usages(self, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> int:
@@ -243,9 +267,7 @@ class MeteringCore:
     ) -> int:
         """The most units of ``usage_type`` the remaining budget pays for after ``reserved``
         (0 when nothing is left; 2**64-1 for a free type or the system actor)."""
-    def _plan_cached(self, actor: Actor) -> bool:
-        """Whether the actor's plan is cached and fresh (a call now runs no event listener)."""
-    def _stats(self) -> dict[str, int]:
+    def _stats(self) -> ServiceStats:
         """``refusals``; with a store also ``store_failures`` and ``store_lag_ms``."""
     def has_enough_credits_for(self, actor: Actor, usage_type: str, amount: int) -> bool:
         """Whether the user's remaining budget covers ``amount`` units of ``usage_type``."""
@@ -257,11 +279,11 @@ class MeteringCore:
         """Whether the user recorded any usage this month (False for the system actor)."""
     def get_remaining_usage(self, actor: Actor) -> int:
         """Allowance left this month plus purchased credit left, in µ¢."""
-    def get_allowed_usage(self, actor: Actor) -> dict[str, Any]:
+    def get_allowed_usage(self, actor: Actor) -> AllowedUsage:
         """``{"remaining", "monthly_allowance", "addons": {...}}`` in µ¢ (addons: purchased, consumed)."""
-    def get_actor_budget(self, actor: Actor) -> dict[str, int]:
+    def get_actor_budget(self, actor: Actor) -> ActorBudget:
         """This month's pools: allowance used, purchased credit, overage and what remains, in µ¢."""
-    def get_actor_addons(self, actor: Actor) -> dict[str, int]:
+    def get_actor_addons(self, actor: Actor) -> AddonCredits:
         """``{"purchased_credits", "consumed_purchase_credits"}`` in µ¢ (lifetime)."""
     def update_addon_credit(self, user_id: str, amount: int) -> int:
         """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total."""
@@ -271,24 +293,24 @@ class MeteringCore:
         Purchased credit is left alone: raising the total fills the allowance, then overage;
         lowering it gives back overage, then allowance. ``ValueError`` below what purchased credit
         paid this month."""
-    def get_actor_month_usage_details(self, actor: Actor, month: str) -> dict[str, Any]:
+    def get_actor_month_usage_details(self, actor: Actor, month: str) -> UsageDetails:
         """The user's usage in a month (``YYYY-MM``, UTC): ``{"usage": {...}, "app_totals": {...}}``."""
-    def get_actor_current_month_usage_details(self, actor: Actor) -> dict[str, Any]:
+    def get_actor_current_month_usage_details(self, actor: Actor) -> UsageDetails:
         """The user's usage this month: ``{"usage": {...}, "app_totals": {...}}``."""
     def get_actor_current_month_app_usage_details(
         self, actor: Actor, app_id: str | None = None
-    ) -> dict[str, Any]:
+    ) -> UsageReport:
         """The user's usage this month through one app (default: the actor's own app)."""
-    def get_actor_app_usage(self, actor: Actor, app_id: str) -> dict[str, int]:
+    def get_actor_app_usage(self, actor: Actor, app_id: str) -> AppTotals:
         """``{"total", "count"}`` of the user's usage this month through one app."""
-    def get_global_usage(self) -> dict[str, Any]:
+    def get_global_usage(self) -> UsageReport:
         """This month's usage over all actors: ``{"total", "<type>": {"units", "cost", "count"}}``.
 
         Summed from the actors' records when called (7-10 ms per 10,000 actors of 10 usage
         types each), so that no charge updates a figure shared by every actor. Raises ``OverflowError`` if the
         total leaves the ledger's range (10^24 µ¢: a million actors at their own limit).
         """
-    def get_actor_subscription(self, actor: Actor) -> Any:
+    def get_actor_subscription(self, actor: Actor) -> Policy:
         """The actor's plan (a ``Policy``; cached per user for ``subscription_ttl`` seconds)."""
     def invalidate_subscription(self, user_id: str) -> None:
         """Forget the cached plan of a user, so the next call resolves it again (a look-up already

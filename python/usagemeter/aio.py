@@ -28,6 +28,15 @@ from usagemeter._core import Actor, CostMap, Meter
 from usagemeter.events import AsyncListenerError, EventBus
 from usagemeter.policies import Policy
 from usagemeter.service import MeteringService
+from usagemeter.types import (
+    ActorBudget,
+    ActorReport,
+    AddonCredits,
+    AllowedUsage,
+    AppTotals,
+    UsageDetails,
+    UsageReport,
+)
 
 __all__ = ["AsyncMeter", "AsyncMeteringService"]
 
@@ -184,6 +193,17 @@ class AsyncMeteringService:
         items = list(usages)  # an iterator would be spent by a first attempt
         return await self._with_plan(actor, self.sync.batch_increment_usages, actor, items)
 
+    async def try_batch_increment_usages(self, actor: Actor, usages: Usages) -> int | None:
+        """Record the items atomically only if the remaining budget covers them all; the new
+        total or None. On a fleet, a charge that needs a new lease runs in a worker thread."""
+        items = list(usages)
+        decided, total = await self._with_plan(
+            actor, self.sync._try_batch_increment_usages_nowait, actor, items
+        )
+        if decided:
+            return total
+        return await _in_thread(self.sync.try_batch_increment_usages, actor, items)
+
     async def record_usage_object(
         self,
         usage: Any,
@@ -248,11 +268,11 @@ class AsyncMeteringService:
         """Allowance left this month plus purchased credit left, in µ¢."""
         return await self._with_plan(actor, self.sync.get_remaining_usage, actor)
 
-    async def get_allowed_usage(self, actor: Actor) -> dict[str, Any]:
+    async def get_allowed_usage(self, actor: Actor) -> AllowedUsage:
         """``{"remaining", "monthly_allowance", "addons": {...}}`` in µ¢."""
         return await self._with_plan(actor, self.sync.get_allowed_usage, actor)
 
-    async def get_actor_budget(self, actor: Actor) -> dict[str, int]:
+    async def get_actor_budget(self, actor: Actor) -> ActorBudget:
         """This month's pools: allowance used, purchased credit, overage and what remains."""
         return await self._with_plan(actor, self.sync.get_actor_budget, actor)
 
@@ -265,31 +285,35 @@ class AsyncMeteringService:
         """Forget the cached plan of a user."""
         self.sync.invalidate_subscription(user_id)
 
-    async def get_actor_addons(self, actor: Actor) -> dict[str, int]:
+    async def get_actor_addons(self, actor: Actor) -> AddonCredits:
         """``{"purchased_credits", "consumed_purchase_credits"}`` in µ¢ (lifetime)."""
         return self.sync.get_actor_addons(actor)
 
     # Reports.
 
-    async def get_actor_current_month_usage_details(self, actor: Actor) -> dict[str, Any]:
+    async def get_actor_current_month_usage_details(self, actor: Actor) -> UsageDetails:
         """The user's usage this month: ``{"usage": {...}, "app_totals": {...}}``."""
         return self.sync.get_actor_current_month_usage_details(actor)
 
-    async def get_actor_month_usage_details(self, actor: Actor, month: str) -> dict[str, Any]:
+    async def get_actor_month_usage_details(self, actor: Actor, month: str) -> UsageDetails:
         """The user's usage in a month (``YYYY-MM``, UTC)."""
         return self.sync.get_actor_month_usage_details(actor, month)
 
     async def get_actor_current_month_app_usage_details(
         self, actor: Actor, app_id: str | None = None
-    ) -> dict[str, Any]:
+    ) -> UsageReport:
         """The user's usage this month through one app (default: the actor's own app)."""
         return self.sync.get_actor_current_month_app_usage_details(actor, app_id)
 
-    async def get_actor_app_usage(self, actor: Actor, app_id: str) -> dict[str, int]:
+    async def get_actor_app_usage(self, actor: Actor, app_id: str) -> AppTotals:
         """``{"total", "count"}`` of the user's usage this month through one app."""
         return self.sync.get_actor_app_usage(actor, app_id)
 
-    async def get_global_usage(self) -> dict[str, Any]:
+    async def get_actor_report(self, actor: Actor, month: str | None = None) -> ActorReport:
+        """A user's month in one call: plan, budget, usage by type and by app."""
+        return await self._with_plan(actor, self.sync.get_actor_report, actor, month)
+
+    async def get_global_usage(self) -> UsageReport:
         """This month's usage over all actors (summed in a worker thread: it scans every user)."""
         return await _in_thread(self.sync.get_global_usage)
 

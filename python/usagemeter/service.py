@@ -33,6 +33,8 @@ from usagemeter.events import (
     RegisterAvailablePoliciesEvent,
 )
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
+from usagemeter.providers import _priced_items
+from usagemeter.types import ActorReport
 
 __all__ = ["PLAN_EVENTS", "SERVICE_METHODS", "MeteringService", "MeteringServiceWrapper"]
 
@@ -328,26 +330,79 @@ class MeteringService(MeteringCore):
         for message in self._take_store_errors():
             self._raise_alarm("store_error", Actor.system(), None, message)
 
+    def get_actor_report(self, actor: Actor, month: str | None = None) -> ActorReport:
+        """A user's month in one call: plan, budget, usage by type and by app (``ActorReport``).
+
+        ``month`` is ``YYYY-MM`` (UTC), default the current month on the service's clock.
+        ``budget`` is ``get_actor_budget(actor)`` for the current month and None for another
+        (``get_actor_budget`` reads the current month only); ``plan_id`` is the user's plan now.
+        The figures are read one after another, not as one atomic view: a charge made meanwhile
+        may show in one part and not yet in another. ``ValueError`` for the system actor (never
+        metered) or a bad month.
+        """
+        if not isinstance(actor, Actor):
+            raise TypeError(f"actor must be a usagemeter.Actor, not {type(actor).__name__}")
+        if actor.is_system:
+            raise ValueError("the system actor is not metered: it has no report")
+        if month is not None and not isinstance(month, str):
+            raise TypeError(f"month must be a 'YYYY-MM' string or None, not {type(month).__name__}")
+        # At a month's end the parts could be of two months: read them again in the new one (a
+        # clock that changes month between every two reads would be broken: stop after three).
+        for _ in range(3):
+            current = _month_label(float(self._clock()))
+            wanted = current if month is None else month
+            details = self.get_actor_month_usage_details(actor, wanted)  # checks the month's form
+            plan_id = self.get_actor_subscription(actor).id
+            budget = self.get_actor_budget(actor) if wanted == current else None
+            if _month_label(float(self._clock())) == current:
+                break
+        return {
+            "user_id": actor.user_id,
+            "month": wanted,
+            "plan_id": plan_id,
+            "budget": budget,
+            "usage": details["usage"],
+            "app_totals": details["app_totals"],
+        }
+
     def record_usage_object(
         self,
-        usage: Mapping[str, int],
+        usage: object,
         actor: Actor,
         model_prefix: str,
         cost_overrides: Mapping[str, int] | None = None,
     ) -> int:
-        """Book ``f"{model_prefix}:{kind}"`` for each ``kind: amount`` of ``usage``, atomically.
+        """Book a provider's usage report for a model, as one atomic batch; return the month total.
 
-        ``cost_overrides`` maps a kind to the cost (µ¢) of that whole item. Returns the user's
-        month total in µ¢.
+        ``usage`` is the usage object as the provider returned it: a dict, or an SDK object
+        (``openai.types.CompletionUsage``, ``openai.types.responses.ResponseUsage``,
+        ``anthropic.types.Usage``, ...). ``model_prefix`` is ``"<provider>:<model>"``, e.g.
+        ``"openai:gpt-5.1"`` or ``"claude:claude-sonnet-4-5"`` (an undated model is priced as its
+        newest dated snapshot). For the providers ``usagemeter.providers.PROVIDERS`` knows
+        (OpenAI chat and responses, Anthropic, Gemini, Mistral, xAI, DeepSeek, Groq, Together,
+        OpenRouter) each field is mapped onto the cost map's names: totals are ignored, nothing is
+        counted twice, and cached, cache-write and reasoning tokens are priced apart when the cost
+        map has prices for them. For another provider each field ``kind`` is booked as
+        ``f"{model_prefix}:{kind}"`` and must be an int. ``usagemeter.providers.usage_items``
+        shows what a payload books without recording it.
+
+        ``cost_overrides`` maps a kind (the last segment of a booked usage type, e.g.
+        ``"prompt_tokens"``) to the cost in µ¢ of that whole item; a kind the payload does not map
+        to raises ``ValueError``. Bad counts raise ``ValueError`` / ``TypeError`` naming the field,
+        an unpriced usage type ``UnknownUsageType``, and nothing is recorded.
         """
-        if not isinstance(model_prefix, str) or not model_prefix:
-            raise ValueError("model_prefix must be a non-empty string")
+        items, kinds = _priced_items(usage, model_prefix, self.cost_map)
         overrides = dict(cost_overrides or {})
-        unknown = set(overrides) - set(usage)
+        unknown = set(overrides) - kinds
         if unknown:
-            raise ValueError(f"cost_overrides name kinds that are not in usage: {sorted(unknown)}")
-        items = [(f"{model_prefix}:{kind}", amount, overrides.get(kind)) for kind, amount in usage.items()]
-        return self.batch_increment_usages(actor, items)
+            raise ValueError(
+                f"cost_overrides name kinds that this usage does not book: {sorted(unknown)} "
+                f"(it books {sorted(kinds)})"
+            )
+        batch = [
+            (usage_type, units, overrides.get(usage_type.rsplit(":", 1)[1])) for usage_type, units in items
+        ]
+        return self.batch_increment_usages(actor, batch)
 
 
 def _check_seconds(name: str, value: object) -> None:
@@ -478,6 +533,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "meter",
     "try_increment_usage",
     "batch_increment_usages",
+    "try_batch_increment_usages",
     "record_usage_object",
     "has_enough_credits_for",
     "has_enough_credits_for_usages",
@@ -504,6 +560,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "check_global_usage_rate",
     "flush",
     "close",
+    "get_actor_report",
 )
 """Every public method of ``MeteringService``, as ``MeteringServiceWrapper`` exposes them."""
 

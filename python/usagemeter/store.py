@@ -12,9 +12,9 @@ ledger at a ``redis://`` URL) into a new one, either way: sled or redb into Redi
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from usagemeter import _core
+from usagemeter.types import StoreCopy, StoreRecovery, StoreSummary
 
 __all__ = ["SHARED_URL_SCHEMES", "copy_store", "is_shared_url", "recover_store", "verify_store"]
 
@@ -22,7 +22,7 @@ __all__ = ["SHARED_URL_SCHEMES", "copy_store", "is_shared_url", "recover_store",
 SHARED_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+unix://")
 
 
-def verify_store(path: str | os.PathLike[str]) -> dict[str, Any]:
+def verify_store(path: str | os.PathLike[str]) -> StoreSummary:
     """Check every record of the store at ``path``.
 
         Returns ``{"backend", "format_version", "generation", "records", "users", "user_months"}``;
@@ -32,7 +32,7 @@ def verify_store(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _core.verify_store(os.fspath(path))
 
 
-def recover_store(path: str | os.PathLike[str]) -> dict[str, Any]:
+def recover_store(path: str | os.PathLike[str]) -> StoreRecovery:
     """Keep every record of the store at ``path`` whose checksum holds; delete the others.
 
     Returns ``{"kept": int, "dropped": [description, ...]}``.
@@ -54,7 +54,7 @@ def copy_store(
     *,
     source_backend: str | None = None,
     destination_backend: str | None = None,
-) -> dict[str, int]:
+) -> StoreCopy:
     """Copy every user of the store at ``source`` into a new store at ``destination``.
 
     Either may be a store directory (sled or redb) or a shared ledger's URL (``redis://...``; a

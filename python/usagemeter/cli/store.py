@@ -16,7 +16,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypeVar
 
 from usagemeter import CostMap, MeteringService, StoreError, StoreLockedError
 from usagemeter.cli.output import Printer, count
@@ -133,7 +133,10 @@ def _describe(value: object) -> str:
     return str(value)
 
 
-def _run_store_tool(command: str, store: str, tool: Callable[[str], dict[str, Any]]) -> dict[str, Any] | None:
+_Result = TypeVar("_Result")
+
+
+def _run_store_tool(command: str, store: str, tool: Callable[[str], _Result]) -> _Result | None:
     """Runs ``tool(store)`` for ``usagemeter store COMMAND``: its result, or None after printing why not."""
     problem = store_problem(store, need_manifest=False)
     if problem is not None:

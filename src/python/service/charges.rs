@@ -225,6 +225,58 @@ impl MeteringCore {
         }
     }
 
+    /// A batch's items, checked, then recorded under `how` (`None` for the system actor, whose
+    /// items are only checked).
+    fn batch(
+        &self,
+        py: Python<'_>,
+        actor: &Bound<'_, PyAny>,
+        usages: &Bound<'_, PyAny>,
+        (mode, wait): (ChargeMode, Wait),
+    ) -> PyResult<Option<Receipt>> {
+        let actor_ref = as_actor(actor)?;
+        let owned = owned_items(usages)?;
+        let items = usage_items(&owned)?;
+        if actor_ref.is_system {
+            self.ensure_open()?;
+            for item in &items {
+                self.ledger.check_item(item).map_err(ledger_error)?;
+            }
+            return Ok(None);
+        }
+        self.charge(py, actor, actor_ref, &items, mode, wait)
+            .map(Some)
+    }
+
+    /// What a `try_*` call returns: the new total, or None when refused (counted for metrics).
+    fn try_result<'py>(
+        &self,
+        py: Python<'py>,
+        receipt: Option<Receipt>,
+    ) -> Option<Bound<'py, PyInt>> {
+        match receipt {
+            None => Some(money_to_int(py, Money::ZERO)),
+            Some(receipt) if receipt.accepted => Some(money_to_int(py, receipt.month_total)),
+            Some(_) => {
+                self.refused();
+                None
+            }
+        }
+    }
+
+    /// What a `_try_*_nowait` call returns: `(True, total or None)` when decided, `(False, None)`
+    /// when only a lease request to the fleet could decide (nothing was recorded).
+    fn try_result_nowait<'py>(
+        &self,
+        py: Python<'py>,
+        receipt: Option<Receipt>,
+    ) -> (bool, Option<Bound<'py, PyInt>>) {
+        match receipt {
+            Some(ref refused) if !refused.accepted && refused.ask_fleet => (false, None),
+            receipt => (true, self.try_result(py, receipt)),
+        }
+    }
+
     fn raise_alarms(
         &self,
         py: Python<'_>,
@@ -355,14 +407,7 @@ impl MeteringCore {
             cost_override,
             (ChargeMode::IfAffordable, Wait::Allowed),
         )?;
-        Ok(match receipt {
-            None => Some(money_to_int(py, Money::ZERO)),
-            Some(receipt) if receipt.accepted => Some(money_to_int(py, receipt.month_total)),
-            Some(_) => {
-                self.refused();
-                None
-            }
-        })
+        Ok(self.try_result(py, receipt))
     }
 
     /// `try_increment_usage` that never waits on the shared ledger (for `usagemeter.aio`):
@@ -386,17 +431,7 @@ impl MeteringCore {
             cost_override,
             (ChargeMode::IfAffordable, Wait::Never),
         )?;
-        Ok(match receipt {
-            None => (true, Some(money_to_int(py, Money::ZERO))),
-            Some(receipt) if receipt.accepted => {
-                (true, Some(money_to_int(py, receipt.month_total)))
-            }
-            Some(receipt) if receipt.ask_fleet => (false, None),
-            Some(_) => {
-                self.refused();
-                (true, None)
-            }
-        })
+        Ok(self.try_result_nowait(py, receipt))
     }
 
     /// Records several usages as one atomic event: all validated first, all or nothing.
@@ -406,25 +441,35 @@ impl MeteringCore {
         actor: &Bound<'py, PyAny>,
         usages: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyInt>> {
-        let actor_ref = as_actor(actor)?;
-        let owned = owned_items(usages)?;
-        let items = usage_items(&owned)?;
-        if actor_ref.is_system {
-            self.ensure_open()?;
-            for item in &items {
-                self.ledger.check_item(item).map_err(ledger_error)?;
-            }
-            return Ok(money_to_int(py, Money::ZERO));
-        }
-        let receipt = self.charge(
+        let receipt = self.batch(py, actor, usages, (ChargeMode::Always, Wait::Allowed))?;
+        Ok(money_to_int(
             py,
-            actor,
-            actor_ref,
-            &items,
-            ChargeMode::Always,
-            Wait::Allowed,
-        )?;
-        Ok(money_to_int(py, receipt.month_total))
+            receipt.map_or(Money::ZERO, |r| r.month_total),
+        ))
+    }
+
+    /// Records several usages as one atomic event only if the user's remaining budget covers
+    /// them all together; returns the new month total, or None (nothing recorded).
+    fn try_batch_increment_usages<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        usages: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyInt>>> {
+        let receipt = self.batch(py, actor, usages, (ChargeMode::IfAffordable, Wait::Allowed))?;
+        Ok(self.try_result(py, receipt))
+    }
+
+    /// `try_batch_increment_usages` that never waits on the shared ledger (for `usagemeter.aio`),
+    /// answered as `_try_increment_usage_nowait` answers.
+    fn _try_batch_increment_usages_nowait<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        usages: &Bound<'py, PyAny>,
+    ) -> PyResult<(bool, Option<Bound<'py, PyInt>>)> {
+        let receipt = self.batch(py, actor, usages, (ChargeMode::IfAffordable, Wait::Never))?;
+        Ok(self.try_result_nowait(py, receipt))
     }
 
     /// Adds purchased credit (µ¢, >= 0) to a user; returns the user's purchased total.

@@ -137,18 +137,6 @@ impl MeteringCore {
         self.policy(py, actor, actor_ref, now_ms)
     }
 
-    /// Whether the actor's plan is cached and fresh, so that a call for it now runs no event
-    /// listener (for `usagemeter.aio`, which resolves a missing plan with async listeners first).
-    /// Always False for the system actor, whose plan is never cached.
-    fn _plan_cached(&self, py: Python<'_>, actor: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let actor = as_actor(actor)?;
-        if actor.is_system {
-            return Ok(false);
-        }
-        let now_ms = self.now_ms(py)?;
-        Ok(self.cached_plan(&actor.user_id, now_ms, |_| ()).is_some())
-    }
-
     /// Forgets the cached plan of a user, so the next call resolves it again. A look-up already
     /// running when this is called does not cache the plan it read (it may be the old one).
     fn invalidate_subscription(&self, user_id: &str) -> PyResult<()> {
