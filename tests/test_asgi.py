@@ -16,6 +16,7 @@ import httpx
 import pytest
 from asgi_support import serve
 from fastapi import Depends, FastAPI
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -43,6 +44,7 @@ from usagemeter.asgi import (
     stats_of,
     usage_app,
 )
+from usagemeter.prometheus import MeteringCollector
 
 EGRESS = "egress:bytes"
 PRICES: dict[str, int | str | Decimal] = {"work:unit": 1_000_000, EGRESS: "0.5", "kv:write": 125}
@@ -135,6 +137,36 @@ def test_insufficient_funds_answers_402_with_the_exact_body(service: MeteringSer
         "egress_bytes_billed": 0,
         "egress_billing_errors": 0,
     }
+
+
+def test_the_prometheus_collector_reads_the_middlewares_and_the_dependencys_counters(
+    service: MeteringService,
+) -> None:
+    spend_everything(service, "broke")
+    middleware = MeteringMiddleware(
+        starlette_app([Route("/plain", plain_body)]),
+        service,
+        actor=header_actor,
+        require_credits=True,
+        meter_egress=True,
+    )
+    gate = metering_dependency(service, actor=header_actor)
+    with serve(middleware) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/plain", headers={"x-user": "broke"}).status_code == 402
+        assert client.get("/plain", headers={"x-user": "rich"}).status_code == 200
+        wait_for(lambda: middleware.stats.egress_responses_billed == 1)
+    registry = CollectorRegistry()
+    collector = MeteringCollector(service, gates=[middleware, gate])
+    registry.register(collector)
+    try:
+        metrics = generate_latest(registry).decode()
+    finally:
+        collector.close()
+    assert 'usagemeter_gate_refusals_total{reason="insufficient_funds"} 1.0' in metrics
+    assert 'usagemeter_gate_refusals_total{reason="subscription_required"} 0.0' in metrics
+    assert "usagemeter_gate_requests_metered_total 2.0" in metrics
+    assert "usagemeter_gate_egress_bytes_billed_total 1234.0" in metrics
+    assert middleware.metering_stats() == middleware.stats.as_dict()
 
 
 def test_credit_bought_after_a_refusal_opens_the_gate(service: MeteringService) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from usagemeter._core import Actor
@@ -153,7 +153,18 @@ class MeteringStats:
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""
-        return asdict(self)
+        return {
+            "requests_metered": self.requests_metered,
+            "refused_insufficient_funds": self.refused_insufficient_funds,
+            "refused_subscription_required": self.refused_subscription_required,
+            "egress_responses_billed": self.egress_responses_billed,
+            "egress_bytes_billed": self.egress_bytes_billed,
+            "egress_billing_errors": self.egress_billing_errors,
+        }
+
+    def metering_stats(self) -> dict[str, int]:
+        """``as_dict()``: what ``usagemeter.prometheus`` reads from a gate (``GateStats``)."""
+        return self.as_dict()
 
 
 class PaymentRequired(Exception):

@@ -36,7 +36,8 @@ def metering_dependency(
 
     ``actor(scope)`` is as for the middleware (sync or ``async def``). The dependency takes a
     Starlette ``HTTPConnection``, so it works on websocket routes too, where a refusal closes the
-    handshake with code 1008. Its counters are the function's ``.stats`` (``MeteringStats``).
+    handshake with code 1008. Its counters are the function's ``.stats`` (``MeteringStats``), and
+    its ``metering_stats()`` is what ``usagemeter.prometheus.MeteringCollector(gates=...)`` reads.
     Starlette is imported when this is called, never by ``import usagemeter``.
     """
     from starlette.requests import HTTPConnection
@@ -64,6 +65,8 @@ def metering_dependency(
         return_annotation=Actor | None,
     )
     dependency.stats = gate.stats  # type: ignore[attr-defined]
+    # What usagemeter.prometheus reads from a gate: MeteringCollector(service, gates=[dependency]).
+    dependency.metering_stats = gate.stats.as_dict  # type: ignore[attr-defined]
     dependency.__qualname__ = dependency.__name__ = "metering_dependency"
     return dependency
 

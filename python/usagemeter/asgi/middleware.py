@@ -161,6 +161,11 @@ class MeteringMiddleware:
                 if not self._bill_now(actor, response.body_bytes):
                     await self._bill_later(actor, response.body_bytes)
 
+    def metering_stats(self) -> dict[str, int]:
+        """``stats.as_dict()``: the counters ``usagemeter.prometheus`` reads (a ``GateStats``:
+        ``MeteringCollector(service, gates=[middleware])``)."""
+        return self.stats.as_dict()
+
     def _bill_now(self, actor: Actor, body_bytes: int) -> bool:
         """Charge a response's bytes with the native call; False if it needs an async plan look-up
         (nothing was recorded: ``_bill_later`` makes it). A failure is logged and counted, never
