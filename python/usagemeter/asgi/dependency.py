@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol, cast
 
 from usagemeter._core import Actor
 from usagemeter.asgi._gate import Gate, MeteringStats, PaymentRequired, PaymentRequiredResponse
 
 __all__ = ["MeteringDependency", "install", "metering_dependency", "payment_required_handler", "stats_of"]
 
-MeteringDependency = Callable[[Any], Awaitable[Actor | None]]
-"""``async def dependency(connection: HTTPConnection) -> Actor | None``, with ``.stats``."""
+
+class MeteringDependency(Protocol):
+    """What ``metering_dependency`` returns: ``async def (connection: HTTPConnection) -> Actor |
+    None``, with its counters as ``.stats`` and ``metering_stats()`` (a prometheus ``GateStats``)."""
+
+    stats: MeteringStats
+
+    def __call__(self, connection: Any) -> Awaitable[Actor | None]:
+        """Check the request; return its actor (None: not metered) or raise ``PaymentRequired``."""
+        ...
+
+    def metering_stats(self) -> dict[str, int]:
+        """The counters by name."""
+        ...
 
 
 def metering_dependency(
@@ -68,7 +80,7 @@ def metering_dependency(
     # What usagemeter.prometheus reads from a gate: MeteringCollector(service, gates=[dependency]).
     dependency.metering_stats = gate.stats.as_dict  # type: ignore[attr-defined]
     dependency.__qualname__ = dependency.__name__ = "metering_dependency"
-    return dependency
+    return cast(MeteringDependency, dependency)
 
 
 def stats_of(dependency: MeteringDependency) -> MeteringStats:
