@@ -304,8 +304,10 @@ class StackResult:
 
 def bench_stack(stack: str, args: argparse.Namespace) -> StackResult:
     http, loop = STACKS[stack]
-    servers = {mode: start_server(mode, http, loop) for mode in ("plain", "metered")}
+    servers: dict[str, Server] = {}
     try:
+        for mode in ("plain", "metered"):
+            servers[mode] = start_server(mode, http, loop)  # in the try: a failed start stops both
         # Checked before timing.
         assert one_request(servers["plain"].port) == (200, b"ok")
         assert one_request(servers["metered"].port) == (200, b"ok")
