@@ -508,7 +508,7 @@ def render(
     ]
     for result in results:
         if result.instructions is None:
-            lines.append(f"| {result.stack} | not measured: valgrind is not installed | | | | |")
+            lines.append(f"| {result.stack} | not measured (no valgrind, or --no-instructions) | | | | |")
             continue
         plain_count, metered_count = result.instructions["plain"], result.instructions["metered"]
         ratio = metered_count / plain_count
