@@ -28,7 +28,8 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
 .PHONY: help dev test test-rust test-python test-venv lint demo crashloop fleet-long wheel fuzz-store \
-	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-aio clean
+	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-aio bench-asgi \
+	clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -98,11 +99,13 @@ bench-build: $(VENV)/bin/activate ## release build installed into .venv-bench (b
 	$(BENCH_PY) -m pip install --quiet --force-reinstall --no-deps target/wheels/*.whl
 
 # fleet.py starts its redis-server with tests/redis_support.py, which imports pytest.
-bench: bench-build ## Python API vs reference, sqlite, redis, the native floor and the fleet; writes benches/RESULTS.md
+bench: bench-build ## Python API vs reference, sqlite, redis, the native floor, the fleet and the ASGI gate; writes benches/RESULTS.md
 	$(BENCH_PY) -m pip install --quiet "redis>=5" "pytest>=8" || echo "no redis client: the redis figures are skipped"
 	$(BENCH_PY) benches/run.py --write-results
 	$(BENCH_PY) benches/fleet.py --write-results --made-by="make bench"
 	$(BENCH_PY) benches/aio.py --write-results
+	$(BENCH_PY) -m pip install --quiet $(ASGI_BENCH_PACKAGES)
+	$(BENCH_PY) benches/asgi.py --write-results --made-by="make bench"
 
 bench-store: bench-build ## snapshot/reopen time of 1,000,000 records and throughput with snapshots
 	$(BENCH_PY) benches/bench_store.py
@@ -121,6 +124,13 @@ bench-fleet: bench-build ## workers sharing a Redis ledger vs store=None and a L
 	scripts/ensure_redis.sh
 	$(BENCH_PY) -m pip install --quiet "redis>=5" "pytest>=8"
 	$(BENCH_PY) benches/fleet.py --write-results --made-by="make bench-fleet"
+
+# uvicorn, with httptools and uvloop (what `uvicorn[standard]` brings), for the servers under test.
+ASGI_BENCH_PACKAGES := "uvicorn>=0.30" "httptools>=0.6" "uvloop>=0.19"
+
+bench-asgi: bench-build ## a trivial app under uvicorn with and without MeteringMiddleware; writes benches/RESULTS.md
+	$(BENCH_PY) -m pip install --quiet $(ASGI_BENCH_PACKAGES)
+	$(BENCH_PY) benches/asgi.py --write-results --made-by="make bench-asgi"
 
 clean: ## remove build outputs
 	rm -rf target dist $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .hypothesis
