@@ -62,8 +62,8 @@ test-venv: $(VENV)/bin/activate ## `make dev` from inside an activated venv buil
 lint: $(VENV)/bin/activate ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests scripts benches
-	$(VENV)/bin/ruff format --check python tests scripts benches
+	$(VENV)/bin/ruff check python tests scripts benches examples
+	$(VENV)/bin/ruff format --check python tests scripts benches examples
 
 demo: dev ## run the demo on the debug build
 	$(PY) -m usagemeter demo

@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from support import FakeClock
 from usagemeter import (
@@ -419,6 +419,20 @@ def test_a_402_answer_is_not_billed(service: MeteringService) -> None:
         assert client.get("/plain", headers={"x-user": "broke"}).status_code == 402
     assert egress_of(service, "broke") is None
     assert app.stats.egress_bytes_billed == 0
+
+
+async def own_402(request: Request) -> Response:
+    return JSONResponse({"error": "insufficient_funds", "message": "this route's own check"}, status_code=402)
+
+
+def test_the_apps_own_402_answer_is_not_billed_either(service: MeteringService) -> None:
+    routes = [Route("/own402", own_402), Route("/plain", plain_body)]
+    app = MeteringMiddleware(starlette_app(routes), service, actor=header_actor, meter_egress=True)
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/own402", headers={"x-user": "asker"}).status_code == 402
+        assert client.get("/plain", headers={"x-user": "asker"}).status_code == 200
+        wait_for(lambda: app.stats.egress_responses_billed == 1)
+    assert egress_of(service, "asker") == {"units": 1234, "cost": 617, "count": 1}
 
 
 def test_egress_with_the_shipped_prices_needs_their_usage_type() -> None:

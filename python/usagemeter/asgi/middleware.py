@@ -53,10 +53,11 @@ class MeteringMiddleware:
     - ``meter_egress``: the body bytes of every response (streamed ones included) are billed as
       ``egress_usage_type``, one ``increment_usage`` per response, when the last body message has
       been sent, or when the response ends early (the client went away, the app raised): then
-      the bytes handed to the server until it reported the disconnect are billed. A 402 answer is
-      not billed, nor a response without body bytes. ``egress_usage_type`` must be priced in the
-      service's cost map (the shipped maps price ``filesystem:egress:bytes``), unless the service
-      records unmapped types for free (``unmapped="free"``): else ``ValueError`` here.
+      the bytes handed to the server until it reported the disconnect are billed. A 402 answer
+      (the gate's, or the app's own) is not billed, nor a response without body bytes.
+      ``egress_usage_type`` must be priced in the service's cost map (the shipped maps price
+      ``filesystem:egress:bytes``), unless the service records unmapped types for free
+      (``unmapped="free"``): else ``ValueError`` here.
 
     Only ``http`` scopes are gated and metered: ``websocket`` and ``lifespan`` scopes pass through
     untouched (a websocket has no status to answer 402 with before it is accepted; gate a websocket
@@ -224,6 +225,8 @@ class _Response:
         # Not a coroutine itself: the start message goes straight to the server's send.
         if message["type"] == "http.response.body" and not self.disconnected:
             return self._send_body(message)
+        if message["type"] == "http.response.start" and message.get("status") == 402:
+            self.billed = True  # the app's own 402 answer is not billed, as the gate's is not
         return self._send(message)
 
     async def _send_body(self, message: Message) -> None:
