@@ -81,6 +81,11 @@ class AsyncMeteringService:
         if not isinstance(service, MeteringService):
             raise TypeError(f"expected a MeteringService, not {type(service).__name__}")
         self.sync = service
+        # The hottest native methods, bound once (an attribute lookup less per call).
+        self._increment_usage = service.increment_usage
+        self._try_nowait = service._try_increment_usage_nowait
+        self._has_enough_credits_for = service.has_enough_credits_for
+        self._has_any_usage = service.has_any_usage
 
     @classmethod
     async def open(cls, cost_map: CostMap | None = None, **options: Any) -> Self:
@@ -146,7 +151,13 @@ class AsyncMeteringService:
         try:
             return call(*args, **kwargs)
         except AsyncListenerError:
-            pass
+            return await self._after_plan(actor, call, *args, **kwargs)
+
+    async def _after_plan(
+        self, actor: Actor, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """The slow half of ``_with_plan``: await the plan's listeners, then call again with it.
+        (The hottest methods inline the fast half: one coroutine a call, not two.)"""
         self._bind_loop()
         policy = await self.sync._resolve_policy_async(actor)
         local = self.sync._prepared_plans
@@ -165,9 +176,12 @@ class AsyncMeteringService:
         self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
     ) -> int:
         """Record ``amount`` units of ``usage_type``; return the user's month total in µ¢."""
-        return await self._with_plan(
-            actor, self.sync.increment_usage, actor, usage_type, amount, cost_override
-        )
+        try:
+            return self._increment_usage(actor, usage_type, amount, cost_override)
+        except AsyncListenerError:
+            return await self._after_plan(
+                actor, self._increment_usage, actor, usage_type, amount, cost_override
+            )
 
     async def try_increment_usage(
         self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
@@ -176,9 +190,12 @@ class AsyncMeteringService:
 
         On a fleet, a charge that needs a new budget lease from Redis runs in a worker thread.
         """
-        decided, total = await self._with_plan(
-            actor, self.sync._try_increment_usage_nowait, actor, usage_type, amount, cost_override
-        )
+        try:
+            decided, total = self._try_nowait(actor, usage_type, amount, cost_override)
+        except AsyncListenerError:
+            decided, total = await self._after_plan(
+                actor, self._try_nowait, actor, usage_type, amount, cost_override
+            )
         if decided:
             return total
         return await _in_thread(self._try_in_thread, actor, usage_type, amount, cost_override)
@@ -232,7 +249,10 @@ class AsyncMeteringService:
 
     async def has_enough_credits_for(self, actor: Actor, usage_type: str, amount: int) -> bool:
         """Whether the user's remaining budget covers ``amount`` units of ``usage_type``."""
-        return await self._with_plan(actor, self.sync.has_enough_credits_for, actor, usage_type, amount)
+        try:
+            return self._has_enough_credits_for(actor, usage_type, amount)
+        except AsyncListenerError:
+            return await self._after_plan(actor, self._has_enough_credits_for, actor, usage_type, amount)
 
     async def has_enough_credits_for_usages(self, actor: Actor, usages: Usages) -> bool:
         """Whether the user's remaining budget covers all the items together."""
@@ -245,7 +265,10 @@ class AsyncMeteringService:
 
     async def has_any_usage(self, actor: Actor) -> bool:
         """Whether the user has budget left this month."""
-        return await self._with_plan(actor, self.sync.has_any_usage, actor)
+        try:
+            return self._has_any_usage(actor)
+        except AsyncListenerError:
+            return await self._after_plan(actor, self._has_any_usage, actor)
 
     async def has_usage_this_month(self, actor: Actor) -> bool:
         """Whether the user recorded any usage this month."""
@@ -348,6 +371,7 @@ class AsyncMeter:
         """Wrap a native ``Meter`` of ``service``."""
         self._service = service
         self._meter = meter
+        self._add = meter.add
 
     @property
     def actor(self) -> Actor:
@@ -361,7 +385,10 @@ class AsyncMeter:
 
     async def add(self, amount: int) -> int:
         """Record ``amount`` units; return the user's month total in µ¢."""
-        return await self._service._with_plan(self._meter.actor, self._meter.add, amount)
+        try:
+            return self._add(amount)
+        except AsyncListenerError:
+            return await self._service._after_plan(self._meter.actor, self._add, amount)
 
 
 def _running_loop_or_none() -> asyncio.AbstractEventLoop | None:
