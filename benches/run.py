@@ -20,7 +20,8 @@ Plus peak RSS per (actor, month, usage type) record, measured in a fresh process
 ``--write-results`` writes ``benches/RESULTS.md``, keeping its ``<!-- analysis -->``,
 ``<!-- rust -->``, ``<!-- store -->``, ``<!-- overuse -->`` and ``<!-- abi3 -->`` sections (written
 by hand from profiles, the criterion bench, ``make bench-store``, ``make bench-overuse`` and
-``benches/compare_builds.py``) and its ``<!-- fleet -->`` section (written by ``benches/fleet.py
+``benches/compare_builds.py``), its ``<!-- asgi -->`` and ``<!-- aio -->`` sections (``benches/asgi.py``,
+``benches/aio.py``) and its ``<!-- fleet -->`` section (written by ``benches/fleet.py
 --write-results``, which ``make bench`` runs next).
 """
 
@@ -986,8 +987,8 @@ def render(report: Report, command: str, existing: str) -> str:
         "# Benchmark results",
         "",
         "<!-- Written by `benches/run.py --write-results` (`make bench`); the rust, store, overuse,",
-        "     abi3 and fleet sections and the analysis are kept as they are when the file is rewritten",
-        "     (the fleet section is written by `benches/fleet.py --write-results`). -->",
+        "     abi3, fleet, asgi and aio sections and the analysis are kept as they are when the file is",
+        "     rewritten (those three are written by `benches/fleet.py`, `asgi.py` and `aio.py`). -->",
         "",
         f"Run on {report.started:%Y-%m-%d %H:%M} UTC, {report.seconds / 60:.1f} minutes.",
         "",
@@ -1067,6 +1068,14 @@ def render(report: Report, command: str, existing: str) -> str:
         "## Fleet: workers sharing one ledger in Redis",
         "",
         _preserved(existing, "fleet", "Not measured yet: `make bench-fleet`."),
+        "",
+        "## ASGI gate: a trivial app with and without MeteringMiddleware",
+        "",
+        _preserved(existing, "asgi", "Not measured yet: `make bench-asgi`."),
+        "",
+        "## Async API: awaited calls vs sync calls",
+        "",
+        _preserved(existing, "aio", "Not measured yet: `make bench-aio`."),
         "",
     ]
     return "\n".join(lines)
