@@ -975,3 +975,38 @@ def test_reserved_and_empty_app_ids_are_refused() -> None:
         Actor("u", "others")
     with pytest.raises(ValueError):
         Actor("u", "")
+
+
+def test_a_user_never_charged_is_checked_without_running_the_events_each_time(clock: FakeClock) -> None:
+    """A credit gate checks every request's user, new ones too: their plan is cached (bounded)."""
+    service = MeteringService(CostMap.from_dict({"kv:write": 5}), clock=clock, subscription_ttl=60)
+    looked_up: list[str] = []
+    service.events.on(GET_USER_SUBSCRIPTION, lambda event: looked_up.append(event.actor.user_id))
+    visitor = Actor("visitor")
+    for _ in range(10):
+        assert service.has_any_usage(visitor)
+        assert service.get_remaining_usage(visitor) == TEMP_FREE.monthly_allowance
+    assert looked_up == ["visitor"]
+    assert service._account_count() == 0  # a read still creates no account
+    assert service._plan_cache_sizes() == (1, 1)
+    # Charged now: the plan moves into the account (and the store's last plan), with no new look-up.
+    service.increment_usage(visitor, "kv:write", 2)
+    assert looked_up == ["visitor"]
+    assert service._last_plan("visitor") == (TEMP_FREE.id, TEMP_FREE.monthly_allowance)
+    # Expired, or invalidated: looked up again.
+    clock.advance(61)
+    service.has_any_usage(visitor)
+    service.invalidate_subscription("visitor")
+    service.has_enough_credits(visitor, 1)
+    assert looked_up == ["visitor"] * 3
+
+
+def test_the_cached_plans_of_users_never_charged_stay_bounded() -> None:
+    service = MeteringService(CostMap.from_dict({"kv:write": 5}))
+    bound = 65_536
+    for i in range(bound + 10):
+        service.has_any_usage(Actor(f"random-{i}"))
+    total, guests = service._plan_cache_sizes()
+    assert guests == total <= bound
+    assert guests >= 10  # emptied once at the bound, then refilled
+    assert service._account_count() == 0

@@ -267,6 +267,8 @@ class MeteringCore:
     ) -> int:
         """The most units of ``usage_type`` the remaining budget pays for after ``reserved``
         (0 when nothing is left; 2**64-1 for a free type or the system actor)."""
+    def _plan_cache_sizes(self) -> tuple[int, int]:
+        """``(cached plans, of which users without an account)`` (tests: the bound holds)."""
     def _stats(self) -> ServiceStats:
         """``refusals``; with a store also ``store_failures`` and ``store_lag_ms``."""
     def has_enough_credits_for(self, actor: Actor, usage_type: str, amount: int) -> bool:

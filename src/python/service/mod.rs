@@ -62,6 +62,8 @@ pub struct MeteringCore {
     subscription_ttl_ms: i64,
     /// Shared with the fleet's sync thread, which drops the plans other workers invalidate.
     plans: Arc<PlanCache>,
+    /// Guests' entries inserted into `plans` since it last dropped them (`plans.rs`).
+    guest_plans: std::sync::atomic::AtomicUsize,
     hooks: OnceLock<Hooks>,
     persistence: Option<Persistence>,
     /// Set when `close()` begins: every later call raises `StoreClosedError`.
@@ -334,6 +336,7 @@ impl MeteringCore {
             closed: AtomicBool::new(false),
             forked: AtomicBool::new(false),
             refusals: AtomicU64::new(0),
+            guest_plans: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The plan cache: each user's plan (`Policy`), resolved through the subscription events when
 //! the cache misses and kept for `subscription_ttl`; the methods that read or drop it.
 
+use std::sync::atomic::Ordering;
+
 use pyo3::prelude::*;
 
 use super::{as_actor, MeteringCore};
@@ -14,8 +16,18 @@ use crate::python::errors::ledger_error;
 /// A resolved plan, cached per user until `expires_at_ms`.
 pub(super) struct CachedPlan {
     policy: Py<PyAny>,
+    plan_id: std::sync::Arc<str>,
+    allowance: Money,
     expires_at_ms: i64,
+    /// Cached for a user without an account (read-only checks of a user never charged): such
+    /// entries are bounded (`GUEST_PLANS_MAX`), since any request may name a new user id.
+    guest: bool,
 }
+
+/// At most this many plans of users without an account are cached. When a new one would pass
+/// the bound, every such entry is dropped (the cache refills with the users checked again): a
+/// flood of random user ids costs at most this many entries (about 100 bytes each), never more.
+pub(super) const GUEST_PLANS_MAX: usize = 65_536;
 
 impl MeteringCore {
     /// Reads the user's cached plan if it has not expired.
@@ -34,8 +46,10 @@ impl MeteringCore {
 
     /// Resolves the user's plan through the events (no lock held) and caches it, unless
     /// `invalidate_subscription` ran meanwhile: then the look-up may have read the old plan, so it
-    /// is made again (the invalidation wins; after a few tries the plan is used uncached). A user
-    /// who was never charged (no account) and the system actor are not cached at all.
+    /// is made again (the invalidation wins; after a few tries the plan is used uncached). The
+    /// plan of a user who was never charged (no account) is cached as a guest's (bounded, see
+    /// `GUEST_PLANS_MAX`), so that a credit gate checking a new user on every request does not
+    /// run the events (a database look-up) each time; the system actor's is not cached.
     fn resolve_plan(
         &self,
         py: Python<'_>,
@@ -57,29 +71,59 @@ impl MeteringCore {
             let plan_id: String = policy.getattr(py, "id")?.extract(py)?;
             let expires_at_ms = now_ms.saturating_add(self.subscription_ttl_ms);
             // The hot path reads the allowance from the user's account (no second map lookup).
-            if self
-                .ledger
-                .set_plan_if(&actor.user_id, &plan_id, allowance, expires_at_ms, epoch)
-            {
-                let cached = CachedPlan {
+            let in_account =
+                self.ledger
+                    .set_plan_if(&actor.user_id, &plan_id, allowance, expires_at_ms, epoch);
+            let invalidated = self.ledger.plan_epoch() != epoch;
+            if in_account || !invalidated {
+                // Cached in the account, or the user has none: a guest's entry.
+                let plan = CachedPlan {
                     policy: policy.clone_ref(py),
+                    plan_id: plan_id.into(),
+                    allowance,
                     expires_at_ms,
+                    guest: !in_account,
                 };
-                let plans = self.plans.pin();
-                plans.insert(Box::from(actor.user_id.as_str()), cached);
-                // An invalidation between the check above and this insert: it wins.
-                if self.ledger.plan_epoch() != epoch {
-                    plans.remove(actor.user_id.as_str());
-                }
+                self.cache_plan(actor, plan, epoch);
                 return Ok((allowance, policy));
             }
-            // Not cached: the user has no account (nothing to do), or an invalidation ran during
-            // the look-up (read the plan again, a few times at most).
-            let invalidated = self.ledger.plan_epoch() != epoch;
-            if !invalidated || tries == TRIES {
+            // An invalidation ran during the look-up: read the plan again, a few times at most.
+            if tries == TRIES {
                 return Ok((allowance, policy));
             }
         }
+    }
+
+    /// Caches a resolved plan unless an invalidation ran since `epoch` (it wins). A guest's entry
+    /// past `GUEST_PLANS_MAX` first drops every guest's entry.
+    fn cache_plan(&self, actor: &PyActor, plan: CachedPlan, epoch: u64) {
+        let plans = self.plans.pin();
+        if plan.guest && self.guest_plans.fetch_add(1, Ordering::Relaxed) >= GUEST_PLANS_MAX {
+            plans.retain(|_, cached| !cached.guest);
+            self.guest_plans.store(1, Ordering::Relaxed);
+        }
+        plans.insert(Box::from(actor.user_id.as_str()), plan);
+        // An invalidation between the check and this insert: it wins.
+        if self.ledger.plan_epoch() != epoch {
+            plans.remove(actor.user_id.as_str());
+        }
+    }
+
+    /// The allowance of the user's cached plan when its account holds none (a guest's entry,
+    /// or one the account dropped), if fresh. A user charged since it was cached (who has an
+    /// account now) gets the plan in its account, where the hot path reads it.
+    fn cached_allowance(&self, actor: &PyActor, now_ms: i64) -> Option<Money> {
+        if actor.is_system {
+            return None;
+        }
+        let epoch = self.ledger.plan_epoch();
+        let (plan_id, allowance, expires_at_ms) =
+            self.cached_plan(&actor.user_id, now_ms, |plan| {
+                (plan.plan_id.clone(), plan.allowance, plan.expires_at_ms)
+            })?;
+        self.ledger
+            .set_plan_if(&actor.user_id, &plan_id, allowance, expires_at_ms, epoch);
+        Some(allowance)
     }
 
     /// The user's plan (its `Policy`), cached or resolved.
@@ -116,7 +160,10 @@ impl MeteringCore {
     ) -> PyResult<T> {
         match call(Plan::Cached { now_ms }) {
             Err(LedgerError::PlanNeeded) => {
-                let (allowance, _) = self.resolve_plan(py, actor_obj, actor, now_ms)?;
+                let allowance = match self.cached_allowance(actor, now_ms) {
+                    Some(allowance) => allowance,
+                    None => self.resolve_plan(py, actor_obj, actor, now_ms)?.0,
+                };
                 call(Plan::Fixed(allowance)).map_err(ledger_error)
             }
             result => result.map_err(ledger_error),
@@ -135,6 +182,14 @@ impl MeteringCore {
         let actor_ref = as_actor(actor)?;
         let now_ms = self.now_ms(py)?;
         self.policy(py, actor, actor_ref, now_ms)
+    }
+
+    /// How many plans are cached, and how many of them are guests' (users without an account):
+    /// tests check that the guests' entries stay bounded.
+    fn _plan_cache_sizes(&self) -> (usize, usize) {
+        let plans = self.plans.pin();
+        let guests = plans.iter().filter(|(_, plan)| plan.guest).count();
+        (plans.len(), guests)
     }
 
     /// Forgets the cached plan of a user, so the next call resolves it again. A look-up already
