@@ -242,6 +242,10 @@ class MeteringCore:
     ) -> tuple[bool, int | None]:
         """``try_increment_usage`` that never waits on the shared ledger: ``(True, total or None)``
         when decided, ``(False, None)`` (nothing recorded) when only a lease request could decide."""
+    def _refund(
+        self, actor: Actor, usage_type: str, units: int | None = None, cost: int | None = None
+    ) -> tuple[int, int]:
+        """Book a refund as ``refund:<usage_type>``; ``(month total, cost given back)`` in µ¢."""
     def try_batch_increment_usages(
         self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
     ) -> int | None:

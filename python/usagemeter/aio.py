@@ -245,6 +245,18 @@ class AsyncMeteringService:
         """Set the user's month total by booking the difference as ``manual_adjustment``."""
         return await self._with_plan(actor, self.sync.set_actor_current_month_usage_total, actor, total)
 
+    async def refund(
+        self,
+        actor: Actor,
+        usage_type: str,
+        units: int | None = None,
+        cost: int | None = None,
+        reason: str | None = None,
+    ) -> int:
+        """``MeteringService.refund``: give back usage charged this month, booked as
+        ``refund:<usage_type>``; return the user's month total."""
+        return await self._with_plan(actor, self.sync.refund, actor, usage_type, units, cost, reason)
+
     # Credit checks and estimates.
 
     async def has_enough_credits_for(self, actor: Actor, usage_type: str, amount: int) -> bool:

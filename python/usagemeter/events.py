@@ -28,12 +28,14 @@ __all__ = [
     "ALARM",
     "GET_USER_SUBSCRIPTION",
     "OVERRIDE_DEFAULT_SUBSCRIPTION",
+    "REFUND",
     "REGISTER_AVAILABLE_POLICIES",
     "AlarmEvent",
     "AsyncListenerError",
     "EventBus",
     "GetUserSubscriptionEvent",
     "OverrideDefaultSubscriptionEvent",
+    "RefundEvent",
     "RegisterAvailablePoliciesEvent",
 ]
 
@@ -41,6 +43,7 @@ OVERRIDE_DEFAULT_SUBSCRIPTION = "metering:overrideDefaultSubscription"
 REGISTER_AVAILABLE_POLICIES = "metering:registerAvailablePolicies"
 GET_USER_SUBSCRIPTION = "metering:getUserSubscription"
 ALARM = "metering:alarm"
+REFUND = "metering:refund"
 
 logger = logging.getLogger("usagemeter")
 
@@ -85,6 +88,19 @@ class AlarmEvent:
     kind: str
     usage_type: str | None
     message: str
+
+
+@dataclass(frozen=True)
+class RefundEvent:
+    """A refund was booked (``metering:refund``): an audit trail's entry. ``cost`` is what was
+    given back, in µ¢ rounded half up; ``month_total`` the user's month total after it."""
+
+    actor: Actor
+    usage_type: str
+    units: int
+    cost: int
+    reason: str | None
+    month_total: int
 
 
 class EventBus:

@@ -24,12 +24,14 @@ from usagemeter.events import (
     ALARM,
     GET_USER_SUBSCRIPTION,
     OVERRIDE_DEFAULT_SUBSCRIPTION,
+    REFUND,
     REGISTER_AVAILABLE_POLICIES,
     AlarmEvent,
     AsyncListenerError,
     EventBus,
     GetUserSubscriptionEvent,
     OverrideDefaultSubscriptionEvent,
+    RefundEvent,
     RegisterAvailablePoliciesEvent,
 )
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
@@ -365,6 +367,38 @@ class MeteringService(MeteringCore):
             "app_totals": details["app_totals"],
         }
 
+    def refund(
+        self,
+        actor: Actor,
+        usage_type: str,
+        units: int | None = None,
+        cost: int | None = None,
+        reason: str | None = None,
+    ) -> int:
+        """Give back ``units`` and ``cost`` (µ¢; default: the price of ``units``) of
+        ``usage_type`` charged to the actor this month; return the user's month total.
+
+        Booked as usage type ``refund:<usage_type>`` (the units refunded, a negative cost): its
+        own record kind in the reports. The cost goes back to the pools in the reverse order of a
+        charge: overage, then purchased credit, then allowance. More units or cost than the
+        actor's app was charged of that type this month (net of earlier refunds) raises
+        ``ValueError`` and changes nothing. ``reason`` (a str) is logged and sent with the
+        ``metering:refund`` event, for an audit trail.
+        """
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+        total, given_back = self._refund(actor, usage_type, units, cost)
+        logger.info(
+            "refund of %s units and %s µ¢ of %s to %r: %s",
+            units or 0,
+            given_back,
+            usage_type,
+            actor,
+            reason or "no reason given",
+        )
+        self.events.emit(REFUND, RefundEvent(actor, usage_type, units or 0, given_back, reason, total))
+        return total
+
     def record_usage_object(
         self,
         usage: object,
@@ -555,6 +589,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "get_actor_addons",
     "update_addon_credit",
     "set_actor_current_month_usage_total",
+    "refund",
     "invalidate_subscription",
     "get_actors_usage",
     "check_global_usage_rate",

@@ -12,6 +12,7 @@ use crate::ledger::image::{MonthImage, RecordImage, UserImage};
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::{self, Credit, MonthPools};
 use crate::ledger::record::UsageCounter;
+use crate::ledger::REFUND_PREFIX;
 use crate::money::Money;
 
 /// Units, cost (attocents) and calls of one usage type in one app's month.
@@ -231,7 +232,6 @@ pub fn merge(
         merged.plan.clone_from(&delta.plan);
     }
     for (month, sent) in &delta.months {
-        let credit = merged.credit()?;
         let target = merged.months.entry(*month).or_default();
         for (key, counter) in &sent.counters {
             let mine = target.counters.entry(key.clone()).or_default();
@@ -240,24 +240,41 @@ pub fn merge(
                 target.counters.remove(key);
             }
         }
-        let cost = Money::from_attocents(sent.cost()).ok_or("the sent cost is out of range")?;
-        let month_pools = MonthPools {
-            allowance_used: Money::from_attocents(target.pools[0]).ok_or("pools out of range")?,
-            purchased_consumed: Money::from_attocents(target.pools[1])
-                .ok_or("pools out of range")?,
-            overage: Money::from_attocents(target.pools[2]).ok_or("pools out of range")?,
-        };
-        // A negative cost comes from a manual adjustment: it gives back as the adjustment did
-        // (never purchased credit) when it can, else in the reverse order of a charge.
-        let split = match cost.is_negative() {
-            true => pools::adjustment_split(cost, allowance, &month_pools)
-                .unwrap_or_else(|| pools::split(cost, allowance, &month_pools, &credit)),
-            false => pools::split(cost, allowance, &month_pools, &credit),
-        };
-        target.pools[0] += split.allowance.attocents();
-        target.pools[1] += split.purchased.attocents();
-        target.pools[2] += split.overage.attocents();
-        merged.credit[1] += split.purchased.attocents();
+        // Refunds (`refund:` types) give back in the reverse order of a charge, purchased credit
+        // included; the rest is split as charges (or, negative, as a manual adjustment).
+        let refunded: i128 = sent
+            .counters
+            .iter()
+            .filter(|((_, usage_type), _)| usage_type.starts_with(REFUND_PREFIX))
+            .map(|(_, c)| c[1])
+            .sum();
+        let charged = sent.cost() - refunded;
+        let money = |attocents: i128| Money::from_attocents(attocents).ok_or("out of range");
+        for (cost, is_refund) in [(money(charged)?, false), (money(refunded)?, true)] {
+            if cost == Money::ZERO {
+                continue;
+            }
+            let month_pools = MonthPools {
+                allowance_used: money(target.pools[0])?,
+                purchased_consumed: money(target.pools[1])?,
+                overage: money(target.pools[2])?,
+            };
+            let credit = Credit {
+                purchased: money(merged.credit[0])?,
+                consumed: money(merged.credit[1])?,
+            };
+            // A negative cost that is not a refund comes from a manual adjustment: it gives back
+            // as the adjustment did (never purchased credit) when it can, else as a refund.
+            let split = match cost.is_negative() && !is_refund {
+                true => pools::adjustment_split(cost, allowance, &month_pools)
+                    .unwrap_or_else(|| pools::split(cost, allowance, &month_pools, &credit)),
+                false => pools::split(cost, allowance, &month_pools, &credit),
+            };
+            target.pools[0] += split.allowance.attocents();
+            target.pools[1] += split.purchased.attocents();
+            target.pools[2] += split.overage.attocents();
+            merged.credit[1] += split.purchased.attocents();
+        }
         if target.is_zero() {
             merged.months.remove(month);
         }

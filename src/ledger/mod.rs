@@ -48,6 +48,10 @@ pub type Deltas = smallvec::SmallVec<[Delta; 4]>;
 /// The usage type under which `set_month_total` books its difference.
 pub const MANUAL_ADJUSTMENT: &str = "manual_adjustment";
 
+/// A refund of usage type `T` is booked as usage type `refund:T` (units refunded, a negative
+/// cost): its own record kind in the reports. Charging a type with this prefix is refused.
+pub const REFUND_PREFIX: &str = "refund:";
+
 /// What to do with a usage type the cost map does not price, charged without an override.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unmapped {
@@ -94,6 +98,9 @@ pub enum ChargeMode {
     IfAffordable,
     /// Book the difference to this month total as `manual_adjustment`.
     SetTotal(Money),
+    /// A refund of the usage type with this id (its one delta is `refund:<type>`, negative): never
+    /// more units or cost than the actor's app charged of that type this month, net of refunds.
+    Refund(TypeId),
 }
 
 /// The outcome of a charge.
@@ -612,6 +619,10 @@ impl Ledger {
                 deltas = &adjustment;
             }
         }
+        if let ChargeMode::Refund(of) = mode {
+            let month = state.months.get(&booking.month);
+            check_refund(month.and_then(|m| m.app(booking.app_id)), of, &deltas[0])?;
+        }
         if deltas.is_empty() {
             return Ok(Receipt {
                 accepted: true,
@@ -715,6 +726,54 @@ impl Ledger {
             unmapped_items,
             ask_fleet: false,
         })
+    }
+
+    /// Refunds `units` and `cost` of `usage_type` to the booking's actor this month: booked as
+    /// `refund:<usage_type>` (a negative cost), which gives the cost back to the pools in the
+    /// reverse order of a charge (overage, then purchased credit, then allowance). `cost` `None`
+    /// is the price of `units`. More than the actor's app was charged of that type this month,
+    /// net of earlier refunds, is refused (`InvalidInput`), and so is a refund of nothing.
+    pub fn refund(
+        &self,
+        account: Option<&Account>,
+        booking: &Booking<'_>,
+        usage_type: &str,
+        units: u64,
+        cost: Option<Money>,
+    ) -> LedgerResult<Receipt> {
+        let cost = self.refund_cost(usage_type, units, cost)?;
+        let of = self
+            .types
+            .existing(usage_type)
+            .ok_or_else(|| refund_of_nothing_charged(usage_type))?;
+        let delta = Delta {
+            usage_type: self.types.intern(&format!("{REFUND_PREFIX}{usage_type}")),
+            units,
+            cost: cost.negated(),
+            count: 1,
+        };
+        self.charge_deltas(account, booking, &[delta], 0, ChargeMode::Refund(of))
+    }
+
+    /// The cost of a refund, its input checked: a valid usage type, and `cost` (default: the
+    /// price of `units`) or `units` above 0.
+    pub fn refund_cost(
+        &self,
+        usage_type: &str,
+        units: u64,
+        cost: Option<Money>,
+    ) -> LedgerResult<Money> {
+        validate_usage_type(usage_type)?;
+        let cost = match cost {
+            Some(cost) => cost,
+            None => self.cost_of(usage_type, units)?,
+        };
+        if units == 0 && cost == Money::ZERO {
+            return Err(LedgerError::InvalidInput(
+                "nothing to refund: give units or a cost above 0".into(),
+            ));
+        }
+        Ok(cost)
     }
 
     /// Adds purchased credit to a user (lifetime, used after the monthly allowance).
@@ -1018,6 +1077,39 @@ fn adjustment_split(cost: Money, allowance: Money, pools: &MonthPools) -> Ledger
     })
 }
 
+/// The error of a refund of a type the actor was not charged for.
+pub fn refund_of_nothing_charged(usage_type: &str) -> LedgerError {
+    LedgerError::InvalidInput(format!(
+        "cannot refund {usage_type:?}: the actor was not charged for it this month"
+    ))
+}
+
+/// Refuses a refund (`delta`, of usage type `of`) beyond what `record` (the actor's app's month)
+/// holds of that type, net of the refunds booked before.
+fn check_refund(record: Option<&UsageRecord>, of: TypeId, delta: &Delta) -> LedgerResult<()> {
+    let counter = |id| record.and_then(|r| r.counter(id));
+    let Some(charged) = counter(of) else {
+        return Err(LedgerError::InvalidInput(
+            "cannot refund: the actor was not charged for this usage type this month".into(),
+        ));
+    };
+    let refunded = counter(delta.usage_type).unwrap_or_default();
+    let units_left = charged.units.saturating_sub(refunded.units);
+    let cost_left = charged.cost.plus(refunded.cost); // refunds are booked negative
+    let refund = delta.cost.negated();
+    if u128::from(delta.units) > units_left || refund > cost_left {
+        return Err(LedgerError::InvalidInput(format!(
+            "cannot refund {} units and {} µ¢: the actor's app was charged {} units and {} µ¢ of \
+             this usage type this month, net of refunds",
+            delta.units,
+            refund.to_microcent_string(),
+            units_left,
+            cost_left.max(Money::ZERO).to_microcent_string()
+        )));
+    }
+    Ok(())
+}
+
 fn validate_usage_type(usage_type: &str) -> LedgerResult<()> {
     if usage_type.is_empty() {
         return Err(LedgerError::InvalidInput(
@@ -1027,6 +1119,11 @@ fn validate_usage_type(usage_type: &str) -> LedgerResult<()> {
     if RESERVED_USAGE_TYPES.contains(&usage_type) {
         return Err(LedgerError::InvalidInput(format!(
             "usage type {usage_type:?} is reserved: reports use it for the total"
+        )));
+    }
+    if usage_type.starts_with(REFUND_PREFIX) {
+        return Err(LedgerError::InvalidInput(format!(
+            "usage type {usage_type:?} is reserved: {REFUND_PREFIX:?} names the refunds of a type"
         )));
     }
     Ok(())

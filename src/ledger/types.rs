@@ -41,6 +41,12 @@ impl TypeRegistry {
         self.cost_map.index_of(name)
     }
 
+    /// The id of a type already known (priced, or interned before), allocating nothing.
+    pub fn existing(&self, name: &str) -> Option<TypeId> {
+        self.priced(name)
+            .or_else(|| self.unpriced.pin().get(name).copied())
+    }
+
     /// The id of any type, allocating one for a name the cost map does not price.
     pub fn intern(&self, name: &str) -> TypeId {
         if let Some(id) = self.priced(name) {

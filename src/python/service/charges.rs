@@ -9,7 +9,9 @@ use super::{as_actor, MeteringCore};
 use crate::error::LedgerError;
 use crate::ledger::month::MonthId;
 use crate::ledger::record::TypeId;
-use crate::ledger::{Account, Booking, ChargeMode, Plan, Receipt, UsageItem};
+use crate::ledger::{
+    refund_of_nothing_charged, Account, Booking, ChargeMode, Plan, Receipt, UsageItem,
+};
 use crate::money::Money;
 use crate::python::actor::PyActor;
 use crate::python::convert::{self, money_to_int};
@@ -470,6 +472,50 @@ impl MeteringCore {
     ) -> PyResult<(bool, Option<Bound<'py, PyInt>>)> {
         let receipt = self.batch(py, actor, usages, (ChargeMode::IfAffordable, Wait::Never))?;
         Ok(self.try_result_nowait(py, receipt))
+    }
+
+    /// Refunds `units` (default 0) and `cost` (µ¢; default: the price of `units`) of
+    /// `usage_type` to the actor this month, booked as `refund:<usage_type>`; returns the user's
+    /// month total and the cost given back (µ¢, rounded half up). `MeteringService.refund`
+    /// wraps this (the reason, the event).
+    #[pyo3(signature = (actor, usage_type, units=None, cost=None))]
+    fn _refund<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        usage_type: &Bound<'py, PyAny>,
+        units: Option<&Bound<'py, PyAny>>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyInt>, Bound<'py, PyInt>)> {
+        let actor_ref = as_actor(actor)?;
+        let usage_type = convert::usage_type(usage_type)?;
+        let units = match units {
+            Some(units) if !units.is_none() => convert::units(units, "units")?,
+            _ => 0,
+        };
+        let cost = convert::optional_microcents(cost, "cost")?;
+        if actor_ref.is_system {
+            self.ensure_open()?;
+            return Err(PyValueError::new_err(
+                "the system actor is not metered: it has nothing to refund",
+            ));
+        }
+        // A user never charged has nothing to refund: no account is created for the refusal.
+        let Some(account) = actor_ref.account.existing(&self.ledger, &actor_ref.user_id) else {
+            self.ensure_open()?;
+            self.ledger
+                .refund_cost(usage_type, units, cost)
+                .map_err(ledger_error)?;
+            return Err(ledger_error(refund_of_nothing_charged(usage_type)));
+        };
+        let receipt = self.charge_with(py, actor, actor_ref, &[], Wait::Allowed, |booking| {
+            self.ledger
+                .refund(Some(account), booking, usage_type, units, cost)
+        })?;
+        Ok((
+            money_to_int(py, receipt.month_total),
+            money_to_int(py, receipt.cost.negated()),
+        ))
     }
 
     /// Adds purchased credit (µ¢, >= 0) to a user; returns the user's purchased total.
