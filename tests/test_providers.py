@@ -28,7 +28,7 @@ from support import (
     snapshot,
     usage_of,
 )
-from usagemeter import Actor, CostMap, MeteringService, UnknownUsageType
+from usagemeter import Actor, CostMap, MeteringService, Policy, UnknownUsageType
 from usagemeter.providers import PROVIDERS, resolve_model_prefix, usage_items
 
 COSTMAP_DIR = Path(__file__).resolve().parent.parent / "costmaps"
@@ -676,3 +676,25 @@ def test_an_unknown_nested_field_is_ignored_and_logged_once(
         "usagemeter ignores the groq usage field 'new_breakdown' (dict): "
         "it is not a count it knows how to price"
     ]
+
+
+def test_try_record_usage_object_records_the_whole_payload_only_if_affordable() -> None:
+    prices = CostMap.from_dict(
+        {"openai:m:prompt_tokens": 1, "openai:m:cached_tokens": "0.5", "openai:m:completion_tokens": 4}
+    )
+    service = MeteringService(prices, policies=[Policy("temp_free", 1_000)])
+    actor = Actor("tess")
+    usage = {
+        "prompt_tokens": 200,
+        "completion_tokens": 150,
+        "total_tokens": 350,
+        "prompt_tokens_details": {"cached_tokens": 100},
+    }
+    # 100 uncached + 100 cached x 0.5 + 150 x 4 = 750 µ¢
+    assert service.try_record_usage_object(usage, actor, "openai:m") == 750
+    assert service.try_record_usage_object(usage, actor, "openai:m") is None  # 1,500 > 1,000
+    details = service.get_actor_current_month_usage_details(actor)["usage"]
+    assert details["total"] == 750 and details["openai:m:completion_tokens"]["count"] == 1
+    assert service._stats()["refusals"] == 1
+    with pytest.raises(ValueError, match="cost_overrides"):
+        service.try_record_usage_object(usage, actor, "openai:m", {"nope": 1})

@@ -233,6 +233,18 @@ class AsyncMeteringService:
             actor, self.sync.record_usage_object, usage, actor, model_prefix, cost_overrides
         )
 
+    async def try_record_usage_object(
+        self,
+        usage: Any,
+        actor: Actor,
+        model_prefix: str,
+        cost_overrides: Mapping[str, int] | None = None,
+    ) -> int | None:
+        """``MeteringService.try_record_usage_object``: the payload's items only if the budget
+        covers them all. On a fleet, a charge that needs a new lease runs in a worker thread."""
+        items = self.sync._usage_batch(usage, model_prefix, cost_overrides)
+        return await self.try_batch_increment_usages(actor, items)
+
     async def meter(self, actor: Actor, usage_type: str) -> AsyncMeter:
         """A handle on ``increment_usage(actor, usage_type, amount)``: ``await meter.add(n)``."""
         return AsyncMeter(self, self.sync.meter(actor, usage_type))

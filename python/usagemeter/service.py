@@ -425,6 +425,24 @@ class MeteringService(MeteringCore):
         to raises ``ValueError``. Bad counts raise ``ValueError`` / ``TypeError`` naming the field,
         an unpriced usage type ``UnknownUsageType``, and nothing is recorded.
         """
+        return self.batch_increment_usages(actor, self._usage_batch(usage, model_prefix, cost_overrides))
+
+    def try_record_usage_object(
+        self,
+        usage: object,
+        actor: Actor,
+        model_prefix: str,
+        cost_overrides: Mapping[str, int] | None = None,
+    ) -> int | None:
+        """``record_usage_object`` only if the user's remaining budget covers the whole payload:
+        all its items or none, atomically (``try_batch_increment_usages``); the new month total,
+        or None (nothing recorded). On a fleet, budget leases make it strict across workers."""
+        return self.try_batch_increment_usages(actor, self._usage_batch(usage, model_prefix, cost_overrides))
+
+    def _usage_batch(
+        self, usage: object, model_prefix: str, cost_overrides: Mapping[str, int] | None
+    ) -> list[tuple[str, int, int | None]]:
+        """The batch items a provider's usage payload books, with their cost overrides."""
         items, kinds = _priced_items(usage, model_prefix, self.cost_map)
         overrides = dict(cost_overrides or {})
         unknown = set(overrides) - kinds
@@ -433,10 +451,9 @@ class MeteringService(MeteringCore):
                 f"cost_overrides name kinds that this usage does not book: {sorted(unknown)} "
                 f"(it books {sorted(kinds)})"
             )
-        batch = [
+        return [
             (usage_type, units, overrides.get(usage_type.rsplit(":", 1)[1])) for usage_type, units in items
         ]
-        return self.batch_increment_usages(actor, batch)
 
 
 def _check_seconds(name: str, value: object) -> None:
@@ -569,6 +586,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "batch_increment_usages",
     "try_batch_increment_usages",
     "record_usage_object",
+    "try_record_usage_object",
     "has_enough_credits_for",
     "has_enough_credits_for_usages",
     "has_enough_credits",
