@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from usagemeter._core import Actor
 from usagemeter.policies import Policy
@@ -155,7 +155,9 @@ class EventBus:
         """The listeners of ``name``, in registration order."""
         return self._listeners.get(name, ())
 
-    def emit(self, name: str, event: object, *, awaitables: str = "schedule") -> None:
+    def emit(
+        self, name: str, event: object, *, awaitables: Literal["schedule", "refuse"] = "schedule"
+    ) -> None:
         """Call every listener of ``name`` with ``event``; a listener that raises is logged.
 
         A listener that returns an awaitable (an ``async def`` one) is scheduled on the running

@@ -263,12 +263,7 @@ class MeteringService(MeteringCore):
     ) -> Policy:
         """The plan the listeners chose: the user's, else the default, else ``user_free``."""
         actor = chosen.actor
-        available: dict[str, Policy] = {}
-        for policy in (*register.available_policies, *BUILTIN_POLICIES):
-            if isinstance(policy, Policy):
-                available.setdefault(policy.id, policy)  # registered ones come first and win
-            else:
-                logger.error("ignoring a registered policy that is not a Policy: %r", policy)
+        available = _available_policies(register)
         for wanted in (chosen.user_subscription_id, default.default_subscription_id):
             if wanted is not None and wanted in available:
                 return available[wanted]
@@ -454,6 +449,18 @@ class MeteringService(MeteringCore):
         return [
             (usage_type, units, overrides.get(usage_type.rsplit(":", 1)[1])) for usage_type, units in items
         ]
+
+
+def _available_policies(register: RegisterAvailablePoliciesEvent) -> dict[str, Policy]:
+    """The plans by id after ``metering:registerAvailablePolicies``: the registered ones (first
+    registration of an id wins) and the built-ins they do not replace."""
+    available: dict[str, Policy] = {}
+    for policy in (*register.available_policies, *BUILTIN_POLICIES):
+        if isinstance(policy, Policy):
+            available.setdefault(policy.id, policy)  # registered ones come first and win
+        else:
+            logger.error("ignoring a registered policy that is not a Policy: %r", policy)
+    return available
 
 
 def _check_seconds(name: str, value: object) -> None:

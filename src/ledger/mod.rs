@@ -621,7 +621,9 @@ impl Ledger {
         }
         if let ChargeMode::Refund(of) = mode {
             let month = state.months.get(&booking.month);
-            check_refund(month.and_then(|m| m.app(booking.app_id)), of, &deltas[0])?;
+            check_refund(month.and_then(|m| m.app(booking.app_id)), of, &deltas[0]).map_err(
+                |error| error.unwrap_or_else(|| refund_of_nothing_charged(&self.type_name(of))),
+            )?;
         }
         if deltas.is_empty() {
             return Ok(Receipt {
@@ -1085,27 +1087,28 @@ pub fn refund_of_nothing_charged(usage_type: &str) -> LedgerError {
 }
 
 /// Refuses a refund (`delta`, of usage type `of`) beyond what `record` (the actor's app's month)
-/// holds of that type, net of the refunds booked before.
-fn check_refund(record: Option<&UsageRecord>, of: TypeId, delta: &Delta) -> LedgerResult<()> {
+/// holds of that type, net of the refunds booked before: `Err(None)` when it holds none of it
+/// (the caller names the type), `Err(Some(error))` when the refund is larger.
+fn check_refund(
+    record: Option<&UsageRecord>,
+    of: TypeId,
+    delta: &Delta,
+) -> Result<(), Option<LedgerError>> {
     let counter = |id| record.and_then(|r| r.counter(id));
-    let Some(charged) = counter(of) else {
-        return Err(LedgerError::InvalidInput(
-            "cannot refund: the actor was not charged for this usage type this month".into(),
-        ));
-    };
+    let charged = counter(of).ok_or(None)?;
     let refunded = counter(delta.usage_type).unwrap_or_default();
     let units_left = charged.units.saturating_sub(refunded.units);
     let cost_left = charged.cost.plus(refunded.cost); // refunds are booked negative
     let refund = delta.cost.negated();
     if u128::from(delta.units) > units_left || refund > cost_left {
-        return Err(LedgerError::InvalidInput(format!(
+        return Err(Some(LedgerError::InvalidInput(format!(
             "cannot refund {} units and {} µ¢: the actor's app was charged {} units and {} µ¢ of \
              this usage type this month, net of refunds",
             delta.units,
             refund.to_microcent_string(),
             units_left,
             cost_left.max(Money::ZERO).to_microcent_string()
-        )));
+        ))));
     }
     Ok(())
 }

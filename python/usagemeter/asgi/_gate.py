@@ -15,11 +15,9 @@ from usagemeter.events import (
     OVERRIDE_DEFAULT_SUBSCRIPTION,
     REGISTER_AVAILABLE_POLICIES,
     AsyncListenerError,
-    OverrideDefaultSubscriptionEvent,
-    RegisterAvailablePoliciesEvent,
 )
-from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
-from usagemeter.service import MeteringService
+from usagemeter.policies import BUILTIN_POLICIES, USER_FREE
+from usagemeter.service import MeteringService, _available_policies
 
 # The ASGI types, spelled out here so that usagemeter needs no framework (Starlette's are the same).
 Scope = MutableMapping[str, Any]
@@ -115,20 +113,14 @@ async def default_plan_id(service: MeteringService | AsyncMeteringService, actor
     """
     sync = service.sync if isinstance(service, AsyncMeteringService) else service
     events = sync.events
-    default = OverrideDefaultSubscriptionEvent(actor, USER_FREE.id if actor.email else TEMP_FREE.id)
+    default, register, _ = sync._plan_events(actor)
     if events.listeners(OVERRIDE_DEFAULT_SUBSCRIPTION):
         await events.emit_async(OVERRIDE_DEFAULT_SUBSCRIPTION, default)
     wanted = default.default_subscription_id
-    if wanted in _BUILTIN_IDS:
+    if wanted in _BUILTIN_IDS:  # available whatever is registered: no need to ask
         return wanted
-    given: tuple[Policy, ...] = sync._policies
-    if any(policy.id == wanted for policy in given):
-        return wanted
-    register = RegisterAvailablePoliciesEvent(actor, list(given))
     await events.emit_async(REGISTER_AVAILABLE_POLICIES, register)
-    if any(isinstance(policy, Policy) and policy.id == wanted for policy in register.available_policies):
-        return wanted
-    return USER_FREE.id
+    return wanted if wanted in _available_policies(register) else USER_FREE.id
 
 
 @dataclass(slots=True)

@@ -62,8 +62,9 @@ pub struct MeteringCore {
     subscription_ttl_ms: i64,
     /// Shared with the fleet's sync thread, which drops the plans other workers invalidate.
     plans: Arc<PlanCache>,
-    /// Guests' entries inserted into `plans` since it last dropped them (`plans.rs`).
-    guest_plans: std::sync::atomic::AtomicUsize,
+    /// The users whose guests' entries were inserted into `plans` since it last dropped them
+    /// (`plans.rs`): at most `GUEST_PLANS_MAX`.
+    guest_plans: parking_lot::Mutex<Vec<Box<str>>>,
     hooks: OnceLock<Hooks>,
     persistence: Option<Persistence>,
     /// Set when `close()` begins: every later call raises `StoreClosedError`.
@@ -336,7 +337,7 @@ impl MeteringCore {
             closed: AtomicBool::new(false),
             forked: AtomicBool::new(false),
             refusals: AtomicU64::new(0),
-            guest_plans: std::sync::atomic::AtomicUsize::new(0),
+            guest_plans: parking_lot::Mutex::new(Vec::new()),
         })
     }
 

@@ -1,8 +1,6 @@
 //! The plan cache: each user's plan (`Policy`), resolved through the subscription events when
 //! the cache misses and kept for `subscription_ttl`; the methods that read or drop it.
 
-use std::sync::atomic::Ordering;
-
 use pyo3::prelude::*;
 
 use super::{as_actor, MeteringCore};
@@ -98,9 +96,16 @@ impl MeteringCore {
     /// past `GUEST_PLANS_MAX` first drops every guest's entry.
     fn cache_plan(&self, actor: &PyActor, plan: CachedPlan, epoch: u64) {
         let plans = self.plans.pin();
-        if plan.guest && self.guest_plans.fetch_add(1, Ordering::Relaxed) >= GUEST_PLANS_MAX {
-            plans.retain(|_, cached| !cached.guest);
-            self.guest_plans.store(1, Ordering::Relaxed);
+        if plan.guest {
+            // Only the guests' own entries are dropped at the bound (not a scan of every user's),
+            // and one that became a user's plan since is kept.
+            let mut guests = self.guest_plans.lock();
+            if guests.len() >= GUEST_PLANS_MAX {
+                for user_id in guests.drain(..) {
+                    let _ = plans.remove_if(&*user_id, |_, cached| cached.guest);
+                }
+            }
+            guests.push(Box::from(actor.user_id.as_str()));
         }
         plans.insert(Box::from(actor.user_id.as_str()), plan);
         // An invalidation between the check and this insert: it wins.
