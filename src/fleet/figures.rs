@@ -212,6 +212,8 @@ impl UserFigures {
             credit: self.credit()?,
             plan: self.plan.clone(),
             months,
+            // Idempotency keys are not on the shared ledger yet: a fleet refuses them.
+            keys: None,
         })
     }
 }

@@ -180,6 +180,8 @@ impl Ledger {
                 credit: state.credit,
                 plan: state.last_plan.as_ref().map(|(id, a)| (id.to_string(), *a)),
                 months,
+                // Idempotency keys are not on the shared ledger yet: a fleet refuses them.
+                keys: None,
             },
             allowance: state.plan.map(|(allowance, _)| allowance),
             lease,

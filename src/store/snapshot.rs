@@ -95,6 +95,11 @@ impl Writer {
                 // A newer copy of a month replaces the unsaved one; other unsaved months stay.
                 Some(pending) => {
                     pending.credit = user.credit;
+                    pending.plan = user.plan;
+                    // Keys are taken whole: a newer copy replaces the unsaved one.
+                    if user.keys.is_some() {
+                        pending.keys = user.keys;
+                    }
                     for (month, image) in user.months {
                         match pending.months.iter_mut().find(|(m, _)| *m == month) {
                             Some(slot) => slot.1 = image,

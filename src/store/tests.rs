@@ -227,6 +227,7 @@ fn the_record_count_holds_after_a_failed_batch_that_partly_landed() {
             },
             plan: None,
             months: Vec::new(),
+            keys: None,
         };
         {
             let (mut store, _) = LedgerStore::open(&dir, backend).unwrap();
