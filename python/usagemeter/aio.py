@@ -173,15 +173,15 @@ class AsyncMeteringService:
         plans[actor] = policy
         # The first charge of a month applies the monthly charges: if a listener is async, it is
         # awaited here and its charges handed over like the plan (applied once by the ledger).
-        monthly: dict[Actor, list[MonthlyCharge]] | None = None
+        # (None: a listener failed, its alarm is raised, and the ledger tries again later.)
+        monthly: dict[Actor, list[MonthlyCharge] | None] | None = None
         due = self.events.has_async_listeners(MONTHLY_CHARGES)
         if due and self.sync._monthly_charges_applied(actor) is None:
             charges = await self._monthly_charges_or_alarm(actor)
-            if charges is not None:
-                monthly = getattr(local, "monthly", None)
-                if monthly is None:
-                    monthly = local.monthly = {}
-                monthly[actor] = charges
+            monthly = getattr(local, "monthly", None)
+            if monthly is None:
+                monthly = local.monthly = {}
+            monthly[actor] = charges
         try:
             return call(*args, **kwargs)
         finally:

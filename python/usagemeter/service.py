@@ -521,16 +521,19 @@ class MeteringService(MeteringCore):
         fresh, cost = self._apply_monthly_charges(actor, [_charge_item(c) for c in charges])
         return MonthlyChargesApplied(month, tuple(charges) if fresh else (), cost, already_applied=not fresh)
 
-    def _monthly_charges_hook(self, actor: Actor) -> list[tuple[str, int, int]] | None:
+    def _monthly_charges_hook(self, actor: Actor) -> list[tuple[str, int, int]] | bool | None:
         """The monthly charges to apply at a user's first charge of a month (the native ledger
-        calls this on the plan's slow path when the month's are not applied): None when there is
-        nothing to apply now, because no listener is registered, or because one failed (a
-        ``monthly_charges`` alarm: the user's call goes on, and its next plan look-up tries
-        again). ``AsyncListenerError`` for an async listener, unless ``usagemeter.aio`` prepared
-        the charges (``_prepared_plans.monthly``)."""
-        prepared: dict[Actor, list[MonthlyCharge]] | None = getattr(self._prepared_plans, "monthly", None)
+        calls this on the plan's slow path when the month's are not applied): None when no
+        listener is registered, False when one failed (a ``monthly_charges`` alarm: the user's
+        call goes on, and the user's next charge tries again). ``AsyncListenerError`` for an
+        async listener, unless ``usagemeter.aio`` prepared the charges
+        (``_prepared_plans.monthly``)."""
+        prepared: dict[Actor, list[MonthlyCharge] | None] | None = getattr(
+            self._prepared_plans, "monthly", None
+        )
         if prepared is not None and actor in prepared:
-            return [_charge_item(c) for c in prepared[actor]]
+            ready = prepared[actor]
+            return False if ready is None else [_charge_item(c) for c in ready]
         if not self.events.listeners(MONTHLY_CHARGES):
             return None
         if self.events.has_async_listeners(MONTHLY_CHARGES):
@@ -551,7 +554,7 @@ class MeteringService(MeteringCore):
                 f"the monthly charges of {month} were not applied (the next charge tries again): "
                 f"a listener failed: {error!r}",
             )
-            return None
+            return False
         return [_charge_item(c) for c in charges]
 
     def _collect_monthly_charges(self, actor: Actor, month: str) -> list[MonthlyCharge]:

@@ -942,6 +942,15 @@ impl Ledger {
         }
     }
 
+    /// Drops the allowance cached in the user's account (not the plan epoch: nothing resolved
+    /// meanwhile is stale), so that the user's next charge takes the slow path again: when the
+    /// month's monthly charges could not be applied at this one (`python::service::keyed`).
+    pub fn drop_cached_allowance(&self, user_id: &str) {
+        if let Some(account) = self.accounts.pin().get(user_id) {
+            account.state.lock().plan = None;
+        }
+    }
+
     /// Whether the user has an account (was charged, credited, or metered through a `Meter`).
     pub fn has_account(&self, user_id: &str) -> bool {
         self.accounts.pin().contains_key(user_id)

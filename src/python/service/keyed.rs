@@ -5,7 +5,7 @@
 
 use pyo3::exceptions::{PyNotImplementedError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyInt;
+use pyo3::types::{PyBool, PyInt};
 
 use super::charges::{owned_items, usage_items};
 use super::{as_actor, MeteringCore};
@@ -239,11 +239,12 @@ impl MeteringCore {
     /// At a charge's plan look-up (the slow path, taken at least once per user and month since
     /// the plan cached in the account expires at the month's end): applies the month's monthly
     /// charges if they are not applied yet. The listeners (`MeteringService._monthly_charges_hook`)
-    /// answer None when there is nothing to apply now (no listener, or one failed: it raised an
-    /// alarm and the next look-up tries again). A charge the ledger refuses raises a
-    /// `monthly_charges` alarm and leaves the month unclaimed; the user's call goes on.
-    /// `AsyncListenerError` propagates: `usagemeter.aio` then prepares the charges and calls
-    /// again.
+    /// answer None when there is nothing to apply (no listener), False when one failed (it
+    /// raised an alarm). A charge the ledger refuses raises a `monthly_charges` alarm. Either
+    /// way the month stays unclaimed and the user's call goes on; the allowance just cached in
+    /// the account is dropped, so that the user's next charge comes back here and tries again
+    /// (without it, the hot path would skip them until the plan expired). `AsyncListenerError`
+    /// propagates (the same way): `usagemeter.aio` then prepares the charges and calls again.
     #[cold]
     #[inline(never)]
     pub(super) fn apply_monthly_if_due(
@@ -265,10 +266,31 @@ impl MeteringCore {
         {
             return Ok(());
         }
+        let applied = self.apply_monthly_now(py, actor_obj, actor, month, now_ms, allowance);
+        if !matches!(applied, Ok(true)) {
+            self.ledger.drop_cached_allowance(&actor.user_id);
+        }
+        applied.map(|_| ())
+    }
+
+    /// `apply_monthly_if_due` once it is due: whether nothing is left to do (applied, or no
+    /// listener), or it must be tried again (`Ok(false)`, or an error to raise).
+    fn apply_monthly_now(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        month: MonthId,
+        now_ms: i64,
+        allowance: Money,
+    ) -> PyResult<bool> {
         let hooks = self.hooks()?;
         let charges = hooks.monthly_charges.call1(py, (actor_obj,))?;
         if charges.is_none(py) {
-            return Ok(());
+            return Ok(true);
+        }
+        if charges.bind(py).is_instance_of::<PyBool>() {
+            return Ok(false); // a listener failed; its alarm is raised
         }
         let applied = owned_items(charges.bind(py)).and_then(|owned| {
             let items = usage_items(&owned)?;
@@ -294,8 +316,9 @@ impl MeteringCore {
             {
                 error.write_unraisable(py, Some(hooks.raise_alarm.bind(py)));
             }
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 }
 
