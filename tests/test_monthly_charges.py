@@ -8,10 +8,16 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
+import random
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import monthly_crash as crash_child
 import pytest
 from redis_support import RedisServer
 from support import FakeClock
@@ -35,6 +41,7 @@ ALLOWANCE = 10_000
 SEAT = 5_000
 OCTOBER_1 = calendar.timegm((2026, 10, 1, 0, 0, 0))
 NOVEMBER_1 = calendar.timegm((2026, 11, 1, 0, 0, 0))
+CRASH_CHILD = Path(__file__).with_name("monthly_crash.py")
 
 
 def new_service(**options: Any) -> MeteringService:
@@ -283,3 +290,68 @@ def test_a_fleet_refuses_monthly_charges_rather_than_double_them(redis_server: R
             service.apply_monthly_charges(kim)
         # At a charge they are not applied (each worker would apply them once: doubled).
         assert service.increment_usage(kim, "kv:write", 1) == 125
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["sled", "redb"])
+def test_sigkill_during_monthly_and_keyed_charges_loses_and_doubles_nothing(
+    tmp_path: Path, backend: str
+) -> None:
+    """Kill a child metering with keys (and applying the seat fee at each user's first charge of a
+    month) at a random moment, 6 times, the month rolling over between the 3rd and 4th. After
+    each restart the store holds a month's seat fee exactly when it holds the month's key, never
+    twice; then every call the child started is retried, and each key's charge and each month's
+    seat fee are in the ledger exactly once."""
+    store = tmp_path / "store"
+    rng = random.Random(20261201)
+    intents: dict[tuple[str, str], set[str]] = {}  # (month, user) -> keys started
+    stored_before_retries = 0
+    for cycle in range(6):
+        month, epoch = ("2026-10", OCTOBER_1 + 3600.0) if cycle < 3 else ("2026-11", NOVEMBER_1 + 3600.0)
+        log_path = tmp_path / f"cycle-{cycle}.log"
+        command = [
+            sys.executable,
+            str(CRASH_CHILD),
+            str(store),
+            backend,
+            str(epoch),
+            str(log_path),
+            str(cycle),
+        ]
+        stderr_path = tmp_path / f"cycle-{cycle}.stderr"
+        with (
+            open(stderr_path, "w", encoding="utf-8") as stderr,
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as child,
+        ):
+            try:
+                assert child.stdout is not None
+                assert child.stdout.readline().strip() == "ready", stderr_path.read_text()
+                time.sleep(rng.uniform(0.05, 0.4))
+            finally:
+                child.send_signal(signal.SIGKILL)
+                child.wait()
+        assert child.returncode == -signal.SIGKILL, stderr_path.read_text()
+        started = [line.split() for line in log_path.read_text().splitlines() if line.startswith("I ")]
+        assert len(started) > 10, "the child charged next to nothing before it was killed"
+        for _, key, user in started:
+            intents.setdefault((month, user), set()).add(key)
+        with crash_child.open_service(store, backend, epoch) as service:
+            for user in crash_child.USERS:
+                actor = Actor(user, crash_child.APP)
+                figures = usage(service, actor, month)
+                seats = figures.get("seat_fee", {"count": 0})["count"]
+                claimed = service._monthly_charges_applied(actor) is not None
+                assert seats == int(claimed), (cycle, user, seats, claimed)
+                stored_before_retries += figures.get("kv:write", {"count": 0})["count"]
+            for _, key, user in started:
+                crash_child.charge(service, key, user)
+            for user in crash_child.USERS:
+                actor = Actor(user, crash_child.APP)
+                for (intent_month, intent_user), keys in intents.items():
+                    if intent_user != user:
+                        continue
+                    figures = usage(service, actor, intent_month)
+                    assert figures["kv:write"]["count"] == len(keys), (cycle, user, intent_month)
+                    assert figures["seat_fee"] == {"units": 1, "cost": crash_child.SEAT, "count": 1}
+    # The store held charges (and their keys) at the kills: the retries were replays, not all new.
+    assert stored_before_retries > 0
