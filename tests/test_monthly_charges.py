@@ -19,6 +19,9 @@ from typing import Any
 
 import monthly_crash as crash_child
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from redis_support import RedisServer
 from support import FakeClock
 from usagemeter import (
@@ -28,6 +31,7 @@ from usagemeter import (
     AlarmEvent,
     AsyncListenerError,
     CostMap,
+    IdempotencyKeyReused,
     MeteringService,
     MonthlyCharge,
     MonthlyChargesApplied,
@@ -355,3 +359,115 @@ def test_sigkill_during_monthly_and_keyed_charges_loses_and_doubles_nothing(
                     assert figures["seat_fee"] == {"units": 1, "cost": crash_child.SEAT, "count": 1}
     # The store held charges (and their keys) at the kills: the retries were replays, not all new.
     assert stored_before_retries > 0
+
+
+class KeysAndMonthlyChargesAgainstAModel(RuleBasedStateMachine):
+    """Keyed and unkeyed charges, keyed refunds, monthly charges and the clock (hours, and month
+    rollovers) on one user, against an exact model of the month totals and of every key."""
+
+    WINDOW = 86_400
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock(OCTOBER_1 + 3600)
+        self.service = new_service(clock=self.clock)
+        self.service.events.on(MONTHLY_CHARGES, seat_fee)
+        self.actor = Actor("model", "app")
+        self.totals: dict[str, int] = {}  # month -> total µ¢
+        self.charged: dict[str, int] = {}  # month -> kv:write units net of refunds
+        self.seated: set[str] = set()
+        self.keys: dict[str, tuple[tuple[str, int], int, float]] = {}  # key -> (payload, result, at)
+
+    def month(self) -> str:
+        return time.strftime("%Y-%m", time.gmtime(self.clock.now))
+
+    def due(self) -> None:
+        """A call that reaches the ledger's charge (not a replay) applies the month's seat fee."""
+        month = self.month()
+        if month not in self.seated:
+            self.seated.add(month)
+            self.totals[month] = self.totals.get(month, 0) + SEAT
+
+    def live(self, key: str) -> tuple[tuple[str, int], int, float] | None:
+        kept = self.keys.get(key)
+        return kept if kept is not None and kept[2] + self.WINDOW > self.clock.now else None
+
+    @rule(key=st.sampled_from(["a", "b", "c"]), units=st.integers(1, 3))
+    def keyed_charge(self, key: str, units: int) -> None:
+        kept = self.live(key)
+        if kept is not None:
+            if kept[0] != ("charge", units):
+                with pytest.raises(IdempotencyKeyReused):
+                    self.service.increment_usage(self.actor, "kv:write", units, idempotency_key=key)
+                return
+            assert self.service.increment_usage(self.actor, "kv:write", units, idempotency_key=key) == kept[1]
+            return
+        result = self.service.increment_usage(self.actor, "kv:write", units, idempotency_key=key)
+        self.due()
+        month = self.month()
+        self.totals[month] = self.totals.get(month, 0) + 125 * units
+        self.charged[month] = self.charged.get(month, 0) + units
+        assert result == self.totals[month]
+        self.keys[key] = (("charge", units), result, self.clock.now)
+
+    @rule(units=st.integers(1, 3))
+    def charge(self, units: int) -> None:
+        result = self.service.increment_usage(self.actor, "kv:write", units)
+        self.due()
+        month = self.month()
+        self.totals[month] = self.totals.get(month, 0) + 125 * units
+        self.charged[month] = self.charged.get(month, 0) + units
+        assert result == self.totals[month]
+
+    @rule(key=st.sampled_from(["b", "r"]), units=st.integers(1, 3))
+    def keyed_refund(self, key: str, units: int) -> None:
+        kept = self.live(key)
+        if kept is not None:
+            if kept[0] != ("refund", units):
+                with pytest.raises(IdempotencyKeyReused):
+                    self.service.refund(self.actor, "kv:write", units=units, idempotency_key=key)
+                return
+            assert self.service.refund(self.actor, "kv:write", units=units, idempotency_key=key) == kept[1]
+            return
+        if not self.totals:
+            return  # never charged: no account, refused before any month is looked at
+        month = self.month()
+        if units > self.charged.get(month, 0):
+            with pytest.raises(ValueError, match="cannot refund"):
+                self.service.refund(self.actor, "kv:write", units=units, idempotency_key=key)
+            self.due()  # the refund's plan look-up applied them before it was refused
+            return
+        result = self.service.refund(self.actor, "kv:write", units=units, idempotency_key=key)
+        self.due()
+        self.totals[month] -= 125 * units
+        self.charged[month] -= units
+        assert result == self.totals[month]
+        self.keys[key] = (("refund", units), result, self.clock.now)
+
+    @rule()
+    def apply_monthly(self) -> None:
+        applied = self.service.apply_monthly_charges(self.actor)
+        assert applied.already_applied == (self.month() in self.seated)
+        assert applied.cost == SEAT
+        self.due()
+
+    @rule(hours=st.integers(1, 30))
+    def wait(self, hours: int) -> None:
+        self.clock.advance(hours * 3600)
+
+    @rule(minutes=st.integers(0, 600))
+    def next_month(self, minutes: int) -> None:
+        moment = time.gmtime(self.clock.now)
+        year, month = (moment.tm_year, moment.tm_mon + 1) if moment.tm_mon < 12 else (moment.tm_year + 1, 1)
+        self.clock.now = calendar.timegm((year, month, 1, 0, 0, 0)) + 60.0 * minutes
+
+    @invariant()
+    def totals_match(self) -> None:
+        for month in {*self.totals, self.month()}:
+            figures = usage(self.service, self.actor, month)
+            assert figures["total"] == self.totals.get(month, 0), month
+            assert figures.get("seat_fee", {"count": 0})["count"] == (month in self.seated), month
+
+
+KeysAndMonthlyChargesAgainstAModel.TestCase.settings = settings(stateful_step_count=40, deadline=None)
+test_keys_and_monthly_charges_against_an_exact_model = KeysAndMonthlyChargesAgainstAModel.TestCase
