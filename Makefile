@@ -28,7 +28,7 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
 .PHONY: help dev test test-rust test-python test-venv lint demo crashloop fleet-long wheel fuzz-store \
-	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-aio bench-asgi \
+	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-aio bench-idempotency bench-asgi \
 	clean
 
 help: ## list the targets
@@ -116,6 +116,9 @@ bench-hot-path: bench-build ## ns per call warm and cold, and instructions per c
 
 bench-aio: bench-build ## ns per call of the async API's awaited calls vs the sync ones
 	$(BENCH_PY) benches/aio.py
+
+bench-idempotency: bench-build ## ns per increment_usage with a new key, a retried key and none
+	$(BENCH_PY) benches/idempotency.py
 
 bench-overuse: bench-build ## ns per call of users far over their allowance vs within it, alarms counted
 	$(BENCH_PY) benches/overuse.py
