@@ -90,8 +90,10 @@ def test_the_first_charge_of_a_month_applies_them_once_billed_to_the_user() -> N
 
 def test_apply_monthly_charges_applies_them_once_before_any_usage() -> None:
     service = new_service()
-    service.events.on(MONTHLY_CHARGES, seat_fee)
     bob = Actor("bob")
+    # No listener: nothing applied, and the month stays unclaimed for one registered later.
+    assert service.apply_monthly_charges(bob) == MonthlyChargesApplied("2026-10", (), 0, False)
+    service.events.on(MONTHLY_CHARGES, seat_fee)
     applied = service.apply_monthly_charges(bob)
     assert applied == MonthlyChargesApplied("2026-10", (MonthlyCharge("seat_fee", SEAT, 1),), SEAT, False)
     assert service.apply_monthly_charges(bob).already_applied

@@ -254,7 +254,7 @@ class MeteringCore:
         returns the first call's total; the same key with another payload (usage types, units,
         cost overrides, the actor's app) raises ``IdempotencyKeyReused``. The key is checked and
         kept in the same atomic step as the charge, and stored with it. Without a key the call
-        costs what it always did."""
+        runs what it always ran (the keyword is one more optional argument to parse)."""
     def meter(self, actor: Actor, usage_type: str) -> Meter:
         """A handle on ``increment_usage(actor, usage_type, amount)`` for a pair metered again
         and again: ``meter.add(amount)`` records exactly what that call would (checks, plan,

@@ -340,6 +340,8 @@ class AsyncMeteringService:
         applied = sync._monthly_charges_applied(actor)
         if applied is not None:
             return MonthlyChargesApplied(month, (), applied, already_applied=True)
+        if not sync.events.listeners(MONTHLY_CHARGES):
+            return MonthlyChargesApplied(month, (), 0, already_applied=False)
         charges = await sync._collect_monthly_charges_async(actor, month)
         return await self._with_plan(actor, sync._apply_collected, actor, month, charges)
 

@@ -503,14 +503,19 @@ class MeteringService(MeteringCore):
         whatever the actor's app), under a reserved key of the month claimed in the same critical
         section: exactly once per user and month, under races and across a restart of a durable
         store. The first charge of a month applies them too (this call is for a job that bills
-        every user on the 1st, or a test). A listener that raises makes this call raise, with
-        nothing applied. An ``async def`` listener raises ``AsyncListenerError``: use
+        every user on the 1st, or a test). With no listener registered nothing is applied and the
+        month is not claimed. A listener that raises makes this call raise, with nothing applied.
+        An ``async def`` listener raises ``AsyncListenerError``: use
         ``usagemeter.aio.AsyncMeteringService``. A fleet raises ``NotImplementedError``.
         """
         month = _month_label(float(self._clock()))
         applied: int | None = self._monthly_charges_applied(actor)
         if applied is not None:
             return MonthlyChargesApplied(month, (), applied, already_applied=True)
+        if not self.events.listeners(MONTHLY_CHARGES):
+            # Nothing to apply, and the month is left unclaimed: a listener registered later in
+            # the month still bills it (as at a charge).
+            return MonthlyChargesApplied(month, (), 0, already_applied=False)
         charges = self._collect_monthly_charges(actor, month)
         return self._apply_collected(actor, month, charges)
 
