@@ -211,6 +211,7 @@ impl UserFigures {
             user_id: user_id.to_string(),
             credit: self.credit()?,
             plan: self.plan.clone(),
+            holds: Vec::new(),
             months,
         })
     }

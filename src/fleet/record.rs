@@ -157,7 +157,8 @@ pub fn decode(user_id: &str, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Stored, Str
                 user_id: user_id.to_string(),
             }
             .encode();
-            let (credit, plan) = codec::decode_credit(&key, value).map_err(decode_error)?;
+            // A worker's holds are kept in its lease, never here: the list is always empty.
+            let (credit, plan, _) = codec::decode_credit(&key, value).map_err(decode_error)?;
             image.credit = credit;
             image.plan = plan;
         } else if let Some(label) = field.strip_prefix("m:") {
@@ -207,7 +208,7 @@ pub fn encode(
     .encode();
     fields.push((
         b"c".to_vec(),
-        codec::encode_credit(&credit_key, &image.credit, image.plan.as_ref()),
+        codec::encode_credit(&credit_key, &image.credit, image.plan.as_ref(), &[]),
     ));
     let before = types.len();
     for month in months {

@@ -30,6 +30,8 @@ pub struct UserImage {
     pub credit: Credit,
     /// The id and allowance of the plan the user was last resolved to, if known.
     pub plan: Option<(String, Money)>,
+    /// Outstanding holds (expired ones may be among them: they hold nothing).
+    pub holds: Vec<super::holds::Hold>,
     pub months: Vec<(MonthId, MonthImage)>,
 }
 

@@ -18,6 +18,7 @@
 
 pub mod app_name;
 pub mod changes;
+pub mod holds;
 pub mod image;
 pub mod month;
 pub mod pools;
@@ -88,6 +89,8 @@ pub struct Booking<'a> {
     pub app_id: &'a str,
     pub month: MonthId,
     pub plan: Plan,
+    /// The call's time (epoch ms, the service's clock): holds expire by it.
+    pub now_ms: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +133,10 @@ pub struct Budget {
     pub allowance: Money,
     pub pools: MonthPools,
     pub credit: Credit,
+    /// What the user's outstanding holds reserve (`holds.rs`).
+    pub held: Money,
+    /// What the user may still spend: allowance left plus purchased credit left, net of `held`
+    /// (below zero when charges made after a hold took what it reserved).
     pub remaining: Money,
 }
 
@@ -182,6 +189,8 @@ struct AccountState {
     /// A fleet replica's budget lease for this user (`replica.rs`); boxed, as most accounts of
     /// a fleet hold none and every account of a single process none.
     lease: Option<Box<replica::Lease>>,
+    /// Outstanding holds (`holds.rs`); none for most users.
+    holds: Option<holds::Holds>,
 }
 
 /// One user's month. Per-type counters are kept once, per app; the user's own per-type figures
@@ -335,14 +344,16 @@ impl AccountState {
         }
     }
 
-    fn budget(&self, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
+    fn budget(&self, month: MonthId, plan: Plan, now_ms: i64) -> LedgerResult<Budget> {
         let allowance = self.allowance(plan)?;
         let pools = self.months.get(&month).map(|m| m.pools).unwrap_or_default();
+        let held = self.held(now_ms);
         Ok(Budget {
             allowance,
             pools,
             credit: self.credit,
-            remaining: pools::remaining(allowance, &pools, &self.credit),
+            held,
+            remaining: pools::remaining(allowance, &pools, &self.credit).minus(held),
         })
     }
 
@@ -380,6 +391,8 @@ pub struct Ledger {
     plan_epoch: AtomicU64,
     /// Set for a fleet replica: affordability is decided on budget leases (`replica.rs`).
     leases: Option<Arc<replica::LeaseRules>>,
+    /// The next hold's id (`holds.rs`).
+    next_hold_id: AtomicU64,
 }
 
 impl Ledger {
@@ -396,6 +409,7 @@ impl Ledger {
             sealed: AtomicBool::new(false),
             plan_epoch: AtomicU64::new(0),
             leases: None,
+            next_hold_id: AtomicU64::new(1),
         }
     }
 
@@ -595,9 +609,23 @@ impl Ledger {
                 account_in(&accounts, booking.user_id)
             }
         };
+        let mut state = account.state.lock();
+        self.charge_locked(&mut state, booking, deltas, unmapped_items, mode)
+    }
+
+    /// `charge_deltas` under the account's lock (`state`): settling a hold charges and removes
+    /// it in one critical section.
+    #[inline(always)]
+    fn charge_locked(
+        &self,
+        state: &mut AccountState,
+        booking: &Booking<'_>,
+        deltas: &[Delta],
+        unmapped_items: usize,
+        mode: ChargeMode,
+    ) -> LedgerResult<Receipt> {
         let adjustment: [Delta; 1];
         let mut deltas = deltas;
-        let mut state = account.state.lock();
         self.refuse_if_sealed()?;
         let allowance = state.allowance(booking.plan)?;
         let credit = state.credit;
@@ -643,12 +671,19 @@ impl Ledger {
         let checks = mode == ChargeMode::IfAffordable && cost.is_positive();
         // A fleet's replica decides on its lease (`replica.rs`): out of line, so that a single
         // process's charge stays as small as it was.
+        // Outstanding holds are budget spoken for (`holds.rs`): on a fleet they are kept in the
+        // lease, so the lease must cover them and the charge together.
+        let held = match checks {
+            true => state.held(booking.now_ms),
+            false => Money::ZERO,
+        };
         let (lease_short, ask_fleet) = match &self.leases {
-            Some(rules) if checks => state.lease_decision(booking.month, cost, rules),
+            Some(rules) if checks => state.lease_decision(booking.month, cost.plus(held), rules),
             _ => (false, false),
         };
         let refuses = |pools: &MonthPools| {
-            checks && (lease_short || pools::remaining(allowance, pools, &credit) < cost)
+            checks
+                && (lease_short || pools::remaining(allowance, pools, &credit).minus(held) < cost)
         };
         let refused = Receipt {
             accepted: false,
@@ -813,14 +848,26 @@ impl Ledger {
         }
     }
 
-    /// The user's budget for `month` under `plan`.
-    pub fn budget(&self, user_id: &str, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
-        self.read_account(user_id, |state| state.budget(month, plan))
+    /// The user's budget for `month` under `plan`, at `now_ms` (for the holds).
+    pub fn budget(
+        &self,
+        user_id: &str,
+        month: MonthId,
+        plan: Plan,
+        now_ms: i64,
+    ) -> LedgerResult<Budget> {
+        self.read_account(user_id, |state| state.budget(month, plan, now_ms))
     }
 
     /// `budget` of an account the caller keeps (see `AccountHandle`).
-    pub fn budget_in(&self, account: &Account, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
-        account.state.lock().budget(month, plan)
+    pub fn budget_in(
+        &self,
+        account: &Account,
+        month: MonthId,
+        plan: Plan,
+        now_ms: i64,
+    ) -> LedgerResult<Budget> {
+        account.state.lock().budget(month, plan, now_ms)
     }
 
     /// The plan epoch to read before resolving a plan and pass to `set_plan_if`.
@@ -985,6 +1032,7 @@ impl Ledger {
                 user_id: user_id.into_string(),
                 credit: state.credit,
                 plan: state.last_plan.as_ref().map(|(id, a)| (id.to_string(), *a)),
+                holds: state.hold_list(),
                 months,
             });
         }
@@ -1051,9 +1099,11 @@ impl Ledger {
     pub fn restore(&self, users: Vec<UserImage>) {
         let accounts = self.accounts.pin();
         for user in users {
+            user.holds.iter().for_each(|hold| self.restored_hold(hold));
             let mut state = AccountState {
                 credit: user.credit,
                 last_plan: user.plan.map(|(id, allowance)| (Arc::from(id), allowance)),
+                holds: (!user.holds.is_empty()).then(|| Box::new(user.holds)),
                 ..AccountState::default()
             };
             for (month, image) in user.months {

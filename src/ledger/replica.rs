@@ -159,13 +159,15 @@ impl Ledger {
             .map(|m| (*m, self.month_image(&state.months[m])))
             .collect();
         let mut released = false;
+        // A lease that keeps holds is kept (renewed): the holds are budget reserved in it.
+        let has_holds = state.has_holds();
         let lease = state.lease.as_deref_mut().map(|lease| {
             let spent = lease.spent;
             lease.granted = lease.left();
             lease.spent = Money::ZERO;
             let gives_up = match release {
                 Release::None => false,
-                Release::Unspent => spent == Money::ZERO,
+                Release::Unspent => spent == Money::ZERO && !has_holds,
                 Release::All => true,
             };
             if gives_up && lease.dry.is_none() {
@@ -179,6 +181,8 @@ impl Ledger {
                 user_id: user_id.to_string(),
                 credit: state.credit,
                 plan: state.last_plan.as_ref().map(|(id, a)| (id.to_string(), *a)),
+                // A worker's holds live in its lease, not in the shared ledger.
+                holds: Vec::new(),
                 months,
             },
             allowance: state.plan.map(|(allowance, _)| allowance),

@@ -7,6 +7,7 @@
 //! took the store from 392 MB to 73 MB (sled) and from 285 MB to 35 MB (redb), and the first
 //! snapshot from 8.9 s to 6.0 s (sled) and 4.9 s to 1.2 s (redb): `make bench-store`.
 
+use crate::ledger::holds::{Hold, MAX_HOLDS_PER_USER};
 use crate::ledger::image::{MonthImage, RecordImage, UserImage};
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::{Credit, MonthPools};
@@ -14,8 +15,9 @@ use crate::ledger::record::UsageCounter;
 use crate::money::Money;
 
 /// Version of the record layout written by this library. Version 2 added the user's last plan
-/// to the credit record; every other record is laid out as in version 1.
-pub const FORMAT_VERSION: u16 = 2;
+/// to the credit record, version 3 the user's outstanding holds; every other record is laid out
+/// as in version 1.
+pub const FORMAT_VERSION: u16 = 3;
 /// The oldest version this library reads (and rewrites as `FORMAT_VERSION` when it changes).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 
@@ -200,6 +202,9 @@ impl Writer {
         let a = v.attocents();
         self.varint(((a << 1) ^ (a >> 127)) as u128); // zigzag: small magnitudes stay short
     }
+    fn signed(&mut self, v: i64) {
+        self.varint(u128::from(((v << 1) ^ (v >> 63)) as u64)); // zigzag
+    }
     fn text(&mut self, v: &str) {
         self.varint(v.len() as u128);
         self.0.extend_from_slice(v.as_bytes());
@@ -331,6 +336,30 @@ impl<'a> Reader<'a> {
             by_type,
         })
     }
+    fn holds(&mut self) -> Result<Vec<Hold>, DecodeError> {
+        let count = self.len()?;
+        if count > MAX_HOLDS_PER_USER {
+            return Err(DecodeError::Corrupted(
+                "more holds than a user may have".into(),
+            ));
+        }
+        let mut holds = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = self.u64()?;
+            let amount = self.money()?;
+            let zigzag = self.u64()?;
+            let expires_ms = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
+            if amount.is_negative() || !amount.fits_record() || id == u64::MAX {
+                return Err(DecodeError::Corrupted("hold out of range".into()));
+            }
+            holds.push(Hold {
+                id,
+                amount,
+                expires_ms,
+            });
+        }
+        Ok(holds)
+    }
     fn end(self) -> Result<(), DecodeError> {
         match self.bytes.is_empty() {
             true => Ok(()),
@@ -357,9 +386,18 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
     r.end().map(|()| meta)
 }
 
-/// A user's record: lifetime purchased credit and, since version 2, the plan the user was last
-/// resolved to (`[0]` for none, `[1][id][allowance]`).
-pub fn encode_credit(key: &[u8], credit: &Credit, plan: Option<&StoredPlan>) -> Vec<u8> {
+/// What a user's credit record keeps.
+pub type CreditRecord = (Credit, Option<StoredPlan>, Vec<Hold>);
+
+/// A user's record: lifetime purchased credit; since version 2 the plan the user was last
+/// resolved to (`[0]` for none, `[1][id][allowance]`); since version 3 the outstanding holds
+/// (`[count]` then `[id][amount][expiry ms]` each).
+pub fn encode_credit(
+    key: &[u8],
+    credit: &Credit,
+    plan: Option<&StoredPlan>,
+    holds: &[Hold],
+) -> Vec<u8> {
     let mut w = Writer::new();
     w.money(credit.purchased);
     w.money(credit.consumed);
@@ -371,13 +409,16 @@ pub fn encode_credit(key: &[u8], credit: &Credit, plan: Option<&StoredPlan>) -> 
             w.money(*allowance);
         }
     }
+    w.varint(holds.len() as u128);
+    for hold in holds {
+        w.varint(u128::from(hold.id));
+        w.money(hold.amount);
+        w.signed(hold.expires_ms);
+    }
     w.finish(key)
 }
 
-pub fn decode_credit(
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<(Credit, Option<StoredPlan>), DecodeError> {
+pub fn decode_credit(key: &[u8], bytes: &[u8]) -> Result<CreditRecord, DecodeError> {
     let mut r = Reader::open(bytes, key)?;
     let credit = Credit {
         purchased: r.money()?,
@@ -398,7 +439,11 @@ pub fn decode_credit(
             other => return Err(DecodeError::Corrupted(format!("unknown plan tag {other}"))),
         },
     };
-    r.end().map(|()| (credit, plan))
+    let holds = match r.version {
+        1 | 2 => Vec::new(), // written before holds were kept
+        _ => r.holds()?,
+    };
+    r.end().map(|()| (credit, plan, holds))
 }
 
 pub fn encode_types(types: &TypeTable) -> Vec<u8> {
@@ -475,7 +520,7 @@ pub fn encode_user(user: &UserImage, types: &mut TypeTable) -> Vec<(Vec<u8>, Vec
         user_id: user.user_id.clone(),
     }
     .encode();
-    let credit = encode_credit(&credit_key, &user.credit, user.plan.as_ref());
+    let credit = encode_credit(&credit_key, &user.credit, user.plan.as_ref(), &user.holds);
     let mut pairs = vec![(credit_key, credit)];
     for (month, image) in &user.months {
         let key = Key::Month {
@@ -539,8 +584,8 @@ mod tests {
                 consumed: Money::ZERO,
             };
             assert_eq!(
-                decode_credit(b"k", &encode_credit(b"k", &credit, None)).unwrap(),
-                (credit, None)
+                decode_credit(b"k", &encode_credit(b"k", &credit, None, &[])).unwrap(),
+                (credit, None, vec![])
             );
         }
         let credit = Credit {
@@ -551,9 +596,22 @@ mod tests {
             "pro ü".into(),
             Money::from_microcents(2_000_000_000).unwrap(),
         );
+        let holds = vec![
+            Hold {
+                id: 1,
+                amount: Money::from_microcents(5_000).unwrap(),
+                expires_ms: 1_790_000_000_000,
+            },
+            Hold {
+                id: 1 << 40,
+                amount: Money::ZERO,
+                expires_ms: -1,
+            },
+        ];
+        let bytes = encode_credit(b"k", &credit, Some(&plan), &holds);
         assert_eq!(
-            decode_credit(b"k", &encode_credit(b"k", &credit, Some(&plan))).unwrap(),
-            (credit, Some(plan))
+            decode_credit(b"k", &bytes).unwrap(),
+            (credit, Some(plan), holds)
         );
         let meta = Meta {
             generation: 9,
@@ -602,7 +660,7 @@ mod tests {
             purchased: Money::from_attocents(7).unwrap(),
             consumed: Money::ZERO,
         };
-        assert_eq!(decode_credit(b"k", &body).unwrap(), (credit, None));
+        assert_eq!(decode_credit(b"k", &body).unwrap(), (credit, None, vec![]));
         // The same bytes as version 2 lack the plan tag: refused as truncated.
         let mut v2 = 2u16.to_le_bytes().to_vec();
         v2.extend_from_slice(&[14, 0]);
@@ -617,7 +675,7 @@ mod tests {
             purchased: Money::from_microcents(7).unwrap(),
             consumed: Money::ZERO,
         };
-        let value = encode_credit(b"cknown-17", &credit, None);
+        let value = encode_credit(b"cknown-17", &credit, None, &[]);
         assert!(decode_credit(b"cknown-17", &value).is_ok());
         assert!(decode_credit(b"cknown-16", &value).is_err());
     }

@@ -95,6 +95,8 @@ impl Writer {
                 // A newer copy of a month replaces the unsaved one; other unsaved months stay.
                 Some(pending) => {
                     pending.credit = user.credit;
+                    pending.plan = user.plan;
+                    pending.holds = user.holds;
                     for (month, image) in user.months {
                         match pending.months.iter_mut().find(|(m, _)| *m == month) {
                             Some(slot) => slot.1 = image,

@@ -32,6 +32,7 @@ fn charge(ledger: &Ledger, user_id: &str, app_id: &str, units: u64) {
         app_id,
         month: OCTOBER,
         plan: Plan::Fixed(Money::from_microcents(1_000).unwrap()),
+        now_ms: 0,
     };
     let item = UsageItem {
         usage_type: "kv:write",
@@ -86,7 +87,7 @@ fn a_closed_store_reopens_with_everything() {
             Money::from_microcents(875).unwrap()
         );
         let carol = restored
-            .budget("carol", OCTOBER, Plan::Fixed(Money::ZERO))
+            .budget("carol", OCTOBER, Plan::Fixed(Money::ZERO), 0)
             .unwrap();
         assert_eq!(carol.credit.purchased, Money::from_microcents(500).unwrap());
         assert_eq!(
@@ -226,6 +227,7 @@ fn the_record_count_holds_after_a_failed_batch_that_partly_landed() {
                 consumed: Money::ZERO,
             },
             plan: None,
+            holds: Vec::new(),
             months: Vec::new(),
         };
         {

@@ -155,6 +155,7 @@ impl MeteringCore {
                 app_id: actor.booking_app(),
                 month,
                 plan,
+                now_ms,
             })
         };
         let mut receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
@@ -188,7 +189,7 @@ impl MeteringCore {
         let month = MonthId::from_epoch_ms(now_ms);
         let mut receipt = refused;
         for _ in 0..2 {
-            if !receipt.ask_fleet || !self.lease_granted(py, actor, month, &receipt) {
+            if !receipt.ask_fleet || !self.lease_granted(py, actor, month, now_ms, &receipt) {
                 break;
             }
             receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
@@ -196,14 +197,16 @@ impl MeteringCore {
         Ok(receipt)
     }
 
-    /// Asks the fleet for a lease covering `receipt`'s cost (with the GIL released). An error
-    /// (the shared ledger cannot be reached) is raised as a `store_error` alarm, and the charge
-    /// stays refused: strict spending fails closed.
+    /// Asks the fleet for a lease covering `receipt`'s cost and the actor's outstanding holds,
+    /// which the lease keeps (with the GIL released). An error (the shared ledger cannot be
+    /// reached) is raised as a `store_error` alarm, and the charge stays refused: strict spending
+    /// fails closed.
     fn lease_granted(
         &self,
         py: Python<'_>,
         actor: &PyActor,
         month: MonthId,
+        now_ms: i64,
         receipt: &Receipt,
     ) -> bool {
         let (Some(persistence), Some(fleet)) = (&self.persistence, self.fleet()) else {
@@ -214,8 +217,9 @@ impl MeteringCore {
             // timeout) on the caller's thread. Refused; the sync thread keeps trying.
             return false;
         }
-        let asked = py
-            .detach(|| fleet.request_lease(&actor.user_id, month, receipt.cost, receipt.allowance));
+        let need = receipt.cost.plus(self.ledger.held(&actor.user_id, now_ms));
+        let asked =
+            py.detach(|| fleet.request_lease(&actor.user_id, month, need, receipt.allowance));
         match asked {
             Ok(granted) => granted,
             Err(error) => {
