@@ -19,6 +19,9 @@ Modes:
   an upper bound of what it recorded when it SIGKILLs it.
 - `steady`: `increment_usage` on its own users until a `stop` line arrives on stdin; reports the
   units of each user, any exception, and the alarms it saw (e.g. `store_error` during an outage).
+- `holds`: `reserve` / `settle` (at most what was held) / `release` racing on one user's budget;
+  reports the µ¢ settled.
+- `hold_victim`: holds part of one user's budget for an hour, prints `held`, waits to be killed.
 """
 
 from __future__ import annotations
@@ -211,7 +214,42 @@ def run_steady(config: dict[str, Any], service: MeteringService) -> dict[str, An
     return {"units": dict(zip(users, units, strict=True)), "errors": errors}
 
 
-MODES = {"race": run_race, "sums": run_sums, "victim": run_victim, "steady": run_steady}
+def run_holds(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    """`calls` reserves of `cost` on user `user`, each settled at a random real cost no larger,
+    or released; reports the µ¢ settled and how many reserves were refused."""
+    rng = random.Random(config["seed"])
+    actor = Actor(config["user"])
+    settled = refused = released = 0
+    for _ in range(config["calls"]):
+        hold = service.reserve(actor, cost=config["cost"], ttl=60)
+        if hold is None:
+            refused += 1
+        elif rng.random() < 0.2:
+            hold.release()
+            released += 1
+        else:
+            real = rng.randint(1, config["cost"])
+            hold.settle(cost=real, usage_type="fleet:call")
+            settled += real
+    return {"settled": settled, "refused": refused, "released": released}
+
+
+def run_hold_victim(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    """Holds `cost` of user `user` for an hour, says so, and waits to be killed."""
+    hold = service.reserve(Actor(config["user"]), cost=config["cost"], ttl=3_600)
+    emit("held", held=hold is not None)
+    time.sleep(3_600)
+    return {}
+
+
+MODES = {
+    "race": run_race,
+    "sums": run_sums,
+    "victim": run_victim,
+    "steady": run_steady,
+    "holds": run_holds,
+    "hold_victim": run_hold_victim,
+}
 
 
 def main() -> None:

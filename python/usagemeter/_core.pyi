@@ -246,6 +246,31 @@ class MeteringCore:
         self, actor: Actor, usage_type: str, units: int | None = None, cost: int | None = None
     ) -> tuple[int, int]:
         """Book a refund as ``refund:<usage_type>``; ``(month total, cost given back)`` in µ¢."""
+    def _reserve(
+        self,
+        actor: Actor,
+        cost: int | None,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]] | None,
+        ttl_ms: int,
+    ) -> tuple[int, int, int] | None:
+        """Hold ``cost`` µ¢ or what ``usages`` cost for ``ttl_ms`` if the budget net of holds
+        covers it: ``(id, amount µ¢, expires_ms)``, or None. ``MeteringService.reserve`` wraps it."""
+    def _settle(
+        self,
+        actor: Actor,
+        hold_id: int,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]] | None = None,
+        cost: int | None = None,
+        usage_type: str | None = None,
+    ) -> tuple[int, bool]:
+        """Record the real usage of a hold and remove it, atomically: ``(month total, whether
+        the hold was still live)``."""
+    def _release(self, actor: Actor, hold_id: int) -> bool:
+        """Remove a hold; whether it was still live."""
+    def _extend(self, actor: Actor, hold_id: int, ttl_ms: int) -> int | None:
+        """Make a hold expire ``ttl_ms`` from now: the new expiry (epoch ms), or None if expired."""
+    def _holds(self, actor: Actor) -> list[tuple[int, int, int]]:
+        """The actor's live holds, ``(id, amount µ¢, expires_ms)`` each, oldest first."""
     def try_batch_increment_usages(
         self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
     ) -> int | None:

@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 from usagemeter._core import Actor, CostMap, Meter
 from usagemeter.events import AsyncListenerError, EventBus
+from usagemeter.holds import Hold
 from usagemeter.policies import Policy
 from usagemeter.service import MeteringService
 from usagemeter.types import (
@@ -244,6 +245,38 @@ class AsyncMeteringService:
         covers them all. On a fleet, a charge that needs a new lease runs in a worker thread."""
         items = self.sync._usage_batch(usage, model_prefix, cost_overrides)
         return await self.try_batch_increment_usages(actor, items)
+
+    async def reserve(
+        self,
+        actor: Actor,
+        cost: int | None = None,
+        usages: Usages | None = None,
+        ttl: float = 600.0,
+    ) -> Hold | None:
+        """``MeteringService.reserve``: a ``Hold`` (with ``asettle``, ``arelease``, ``async with``)
+        or None. On a fleet, a hold that needs a new budget lease from Redis is asked for in a
+        worker thread."""
+        items = None if usages is None else list(usages)
+        if self.sync.store_backend in ("redis", "redis-cluster"):
+            try:
+                hold = await _in_thread(self.sync.reserve, actor, cost, items, ttl)
+            except AsyncListenerError:
+                # The plan needs async listeners, awaited here; the reserve then runs on the loop
+                # (the plan's thread-local hand-over does not cross threads). Only a plan not
+                # cached takes this path, and only a lease request in it waits.
+                hold = await self._after_plan(actor, self.sync.reserve, actor, cost, items, ttl)
+        else:
+            hold = await self._with_plan(actor, self.sync.reserve, actor, cost, items, ttl)
+        if hold is not None:
+            hold._aio = self
+        return hold
+
+    async def holds(self, actor: Actor) -> list[Hold]:
+        """The actor's outstanding holds, oldest first."""
+        holds = self.sync.holds(actor)
+        for hold in holds:
+            hold._aio = self
+        return holds
 
     async def meter(self, actor: Actor, usage_type: str) -> AsyncMeter:
         """A handle on ``increment_usage(actor, usage_type, amount)``: ``await meter.add(n)``."""

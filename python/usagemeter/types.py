@@ -93,8 +93,9 @@ class AllowedUsage(TypedDict):
 class ActorBudget(TypedDict):
     """``get_actor_budget()``: this month's two pools in µ¢, rounded so that
     ``allowance_used + consumed_this_month + overage`` is the month's total and
-    ``remaining == max(0, monthly_allowance - allowance_used) + purchased_credits -
-    consumed_purchase_credits`` hold on these integers."""
+    ``remaining == max(0, max(0, monthly_allowance - allowance_used) + purchased_credits -
+    consumed_purchase_credits - held)`` hold on these integers. ``held`` is what outstanding
+    holds reserve (``reserve``): it lowers ``remaining``, not the allowance figures."""
 
     monthly_allowance: int
     allowance_used: int
@@ -102,6 +103,7 @@ class ActorBudget(TypedDict):
     consumed_purchase_credits: int
     consumed_this_month: int
     overage: int
+    held: int
     remaining: int
 
 

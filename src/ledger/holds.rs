@@ -12,7 +12,7 @@
 //! expiry. On a fleet, a worker's holds are kept inside its budget lease (`replica.rs`): they
 //! die with the lease when the worker does.
 
-use super::{Account, AccountState, Booking, ChargeMode, Deltas, Ledger, Receipt};
+use super::{Account, AccountState, Booking, ChargeMode, Ledger, Receipt, UsageItem};
 use crate::error::{overflow, LedgerError, LedgerResult};
 use crate::money::Money;
 use std::sync::atomic::Ordering;
@@ -89,8 +89,22 @@ fn held_in(holds: &[Hold], now_ms: i64) -> Money {
         .fold(Money::ZERO, |sum, hold| sum.plus(hold.amount))
 }
 
+/// Where a ledger's hold ids start: at random below 2^52. A hold id may outlive its process (a
+/// caller can keep it to settle after a restart), and a store keeps only the live holds: ids
+/// counted from 1 again would name a settled hold's id anew. Random starts make two processes'
+/// (or two fleet workers') ids collide with odds of about (holds made) / 2^52; below 2^53, the
+/// ids stay exact in JavaScript clients too.
+pub fn first_hold_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    1 + random % (1 << 52)
+}
+
 impl Ledger {
-    /// A new hold id, unique in this ledger and above every id restored from its store.
+    /// A new hold id: unique in this ledger, and (see `first_hold_id`) almost surely among the
+    /// ids of the processes that used its store before.
     pub fn new_hold_id(&self) -> u64 {
         self.next_hold_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -164,21 +178,22 @@ impl Ledger {
         })
     }
 
-    /// Settles hold `id`: records `deltas` (the real usage, whatever it costs, as
+    /// Settles hold `id`: records `items` (the real usage, whatever it costs, as
     /// `ChargeMode::Always`) and removes the hold, atomically under the account's lock. Usage is
     /// recorded even when the hold expired or is unknown (the call ran; losing its usage would be
-    /// worse). Returns the receipt and the hold as it was, if it was still live.
+    /// worse). Returns the receipt and the hold as it was, if it was still live. Invalid items
+    /// change nothing: the hold stays.
     pub fn settle(
         &self,
         account: Option<&Account>,
         booking: &Booking<'_>,
         id: u64,
-        deltas: &Deltas,
-        unmapped_items: usize,
+        items: &[UsageItem<'_>],
     ) -> LedgerResult<(Receipt, Option<Hold>)> {
+        let (deltas, unmapped_items) = self.deltas_of(items)?;
         self.with_account(account, booking.user_id, |state| {
             let receipt =
-                self.charge_locked(state, booking, deltas, unmapped_items, ChargeMode::Always)?;
+                self.charge_locked(state, booking, &deltas, unmapped_items, ChargeMode::Always)?;
             let hold = state.take_hold(id, booking.now_ms);
             self.note_credit_change(state, booking.user_id);
             Ok((receipt, hold))
@@ -259,11 +274,6 @@ impl Ledger {
         if self.track_changes {
             state.mark_changed(user_id, None, &self.changes);
         }
-    }
-
-    /// Keeps hold ids above every id in restored holds.
-    pub(super) fn restored_hold(&self, hold: &Hold) {
-        self.next_hold_id.fetch_max(hold.id + 1, Ordering::Relaxed);
     }
 }
 

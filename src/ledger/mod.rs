@@ -409,7 +409,7 @@ impl Ledger {
             sealed: AtomicBool::new(false),
             plan_epoch: AtomicU64::new(0),
             leases: None,
-            next_hold_id: AtomicU64::new(1),
+            next_hold_id: AtomicU64::new(holds::first_hold_id()),
         }
     }
 
@@ -1099,7 +1099,6 @@ impl Ledger {
     pub fn restore(&self, users: Vec<UserImage>) {
         let accounts = self.accounts.pin();
         for user in users {
-            user.holds.iter().for_each(|hold| self.restored_hold(hold));
             let mut state = AccountState {
                 credit: user.credit,
                 last_plan: user.plan.map(|(id, allowance)| (Arc::from(id), allowance)),

@@ -138,7 +138,7 @@ impl MeteringCore {
     /// calls for (`items`: what `record` records, named in the unmapped-usage alarms). With
     /// `Wait::Never`, a charge that would ask the fleet for a lease is returned refused, with
     /// `ask_fleet` set, and raises no alarm.
-    fn charge_with(
+    pub(super) fn charge_with(
         &self,
         py: Python<'_>,
         actor_obj: &Bound<'_, PyAny>,

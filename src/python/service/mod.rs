@@ -20,6 +20,7 @@
 mod charges;
 mod checks;
 mod estimates;
+mod holds;
 mod plans;
 mod reports;
 
