@@ -538,6 +538,6 @@ def test_a_hold_of_another_actor_or_not_a_hold_is_refused(shipped: MeteringServi
     assert hold is not None
     with pytest.raises(ValueError, match="the hold is"):
         meter_stream(shipped, Actor("b"), GPT, CHAT_CHUNKS, hold=hold)
-    with pytest.raises(TypeError, match="usagemeter.Hold"):
+    with pytest.raises(TypeError, match=r"usagemeter\.Hold"):
         meter_stream(shipped, Actor("a"), GPT, CHAT_CHUNKS, hold=5)  # type: ignore[arg-type]
     assert hold.state == "held"
