@@ -90,7 +90,9 @@ def timed(form: Callable[[MeteringService, Actor], None], n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--write-results", nargs="?", const=str(RESULTS), metavar="PATH")
@@ -122,7 +124,8 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write_results:
-        write_section(Path(args.write_results), "holds", "Holds: reserve + settle vs try_increment_usage", lines)
+        title = "Holds: reserve + settle vs try_increment_usage"
+        write_section(Path(args.write_results), "holds", title, lines)
 
 
 if __name__ == "__main__":
