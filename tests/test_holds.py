@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -484,3 +485,25 @@ class HoldsAgainstAModel(RuleBasedStateMachine):
 
 HoldsAgainstAModel.TestCase.settings = settings(stateful_step_count=40, deadline=None)
 test_holds_against_an_exact_model = HoldsAgainstAModel.TestCase
+
+
+@pytest.mark.parametrize("hold_id", [-1, 2**64, 1.5, "7", None, True, b"1"])
+def test_junk_hold_ids_are_refused_by_every_native_entry_point(hold_id: Any) -> None:
+    service = new_service()
+    olga = Actor("olga")
+    kept = service.reserve(olga, cost=100)
+    assert kept is not None
+    calls: list[Callable[[], object]] = [
+        lambda: service._settle(olga, hold_id, None, 5, "llm:output"),
+        lambda: service._release(olga, hold_id),
+        lambda: service._extend(olga, hold_id, 1_000),
+    ]
+    for call in calls:
+        with pytest.raises((TypeError, ValueError)):
+            call()
+    ttls: list[Any] = [0, -1, 2**63, 1.0, True]
+    for ttl in ttls:
+        with pytest.raises((TypeError, ValueError)):
+            service._extend(olga, kept.id, ttl)
+    assert budget(service, olga) == (0, 100, 900)
+    assert service.get_actor_current_month_usage_details(olga)["usage"]["total"] == 0
