@@ -72,6 +72,9 @@ pub enum Release {
     Unspent,
     /// Every lease (closing).
     All,
+    /// The lease, unless holds are kept in it (before a keyed call decides on the fleet's
+    /// figures: `fleet::sync::keyed`).
+    UnlessHolds,
 }
 
 impl AccountState {
@@ -169,6 +172,7 @@ impl Ledger {
                 Release::None => false,
                 Release::Unspent => spent == Money::ZERO && !has_holds,
                 Release::All => true,
+                Release::UnlessHolds => !has_holds,
             };
             if gives_up && lease.dry.is_none() {
                 lease.granted = Money::ZERO;
@@ -210,9 +214,14 @@ impl Ledger {
 
     /// Takes one user (to ask the fleet for a lease now).
     pub fn take_user_for_fleet(&self, user_id: &str) -> Option<Taken> {
+        self.take_user_for_fleet_releasing(user_id, Release::None)
+    }
+
+    /// Takes one user, giving up its lease as `release` says.
+    pub fn take_user_for_fleet_releasing(&self, user_id: &str, release: Release) -> Option<Taken> {
         let accounts = self.accounts.pin();
         let account = accounts.get(user_id)?;
-        let taken = self.take_account(user_id, &mut account.state.lock(), Release::None);
+        let taken = self.take_account(user_id, &mut account.state.lock(), release);
         Some(taken)
     }
 
