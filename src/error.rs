@@ -17,6 +17,10 @@ pub enum LedgerError {
     PlanNeeded,
     /// The ledger was sealed by `close()`: it records nothing more.
     Closed,
+    /// A live idempotency key was passed with another payload; nothing was recorded.
+    KeyReused(String),
+    /// A new idempotency key would pass the bound on keys held; nothing was recorded.
+    KeyLimit(String),
     CostMap(CostMapError),
 }
 
@@ -29,9 +33,10 @@ impl fmt::Display for LedgerError {
                     "usage type {name:?} is not in the cost map (pass a cost override or add it)"
                 )
             }
-            LedgerError::InvalidInput(message) | LedgerError::Overflow(message) => {
-                f.write_str(message)
-            }
+            LedgerError::InvalidInput(message)
+            | LedgerError::Overflow(message)
+            | LedgerError::KeyReused(message)
+            | LedgerError::KeyLimit(message) => f.write_str(message),
             LedgerError::CostMap(error) => error.fmt(f),
             LedgerError::PlanNeeded => f.write_str("the user's plan must be resolved first"),
             LedgerError::Closed => f.write_str("this MeteringService is closed"),

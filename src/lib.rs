@@ -24,8 +24,9 @@ mod _core {
     use crate::python::costmap::PyCostMap;
     #[pymodule_export]
     use crate::python::errors::{
-        CostMapError, StoreClosedError, StoreCorruptedError, StoreError, StoreLockedError,
-        StoreUnavailableError, StoreVersionError, StoreWriteError, UnknownUsageType,
+        CostMapError, IdempotencyKeyLimitError, IdempotencyKeyReused, StoreClosedError,
+        StoreCorruptedError, StoreError, StoreLockedError, StoreUnavailableError,
+        StoreVersionError, StoreWriteError, UnknownUsageType,
     };
     #[pymodule_export]
     use crate::python::meter::PyMeter;

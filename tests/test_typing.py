@@ -398,6 +398,7 @@ def test_the_signature_check_can_fail() -> None:
             ("usage_type", "positional", False),
             ("amount", "positional", False),
             ("cost_override", "positional", True),
+            ("idempotency_key", "keyword_only", True),
         ]
     )
     assert actual != [("actor", "positional", False), ("kind", "positional", False), *stubbed[2:]]

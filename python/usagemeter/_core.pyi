@@ -28,6 +28,8 @@ __all__ = [
     "Actor",
     "CostMap",
     "CostMapError",
+    "IdempotencyKeyLimitError",
+    "IdempotencyKeyReused",
     "Meter",
     "MeteringCore",
     "StoreClosedError",
@@ -55,6 +57,15 @@ class CostMapError(ValueError):
 
 class UnknownUsageType(KeyError):
     """A usage type that is not in the cost map was charged without a cost override."""
+
+class IdempotencyKeyReused(ValueError):
+    """An idempotency key still kept was passed again with another payload (method, app or
+    items); nothing was recorded. Use a new key for a new call."""
+
+class IdempotencyKeyLimitError(RuntimeError):
+    """A new idempotency key would pass the bound on keys kept (``max_idempotency_keys_per_user``
+    or ``max_idempotency_keys``); nothing was recorded. Keys already kept are never forgotten
+    early: that would turn their retries into double charges."""
 
 class StoreError(Exception):
     """The store could not be opened, read or written."""
@@ -176,6 +187,9 @@ class MeteringCore:
         lease_ttl_ms: int = 10_000,
         serve_offline: bool = False,
         connect_timeout_ms: int = 5_000,
+        idempotency_window_ms: int = 86_400_000,
+        max_idempotency_keys: int = 1_000_000,
+        max_idempotency_keys_per_user: int = 100_000,
     ) -> Self: ...
     def flush(self) -> None:
         """Block until everything recorded before the call is durable; ``StoreWriteError`` on failure."""
@@ -210,8 +224,13 @@ class MeteringCore:
         """``(plan id, monthly allowance µ¢)`` the user was last resolved to (kept in the store)."""
     def get_actors_usage(self, month: str | None = None) -> list[tuple[str, int, int]]:
         """``(user_id, total µ¢, count)`` of every user with usage in ``month``, largest total first."""
-    def _install_hooks(self, resolve_policy: Callable[..., Any], raise_alarm: Callable[..., Any]) -> None:
-        """Install the plan resolver and the alarm dispatcher (once)."""
+    def _install_hooks(
+        self,
+        resolve_policy: Callable[..., Any],
+        raise_alarm: Callable[..., Any],
+        monthly_charges: Callable[..., Any],
+    ) -> None:
+        """Install the plan resolver, the alarm dispatcher and the monthly charges' listeners (once)."""
     @property
     def cost_map(self) -> CostMap:
         """The cost map this service prices with."""
@@ -220,9 +239,22 @@ class MeteringCore:
     ) -> int:
         """Do nothing with ``increment_usage``'s arguments: the floor of a native call (benchmarks)."""
     def increment_usage(
-        self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
+        self,
+        actor: Actor,
+        usage_type: str,
+        amount: int,
+        cost_override: int | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int:
-        """Record ``amount`` units of ``usage_type``; return the user's month total in µ¢."""
+        """Record ``amount`` units of ``usage_type``; return the user's month total in µ¢.
+
+        ``idempotency_key`` (a str of 1-255 bytes; keys starting with ``usagemeter:`` are
+        reserved): a retry within the service's ``idempotency_window`` records nothing and
+        returns the first call's total; the same key with another payload (usage types, units,
+        cost overrides, the actor's app) raises ``IdempotencyKeyReused``. The key is checked and
+        kept in the same atomic step as the charge, and stored with it. Without a key the call
+        costs what it always did."""
     def meter(self, actor: Actor, usage_type: str) -> Meter:
         """A handle on ``increment_usage(actor, usage_type, amount)`` for a pair metered again
         and again: ``meter.add(amount)`` records exactly what that call would (checks, plan,
@@ -230,22 +262,49 @@ class MeteringCore:
         an invalid usage type and ``UnknownUsageType`` for an unpriced one (unless the service
         records those for free)."""
     def try_increment_usage(
-        self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
+        self,
+        actor: Actor,
+        usage_type: str,
+        amount: int,
+        cost_override: int | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int | None:
-        """Record only if the user's remaining budget covers the cost; return the new total or None."""
+        """Record only if the user's remaining budget covers the cost; return the new total or None.
+
+        With ``idempotency_key`` a retry of an accepted call returns its total and records
+        nothing; a refused call keeps no key, so its retry is decided again (after a top-up, say)."""
     def batch_increment_usages(
-        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+        self,
+        actor: Actor,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
+        *,
+        idempotency_key: str | None = None,
     ) -> int:
-        """Record several usages as one atomic event: all validated first, all or nothing."""
+        """Record several usages as one atomic event: all validated first, all or nothing.
+
+        ``idempotency_key`` as for ``increment_usage`` (the items, in order, are the payload)."""
     def _try_increment_usage_nowait(
-        self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
+        self,
+        actor: Actor,
+        usage_type: str,
+        amount: int,
+        cost_override: int | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> tuple[bool, int | None]:
         """``try_increment_usage`` that never waits on the shared ledger: ``(True, total or None)``
         when decided, ``(False, None)`` (nothing recorded) when only a lease request could decide."""
     def _refund(
-        self, actor: Actor, usage_type: str, units: int | None = None, cost: int | None = None
-    ) -> tuple[int, int]:
-        """Book a refund as ``refund:<usage_type>``; ``(month total, cost given back)`` in µ¢."""
+        self,
+        actor: Actor,
+        usage_type: str,
+        units: int | None = None,
+        cost: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, int, bool]:
+        """Book a refund as ``refund:<usage_type>``; ``(month total, cost given back, booked now)``
+        in µ¢ (False: a retry of ``idempotency_key``, the first call's figures)."""
     def _reserve(
         self,
         actor: Actor,
@@ -272,12 +331,20 @@ class MeteringCore:
     def _holds(self, actor: Actor) -> list[tuple[int, int, int]]:
         """The actor's live holds, ``(id, amount µ¢, expires_ms)`` each, oldest first."""
     def try_batch_increment_usages(
-        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+        self,
+        actor: Actor,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
+        *,
+        idempotency_key: str | None = None,
     ) -> int | None:
         """Record the items as one atomic event only if the remaining budget covers them all;
-        return the new month total, or None (nothing recorded)."""
+        return the new month total, or None (nothing recorded, no key kept)."""
     def _try_batch_increment_usages_nowait(
-        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+        self,
+        actor: Actor,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
+        *,
+        idempotency_key: str | None = None,
     ) -> tuple[bool, int | None]:
         """``try_batch_increment_usages`` that never waits on the shared ledger."""
     def cost_of(self, usage_type: str, amount: int, cost_override: int | None = None) -> int:
@@ -316,8 +383,19 @@ class MeteringCore:
         """This month's pools: allowance used, purchased credit, overage and what remains, in µ¢."""
     def get_actor_addons(self, actor: Actor) -> AddonCredits:
         """``{"purchased_credits", "consumed_purchase_credits"}`` in µ¢ (lifetime)."""
-    def update_addon_credit(self, user_id: str, amount: int) -> int:
-        """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total."""
+    def update_addon_credit(self, user_id: str, amount: int, *, idempotency_key: str | None = None) -> int:
+        """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total.
+
+        With ``idempotency_key``, a retry adds nothing and returns the first call's total."""
+    def _apply_monthly_charges(
+        self, actor: Actor, charges: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+    ) -> tuple[bool, int]:
+        """Book ``(usage_type, units, cost)`` items as the month's monthly charges, billed to the
+        user, once: ``(applied now, cost µ¢ booked now or the first time)``."""
+    def _monthly_charges_applied(self, actor: Actor) -> int | None:
+        """The cost (µ¢) the current month's monthly charges booked, or None if not applied."""
+    def _idempotency_key_count(self) -> int:
+        """Caller idempotency keys held in memory (tests: the bound and the pruning)."""
     def set_actor_current_month_usage_total(self, actor: Actor, total: int) -> int:
         """Set the user's month total by booking the difference as ``manual_adjustment``.
 

@@ -25,10 +25,16 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from usagemeter._core import Actor, CostMap, Meter
-from usagemeter.events import AsyncListenerError, EventBus
+from usagemeter.events import (
+    MONTHLY_CHARGES,
+    AsyncListenerError,
+    EventBus,
+    MonthlyCharge,
+    MonthlyChargesApplied,
+)
 from usagemeter.holds import Hold
 from usagemeter.policies import Policy
-from usagemeter.service import MeteringService
+from usagemeter.service import MeteringService, _month_label
 from usagemeter.types import (
     ActorBudget,
     ActorReport,
@@ -166,17 +172,63 @@ class AsyncMeteringService:
         if plans is None:
             plans = local.plans = {}
         plans[actor] = policy
+        # The first charge of a month applies the monthly charges: if a listener is async, it is
+        # awaited here and its charges handed over like the plan (applied once by the ledger).
+        monthly: dict[Actor, list[MonthlyCharge]] | None = None
+        due = self.events.has_async_listeners(MONTHLY_CHARGES)
+        if due and self.sync._monthly_charges_applied(actor) is None:
+            charges = await self._monthly_charges_or_alarm(actor)
+            if charges is not None:
+                monthly = getattr(local, "monthly", None)
+                if monthly is None:
+                    monthly = local.monthly = {}
+                monthly[actor] = charges
         try:
             return call(*args, **kwargs)
         finally:
             plans.pop(actor, None)
+            if monthly is not None:
+                monthly.pop(actor, None)
+
+    async def _monthly_charges_or_alarm(self, actor: Actor) -> list[MonthlyCharge] | None:
+        """The monthly charges, awaited; None (and a ``monthly_charges`` alarm) if a listener
+        fails, as ``MeteringService._monthly_charges_hook`` does."""
+        month = _month_of(self.sync)
+        try:
+            return await self.sync._collect_monthly_charges_async(actor, month)
+        except Exception as error:
+            self.sync._raise_alarm(
+                "monthly_charges",
+                actor,
+                None,
+                f"the monthly charges of {month} were not applied (the next charge tries again): "
+                f"a listener failed: {error!r}",
+            )
+            return None
 
     # Recording usage.
 
     async def increment_usage(
-        self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
+        self,
+        actor: Actor,
+        usage_type: str,
+        amount: int,
+        cost_override: int | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int:
-        """Record ``amount`` units of ``usage_type``; return the user's month total in µ¢."""
+        """Record ``amount`` units of ``usage_type``; return the user's month total in µ¢.
+        With ``idempotency_key``, a retry records nothing and returns the first call's total."""
+        if idempotency_key is not None:
+            return await self._with_plan(
+                actor,
+                self.sync.increment_usage,
+                actor,
+                usage_type,
+                amount,
+                cost_override,
+                idempotency_key=idempotency_key,
+            )
         try:
             return self._increment_usage(actor, usage_type, amount, cost_override)
         except AsyncListenerError:
@@ -185,17 +237,33 @@ class AsyncMeteringService:
             )
 
     async def try_increment_usage(
-        self, actor: Actor, usage_type: str, amount: int, cost_override: int | None = None
+        self,
+        actor: Actor,
+        usage_type: str,
+        amount: int,
+        cost_override: int | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int | None:
         """Record only if the remaining budget covers the cost; return the new total or None.
 
         On a fleet, a charge that needs a new budget lease from Redis runs in a worker thread.
+        With ``idempotency_key``, a retry of an accepted call returns its total, recording
+        nothing (a refused call keeps no key: its retry is decided again).
         """
         try:
-            decided, total = self._try_nowait(actor, usage_type, amount, cost_override)
+            decided, total = self._try_nowait(
+                actor, usage_type, amount, cost_override, idempotency_key=idempotency_key
+            )
         except AsyncListenerError:
             decided, total = await self._after_plan(
-                actor, self._try_nowait, actor, usage_type, amount, cost_override
+                actor,
+                self._try_nowait,
+                actor,
+                usage_type,
+                amount,
+                cost_override,
+                idempotency_key=idempotency_key,
             )
         if decided:
             return total
@@ -206,17 +274,27 @@ class AsyncMeteringService:
     ) -> int | None:
         return self.sync.try_increment_usage(actor, usage_type, amount, cost_override)
 
-    async def batch_increment_usages(self, actor: Actor, usages: Usages) -> int:
+    async def batch_increment_usages(
+        self, actor: Actor, usages: Usages, *, idempotency_key: str | None = None
+    ) -> int:
         """Record several usages as one atomic event: all validated first, all or nothing."""
         items = list(usages)  # an iterator would be spent by a first attempt
-        return await self._with_plan(actor, self.sync.batch_increment_usages, actor, items)
+        return await self._with_plan(
+            actor, self.sync.batch_increment_usages, actor, items, idempotency_key=idempotency_key
+        )
 
-    async def try_batch_increment_usages(self, actor: Actor, usages: Usages) -> int | None:
+    async def try_batch_increment_usages(
+        self, actor: Actor, usages: Usages, *, idempotency_key: str | None = None
+    ) -> int | None:
         """Record the items atomically only if the remaining budget covers them all; the new
         total or None. On a fleet, a charge that needs a new lease runs in a worker thread."""
         items = list(usages)
         decided, total = await self._with_plan(
-            actor, self.sync._try_batch_increment_usages_nowait, actor, items
+            actor,
+            self.sync._try_batch_increment_usages_nowait,
+            actor,
+            items,
+            idempotency_key=idempotency_key,
         )
         if decided:
             return total
@@ -228,10 +306,18 @@ class AsyncMeteringService:
         actor: Actor,
         model_prefix: str,
         cost_overrides: Mapping[str, int] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int:
         """``MeteringService.record_usage_object``: a provider's usage payload, atomically."""
         return await self._with_plan(
-            actor, self.sync.record_usage_object, usage, actor, model_prefix, cost_overrides
+            actor,
+            self.sync.record_usage_object,
+            usage,
+            actor,
+            model_prefix,
+            cost_overrides,
+            idempotency_key=idempotency_key,
         )
 
     async def try_record_usage_object(
@@ -240,11 +326,23 @@ class AsyncMeteringService:
         actor: Actor,
         model_prefix: str,
         cost_overrides: Mapping[str, int] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int | None:
         """``MeteringService.try_record_usage_object``: the payload's items only if the budget
         covers them all. On a fleet, a charge that needs a new lease runs in a worker thread."""
         items = self.sync._usage_batch(usage, model_prefix, cost_overrides)
-        return await self.try_batch_increment_usages(actor, items)
+        return await self.try_batch_increment_usages(actor, items, idempotency_key=idempotency_key)
+
+    async def apply_monthly_charges(self, actor: Actor) -> MonthlyChargesApplied:
+        """``MeteringService.apply_monthly_charges``, awaiting async listeners."""
+        sync = self.sync
+        month = _month_of(sync)
+        applied = sync._monthly_charges_applied(actor)
+        if applied is not None:
+            return MonthlyChargesApplied(month, (), applied, already_applied=True)
+        charges = await sync._collect_monthly_charges_async(actor, month)
+        return await self._with_plan(actor, sync._apply_collected, actor, month, charges)
 
     async def reserve(
         self,
@@ -282,9 +380,11 @@ class AsyncMeteringService:
         """A handle on ``increment_usage(actor, usage_type, amount)``: ``await meter.add(n)``."""
         return AsyncMeter(self, self.sync.meter(actor, usage_type))
 
-    async def update_addon_credit(self, user_id: str, amount: int) -> int:
+    async def update_addon_credit(
+        self, user_id: str, amount: int, *, idempotency_key: str | None = None
+    ) -> int:
         """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total."""
-        return self.sync.update_addon_credit(user_id, amount)
+        return self.sync.update_addon_credit(user_id, amount, idempotency_key=idempotency_key)
 
     async def set_actor_current_month_usage_total(self, actor: Actor, total: int) -> int:
         """Set the user's month total by booking the difference as ``manual_adjustment``."""
@@ -297,10 +397,14 @@ class AsyncMeteringService:
         units: int | None = None,
         cost: int | None = None,
         reason: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int:
         """``MeteringService.refund``: give back usage charged this month, booked as
         ``refund:<usage_type>``; return the user's month total."""
-        return await self._with_plan(actor, self.sync.refund, actor, usage_type, units, cost, reason)
+        return await self._with_plan(
+            actor, self.sync.refund, actor, usage_type, units, cost, reason, idempotency_key=idempotency_key
+        )
 
     # Credit checks and estimates.
 
@@ -446,6 +550,11 @@ class AsyncMeter:
             return self._add(amount)
         except AsyncListenerError:
             return await self._service._after_plan(self._meter.actor, self._add, amount)
+
+
+def _month_of(service: MeteringService) -> str:
+    """The current month (``YYYY-MM``) on the service's clock."""
+    return _month_label(float(service._clock()))
 
 
 def _running_loop_or_none() -> asyncio.AbstractEventLoop | None:

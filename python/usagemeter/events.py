@@ -27,6 +27,7 @@ from usagemeter.policies import Policy
 __all__ = [
     "ALARM",
     "GET_USER_SUBSCRIPTION",
+    "MONTHLY_CHARGES",
     "OVERRIDE_DEFAULT_SUBSCRIPTION",
     "REFUND",
     "REGISTER_AVAILABLE_POLICIES",
@@ -34,6 +35,9 @@ __all__ = [
     "AsyncListenerError",
     "EventBus",
     "GetUserSubscriptionEvent",
+    "MonthlyCharge",
+    "MonthlyChargesApplied",
+    "MonthlyChargesEvent",
     "OverrideDefaultSubscriptionEvent",
     "RefundEvent",
     "RegisterAvailablePoliciesEvent",
@@ -44,6 +48,7 @@ REGISTER_AVAILABLE_POLICIES = "metering:registerAvailablePolicies"
 GET_USER_SUBSCRIPTION = "metering:getUserSubscription"
 ALARM = "metering:alarm"
 REFUND = "metering:refund"
+MONTHLY_CHARGES = "metering:monthlyCharges"
 
 logger = logging.getLogger("usagemeter")
 
@@ -82,6 +87,7 @@ class GetUserSubscriptionEvent:
 @dataclass(frozen=True)
 class AlarmEvent:
     """Something an operator should know: ``unmapped_usage``, ``unknown_plan``, ``overuse``,
+    ``monthly_charges`` (a month's charges could not be applied: the next charge tries again),
     ``store_error`` or ``global_usage_rate`` (the last two with the system actor)."""
 
     actor: Actor
@@ -101,6 +107,50 @@ class RefundEvent:
     cost: int
     reason: str | None
     month_total: int
+
+
+@dataclass(frozen=True)
+class MonthlyCharge:
+    """A recurring charge (a seat fee, a subscription price) that a ``metering:monthlyCharges``
+    listener returns for a user: booked once a month as usage type ``usage_type``, ``units``
+    units for ``cost`` µ¢ in all (an int: money is never a float), billed to the user."""
+
+    usage_type: str
+    cost: int
+    units: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse what the ledger could not book, naming the field."""
+        if not isinstance(self.usage_type, str) or not self.usage_type:
+            raise TypeError(f"MonthlyCharge.usage_type must be a non-empty str, not {self.usage_type!r}")
+        for name in ("cost", "units"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"MonthlyCharge.{name} must be an int, not {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"MonthlyCharge.{name} must not be negative, got {value}")
+
+
+@dataclass(frozen=True)
+class MonthlyChargesEvent:
+    """``metering:monthlyCharges``: listeners return the ``MonthlyCharge`` objects (an iterable,
+    or None for none) to bill ``actor``'s user for ``month`` (``YYYY-MM``). They are applied
+    once per user and month, at the user's first charge of the month or by
+    ``MeteringService.apply_monthly_charges``."""
+
+    actor: Actor
+    month: str
+
+
+@dataclass(frozen=True)
+class MonthlyChargesApplied:
+    """What ``MeteringService.apply_monthly_charges`` did: ``charges`` applied now (empty when
+    ``already_applied``), and ``cost``, the µ¢ booked for ``month`` (now, or the first time)."""
+
+    month: str
+    charges: tuple[MonthlyCharge, ...]
+    cost: int
+    already_applied: bool
 
 
 class EventBus:

@@ -9,6 +9,7 @@ logging, and ``record_usage_object``.
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from usagemeter._core import Actor, CostMap, MeteringCore
 from usagemeter.events import (
     ALARM,
     GET_USER_SUBSCRIPTION,
+    MONTHLY_CHARGES,
     OVERRIDE_DEFAULT_SUBSCRIPTION,
     REFUND,
     REGISTER_AVAILABLE_POLICIES,
@@ -30,9 +32,13 @@ from usagemeter.events import (
     AsyncListenerError,
     EventBus,
     GetUserSubscriptionEvent,
+    MonthlyCharge,
+    MonthlyChargesApplied,
+    MonthlyChargesEvent,
     OverrideDefaultSubscriptionEvent,
     RefundEvent,
     RegisterAvailablePoliciesEvent,
+    _discard,
 )
 from usagemeter.holds import Hold, Usages, reserved_usage_type, ttl_ms
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
@@ -47,6 +53,9 @@ Clock = Callable[[], float | int]
 
 PLAN_EVENTS = (OVERRIDE_DEFAULT_SUBSCRIPTION, REGISTER_AVAILABLE_POLICIES, GET_USER_SUBSCRIPTION)
 """The events of a plan look-up, in the order they are emitted."""
+
+# The longest idempotency window accepted: a year (keys are kept in memory and in the store).
+MAX_IDEMPOTENCY_WINDOW = 366 * 86_400.0
 
 # The longest snapshot interval accepted: a day. Longer would be a loss bound nobody wants, and
 # 1e300 s would overflow the native millisecond count.
@@ -87,6 +96,16 @@ class MeteringService(MeteringCore):
     the child (``StoreClosedError``): open a new one there. A memory-only service goes on in the
     child as an independent copy.
 
+    ``idempotency_window`` (seconds, default 24 h) is how long an ``idempotency_key`` passed to
+    ``increment_usage``, ``try_increment_usage``, ``batch_increment_usages``,
+    ``record_usage_object``, ``update_addon_credit`` or ``refund`` is kept: a retry within it
+    records nothing and returns the first call's result. Keys are kept with the user's records
+    in the store (a retry after a restart is recognised too); at most
+    ``max_idempotency_keys_per_user`` per user and ``max_idempotency_keys`` in all (about 150
+    bytes each for a 36-character key), beyond which a new key raises
+    ``IdempotencyKeyLimitError``. Listeners of ``metering:monthlyCharges`` return
+    ``MonthlyCharge`` objects, applied once per user and month (``apply_monthly_charges``).
+
     ``max_global_usage_per_minute`` (µ¢, default None: off) raises a ``global_usage_rate`` alarm
     when the month's global total grew faster than that between two checks, made at most every
     ``global_usage_check_interval`` seconds (default 900) by a background thread, never on the hot
@@ -121,6 +140,9 @@ class MeteringService(MeteringCore):
         lease_ttl: float = 10.0,
         offline_spending: Literal["refuse", "leases"] = "refuse",
         connect_timeout: float = 5.0,
+        idempotency_window: float = 86_400.0,
+        max_idempotency_keys: int = 1_000_000,
+        max_idempotency_keys_per_user: int = 100_000,
     ) -> MeteringService:
         """Validate the options, open the store if any, and connect the ledger to the events."""
         if cost_map is None:
@@ -167,6 +189,19 @@ class MeteringService(MeteringCore):
                 raise ValueError(f"{name} must be positive seconds, at most a day, got {seconds}")
         if offline_spending not in ("refuse", "leases"):
             raise ValueError(f"offline_spending must be 'refuse' or 'leases', not {offline_spending!r}")
+        _check_seconds("idempotency_window", idempotency_window)
+        if not 0 < idempotency_window <= MAX_IDEMPOTENCY_WINDOW:
+            raise ValueError(
+                f"idempotency_window must be positive seconds, at most a year, got {idempotency_window}"
+            )
+        for name, count in (
+            ("max_idempotency_keys", max_idempotency_keys),
+            ("max_idempotency_keys_per_user", max_idempotency_keys_per_user),
+        ):
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise TypeError(f"{name} must be an int")
+            if not 0 <= count <= 2**48:
+                raise ValueError(f"{name} must be between 0 and 2**48, got {count}")
         store_path = None if store is None else os.fspath(store)
         policies = tuple(policies)
         for policy in policies:
@@ -185,6 +220,9 @@ class MeteringService(MeteringCore):
             max(1, round(lease_ttl * 1000)),
             offline_spending == "leases",
             max(1, round(connect_timeout * 1000)),
+            max(1, round(idempotency_window * 1000)),
+            max_idempotency_keys,
+            max_idempotency_keys_per_user,
         )
         # Set up here rather than in __init__, so the options are declared once.
         self.events = EventBus()
@@ -198,7 +236,11 @@ class MeteringService(MeteringCore):
         # Weak references: the native ledger keeps these callables, and a strong reference back
         # to the service would be a cycle through a native object that the GC cannot see.
         this = weakref.ref(self)
-        self._install_hooks(_call_weak(this, "_resolve_policy"), _call_weak(this, "_raise_alarm"))
+        self._install_hooks(
+            _call_weak(this, "_resolve_policy"),
+            _call_weak(this, "_raise_alarm"),
+            _call_weak(this, "_monthly_charges_hook"),
+        )
         if store_path is not None:
             with _open_services_lock:
                 _open_services.add(self)
@@ -370,9 +412,15 @@ class MeteringService(MeteringCore):
         units: int | None = None,
         cost: int | None = None,
         reason: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int:
         """Give back ``units`` and ``cost`` (µ¢; default: the price of ``units``) of
         ``usage_type`` charged to the actor this month; return the user's month total.
+
+        With ``idempotency_key``, a retry within the window books nothing, emits no event and
+        returns the first call's total; another refund under the same key raises
+        ``IdempotencyKeyReused``.
 
         Booked as usage type ``refund:<usage_type>`` (the units refunded, a negative cost): its
         own record kind in the reports. The cost goes back to the pools in the reverse order of a
@@ -383,7 +431,10 @@ class MeteringService(MeteringCore):
         """
         if reason is not None and not isinstance(reason, str):
             raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
-        total, given_back = self._refund(actor, usage_type, units, cost)
+        total, given_back, booked = self._refund(actor, usage_type, units, cost, idempotency_key)
+        if not booked:
+            logger.info("refund under idempotency key %r to %r was booked already", idempotency_key, actor)
+            return total
         logger.info(
             "refund of %s units and %s µ¢ of %s to %r: %s",
             units or 0,
@@ -429,6 +480,8 @@ class MeteringService(MeteringCore):
         actor: Actor,
         model_prefix: str,
         cost_overrides: Mapping[str, int] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int:
         """Book a provider's usage report for a model, as one atomic batch; return the month total.
 
@@ -448,8 +501,12 @@ class MeteringService(MeteringCore):
         ``"prompt_tokens"``) to the cost in µ¢ of that whole item; a kind the payload does not map
         to raises ``ValueError``. Bad counts raise ``ValueError`` / ``TypeError`` naming the field,
         an unpriced usage type ``UnknownUsageType``, and nothing is recorded.
+
+        With ``idempotency_key``, a retry within the window records nothing and returns the
+        first call's total (the key is ``batch_increment_usages``'s, over the booked items).
         """
-        return self.batch_increment_usages(actor, self._usage_batch(usage, model_prefix, cost_overrides))
+        items = self._usage_batch(usage, model_prefix, cost_overrides)
+        return self.batch_increment_usages(actor, items, idempotency_key=idempotency_key)
 
     def try_record_usage_object(
         self,
@@ -457,11 +514,101 @@ class MeteringService(MeteringCore):
         actor: Actor,
         model_prefix: str,
         cost_overrides: Mapping[str, int] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> int | None:
         """``record_usage_object`` only if the user's remaining budget covers the whole payload:
         all its items or none, atomically (``try_batch_increment_usages``); the new month total,
-        or None (nothing recorded). On a fleet, budget leases make it strict across workers."""
-        return self.try_batch_increment_usages(actor, self._usage_batch(usage, model_prefix, cost_overrides))
+        or None (nothing recorded, and no key kept: a retry is decided again). On a fleet, budget
+        leases make it strict across workers."""
+        items = self._usage_batch(usage, model_prefix, cost_overrides)
+        return self.try_batch_increment_usages(actor, items, idempotency_key=idempotency_key)
+
+    def apply_monthly_charges(self, actor: Actor) -> MonthlyChargesApplied:
+        """Apply the user's monthly charges of the current month now, unless they are applied.
+
+        The ``metering:monthlyCharges`` listeners return ``MonthlyCharge`` objects for the
+        actor; they are booked as one atomic batch billed to the user (the ``os-global`` app,
+        whatever the actor's app), under a reserved key of the month claimed in the same critical
+        section: exactly once per user and month, under races and across a restart of a durable
+        store. The first charge of a month applies them too (this call is for a job that bills
+        every user on the 1st, or a test). A listener that raises makes this call raise, with
+        nothing applied. An ``async def`` listener raises ``AsyncListenerError``: use
+        ``usagemeter.aio.AsyncMeteringService``. A fleet raises ``NotImplementedError``.
+        """
+        month = _month_label(float(self._clock()))
+        applied: int | None = self._monthly_charges_applied(actor)
+        if applied is not None:
+            return MonthlyChargesApplied(month, (), applied, already_applied=True)
+        charges = self._collect_monthly_charges(actor, month)
+        return self._apply_collected(actor, month, charges)
+
+    def _apply_collected(
+        self, actor: Actor, month: str, charges: list[MonthlyCharge]
+    ) -> MonthlyChargesApplied:
+        """Book charges collected from the listeners, once (see ``apply_monthly_charges``)."""
+        fresh, cost = self._apply_monthly_charges(actor, [_charge_item(c) for c in charges])
+        return MonthlyChargesApplied(month, tuple(charges) if fresh else (), cost, already_applied=not fresh)
+
+    def _monthly_charges_hook(self, actor: Actor) -> list[tuple[str, int, int]] | None:
+        """The monthly charges to apply at a user's first charge of a month (the native ledger
+        calls this on the plan's slow path when the month's are not applied): None when there is
+        nothing to apply now, because no listener is registered, or because one failed (a
+        ``monthly_charges`` alarm: the user's call goes on, and its next plan look-up tries
+        again). ``AsyncListenerError`` for an async listener, unless ``usagemeter.aio`` prepared
+        the charges (``_prepared_plans.monthly``)."""
+        prepared: dict[Actor, list[MonthlyCharge]] | None = getattr(self._prepared_plans, "monthly", None)
+        if prepared is not None and actor in prepared:
+            return [_charge_item(c) for c in prepared[actor]]
+        if not self.events.listeners(MONTHLY_CHARGES):
+            return None
+        if self.events.has_async_listeners(MONTHLY_CHARGES):
+            raise AsyncListenerError(
+                f"a listener of {MONTHLY_CHARGES} is async and this call cannot await it: use "
+                "usagemeter.aio.AsyncMeteringService, or plain functions"
+            )
+        month = _month_label(float(self._clock()))
+        try:
+            charges = self._collect_monthly_charges(actor, month)
+        except AsyncListenerError:
+            raise
+        except Exception as error:
+            self._raise_alarm(
+                "monthly_charges",
+                actor,
+                None,
+                f"the monthly charges of {month} were not applied (the next charge tries again): "
+                f"a listener failed: {error!r}",
+            )
+            return None
+        return [_charge_item(c) for c in charges]
+
+    def _collect_monthly_charges(self, actor: Actor, month: str) -> list[MonthlyCharge]:
+        """Run the ``metering:monthlyCharges`` listeners; their charges, checked. Raises what a
+        listener raises (nothing is applied then), ``AsyncListenerError`` for an async one."""
+        event = MonthlyChargesEvent(actor, month)
+        charges: list[MonthlyCharge] = []
+        for listener in self.events.listeners(MONTHLY_CHARGES):
+            result = listener(event)
+            if inspect.isawaitable(result):
+                _discard(result)
+                raise AsyncListenerError(
+                    f"listener {listener!r} of {MONTHLY_CHARGES} is async and this call cannot "
+                    "await it: use usagemeter.aio.AsyncMeteringService, or a plain function"
+                )
+            charges.extend(_checked_charges(listener, result))
+        return charges
+
+    async def _collect_monthly_charges_async(self, actor: Actor, month: str) -> list[MonthlyCharge]:
+        """``_collect_monthly_charges``, awaiting the listeners that are ``async def``."""
+        event = MonthlyChargesEvent(actor, month)
+        charges: list[MonthlyCharge] = []
+        for listener in self.events.listeners(MONTHLY_CHARGES):
+            result = listener(event)
+            if inspect.isawaitable(result):
+                result = await result
+            charges.extend(_checked_charges(listener, result))
+        return charges
 
     def _usage_batch(
         self, usage: object, model_prefix: str, cost_overrides: Mapping[str, int] | None
@@ -478,6 +625,30 @@ class MeteringService(MeteringCore):
         return [
             (usage_type, units, overrides.get(usage_type.rsplit(":", 1)[1])) for usage_type, units in items
         ]
+
+
+def _checked_charges(listener: object, result: object) -> list[MonthlyCharge]:
+    """A monthly-charges listener's answer: None, or an iterable of ``MonthlyCharge``."""
+    if result is None:
+        return []
+    if not isinstance(result, Iterable) or isinstance(result, str | bytes | MonthlyCharge):
+        raise TypeError(
+            f"listener {listener!r} of {MONTHLY_CHARGES} must return MonthlyCharge objects "
+            f"(an iterable) or None, not {type(result).__name__}"
+        )
+    charges = list(result)
+    for charge in charges:
+        if not isinstance(charge, MonthlyCharge):
+            raise TypeError(
+                f"listener {listener!r} of {MONTHLY_CHARGES} returned a {type(charge).__name__}, "
+                "not a MonthlyCharge"
+            )
+    return charges
+
+
+def _charge_item(charge: MonthlyCharge) -> tuple[str, int, int]:
+    """A monthly charge as a batch item: its cost overrides any price of its usage type."""
+    return (charge.usage_type, charge.units, charge.cost)
 
 
 def _available_policies(register: RegisterAvailablePoliciesEvent) -> dict[str, Policy]:
@@ -646,6 +817,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "refund",
     "reserve",
     "holds",
+    "apply_monthly_charges",
     "invalidate_subscription",
     "get_actors_usage",
     "check_global_usage_rate",

@@ -213,6 +213,8 @@ impl UserFigures {
             plan: self.plan.clone(),
             holds: Vec::new(),
             months,
+            // Idempotency keys are not on the shared ledger yet: a fleet refuses them.
+            keys: None,
         })
     }
 }

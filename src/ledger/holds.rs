@@ -192,6 +192,7 @@ impl Ledger {
     ) -> LedgerResult<(Receipt, Option<Hold>)> {
         let (deltas, unmapped_items) = self.deltas_of(items)?;
         self.with_account(account, booking.user_id, |state| {
+            self.refuse_if_sealed()?;
             let receipt =
                 self.charge_locked(state, booking, &deltas, unmapped_items, ChargeMode::Always)?;
             let hold = state.take_hold(id, booking.now_ms);

@@ -1,6 +1,7 @@
 //! Plain copies of ledger state, with usage types by name: what a snapshot writes and a store
 //! loads. Type ids are process-local (cost-map indexes), so they never leave the process.
 
+use super::idempotency::KeyImage;
 use super::month::MonthId;
 use super::pools::{Credit, MonthPools};
 use super::record::{UsageCounter, RECORD_LIMITS};
@@ -33,6 +34,9 @@ pub struct UserImage {
     /// Outstanding holds (expired ones may be among them: they hold nothing).
     pub holds: Vec<super::holds::Hold>,
     pub months: Vec<(MonthId, MonthImage)>,
+    /// The user's idempotency keys (`idempotency.rs`): all of them, when loading or when they
+    /// changed since the last snapshot; `None` when unchanged (or, loading, never stored).
+    pub keys: Option<Vec<KeyImage>>,
 }
 
 impl RecordImage {

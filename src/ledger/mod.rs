@@ -19,14 +19,16 @@
 pub mod app_name;
 pub mod changes;
 pub mod holds;
+pub mod idempotency;
 pub mod image;
+mod keyed;
 pub mod month;
 pub mod pools;
 pub mod record;
 pub mod replica;
 pub mod types;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -37,6 +39,7 @@ use crate::error::{overflow, LedgerError, LedgerResult};
 use crate::money::Money;
 use app_name::AppName;
 use changes::ChangeLog;
+use idempotency::{KeyLimits, UserKeys};
 use image::{MonthImage, RecordImage, UserImage};
 use month::MonthId;
 use pools::{Credit, MonthPools, Split};
@@ -191,6 +194,9 @@ struct AccountState {
     lease: Option<Box<replica::Lease>>,
     /// Outstanding holds (`holds.rs`); none for most users.
     holds: Option<holds::Holds>,
+    /// The user's idempotency keys (`idempotency.rs`); boxed, so that an account without keys
+    /// pays one word.
+    keys: Option<Box<UserKeys>>,
 }
 
 /// One user's month. Per-type counters are kept once, per app; the user's own per-type figures
@@ -393,6 +399,16 @@ pub struct Ledger {
     leases: Option<Arc<replica::LeaseRules>>,
     /// The next hold's id (`holds.rs`).
     next_hold_id: AtomicU64,
+    /// How long idempotency keys are kept, and how many (`idempotency.rs`).
+    key_limits: KeyLimits,
+    /// Caller keys held by every account together (monthly keys excluded): touched by keyed
+    /// calls only, never by the hot path.
+    key_count: AtomicUsize,
+    /// The latest time a keyed call saw (epoch ms): a snapshot prunes with it (the service's
+    /// clock may be Python code, which the snapshot thread does not call).
+    keys_now_ms: AtomicI64,
+    /// When the last sweep of every account's keys ran (see `sweep_keys`).
+    last_sweep_ms: AtomicI64,
 }
 
 impl Ledger {
@@ -410,7 +426,21 @@ impl Ledger {
             plan_epoch: AtomicU64::new(0),
             leases: None,
             next_hold_id: AtomicU64::new(holds::first_hold_id()),
+            key_limits: KeyLimits::default(),
+            key_count: AtomicUsize::new(0),
+            keys_now_ms: AtomicI64::new(i64::MIN),
+            last_sweep_ms: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Sets how long idempotency keys are kept and how many (set once, before use).
+    pub fn with_key_limits(mut self, limits: KeyLimits) -> Ledger {
+        self.key_limits = limits;
+        self
+    }
+
+    pub fn key_limits(&self) -> KeyLimits {
+        self.key_limits
     }
 
     pub fn cost_map(&self) -> &CostMap {
@@ -610,11 +640,13 @@ impl Ledger {
             }
         };
         let mut state = account.state.lock();
+        self.refuse_if_sealed()?;
         self.charge_locked(&mut state, booking, deltas, unmapped_items, mode)
     }
 
-    /// `charge_deltas` under the account's lock (`state`): settling a hold charges and removes
-    /// it in one critical section.
+    /// `charge_deltas` with the account's lock held: a keyed call runs it in the same critical
+    /// section as its key's check and claim (`keyed`). Inlined, so that a call without a key is
+    /// exactly the code it was before keys existed.
     #[inline(always)]
     fn charge_locked(
         &self,
@@ -626,7 +658,6 @@ impl Ledger {
     ) -> LedgerResult<Receipt> {
         let adjustment: [Delta; 1];
         let mut deltas = deltas;
-        self.refuse_if_sealed()?;
         let allowance = state.allowance(booking.plan)?;
         let credit = state.credit;
         let before = state
@@ -778,6 +809,17 @@ impl Ledger {
         units: u64,
         cost: Option<Money>,
     ) -> LedgerResult<Receipt> {
+        let (delta, mode) = self.refund_delta(usage_type, units, cost)?;
+        self.charge_deltas(account, booking, &[delta], 0, mode)
+    }
+
+    /// A refund's delta (`refund:<usage_type>`, negative) and the mode that checks it.
+    fn refund_delta(
+        &self,
+        usage_type: &str,
+        units: u64,
+        cost: Option<Money>,
+    ) -> LedgerResult<(Delta, ChargeMode)> {
         let cost = self.refund_cost(usage_type, units, cost)?;
         let of = self
             .types
@@ -789,7 +831,7 @@ impl Ledger {
             cost: cost.negated(),
             count: 1,
         };
-        self.charge_deltas(account, booking, &[delta], 0, ChargeMode::Refund(of))
+        Ok((delta, ChargeMode::Refund(of)))
     }
 
     /// The cost of a refund, its input checked: a valid usage type, and `cost` (default: the
@@ -815,14 +857,20 @@ impl Ledger {
 
     /// Adds purchased credit to a user (lifetime, used after the monthly allowance).
     pub fn add_purchased(&self, user_id: &str, amount: Money) -> LedgerResult<Credit> {
-        if amount.is_negative() {
-            return Err(LedgerError::InvalidInput(
-                "purchased credit cannot be negative".into(),
-            ));
-        }
+        check_purchase(amount)?;
         let accounts = self.accounts.pin();
         let mut state = account_in(&accounts, user_id).state.lock();
         self.refuse_if_sealed()?;
+        self.add_purchased_locked(&mut state, user_id, amount)
+    }
+
+    /// `add_purchased` with the account's lock held (and `amount` checked).
+    fn add_purchased_locked(
+        &self,
+        state: &mut AccountState,
+        user_id: &str,
+        amount: Money,
+    ) -> LedgerResult<Credit> {
         // Purchased credit is a per-actor amount: within 10^18 µ¢ like every other, so that every
         // budget sum stays in range (2 * 10^24 µ¢ of credit once made the budget reads panic).
         let purchased = state
@@ -1028,12 +1076,14 @@ impl Ledger {
                 .iter()
                 .map(|m| (*m, self.month_image(&state.months[m])))
                 .collect();
+            let keys = self.take_keys(&mut state);
             changes.push(UserImage {
                 user_id: user_id.into_string(),
                 credit: state.credit,
                 plan: state.last_plan.as_ref().map(|(id, a)| (id.to_string(), *a)),
                 holds: state.hold_list(),
                 months,
+                keys,
             });
         }
         changes
@@ -1109,11 +1159,24 @@ impl Ledger {
                 // The store checked that the app records add up to the month's (`MonthImage::check`).
                 state.months.insert(month, self.user_month_of(&image));
             }
+            if let Some(keys) = user.keys {
+                self.restore_keys(&mut state, keys);
+            }
             let account = Account {
                 state: Mutex::new(state),
             };
             accounts.insert(user.user_id.into_boxed_str(), Arc::new(account));
         }
+    }
+}
+
+/// Refuses a negative purchase of credit.
+fn check_purchase(amount: Money) -> LedgerResult<()> {
+    match amount.is_negative() {
+        true => Err(LedgerError::InvalidInput(
+            "purchased credit cannot be negative".into(),
+        )),
+        false => Ok(()),
     }
 }
 

@@ -40,6 +40,28 @@ impl MonthId {
     pub fn label(self) -> String {
         format!("{:04}-{:02}", self.year(), self.month())
     }
+
+    /// The instant the month begins (its first day, 00:00:00.000 UTC), in epoch milliseconds.
+    pub fn start_epoch_ms(self) -> i64 {
+        days_from_civil(i64::from(self.year()), i64::from(self.month())) * 86_400_000
+    }
+
+    /// The month after this one.
+    pub fn next(self) -> MonthId {
+        MonthId(self.0 + 1)
+    }
+}
+
+/// Days since 1970-01-01 of the first day of `month` (1-12) of `year`, proleptic Gregorian
+/// (Howard Hinnant's `days_from_civil`, the inverse of `civil_year_month` below).
+fn days_from_civil(year: i64, month: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let shifted_month = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * shifted_month + 2) / 5; // the 1st of the month
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// Year and month (1-12) of a day count since 1970-01-01, proleptic Gregorian
@@ -75,6 +97,27 @@ mod tests {
         assert_eq!(MonthId::from_epoch_ms(1_709_208_000_000).label(), "2024-02");
         // 1969-12-31T23:59:59Z
         assert_eq!(MonthId::from_epoch_ms(-1_000).label(), "1969-12");
+    }
+
+    #[test]
+    fn months_start_where_the_previous_ends() {
+        for ms in [
+            0,
+            1_793_491_200_000,
+            1_709_208_000_000,
+            -1_000,
+            253_402_300_799_999,
+        ] {
+            let month = MonthId::from_epoch_ms(ms);
+            let start = month.start_epoch_ms();
+            assert!(start <= ms, "{}", month.label());
+            assert_eq!(MonthId::from_epoch_ms(start), month);
+            assert_eq!(MonthId::from_epoch_ms(start - 1).next(), month);
+        }
+        assert_eq!(
+            MonthId::parse("2026-11").unwrap().start_epoch_ms(),
+            1_793_491_200_000
+        );
     }
 
     #[test]

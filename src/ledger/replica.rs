@@ -188,6 +188,8 @@ impl Ledger {
                 // A worker's holds live in its lease, not in the shared ledger.
                 holds: Vec::new(),
                 months,
+                // Idempotency keys are not on the shared ledger yet: a fleet refuses them.
+                keys: None,
             },
             allowance: state.plan.map(|(allowance, _)| allowance),
             lease,

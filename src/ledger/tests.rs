@@ -910,3 +910,211 @@ mod holds {
         assert_ne!(restored.new_hold_id(), id);
     }
 }
+
+mod keys {
+    use super::*;
+    use crate::ledger::idempotency::{KeyKind, KeyLimits, Keyed, KeyedCall, Outcome};
+
+    fn call(key: &str, fingerprint: u8, now_ms: i64) -> KeyedCall<'_> {
+        KeyedCall {
+            key,
+            fingerprint: [fingerprint; 16],
+            now_ms,
+            kind: KeyKind::Caller,
+        }
+    }
+
+    fn charge(
+        ledger: &Ledger,
+        key: &KeyedCall<'_>,
+        mode: ChargeMode,
+    ) -> LedgerResult<Keyed<Receipt>> {
+        ledger.charge_keyed(None, &booking("u"), &[item("kv:write", 1)], mode, key)
+    }
+
+    #[test]
+    fn a_retry_records_once_and_replays_the_first_result() {
+        let ledger = ledger();
+        let first = charge(&ledger, &call("k", 1, 0), ChargeMode::Always).unwrap();
+        let Keyed::Done(receipt) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(receipt.month_total, m(125));
+        // Another charge in between: the retry still returns the first call's total.
+        ledger
+            .charge(
+                None,
+                &booking("u"),
+                &[item("kv:read", 1)],
+                ChargeMode::Always,
+            )
+            .unwrap();
+        let retry = charge(&ledger, &call("k", 1, 10), ChargeMode::Always).unwrap();
+        assert_eq!(
+            retry,
+            Keyed::Replayed(Outcome {
+                total: m(125),
+                cost: m(125)
+            })
+        );
+        assert_eq!(ledger.user_usage("u", OCTOBER).total, m(188));
+        let reused = charge(&ledger, &call("k", 2, 10), ChargeMode::Always);
+        assert!(
+            matches!(reused, Err(LedgerError::KeyReused(_))),
+            "{reused:?}"
+        );
+        assert_eq!(ledger.user_usage("u", OCTOBER).total, m(188));
+        assert_eq!(ledger.key_count(), 1);
+    }
+
+    #[test]
+    fn a_refusal_or_an_error_keeps_no_key() {
+        let ledger = ledger();
+        let poor = Booking {
+            plan: Plan::Fixed(m(100)),
+            ..booking("u")
+        };
+        let refused = ledger
+            .charge_keyed(
+                None,
+                &poor,
+                &[item("kv:write", 1)],
+                ChargeMode::IfAffordable,
+                &call("k", 1, 0),
+            )
+            .unwrap();
+        assert!(matches!(refused, Keyed::Done(r) if !r.accepted));
+        let bad = ledger.charge_keyed(
+            None,
+            &poor,
+            &[item("nope", 1)],
+            ChargeMode::Always,
+            &call("k", 2, 0),
+        );
+        assert!(matches!(bad, Err(LedgerError::UnknownUsageType(_))));
+        assert_eq!(ledger.key_count(), 0);
+        // The retry is decided again (here on a larger allowance) and may use another payload.
+        let retried = charge(&ledger, &call("k", 3, 0), ChargeMode::IfAffordable).unwrap();
+        assert!(matches!(retried, Keyed::Done(r) if r.accepted));
+    }
+
+    #[test]
+    fn keys_expire_after_the_window_and_are_bounded() {
+        let ledger = ledger().with_key_limits(KeyLimits {
+            window_ms: 1_000,
+            per_user: 2,
+            global: 3,
+        });
+        charge(&ledger, &call("a", 1, 0), ChargeMode::Always).unwrap();
+        charge(&ledger, &call("b", 1, 500), ChargeMode::Always).unwrap();
+        let full = charge(&ledger, &call("c", 1, 600), ChargeMode::Always);
+        assert!(matches!(full, Err(LedgerError::KeyLimit(_))), "{full:?}");
+        // "a" expired at 1,000: a new key fits, and "a" is a new call again.
+        assert!(matches!(
+            charge(&ledger, &call("c", 1, 1_000), ChargeMode::Always),
+            Ok(Keyed::Done(_))
+        ));
+        assert!(matches!(
+            charge(&ledger, &call("b", 1, 1_000), ChargeMode::Always),
+            Ok(Keyed::Replayed(_))
+        ));
+        assert_eq!(ledger.user_usage("u", OCTOBER).count, 3);
+        // The global bound: another user's keys count too.
+        let other = |key| {
+            ledger.charge_keyed(
+                None,
+                &booking("v"),
+                &[item("kv:write", 1)],
+                ChargeMode::Always,
+                &call(key, 1, 1_100),
+            )
+        };
+        other("x").unwrap();
+        assert!(matches!(other("y"), Err(LedgerError::KeyLimit(_))));
+        assert_eq!(ledger.key_count(), 3);
+    }
+
+    #[test]
+    fn threads_racing_with_one_key_record_once() {
+        let ledger = Arc::new(ledger());
+        let results: Vec<_> = (0..16)
+            .map(|_| {
+                let ledger = Arc::clone(&ledger);
+                std::thread::spawn(move || {
+                    charge(&ledger, &call("race", 1, 0), ChargeMode::Always).unwrap()
+                })
+            })
+            .map(|thread| thread.join().unwrap())
+            .collect();
+        let done = results
+            .iter()
+            .filter(|r| matches!(r, Keyed::Done(_)))
+            .count();
+        assert_eq!(done, 1);
+        assert_eq!(ledger.user_usage("u", OCTOBER).count, 1);
+    }
+
+    #[test]
+    fn keys_go_to_the_snapshot_with_their_charge_and_come_back() {
+        let ledger = ledger().track_changes();
+        charge(&ledger, &call("k", 1, 0), ChargeMode::Always).unwrap();
+        let taken = ledger.take_changes();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].months.len(), 1);
+        let keys = taken[0].keys.clone().unwrap();
+        assert_eq!(keys[0].key, "k");
+        // Unchanged keys are not taken again.
+        ledger.add_purchased("u", m(1)).unwrap();
+        assert_eq!(ledger.take_changes()[0].keys, None);
+        let restored = self::ledger();
+        restored.restore(taken);
+        assert_eq!(restored.key_count(), 1);
+        assert!(matches!(
+            charge(&restored, &call("k", 1, 5), ChargeMode::Always),
+            Ok(Keyed::Replayed(_))
+        ));
+        assert_eq!(restored.user_usage("u", OCTOBER).count, 1);
+    }
+
+    #[test]
+    fn monthly_charges_are_claimed_once_per_month() {
+        let ledger = ledger();
+        let now = OCTOBER.start_epoch_ms() + 5;
+        let seat = [costing(500)];
+        let first = ledger
+            .apply_monthly(None, &booking("u"), &seat, now)
+            .unwrap();
+        assert!(matches!(first, Keyed::Done(r) if r.cost == m(500)));
+        let again = ledger
+            .apply_monthly(None, &booking("u"), &[costing(900)], now + 1)
+            .unwrap();
+        assert_eq!(
+            again,
+            Keyed::Replayed(Outcome {
+                total: m(500),
+                cost: m(500)
+            })
+        );
+        assert_eq!(
+            ledger.monthly_applied("u", OCTOBER, now),
+            Some(Outcome {
+                total: m(500),
+                cost: m(500)
+            })
+        );
+        // Kept until October is over, though the window is a day.
+        let late = NOVEMBER.start_epoch_ms() - 1;
+        assert!(ledger.monthly_applied("u", OCTOBER, late).is_some());
+        let november = Booking {
+            month: NOVEMBER,
+            ..booking("u")
+        };
+        let next = ledger
+            .apply_monthly(None, &november, &seat, NOVEMBER.start_epoch_ms())
+            .unwrap();
+        assert!(matches!(next, Keyed::Done(_)));
+        assert_eq!(ledger.user_usage("u", NOVEMBER).total, m(500));
+        // Monthly keys are not caller keys: they are not bounded and callers cannot pass them.
+        assert_eq!(ledger.key_count(), 0);
+    }
+}

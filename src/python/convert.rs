@@ -96,3 +96,21 @@ pub fn money_to_int(py: Python<'_>, money: Money) -> Bound<'_, PyInt> {
         Err(_) => microcents.into_pyobject(py).expect("i128 converts to int"),
     }
 }
+
+/// An idempotency key: `None`, or a `str` the ledger accepts (`idempotency::validate_key`),
+/// borrowed from the Python string.
+pub fn idempotency_key<'a>(obj: Option<&'a Bound<'_, PyAny>>) -> PyResult<Option<&'a str>> {
+    let Some(obj) = obj.filter(|obj| !obj.is_none()) else {
+        return Ok(None);
+    };
+    let text = obj.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "idempotency_key must be a str or None, not {}",
+            type_name(obj)
+        ))
+    })?;
+    let key = text.to_str()?;
+    crate::ledger::idempotency::validate_key(key)
+        .map_err(|error| PyValueError::new_err(error.to_string()))?;
+    Ok(Some(key))
+}

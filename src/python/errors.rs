@@ -19,6 +19,18 @@ create_exception!(
     PyKeyError,
     "A usage type that is not in the cost map was charged without a cost override."
 );
+create_exception!(
+    usagemeter,
+    IdempotencyKeyReused,
+    PyValueError,
+    "An idempotency key still kept was passed again with another payload (method, app or items); nothing was recorded."
+);
+create_exception!(
+    usagemeter,
+    IdempotencyKeyLimitError,
+    PyRuntimeError,
+    "A new idempotency key would pass the bound on keys kept (per user or in the process); nothing was recorded."
+);
 
 create_exception!(
     usagemeter,
@@ -85,6 +97,8 @@ pub fn ledger_error(error: LedgerError) -> PyErr {
         // Handled where it arises (the binding resolves the plan and retries); never expected here.
         LedgerError::PlanNeeded => PyRuntimeError::new_err(error.to_string()),
         LedgerError::Closed => StoreClosedError::new_err(error.to_string()),
+        LedgerError::KeyReused(message) => IdempotencyKeyReused::new_err(message),
+        LedgerError::KeyLimit(message) => IdempotencyKeyLimitError::new_err(message),
     }
 }
 

@@ -61,6 +61,7 @@ impl PyMeter {
                 self.usage_type.bind(py).as_any(),
                 amount,
                 None,
+                None,
             ),
         }
     }

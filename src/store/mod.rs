@@ -227,6 +227,11 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
                 records += 1;
                 months += 1;
             }
+            Key::Keys { user_id } => {
+                let keys = codec::decode_keys(&raw_key, &value).map_err(|e| corrupted(&key, e))?;
+                users.entry(user_id.clone()).or_default().keys = Some(keys);
+                records += 1;
+            }
         }
     }
     let meta = meta.unwrap_or_default();
@@ -488,6 +493,7 @@ pub fn recover(dir: &Path) -> StoreResult<Recovery> {
                     }
                     Key::Types => types.as_ref().map(|_| ()).map_err(Clone::clone),
                     Key::Credit { .. } => codec::decode_credit(&raw_key, &value).map(|_| ()),
+                    Key::Keys { .. } => codec::decode_keys(&raw_key, &value).map(|_| ()),
                     Key::Month { .. } => types
                         .as_ref()
                         .map_err(Clone::clone)

@@ -97,6 +97,10 @@ impl Writer {
                     pending.credit = user.credit;
                     pending.plan = user.plan;
                     pending.holds = user.holds;
+                    // Keys are taken whole: a newer copy replaces the unsaved one.
+                    if user.keys.is_some() {
+                        pending.keys = user.keys;
+                    }
                     for (month, image) in user.months {
                         match pending.months.iter_mut().find(|(m, _)| *m == month) {
                             Some(slot) => slot.1 = image,

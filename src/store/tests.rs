@@ -229,6 +229,7 @@ fn the_record_count_holds_after_a_failed_batch_that_partly_landed() {
             plan: None,
             holds: Vec::new(),
             months: Vec::new(),
+            keys: None,
         };
         {
             let (mut store, _) = LedgerStore::open(&dir, backend).unwrap();

@@ -5,8 +5,10 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyIterator, PyList, PyString, PyTuple};
 
+use super::keyed::keyed_total;
 use super::{as_actor, MeteringCore};
 use crate::error::LedgerError;
+use crate::ledger::idempotency::Keyed;
 use crate::ledger::month::MonthId;
 use crate::ledger::record::TypeId;
 use crate::ledger::{
@@ -158,7 +160,7 @@ impl MeteringCore {
                 now_ms,
             })
         };
-        let mut receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
+        let mut receipt = self.with_plan_charging(py, actor_obj, actor, now_ms, charge)?;
         if receipt.ask_fleet {
             if wait == Wait::Never {
                 return Ok(receipt);
@@ -192,7 +194,7 @@ impl MeteringCore {
             if !receipt.ask_fleet || !self.lease_granted(py, actor, month, now_ms, &receipt) {
                 break;
             }
-            receipt = self.with_plan(py, actor_obj, actor, now_ms, charge)?;
+            receipt = self.with_plan_charging(py, actor_obj, actor, now_ms, charge)?;
         }
         Ok(receipt)
     }
@@ -255,7 +257,7 @@ impl MeteringCore {
     }
 
     /// What a `try_*` call returns: the new total, or None when refused (counted for metrics).
-    fn try_result<'py>(
+    pub(super) fn try_result<'py>(
         &self,
         py: Python<'py>,
         receipt: Option<Receipt>,
@@ -283,7 +285,7 @@ impl MeteringCore {
         }
     }
 
-    fn raise_alarms(
+    pub(super) fn raise_alarms(
         &self,
         py: Python<'_>,
         actor_obj: &Bound<'_, PyAny>,
@@ -371,8 +373,10 @@ impl MeteringCore {
         amount
     }
 
-    /// Records `amount` units of `usage_type`; returns the user's month total in µ¢.
-    #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
+    /// Records `amount` units of `usage_type`; returns the user's month total in µ¢. With an
+    /// `idempotency_key`, a retry records nothing and returns the first call's total
+    /// (`keyed.rs`); without one, the call is exactly what it was before keys existed.
+    #[pyo3(signature = (actor, usage_type, amount, cost_override=None, *, idempotency_key=None))]
     pub(in crate::python) fn increment_usage<'py>(
         &self,
         py: Python<'py>,
@@ -380,7 +384,13 @@ impl MeteringCore {
         usage_type: &Bound<'py, PyAny>,
         amount: &Bound<'py, PyAny>,
         cost_override: Option<&Bound<'py, PyAny>>,
+        idempotency_key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyInt>> {
+        if let Some(key) = idempotency_key {
+            let item = (usage_type, amount, cost_override);
+            let keyed = self.one_usage_keyed(py, actor, item, ChargeMode::Always, key)?;
+            return Ok(keyed_total(py, keyed));
+        }
         let receipt = self.one_usage(
             py,
             actor,
@@ -396,7 +406,7 @@ impl MeteringCore {
     }
 
     /// Records only if the user's remaining budget covers the cost; returns the new total or None.
-    #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
+    #[pyo3(signature = (actor, usage_type, amount, cost_override=None, *, idempotency_key=None))]
     fn try_increment_usage<'py>(
         &self,
         py: Python<'py>,
@@ -404,7 +414,13 @@ impl MeteringCore {
         usage_type: &Bound<'py, PyAny>,
         amount: &Bound<'py, PyAny>,
         cost_override: Option<&Bound<'py, PyAny>>,
+        idempotency_key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyInt>>> {
+        if let Some(key) = idempotency_key {
+            let item = (usage_type, amount, cost_override);
+            let keyed = self.one_usage_keyed(py, actor, item, ChargeMode::IfAffordable, key)?;
+            return Ok(self.keyed_try_total(py, keyed));
+        }
         let receipt = self.one_usage(
             py,
             actor,
@@ -420,7 +436,7 @@ impl MeteringCore {
     /// returns `(True, total or None)` when it decided, or `(False, None)`, having recorded
     /// nothing, when only a lease request to the fleet could decide (call `try_increment_usage`
     /// off the event loop then).
-    #[pyo3(signature = (actor, usage_type, amount, cost_override=None))]
+    #[pyo3(signature = (actor, usage_type, amount, cost_override=None, *, idempotency_key=None))]
     fn _try_increment_usage_nowait<'py>(
         &self,
         py: Python<'py>,
@@ -428,7 +444,14 @@ impl MeteringCore {
         usage_type: &Bound<'py, PyAny>,
         amount: &Bound<'py, PyAny>,
         cost_override: Option<&Bound<'py, PyAny>>,
+        idempotency_key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(bool, Option<Bound<'py, PyInt>>)> {
+        if let Some(key) = idempotency_key {
+            // Keys are refused on a fleet, so a keyed call never waits on a lease: decided here.
+            let item = (usage_type, amount, cost_override);
+            let keyed = self.one_usage_keyed(py, actor, item, ChargeMode::IfAffordable, key)?;
+            return Ok((true, self.keyed_try_total(py, keyed)));
+        }
         let receipt = self.one_usage(
             py,
             actor,
@@ -441,12 +464,18 @@ impl MeteringCore {
     }
 
     /// Records several usages as one atomic event: all validated first, all or nothing.
+    #[pyo3(signature = (actor, usages, *, idempotency_key=None))]
     fn batch_increment_usages<'py>(
         &self,
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
         usages: &Bound<'py, PyAny>,
+        idempotency_key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyInt>> {
+        if let Some(key) = idempotency_key {
+            let keyed = self.batch_keyed(py, actor, usages, ChargeMode::Always, key)?;
+            return Ok(keyed_total(py, keyed));
+        }
         let receipt = self.batch(py, actor, usages, (ChargeMode::Always, Wait::Allowed))?;
         Ok(money_to_int(
             py,
@@ -456,33 +485,46 @@ impl MeteringCore {
 
     /// Records several usages as one atomic event only if the user's remaining budget covers
     /// them all together; returns the new month total, or None (nothing recorded).
+    #[pyo3(signature = (actor, usages, *, idempotency_key=None))]
     fn try_batch_increment_usages<'py>(
         &self,
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
         usages: &Bound<'py, PyAny>,
+        idempotency_key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyInt>>> {
+        if let Some(key) = idempotency_key {
+            let keyed = self.batch_keyed(py, actor, usages, ChargeMode::IfAffordable, key)?;
+            return Ok(self.keyed_try_total(py, keyed));
+        }
         let receipt = self.batch(py, actor, usages, (ChargeMode::IfAffordable, Wait::Allowed))?;
         Ok(self.try_result(py, receipt))
     }
 
     /// `try_batch_increment_usages` that never waits on the shared ledger (for `usagemeter.aio`),
     /// answered as `_try_increment_usage_nowait` answers.
+    #[pyo3(signature = (actor, usages, *, idempotency_key=None))]
     fn _try_batch_increment_usages_nowait<'py>(
         &self,
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
         usages: &Bound<'py, PyAny>,
+        idempotency_key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(bool, Option<Bound<'py, PyInt>>)> {
+        if let Some(key) = idempotency_key {
+            let keyed = self.batch_keyed(py, actor, usages, ChargeMode::IfAffordable, key)?;
+            return Ok((true, self.keyed_try_total(py, keyed)));
+        }
         let receipt = self.batch(py, actor, usages, (ChargeMode::IfAffordable, Wait::Never))?;
         Ok(self.try_result_nowait(py, receipt))
     }
 
     /// Refunds `units` (default 0) and `cost` (µ¢; default: the price of `units`) of
     /// `usage_type` to the actor this month, booked as `refund:<usage_type>`; returns the user's
-    /// month total and the cost given back (µ¢, rounded half up). `MeteringService.refund`
-    /// wraps this (the reason, the event).
-    #[pyo3(signature = (actor, usage_type, units=None, cost=None))]
+    /// month total, the cost given back (µ¢, rounded half up) and whether it was booked now
+    /// (False: a retry of `idempotency_key`, which books nothing and returns the first call's
+    /// figures). `MeteringService.refund` wraps this (the reason, the event).
+    #[pyo3(signature = (actor, usage_type, units=None, cost=None, idempotency_key=None))]
     fn _refund<'py>(
         &self,
         py: Python<'py>,
@@ -490,7 +532,9 @@ impl MeteringCore {
         usage_type: &Bound<'py, PyAny>,
         units: Option<&Bound<'py, PyAny>>,
         cost: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(Bound<'py, PyInt>, Bound<'py, PyInt>)> {
+        idempotency_key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyInt>, Bound<'py, PyInt>, bool)> {
+        let key = convert::idempotency_key(idempotency_key)?;
         let actor_ref = as_actor(actor)?;
         let usage_type = convert::usage_type(usage_type)?;
         let units = match units {
@@ -505,13 +549,38 @@ impl MeteringCore {
             ));
         }
         // A user never charged has nothing to refund: no account is created for the refusal.
-        let Some(account) = actor_ref.account.existing(&self.ledger, &actor_ref.user_id) else {
+        // An `Actor` that kept another service's account (one reused after a restart) finds
+        // this ledger's by its id.
+        let found;
+        let account = match actor_ref.account.existing(&self.ledger, &actor_ref.user_id) {
+            Some(account) => Some(account),
+            None => {
+                found = self.ledger.existing_account(&actor_ref.user_id);
+                found.as_deref()
+            }
+        };
+        let Some(account) = account else {
             self.ensure_open()?;
             self.ledger
                 .refund_cost(usage_type, units, cost)
                 .map_err(ledger_error)?;
             return Err(ledger_error(refund_of_nothing_charged(usage_type)));
         };
+        if let Some(key) = key {
+            let refund = (usage_type, units, cost);
+            return match self.refund_keyed(py, actor, actor_ref, account, refund, key)? {
+                Keyed::Done(receipt) => Ok((
+                    money_to_int(py, receipt.month_total),
+                    money_to_int(py, receipt.cost.negated()),
+                    true,
+                )),
+                Keyed::Replayed(outcome) => Ok((
+                    money_to_int(py, outcome.total),
+                    money_to_int(py, outcome.cost.negated()),
+                    false,
+                )),
+            };
+        }
         let receipt = self.charge_with(py, actor, actor_ref, &[], Wait::Allowed, |booking| {
             self.ledger
                 .refund(Some(account), booking, usage_type, units, cost)
@@ -519,20 +588,27 @@ impl MeteringCore {
         Ok((
             money_to_int(py, receipt.month_total),
             money_to_int(py, receipt.cost.negated()),
+            true,
         ))
     }
 
-    /// Adds purchased credit (µ¢, >= 0) to a user; returns the user's purchased total.
+    /// Adds purchased credit (µ¢, >= 0) to a user; returns the user's purchased total (with an
+    /// `idempotency_key`, a retry adds nothing and returns the first call's total).
+    #[pyo3(signature = (user_id, amount, *, idempotency_key=None))]
     fn update_addon_credit<'py>(
         &self,
         py: Python<'py>,
         user_id: &str,
         amount: &Bound<'py, PyAny>,
+        idempotency_key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyInt>> {
         self.ensure_open()?;
         let amount = convert::microcents(amount, "amount")?;
         if user_id.is_empty() {
             return Err(PyValueError::new_err("user_id must be a non-empty string"));
+        }
+        if let Some(key) = convert::idempotency_key(idempotency_key)? {
+            return self.add_purchased_keyed(py, user_id, amount, key);
         }
         let credit = self
             .ledger

@@ -21,6 +21,7 @@ mod charges;
 mod checks;
 mod estimates;
 mod holds;
+mod keyed;
 mod plans;
 mod reports;
 
@@ -39,6 +40,7 @@ use super::costmap::PyCostMap;
 use super::errors::StoreClosedError;
 use super::persistence::{self, Persistence};
 use crate::fleet::sync::{Fleet, FleetOptions};
+use crate::ledger::idempotency::KeyLimits;
 use crate::ledger::month::MonthId;
 use crate::ledger::{Ledger, Unmapped};
 
@@ -51,6 +53,9 @@ struct Hooks {
     resolve_policy: Py<PyAny>,
     /// `alarm(kind, actor, usage_type, message)`: dispatches `metering:alarm`; never raises.
     raise_alarm: Py<PyAny>,
+    /// `monthly_charges(actor) -> [(usage_type, units, cost)] | None`: runs the
+    /// `metering:monthlyCharges` listeners (`keyed.rs`).
+    monthly_charges: Py<PyAny>,
 }
 
 /// The ledger and plan cache behind `MeteringService`. Use `MeteringService`, not this class.
@@ -245,7 +250,7 @@ impl MeteringCore {
     // One argument per option of `MeteringService.__new__`, which owns the defaults.
     #[allow(clippy::too_many_arguments)]
     #[new]
-    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend=None, snapshot_interval_ms=1000, lease_ttl_ms=10_000, serve_offline=false, connect_timeout_ms=5_000))]
+    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend=None, snapshot_interval_ms=1000, lease_ttl_ms=10_000, serve_offline=false, connect_timeout_ms=5_000, idempotency_window_ms=86_400_000, max_idempotency_keys=1_000_000, max_idempotency_keys_per_user=100_000))]
     fn new(
         py: Python<'_>,
         cost_map: Bound<'_, PyCostMap>,
@@ -258,7 +263,13 @@ impl MeteringCore {
         lease_ttl_ms: u64,
         serve_offline: bool,
         connect_timeout_ms: u64,
+        idempotency_window_ms: i64,
+        max_idempotency_keys: usize,
+        max_idempotency_keys_per_user: usize,
     ) -> PyResult<Self> {
+        if idempotency_window_ms <= 0 {
+            return Err(PyValueError::new_err("idempotency_window must be positive"));
+        }
         if subscription_ttl_ms < 0 {
             return Err(PyValueError::new_err(
                 "subscription_ttl must not be negative",
@@ -288,7 +299,12 @@ impl MeteringCore {
         } else {
             Unmapped::Error
         };
-        let ledger = Ledger::new(Arc::clone(&cost_map.get().inner), unmapped);
+        let ledger =
+            Ledger::new(Arc::clone(&cost_map.get().inner), unmapped).with_key_limits(KeyLimits {
+                window_ms: idempotency_window_ms,
+                per_user: max_idempotency_keys_per_user,
+                global: max_idempotency_keys,
+            });
         let plans: Arc<PlanCache> = Arc::new(crate::ledger::record::new_concurrent_map());
         let interval = Duration::from_millis(snapshot_interval_ms);
         let (ledger, persistence) = match (store_path, kind) {
@@ -450,12 +466,18 @@ impl MeteringCore {
         Some(self.fleet()?.worker().to_string())
     }
 
-    /// Installs the plan resolver and the alarm dispatcher (once).
-    fn _install_hooks(&self, resolve_policy: Py<PyAny>, raise_alarm: Py<PyAny>) -> PyResult<()> {
+    /// Installs the plan resolver, the alarm dispatcher and the monthly charges' listeners (once).
+    fn _install_hooks(
+        &self,
+        resolve_policy: Py<PyAny>,
+        raise_alarm: Py<PyAny>,
+        monthly_charges: Py<PyAny>,
+    ) -> PyResult<()> {
         self.hooks
             .set(Hooks {
                 resolve_policy,
                 raise_alarm,
+                monthly_charges,
             })
             .map_err(|_| PyRuntimeError::new_err("hooks are already installed"))
     }

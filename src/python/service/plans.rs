@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 use super::{as_actor, MeteringCore};
 use crate::error::LedgerError;
+use crate::ledger::month::MonthId;
 use crate::ledger::Plan;
 use crate::money::Money;
 use crate::python::actor::PyActor;
@@ -26,6 +27,15 @@ pub(super) struct CachedPlan {
 /// the bound, every such entry is dropped (the cache refills with the users checked again): a
 /// flood of random user ids costs at most this many entries (about 100 bytes each), never more.
 pub(super) const GUEST_PLANS_MAX: usize = 65_536;
+
+/// Until when a plan is cached in the user's account: its expiry, but never past the month's
+/// end, so that the user's first charge of a month takes the slow path, where the month's
+/// monthly charges are applied (`with_plan_charging`), and the hot path needs no check of its
+/// own for them. The plan itself stays cached (`plans`) for its whole TTL: at the month's end
+/// only the account's copy is refreshed, without running the plan events again.
+fn in_account_until(expires_at_ms: i64, now_ms: i64) -> i64 {
+    expires_at_ms.min(MonthId::from_epoch_ms(now_ms).next().start_epoch_ms())
+}
 
 impl MeteringCore {
     /// Reads the user's cached plan if it has not expired.
@@ -69,9 +79,13 @@ impl MeteringCore {
             let plan_id: String = policy.getattr(py, "id")?.extract(py)?;
             let expires_at_ms = now_ms.saturating_add(self.subscription_ttl_ms);
             // The hot path reads the allowance from the user's account (no second map lookup).
-            let in_account =
-                self.ledger
-                    .set_plan_if(&actor.user_id, &plan_id, allowance, expires_at_ms, epoch);
+            let in_account = self.ledger.set_plan_if(
+                &actor.user_id,
+                &plan_id,
+                allowance,
+                in_account_until(expires_at_ms, now_ms),
+                epoch,
+            );
             let invalidated = self.ledger.plan_epoch() != epoch;
             if in_account || !invalidated {
                 // Cached in the account, or the user has none: a guest's entry.
@@ -126,8 +140,9 @@ impl MeteringCore {
             self.cached_plan(&actor.user_id, now_ms, |plan| {
                 (plan.plan_id.clone(), plan.allowance, plan.expires_at_ms)
             })?;
+        let until = in_account_until(expires_at_ms, now_ms);
         self.ledger
-            .set_plan_if(&actor.user_id, &plan_id, allowance, expires_at_ms, epoch);
+            .set_plan_if(&actor.user_id, &plan_id, allowance, until, epoch);
         Some(allowance)
     }
 
@@ -163,12 +178,44 @@ impl MeteringCore {
         now_ms: i64,
         call: impl Fn(Plan) -> Result<T, LedgerError>,
     ) -> PyResult<T> {
+        self.with_plan_then(py, actor_obj, actor, now_ms, false, call)
+    }
+
+    /// `with_plan` for a charge: on the slow path, the month's monthly charges are applied first
+    /// if they are not yet (`apply_monthly_if_due`). The plan cached in an account expires at
+    /// the month's end at the latest (`resolve_plan`), so every user's first charge of a month
+    /// comes here, and the hot path pays nothing for monthly charges.
+    #[inline(always)]
+    pub(super) fn with_plan_charging<T>(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        now_ms: i64,
+        call: impl Fn(Plan) -> Result<T, LedgerError>,
+    ) -> PyResult<T> {
+        self.with_plan_then(py, actor_obj, actor, now_ms, true, call)
+    }
+
+    #[inline(always)]
+    fn with_plan_then<T>(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        now_ms: i64,
+        monthly: bool,
+        call: impl Fn(Plan) -> Result<T, LedgerError>,
+    ) -> PyResult<T> {
         match call(Plan::Cached { now_ms }) {
             Err(LedgerError::PlanNeeded) => {
                 let allowance = match self.cached_allowance(actor, now_ms) {
                     Some(allowance) => allowance,
                     None => self.resolve_plan(py, actor_obj, actor, now_ms)?.0,
                 };
+                if monthly {
+                    self.apply_monthly_if_due(py, actor_obj, actor, now_ms, allowance)?;
+                }
                 call(Plan::Fixed(allowance)).map_err(ledger_error)
             }
             result => result.map_err(ledger_error),

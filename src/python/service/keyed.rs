@@ -1,0 +1,370 @@
+//! Idempotency keys and monthly charges at the boundary: the keyed variants of the charges
+//! (`charges.rs` branches here only when a key is given, so a call without one runs exactly the
+//! code it ran before keys existed), and the monthly charges applied at a user's first charge of
+//! a month (`plans.rs` calls `apply_monthly_if_due` on the plan's slow path) or on demand.
+
+use pyo3::exceptions::{PyNotImplementedError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyInt;
+
+use super::charges::{owned_items, usage_items};
+use super::{as_actor, MeteringCore};
+use crate::ledger::idempotency::{FingerprintBuilder, KeyKind, Keyed, KeyedCall};
+use crate::ledger::month::MonthId;
+use crate::ledger::{Account, Booking, ChargeMode, Plan, Receipt, UsageItem};
+use crate::money::Money;
+use crate::python::actor::{PyActor, GLOBAL_APP};
+use crate::python::convert::{self, money_to_int};
+use crate::python::errors::ledger_error;
+
+/// One usage's arguments as Python passed them: usage type, amount, cost override.
+pub(super) type OneUsage<'a, 'py> = (
+    &'a Bound<'py, PyAny>,
+    &'a Bound<'py, PyAny>,
+    Option<&'a Bound<'py, PyAny>>,
+);
+
+/// What a keyed charge returns: the month total now, or the first call's (0 for the system
+/// actor, which is not metered).
+pub(super) fn keyed_total<'py>(
+    py: Python<'py>,
+    keyed: Option<Keyed<Receipt>>,
+) -> Bound<'py, PyInt> {
+    let total = match keyed {
+        None => Money::ZERO,
+        Some(Keyed::Done(receipt)) => receipt.month_total,
+        Some(Keyed::Replayed(outcome)) => outcome.total,
+    };
+    money_to_int(py, total)
+}
+
+/// A fingerprint of a charge: whether it is checked against the budget (`try_*`), the app it is
+/// booked to and every item in order. One usage and a batch of that one usage are the same
+/// charge: a key passed to both replays.
+fn charge_fingerprint(method: &str, app_id: &str, items: &[UsageItem<'_>]) -> [u8; 16] {
+    let mut builder = FingerprintBuilder::new(method);
+    builder.text(app_id);
+    for item in items {
+        builder
+            .text(item.usage_type)
+            .number(item.units)
+            .money(item.cost_override);
+    }
+    builder.finish()
+}
+
+fn mode_name(mode: ChargeMode) -> &'static str {
+    match mode {
+        ChargeMode::IfAffordable => "try_charge",
+        _ => "charge",
+    }
+}
+
+impl MeteringCore {
+    /// A fleet shares its ledger through Redis, where keys are not kept yet: a key kept by one
+    /// worker would not stop a retry on another, so keys are refused rather than half-honoured.
+    fn refuse_keys_on_fleet(&self) -> PyResult<()> {
+        match self.fleet() {
+            Some(_) => Err(PyNotImplementedError::new_err(
+                "idempotency keys and monthly charges are not supported on a fleet's shared \
+                 ledger yet: a key kept by one worker would not stop a retry on another",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// What a keyed `try_*` call returns: the new total or None when refused now, the first
+    /// call's total when replayed (a refusal keeps no key, so a replay was accepted).
+    pub(super) fn keyed_try_total<'py>(
+        &self,
+        py: Python<'py>,
+        keyed: Option<Keyed<Receipt>>,
+    ) -> Option<Bound<'py, PyInt>> {
+        match keyed {
+            None => Some(money_to_int(py, Money::ZERO)),
+            Some(Keyed::Done(receipt)) => self.try_result(py, Some(receipt)),
+            Some(Keyed::Replayed(outcome)) => Some(money_to_int(py, outcome.total)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn one_usage_keyed(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        (usage_type, amount, cost_override): OneUsage<'_, '_>,
+        mode: ChargeMode,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Keyed<Receipt>>> {
+        let item = UsageItem {
+            usage_type: convert::usage_type(usage_type)?,
+            units: convert::units(amount, "amount")?,
+            cost_override: convert::optional_microcents(cost_override, "cost_override")?,
+        };
+        self.charge_keyed(py, actor_obj, &[item], mode, key)
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn batch_keyed(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        usages: &Bound<'_, PyAny>,
+        mode: ChargeMode,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Keyed<Receipt>>> {
+        let owned = owned_items(usages)?;
+        let items = usage_items(&owned)?;
+        self.charge_keyed(py, actor_obj, &items, mode, key)
+    }
+
+    /// Records `items` under the idempotency key `key_obj` (checked first: a bad key changes
+    /// nothing), then raises the alarms a charge done now calls for (a replay raises none).
+    fn charge_keyed(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        items: &[UsageItem<'_>],
+        mode: ChargeMode,
+        key_obj: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Keyed<Receipt>>> {
+        let actor = as_actor(actor_obj)?;
+        let Some(key) = convert::idempotency_key(Some(key_obj))? else {
+            unreachable!("callers pass a key that is not None");
+        };
+        if actor.is_system {
+            // Not metered: nothing to remember either. Bad input is refused as for anyone.
+            self.ensure_open()?;
+            for item in items {
+                self.ledger.check_item(item).map_err(ledger_error)?;
+            }
+            return Ok(None);
+        }
+        self.refuse_keys_on_fleet()?;
+        let now_ms = self.now_ms(py)?;
+        let call = KeyedCall {
+            key,
+            fingerprint: charge_fingerprint(mode_name(mode), actor.booking_app(), items),
+            now_ms,
+            kind: KeyKind::Caller,
+        };
+        let account = actor.account.get(&self.ledger, &actor.user_id);
+        let month = MonthId::from_epoch_ms(now_ms);
+        let keyed = self.with_plan_charging(py, actor_obj, actor, now_ms, |plan| {
+            let booking = Booking {
+                user_id: &actor.user_id,
+                app_id: actor.booking_app(),
+                month,
+                plan,
+                now_ms,
+            };
+            self.ledger
+                .charge_keyed(account, &booking, items, mode, &call)
+        })?;
+        if let Keyed::Done(receipt) = &keyed {
+            if receipt.unmapped_items > 0 || receipt.overuse_multiple.is_some() {
+                self.raise_alarms(py, actor_obj, items, receipt, receipt.allowance);
+            }
+        }
+        Ok(Some(keyed))
+    }
+
+    /// A refund under an idempotency key (the actor has an account: checked by the caller).
+    pub(super) fn refund_keyed(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        account: &Account,
+        refund: (&str, u64, Option<Money>),
+        key: &str,
+    ) -> PyResult<Keyed<Receipt>> {
+        self.refuse_keys_on_fleet()?;
+        let now_ms = self.now_ms(py)?;
+        let mut builder = FingerprintBuilder::new("refund");
+        builder
+            .text(actor.booking_app())
+            .text(refund.0)
+            .number(refund.1)
+            .money(refund.2);
+        let call = KeyedCall {
+            key,
+            fingerprint: builder.finish(),
+            now_ms,
+            kind: KeyKind::Caller,
+        };
+        let month = MonthId::from_epoch_ms(now_ms);
+        self.with_plan_charging(py, actor_obj, actor, now_ms, |plan| {
+            let booking = Booking {
+                user_id: &actor.user_id,
+                app_id: actor.booking_app(),
+                month,
+                plan,
+                now_ms,
+            };
+            self.ledger
+                .refund_keyed(Some(account), &booking, refund, &call)
+        })
+    }
+
+    /// `update_addon_credit` under an idempotency key.
+    pub(super) fn add_purchased_keyed<'py>(
+        &self,
+        py: Python<'py>,
+        user_id: &str,
+        amount: Money,
+        key: &str,
+    ) -> PyResult<Bound<'py, PyInt>> {
+        self.refuse_keys_on_fleet()?;
+        let now_ms = self.now_ms(py)?;
+        let mut builder = FingerprintBuilder::new("update_addon_credit");
+        builder.money(Some(amount));
+        let call = KeyedCall {
+            key,
+            fingerprint: builder.finish(),
+            now_ms,
+            kind: KeyKind::Caller,
+        };
+        let purchased = match self
+            .ledger
+            .add_purchased_keyed(user_id, amount, &call)
+            .map_err(ledger_error)?
+        {
+            Keyed::Done(credit) => credit.purchased,
+            Keyed::Replayed(outcome) => outcome.total,
+        };
+        Ok(money_to_int(py, purchased))
+    }
+
+    /// At a charge's plan look-up (the slow path, taken at least once per user and month since
+    /// the plan cached in the account expires at the month's end): applies the month's monthly
+    /// charges if they are not applied yet. The listeners (`MeteringService._monthly_charges_hook`)
+    /// answer None when there is nothing to apply now (no listener, or one failed: it raised an
+    /// alarm and the next look-up tries again). A charge the ledger refuses raises a
+    /// `monthly_charges` alarm and leaves the month unclaimed; the user's call goes on.
+    /// `AsyncListenerError` propagates: `usagemeter.aio` then prepares the charges and calls
+    /// again.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn apply_monthly_if_due(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        now_ms: i64,
+        allowance: Money,
+    ) -> PyResult<()> {
+        if actor.is_system || self.fleet().is_some() {
+            return Ok(());
+        }
+        let month = MonthId::from_epoch_ms(now_ms);
+        if self
+            .ledger
+            .monthly_applied(&actor.user_id, month, now_ms)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let hooks = self.hooks()?;
+        let charges = hooks.monthly_charges.call1(py, (actor_obj,))?;
+        if charges.is_none(py) {
+            return Ok(());
+        }
+        let applied = owned_items(charges.bind(py)).and_then(|owned| {
+            let items = usage_items(&owned)?;
+            let booking = Booking {
+                user_id: &actor.user_id,
+                app_id: GLOBAL_APP,
+                month,
+                plan: Plan::Fixed(allowance),
+                now_ms,
+            };
+            let account = actor.account.get(&self.ledger, &actor.user_id);
+            self.ledger
+                .apply_monthly(account, &booking, &items, now_ms)
+                .map_err(ledger_error)
+        });
+        if let Err(error) = applied {
+            let message = format!(
+                "the monthly charges of {} could not be applied (the next charge tries again): {error}",
+                month.label()
+            );
+            if let Err(error) = hooks
+                .raise_alarm
+                .call1(py, ("monthly_charges", actor_obj, py.None(), message))
+            {
+                error.write_unraisable(py, Some(hooks.raise_alarm.bind(py)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl MeteringCore {
+    /// Applies `charges` (`(usage_type, units, cost µ¢)` items) as the actor's monthly charges of
+    /// the current month, billed to the user (not to the actor's app), unless the month's are
+    /// applied already. Returns `(applied now, cost µ¢)`: the cost booked now, or the first
+    /// time. `MeteringService.apply_monthly_charges` wraps this (the listeners).
+    fn _apply_monthly_charges<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        charges: &Bound<'py, PyAny>,
+    ) -> PyResult<(bool, Bound<'py, PyInt>)> {
+        let actor_ref = as_actor(actor)?;
+        let owned = owned_items(charges)?;
+        let items = usage_items(&owned)?;
+        if actor_ref.is_system {
+            self.ensure_open()?;
+            return Err(PyValueError::new_err(
+                "the system actor is not metered: it has no monthly charges",
+            ));
+        }
+        self.refuse_keys_on_fleet()?;
+        let now_ms = self.now_ms(py)?;
+        let month = MonthId::from_epoch_ms(now_ms);
+        let account = actor_ref.account.get(&self.ledger, &actor_ref.user_id);
+        // The plan without the monthly hook (`with_plan`): this is the monthly charge itself.
+        let keyed = self.with_plan(py, actor, actor_ref, now_ms, |plan| {
+            let booking = Booking {
+                user_id: &actor_ref.user_id,
+                app_id: GLOBAL_APP,
+                month,
+                plan,
+                now_ms,
+            };
+            self.ledger.apply_monthly(account, &booking, &items, now_ms)
+        })?;
+        Ok(match keyed {
+            Keyed::Done(receipt) => (true, money_to_int(py, receipt.cost)),
+            Keyed::Replayed(outcome) => (false, money_to_int(py, outcome.cost)),
+        })
+    }
+
+    /// The cost (µ¢) the actor's monthly charges of the current month booked, or None if they
+    /// are not applied yet.
+    fn _monthly_charges_applied<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyInt>>> {
+        let actor_ref = as_actor(actor)?;
+        let now_ms = self.now_ms(py)?;
+        if actor_ref.is_system {
+            return Ok(None);
+        }
+        let month = MonthId::from_epoch_ms(now_ms);
+        let applied = self
+            .ledger
+            .monthly_applied(&actor_ref.user_id, month, now_ms);
+        Ok(applied.map(|outcome| money_to_int(py, outcome.cost)))
+    }
+
+    /// Caller idempotency keys held in memory (tests: the bound and the pruning).
+    fn _idempotency_key_count(&self) -> usize {
+        self.ledger.key_count()
+    }
+}
