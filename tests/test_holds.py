@@ -507,3 +507,25 @@ def test_junk_hold_ids_are_refused_by_every_native_entry_point(hold_id: Any) -> 
             service._extend(olga, kept.id, ttl)
     assert budget(service, olga) == (0, 100, 900)
     assert service.get_actor_current_month_usage_details(olga)["usage"]["total"] == 0
+
+
+def test_a_settle_with_an_idempotency_key_records_once_even_after_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "store"
+    pia = Actor("pia")
+    with new_service(clock=clock, store=path) as service:
+        hold = service.reserve(pia, cost=500)
+        assert hold is not None
+        assert hold.settle(usages=[("llm:output", 100)], idempotency_key="settle-1") == 200
+        # The same handle retried (a timeout that hid the first answer): replayed, not recorded.
+        assert hold.settle(usages=[("llm:output", 100)], idempotency_key="settle-1") == 200
+        held_id = hold.id
+    with new_service(clock=clock, store=path) as service:
+        # Another process's handle on the same hold, after a restart.
+        again = Hold(service, pia, (held_id, 500, 0))
+        assert again.settle(usages=[("llm:output", 100)], idempotency_key="settle-1") == 200
+        assert service.get_actor_current_month_usage_details(pia)["usage"]["llm:output"]["count"] == 1
+        other = Hold(service, pia, (held_id, 500, 0))
+        with pytest.raises(ValueError, match="idempotency"):
+            other.settle(usages=[("llm:output", 99)], idempotency_key="settle-1")
+        assert budget(service, pia) == (200, 0, 800)

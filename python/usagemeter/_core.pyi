@@ -321,9 +321,11 @@ class MeteringCore:
         usages: Iterable[tuple[str, int] | tuple[str, int, int | None]] | None = None,
         cost: int | None = None,
         usage_type: str | None = None,
+        idempotency_key: str | None = None,
     ) -> tuple[int, bool]:
         """Record the real usage of a hold and remove it, atomically: ``(month total, whether
-        the hold was still live)``."""
+        the hold was still live)``; a retry of ``idempotency_key`` records nothing and returns
+        the first settle's total."""
     def _release(self, actor: Actor, hold_id: int) -> bool:
         """Remove a hold; whether it was still live."""
     def _extend(self, actor: Actor, hold_id: int, ttl_ms: int) -> int | None:

@@ -84,7 +84,12 @@ class Hold:
             raise ValueError(f"cannot {action} hold {self.id}: it was already {self._state}")
 
     def settle(
-        self, usages: Usages | None = None, cost: int | None = None, *, usage_type: str | None = None
+        self,
+        usages: Usages | None = None,
+        cost: int | None = None,
+        *,
+        usage_type: str | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
         """Record the call's real usage and free the hold, atomically; return the month total.
 
@@ -93,9 +98,11 @@ class Hold:
         hold is recorded too (the call ran: it goes to the pools, then overage); what the hold
         held beyond the real cost is free again. The usage is recorded even if the hold expired.
         Bad input raises and changes nothing (the hold stays). Settling twice raises
-        ``ValueError``.
+        ``ValueError``; with ``idempotency_key``, a settle retried (from this handle or another
+        process's, after a timeout or a restart) records once and returns the first total.
         """
-        self._open("settle")
+        if idempotency_key is None or self._state != "settled":
+            self._open("settle")
         if cost is not None and usage_type is None and usages is None:
             usage_type = self._usage_type
             if usage_type is None:
@@ -103,7 +110,7 @@ class Hold:
                     "settle(cost=...) needs usage_type=: the hold was not reserved for exactly one usage type"
                 )
         items = None if usages is None else list(usages)
-        total, _ = self._service._settle(self.actor, self.id, items, cost, usage_type)
+        total, _ = self._service._settle(self.actor, self.id, items, cost, usage_type, idempotency_key)
         self._state = "settled"
         return total
 
@@ -125,13 +132,20 @@ class Hold:
         return True
 
     async def asettle(
-        self, usages: Usages | None = None, cost: int | None = None, *, usage_type: str | None = None
+        self,
+        usages: Usages | None = None,
+        cost: int | None = None,
+        *,
+        usage_type: str | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
         """``settle`` for async code: awaits async plan listeners when the plan is not cached."""
         items = None if usages is None else list(usages)
         if self._aio is None:
-            return self.settle(items, cost, usage_type=usage_type)
-        return await self._aio._with_plan(self.actor, self.settle, items, cost, usage_type=usage_type)
+            return self.settle(items, cost, usage_type=usage_type, idempotency_key=idempotency_key)
+        return await self._aio._with_plan(
+            self.actor, self.settle, items, cost, usage_type=usage_type, idempotency_key=idempotency_key
+        )
 
     async def arelease(self) -> bool:
         """``release`` for async code (it never waits)."""

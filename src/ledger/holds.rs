@@ -12,6 +12,7 @@
 //! expiry. On a fleet, a worker's holds are kept inside its budget lease (`replica.rs`): they
 //! die with the lease when the worker does.
 
+use super::idempotency::{Keyed, KeyedCall, Outcome};
 use super::{Account, AccountState, Booking, ChargeMode, Ledger, Receipt, UsageItem};
 use crate::error::{overflow, LedgerError, LedgerResult};
 use crate::money::Money;
@@ -198,6 +199,30 @@ impl Ledger {
             let hold = state.take_hold(id, booking.now_ms);
             self.note_credit_change(state, booking.user_id);
             Ok((receipt, hold))
+        })
+    }
+
+    /// `settle` with an idempotency key (`idempotency.rs`): a retry with the same key settles
+    /// nothing and replays the first settle's outcome.
+    pub fn settle_keyed(
+        &self,
+        account: Option<&Account>,
+        booking: &Booking<'_>,
+        id: u64,
+        items: &[UsageItem<'_>],
+        call: &KeyedCall<'_>,
+    ) -> LedgerResult<Keyed<(Receipt, Option<Hold>)>> {
+        let (deltas, unmapped_items) = self.deltas_of(items)?;
+        self.keyed(account, booking.user_id, call, |state| {
+            let receipt =
+                self.charge_locked(state, booking, &deltas, unmapped_items, ChargeMode::Always)?;
+            let hold = state.take_hold(id, booking.now_ms);
+            self.note_credit_change(state, booking.user_id);
+            let outcome = Outcome {
+                total: receipt.month_total,
+                cost: receipt.cost,
+            };
+            Ok(((receipt, hold), Some(outcome)))
         })
     }
 

@@ -11,7 +11,8 @@ use pyo3::types::PyInt;
 use super::charges::{owned_items, usage_items, Wait};
 use super::{as_actor, MeteringCore};
 use crate::ledger::holds::Hold;
-use crate::ledger::UsageItem;
+use crate::ledger::idempotency::{FingerprintBuilder, KeyKind, Keyed, KeyedCall};
+use crate::ledger::{Receipt, UsageItem};
 use crate::money::Money;
 use crate::python::convert::{self, money_to_int};
 use crate::python::errors::ledger_error;
@@ -97,7 +98,11 @@ impl MeteringCore {
     /// Records the real usage of hold `hold_id` (the batch `usages`, or `cost` µ¢ booked as
     /// `usage_type`) and removes the hold, atomically: `(month total, whether the hold was
     /// still live)`. The usage is recorded even if the hold expired. Bad input changes nothing.
-    #[pyo3(signature = (actor, hold_id, usages=None, cost=None, usage_type=None))]
+    ///
+    /// With `idempotency_key`, a retry settles nothing and returns the first settle's total
+    /// (and False).
+    #[pyo3(signature = (actor, hold_id, usages=None, cost=None, usage_type=None, idempotency_key=None))]
+    #[allow(clippy::too_many_arguments)] // one per argument of `Hold.settle`
     fn _settle<'py>(
         &self,
         py: Python<'py>,
@@ -106,7 +111,9 @@ impl MeteringCore {
         usages: Option<&Bound<'py, PyAny>>,
         cost: Option<&Bound<'py, PyAny>>,
         usage_type: Option<&Bound<'py, PyAny>>,
+        idempotency_key: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyInt>, bool)> {
+        let key = convert::idempotency_key(idempotency_key)?;
         let actor_ref = as_actor(actor)?;
         let id = self::hold_id(hold_id)?;
         let owned = match usages {
@@ -136,12 +143,54 @@ impl MeteringCore {
         }
         let account = actor_ref.account.get(&self.ledger, &actor_ref.user_id);
         let was_live = Cell::new(false);
+        let Some(key) = key else {
+            let receipt =
+                self.charge_with(py, actor, actor_ref, &items, Wait::Allowed, |booking| {
+                    let (receipt, hold) = self.ledger.settle(account, booking, id, &items)?;
+                    was_live.set(hold.is_some());
+                    Ok(receipt)
+                })?;
+            return Ok((money_to_int(py, receipt.month_total), was_live.get()));
+        };
+        self.refuse_keys_on_fleet()?;
+        let mut fingerprint = FingerprintBuilder::new("settle");
+        fingerprint.number(id).text(actor_ref.booking_app());
+        for item in &items {
+            fingerprint
+                .text(item.usage_type)
+                .number(item.units)
+                .money(item.cost_override);
+        }
+        let fingerprint = fingerprint.finish();
+        let replayed = Cell::new(None);
         let receipt = self.charge_with(py, actor, actor_ref, &items, Wait::Allowed, |booking| {
-            let (receipt, hold) = self.ledger.settle(account, booking, id, &items)?;
-            was_live.set(hold.is_some());
-            Ok(receipt)
+            let call = KeyedCall {
+                key,
+                fingerprint,
+                now_ms: booking.now_ms,
+                kind: KeyKind::Caller,
+            };
+            match self
+                .ledger
+                .settle_keyed(account, booking, id, &items, &call)?
+            {
+                Keyed::Done((receipt, hold)) => {
+                    was_live.set(hold.is_some());
+                    Ok(receipt)
+                }
+                Keyed::Replayed(outcome) => {
+                    replayed.set(Some(outcome.total));
+                    // Nothing was recorded now: no alarm to raise.
+                    Ok(Receipt {
+                        accepted: true,
+                        month_total: outcome.total,
+                        ..Receipt::default()
+                    })
+                }
+            }
         })?;
-        Ok((money_to_int(py, receipt.month_total), was_live.get()))
+        let total = replayed.get().unwrap_or(receipt.month_total);
+        Ok((money_to_int(py, total), was_live.get()))
     }
 
     /// Removes hold `hold_id`; whether it was still live (False: expired, settled or released).

@@ -63,7 +63,7 @@ fn mode_name(mode: ChargeMode) -> &'static str {
 impl MeteringCore {
     /// A fleet shares its ledger through Redis, where keys are not kept yet: a key kept by one
     /// worker would not stop a retry on another, so keys are refused rather than half-honoured.
-    fn refuse_keys_on_fleet(&self) -> PyResult<()> {
+    pub(super) fn refuse_keys_on_fleet(&self) -> PyResult<()> {
         match self.fleet() {
             Some(_) => Err(PyNotImplementedError::new_err(
                 "idempotency keys and monthly charges are not supported on a fleet's shared \
