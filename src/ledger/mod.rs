@@ -26,6 +26,7 @@ pub mod month;
 pub mod pools;
 pub mod record;
 pub mod replica;
+pub mod shared_keys;
 pub mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};

@@ -34,16 +34,20 @@ pub struct KeyedWrite<'a> {
     pub name: &'a str,
     /// How long the key is kept (ms).
     pub ttl_ms: i64,
-    /// What the call records: counters of `month`, purchased credit.
-    pub charge: UserFigures,
     pub month: MonthId,
     /// The user's monthly allowance (to split the charge over the pools).
     pub allowance: Money,
-    /// `Some(cost)`: record only if the fleet has `cost` free for this user (see the module).
-    pub if_affordable: Option<Money>,
+    /// Whether the call spends only what is free (`try_*`): then its decision is made on what
+    /// the fleet has free for the user (see the module), and the lease is given back first.
+    pub strict: bool,
     /// The worker's clock (ms), for its holds.
     pub now_ms: i64,
 }
+
+/// What a keyed call records, decided on the fleet's figures of the user and what the fleet has
+/// free for it (`Money::ZERO` unless `strict`): the charge (counters of the month, purchased
+/// credit), `Ok(None)` to refuse it (nothing is written), or why the call is invalid.
+pub type Decide<'a> = dyn Fn(&UserFigures, Money) -> Result<Option<UserFigures>, String> + 'a;
 
 /// How a keyed call ended.
 #[derive(Debug)]
@@ -52,8 +56,11 @@ pub enum Keyed {
     Written(UserFigures),
     /// The key was recorded before: its value (nothing was recorded now).
     Existing(Vec<u8>),
-    /// Not affordable (`if_affordable`): nothing was recorded, nor the key.
+    /// Refused by the decision (not affordable): nothing was recorded, nor the key.
     Refused,
+    /// The decision found the call invalid on the fleet's figures (a refund of more than was
+    /// charged): nothing was recorded.
+    Invalid(String),
 }
 
 impl Fleet {
@@ -63,11 +70,12 @@ impl Fleet {
     pub fn keyed_write(
         &self,
         call: &KeyedWrite<'_>,
+        decide: &Decide<'_>,
         value_of: &dyn Fn(&UserFigures) -> Vec<u8>,
     ) -> StoreResult<Keyed> {
         let mut state = self.state.lock();
         let result = quietly_failing("a keyed write", || {
-            self.keyed_locked(&mut state, call, value_of)
+            self.keyed_locked(&mut state, call, decide, value_of)
         });
         self.ledger.set_online(result.is_ok());
         if result.is_err() {
@@ -80,6 +88,7 @@ impl Fleet {
         &self,
         state: &mut State,
         call: &KeyedWrite<'_>,
+        decide: &Decide<'_>,
         value_of: &dyn Fn(&UserFigures) -> Vec<u8>,
     ) -> StoreResult<Keyed> {
         let user = call.user_id;
@@ -97,9 +106,9 @@ impl Fleet {
         // What this worker holds unsent for the user goes first (and, before an affordability
         // decision, its lease back, unless holds are kept in it): the fleet's figures are then
         // all there is to decide on.
-        let release = match call.if_affordable {
-            Some(_) => Release::UnlessHolds,
-            None => Release::None,
+        let release = match call.strict {
+            true => Release::UnlessHolds,
+            false => Release::None,
         };
         if let Some(taken) = self.ledger.take_user_for_fleet_releasing(user, release) {
             let id = state.next_id;
@@ -114,15 +123,32 @@ impl Fleet {
         state.next_id += 1;
         for _pass in 0..16 {
             let known = state.known.get(user).cloned().unwrap_or_default();
-            if let Some(cost) = call.if_affordable {
-                if self.keyed_free(&known, call, now)? < cost {
-                    return Ok(Keyed::Refused);
+            let free = match call.strict {
+                true => self.keyed_free(&known, call, now)?,
+                false => Money::ZERO,
+            };
+            let refusal = match decide(&known.figures, free) {
+                Ok(Some(charge)) => Ok(charge),
+                Ok(None) => Err(Keyed::Refused),
+                Err(why) => Err(Keyed::Invalid(why)),
+            };
+            let charge = match refusal {
+                Ok(charge) => charge,
+                // A retry of a call made before is refused on the figures after it (its budget
+                // spent, its refund given): the key tells, and is answered first.
+                Err(refused) => {
+                    state.stats.round_trips += 1;
+                    let get = redis::cmd("GET").arg(&claim).clone();
+                    return match self.link(state).one(&get).map_err(|e| self.io(&e))? {
+                        Value::BulkString(value) => Ok(Keyed::Existing(value)),
+                        _ => Ok(refused),
+                    };
                 }
-            }
-            let merged = merge(&known.figures, &call.charge, call.allowance)
+            };
+            let merged = merge(&known.figures, &charge, call.allowance)
                 .map_err(|why| corrupted(user, why))?;
             let mut types = TypeTable::from_names(known.types.clone());
-            let months: Vec<MonthId> = call.charge.months.keys().copied().collect();
+            let months: Vec<MonthId> = charge.months.keys().copied().collect();
             let sets = record::encode(user, &merged, &months, &mut types)
                 .map_err(|why| corrupted(user, why))?;
             let mut cas = redis::cmd("EVAL");

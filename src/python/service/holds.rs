@@ -152,7 +152,6 @@ impl MeteringCore {
                 })?;
             return Ok((money_to_int(py, receipt.month_total), was_live.get()));
         };
-        self.refuse_keys_on_fleet()?;
         let mut fingerprint = FingerprintBuilder::new("settle");
         fingerprint.number(id).text(actor_ref.booking_app());
         for item in &items {
@@ -162,6 +161,26 @@ impl MeteringCore {
                 .money(item.cost_override);
         }
         let fingerprint = fingerprint.finish();
+        if self.fleet().is_some() {
+            // Recorded on the shared ledger with its key; the hold is this worker's to drop.
+            let now_ms = self.now_ms(py)?;
+            let call = KeyedCall {
+                key,
+                fingerprint,
+                now_ms,
+                kind: KeyKind::Caller,
+            };
+            let keyed = self.charge_keyed_on_fleet(py, actor, actor_ref, &items, false, &call)?;
+            let total = match keyed {
+                Keyed::Done(receipt) => {
+                    let hold = self.ledger.release(&actor_ref.user_id, id, now_ms);
+                    was_live.set(hold.map_err(ledger_error)?.is_some());
+                    receipt.month_total
+                }
+                Keyed::Replayed(outcome) => outcome.total,
+            };
+            return Ok((money_to_int(py, total), was_live.get()));
+        }
         let replayed = Cell::new(None);
         let receipt = self.charge_with(py, actor, actor_ref, &items, Wait::Allowed, |booking| {
             let call = KeyedCall {
