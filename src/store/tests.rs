@@ -31,6 +31,7 @@ fn charge(ledger: &Ledger, user_id: &str, app_id: &str, units: u64) {
         user_id,
         app_id,
         month: OCTOBER,
+        day: 5,
         plan: Plan::Fixed(Money::from_microcents(1_000).unwrap()),
     };
     let item = UsageItem {
