@@ -307,7 +307,7 @@ def test_two_workers_days_sum_on_the_shared_ledger(redis_server: RedisServer) ->
         a.increment_usage(user, "fleet:frac", 1)
         for service in (a, b, a, b):
             service.flush()
-        expected = {
+        expected: UsageByDay = {
             "month": "2026-10",
             "days": {
                 "2026-10-04": {
@@ -332,7 +332,7 @@ def test_two_workers_days_sum_on_the_shared_ledger(redis_server: RedisServer) ->
         assert a.get_actor_usage_by_day(user) == expected
         assert b.get_actor_usage_by_day(user) == expected
         usage = month_usage(a, user)
-        assert summed_days(expected) == {key: value for key, value in usage.items() if key != "total"}  # type: ignore[arg-type]
+        assert summed_days(expected) == {key: value for key, value in usage.items() if key != "total"}
         with MeteringService(prices, clock=clock_a, **options) as fresh:
             assert fresh.get_actor_usage_by_day(user) == expected
     finally:

@@ -18,16 +18,6 @@ impl MonthId {
         (MonthId((year * 12 + month - 1) as u32), day as u8)
     }
 
-    /// Number of days in this month (28..=31).
-    pub fn days(self) -> u8 {
-        match self.month() {
-            2 if self.year() % 4 == 0 && (self.year() % 100 != 0 || self.year() % 400 == 0) => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            _ => 31,
-        }
-    }
-
     /// Parses `YYYY-MM`.
     pub fn parse(label: &str) -> Option<MonthId> {
         let (year, month) = label.split_once('-')?;
@@ -94,6 +84,19 @@ mod tests {
         assert_eq!(MonthId::from_epoch_ms(-1_000).label(), "1969-12");
     }
 
+    /// Number of days in a month (28..=31).
+    fn days_in(month: MonthId) -> u8 {
+        let year = month.year();
+        let leap =
+            year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
+        match month.month() {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        }
+    }
+
     #[test]
     fn days_of_known_instants() {
         let day = |ms| MonthId::with_day_from_epoch_ms(ms);
@@ -117,7 +120,7 @@ mod tests {
             for n in 0..365 {
                 let got = day(year_start_ms + n * 86_400_000 + 43_200_000);
                 assert_eq!(got, expected, "day {n}");
-                expected = match expected.1 == expected.0.days() {
+                expected = match expected.1 == days_in(expected.0) {
                     true => (MonthId(expected.0 .0 + 1), 1),
                     false => (expected.0, expected.1 + 1),
                 };
