@@ -16,8 +16,8 @@
 //! The counters are one vector sorted by (day, usage type), keyed by one `u64`. Time moves
 //! forward, so today's counters are at the end: a user charging one usage type again today finds
 //! its counter with one compare against the last key (`add`); anything else (another type, a day
-//! that starts, a clock that went back, a fleet's merge) takes a binary search and perhaps an
-//! insert (`add_elsewhere`, out of line). Nothing here can fail: a day's units and count are at
+//! that starts, a clock that went back) takes a binary search and perhaps an insert (`add_from`,
+//! out of line), and a batch walks the day once (`add_batch`). Nothing here can fail: a day's units and count are at
 //! most the month's (each delta adds to both), which a charge has already checked, and a day's
 //! cost is a difference of two month figures within `RECORD_LIMITS`, so at most twice the limit.
 //!
@@ -120,21 +120,55 @@ impl MonthDays {
     /// Books a charge's deltas (already checked and booked into the month) into `day`.
     #[inline]
     pub fn add(&mut self, day: Day, deltas: &[Delta]) {
-        for delta in deltas {
-            let key = key(day, delta.usage_type);
-            match self.0.last_mut() {
-                Some(last) if last.key == key => last.add(delta),
-                _ => self.add_elsewhere(key, delta),
+        match deltas {
+            [delta] => {
+                let key = key(day, delta.usage_type);
+                match self.0.last_mut() {
+                    Some(last) if last.key == key => last.add(delta),
+                    _ => {
+                        self.add_from(0, key, delta);
+                    }
+                }
             }
+            _ => self.add_batch(day, deltas),
         }
     }
 
-    /// `add` of a counter that is not the last one (see the module).
+    /// `add` of several deltas. A batch's deltas come sorted by type (`fold_deltas`), as the
+    /// day's counters are: each is looked for from where the previous one was, first right
+    /// there (a batch of the same types as the day's last one: one compare per item), instead
+    /// of a binary search of the whole day per item.
     #[inline(never)]
-    fn add_elsewhere(&mut self, key: u64, delta: &Delta) {
-        match self.0.binary_search_by_key(&key, |c| c.key) {
-            Ok(at) => self.0[at].add(delta),
-            Err(at) => self.0.insert(at, DayCounter::new(key, delta)),
+    fn add_batch(&mut self, day: Day, deltas: &[Delta]) {
+        let mut from = 0;
+        for delta in deltas {
+            let key = key(day, delta.usage_type);
+            if from > 0 && self.0[from - 1].key >= key {
+                from = 0; // not in ascending order after all: look from the start
+            }
+            from = self.add_from(from, key, delta) + 1;
+        }
+    }
+
+    /// Adds `delta` to the counter `key`, looked for at `from` and after; returns its index.
+    #[inline(never)]
+    fn add_from(&mut self, from: usize, key: u64, delta: &Delta) -> usize {
+        let found = match self.0.get(from) {
+            Some(counter) if counter.key == key => Ok(from),
+            _ => self.0[from..]
+                .binary_search_by_key(&key, |c| c.key)
+                .map(|at| from + at)
+                .map_err(|at| from + at),
+        };
+        match found {
+            Ok(at) => {
+                self.0[at].add(delta);
+                at
+            }
+            Err(at) => {
+                self.0.insert(at, DayCounter::new(key, delta));
+                at
+            }
         }
     }
 
@@ -343,11 +377,22 @@ mod tests {
         days.add(3, &[delta(2, 1, -5)]); // another type today
         days.add(1, &[delta(7, 1, 1)]); // a clock that went back
         days.add(4, &[delta(2, 1, 1), delta(7, 1, 1)]);
+        days.add(4, &[delta(2, 0, 0), delta(5, 0, 0), delta(7, 0, 0)]); // a batch walks the day
+        days.add(4, &[delta(7, 0, 0), delta(2, 0, 0), delta(7, 0, 0)]); // out of order: still found
         let counters: Vec<_> = days.counters().map(|(d, t, c)| (d, t, c.units)).collect();
         assert_eq!(
             counters,
-            vec![(1, 7, 1), (3, 2, 1), (3, 7, 3), (4, 2, 1), (4, 7, 1)]
+            vec![
+                (1, 7, 1),
+                (3, 2, 1),
+                (3, 7, 3),
+                (4, 2, 1),
+                (4, 5, 0),
+                (4, 7, 1)
+            ]
         );
+        let counts: Vec<_> = days.counters().map(|(_, _, c)| c.count).collect();
+        assert_eq!(counts, vec![1, 1, 2, 3, 1, 4]);
         let report = days.report();
         assert_eq!(report.len(), 3);
         assert_eq!(report[1].day, 3);
