@@ -29,13 +29,24 @@ fn report_dict<'py>(
     let dict = PyDict::new(py);
     dict.set_item("total", money_to_int(py, report.total))?;
     for (usage_type, counter) in &report.by_type {
-        let entry = PyDict::new(py);
-        entry.set_item("units", counter.units)?;
-        entry.set_item("cost", money_to_int(py, counter.cost))?;
-        entry.set_item("count", counter.count)?;
+        let entry = figures_dict(py, counter.units, counter.cost, counter.count)?;
         dict.set_item(&*ledger.type_name(*usage_type), entry)?;
     }
     Ok(dict)
+}
+
+/// `{"units", "cost": µ¢, "count"}`: one usage type's figures.
+fn figures_dict(
+    py: Python<'_>,
+    units: u128,
+    cost: Money,
+    count: u128,
+) -> PyResult<Bound<'_, PyDict>> {
+    let entry = PyDict::new(py);
+    entry.set_item("units", units)?;
+    entry.set_item("cost", money_to_int(py, cost))?;
+    entry.set_item("count", count)?;
+    Ok(entry)
 }
 
 /// `{"total": µ¢, "count": int, "by_type": {"<type>": {"units", "cost", "count"}}}`: one day.
@@ -45,11 +56,8 @@ fn day_dict<'py>(
     day: &DayReport,
 ) -> PyResult<Bound<'py, PyDict>> {
     let by_type = PyDict::new(py);
-    for (usage_type, counter) in &day.by_type {
-        let entry = PyDict::new(py);
-        entry.set_item("units", counter.units)?;
-        entry.set_item("cost", money_to_int(py, counter.cost))?;
-        entry.set_item("count", counter.count)?;
+    for (usage_type, c) in &day.by_type {
+        let entry = figures_dict(py, c.units, c.cost, u128::from(c.count))?;
         by_type.set_item(&*ledger.type_name(*usage_type), entry)?;
     }
     let dict = PyDict::new(py);
