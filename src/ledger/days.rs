@@ -17,9 +17,12 @@
 //! forward, so today's counters are at the end: a user charging one usage type again today finds
 //! its counter with one compare against the last key (`add`); anything else (another type, a day
 //! that starts, a clock that went back) takes a binary search and perhaps an insert (`add_from`,
-//! out of line), and a batch walks the day once (`add_batch`). Nothing here can fail: a day's units and count are at
-//! most the month's (each delta adds to both), which a charge has already checked, and a day's
-//! cost is a difference of two month figures within `RECORD_LIMITS`, so at most twice the limit.
+//! out of line), and a batch walks the day once (`add_batch`). Nothing here can fail: a day's
+//! units and count are at most the month's (each delta adds to both), which a charge has already
+//! checked, and a day's cost is a difference of two month figures within `RECORD_LIMITS`, so at
+//! most twice the limit. Measured (`make bench-hot-path`, callgrind, one warm actor):
+//! `increment_usage` 2,640 -> 2,728 instructions, `try_increment_usage` 2,707 -> 2,793, a batch
+//! item (100 types) 1,204 -> 1,322.
 //!
 //! # Memory
 //! A counter takes 40 bytes (`DayCounter`: units, cost as two `u64`, count, key). The first one
