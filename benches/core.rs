@@ -33,6 +33,7 @@ fn booking(user_id: &str) -> Booking<'_> {
         user_id,
         app_id: "os-global",
         month: MONTH,
+        day: 1,
         plan: Plan::Fixed(Money::ZERO),
     }
 }

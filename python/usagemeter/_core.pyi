@@ -18,6 +18,7 @@ from usagemeter.types import (
     StoreRecovery,
     StoreSummary,
     SyncStats,
+    UsageByDay,
     UsageDetails,
     UsageReport,
 )
@@ -408,6 +409,15 @@ class MeteringCore:
         """The user's usage in a month (``YYYY-MM``, UTC): ``{"usage": {...}, "app_totals": {...}}``."""
     def get_actor_current_month_usage_details(self, actor: Actor) -> UsageDetails:
         """The user's usage this month: ``{"usage": {...}, "app_totals": {...}}``."""
+    def get_actor_usage_by_day(self, actor: Actor, month: str | None = None) -> UsageByDay:
+        """The user's usage in ``month`` (``YYYY-MM``, default: the current month on the service's
+        clock) per UTC day, over all its apps: ``{"month", "days": {"YYYY-MM-DD": {"total",
+        "count", "by_type"}}, "undated"}`` (``UsageByDay``).
+
+        A charge's day comes from the same clock reading as its month. Summed over the days (and
+        ``undated``: figures loaded from a store that kept no days, else None), each usage type's
+        figures are the month's. ``ValueError`` for a month not ``YYYY-MM``; the system actor
+        has no usage (empty ``days``)."""
     def get_actor_current_month_app_usage_details(
         self, actor: Actor, app_id: str | None = None
     ) -> UsageReport:

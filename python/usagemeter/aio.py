@@ -41,6 +41,7 @@ from usagemeter.types import (
     AddonCredits,
     AllowedUsage,
     AppTotals,
+    UsageByDay,
     UsageDetails,
     UsageReport,
 )
@@ -482,6 +483,10 @@ class AsyncMeteringService:
     async def get_actor_month_usage_details(self, actor: Actor, month: str) -> UsageDetails:
         """The user's usage in a month (``YYYY-MM``, UTC)."""
         return self.sync.get_actor_month_usage_details(actor, month)
+
+    async def get_actor_usage_by_day(self, actor: Actor, month: str | None = None) -> UsageByDay:
+        """The user's usage in ``month`` (default: this month) per UTC day (``UsageByDay``)."""
+        return self.sync.get_actor_usage_by_day(actor, month)
 
     async def get_actor_current_month_app_usage_details(
         self, actor: Actor, app_id: str | None = None

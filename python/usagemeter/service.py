@@ -808,6 +808,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "get_actor_current_month_usage_details",
     "get_actor_month_usage_details",
     "get_actor_current_month_app_usage_details",
+    "get_actor_usage_by_day",
     "get_actor_app_usage",
     "get_global_usage",
     "get_actor_subscription",

@@ -20,6 +20,7 @@ pub mod app_name;
 pub mod changes;
 pub mod holds;
 pub mod idempotency;
+pub mod days;
 pub mod image;
 mod keyed;
 pub mod month;
@@ -41,6 +42,7 @@ use crate::money::Money;
 use app_name::AppName;
 use changes::ChangeLog;
 use idempotency::{KeyLimits, UserKeys};
+use days::{Day, DayReport, MonthDays};
 use image::{MonthImage, RecordImage, UserImage};
 use month::MonthId;
 use pools::{Credit, MonthPools, Split};
@@ -86,12 +88,15 @@ pub enum Plan {
     Cached { now_ms: i64 },
 }
 
-/// Whose usage, which month, under which plan.
+/// Whose usage, which month and day, under which plan.
 #[derive(Clone, Copy, Debug)]
 pub struct Booking<'a> {
     pub user_id: &'a str,
     pub app_id: &'a str,
     pub month: MonthId,
+    /// The UTC day of `month` (1..=31) the usage is booked on (`days.rs`), from the same clock
+    /// reading as `month` (`MonthId::with_day_from_epoch_ms`).
+    pub day: Day,
     pub plan: Plan,
     /// The call's time (epoch ms, the service's clock): holds expire by it.
     pub now_ms: i64,
@@ -211,6 +216,8 @@ struct UserMonth {
     /// app, and a short name, are stored inline (see `Months`).
     apps: SmallVec<[(AppName, UsageRecord); 1]>,
     pools: MonthPools,
+    /// The same figures per day and usage type, over all apps (`days.rs`).
+    days: MonthDays,
 }
 
 /// A user's months, sorted. Most users have one or two: a vector of exactly that size costs far
@@ -742,6 +749,7 @@ impl Ledger {
                 let split = split_of(&month.pools)?;
                 prepared.commit();
                 month.book(cost, calls, &split, &mut new_credit);
+                month.days.add(booking.day, deltas);
                 (split, month.total)
             }
             _ => {
@@ -765,6 +773,7 @@ impl Ledger {
                 let month = state.month_mut(booking.month);
                 month.app_mut(booking.app_id).apply(deltas);
                 month.book(cost, calls, &split, &mut new_credit);
+                month.days.add(booking.day, deltas);
                 (split, month.total)
             }
         };
@@ -1000,6 +1009,18 @@ impl Ledger {
         })
     }
 
+    /// The user's month per day (over all apps), days in order: `days::UNDATED` first if the
+    /// month was loaded from a store that kept no days.
+    pub fn user_days(&self, user_id: &str, month: MonthId) -> Vec<DayReport> {
+        self.read_account(user_id, |state| {
+            state
+                .months
+                .get(&month)
+                .map(|m| m.days.report())
+                .unwrap_or_default()
+        })
+    }
+
     /// `(app, total, count)` for every app the user used this month, sorted by app.
     pub fn app_totals(&self, user_id: &str, month: MonthId) -> Vec<(String, Money, u64)> {
         let mut totals = self.read_account(user_id, |state| match state.months.get(&month) {
@@ -1110,10 +1131,17 @@ impl Ledger {
             .map(|(app, r)| (app.as_str().to_string(), self.record_image(r)))
             .collect();
         apps.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut days: days::DayImages = month
+            .days
+            .counters()
+            .map(|(day, id, c)| (day, self.type_name(id).to_string(), c))
+            .collect();
+        days.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         MonthImage {
             usage: self.report_image(&month.report()),
             apps,
             pools: month.pools,
+            days,
         }
     }
 

@@ -324,6 +324,7 @@ impl Ledger {
             count: image.usage.count,
             apps,
             pools: image.pools,
+            days: super::MonthDays::from_image(image, |name| self.types.intern(name)),
         }
     }
 }

@@ -26,6 +26,7 @@ fn booking(user_id: &str) -> Booking<'_> {
         user_id,
         app_id: "os-global",
         month: OCTOBER,
+        day: 5,
         plan: Plan::Fixed(m(1_000)),
         now_ms: 0,
     }

@@ -9,6 +9,7 @@
 
 use crate::ledger::holds::{Hold, MAX_HOLDS_PER_USER};
 use crate::ledger::idempotency::{KeyImage, Outcome, MAX_KEY_BYTES};
+use crate::ledger::days::{self, DayImages};
 use crate::ledger::image::{MonthImage, RecordImage, UserImage};
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::{Credit, MonthPools};
@@ -16,10 +17,12 @@ use crate::ledger::record::UsageCounter;
 use crate::money::Money;
 
 /// Version of the record layout written by this library. Version 2 added the user's last plan
-/// to the credit record, version 3 the user's outstanding holds; every other record is laid out
-/// as in version 1. The keys record (`k`) is a record kind of its own, read from version 2 on: a
-/// library that predates it refuses the store (an unknown key) rather than open it and forget the
-/// keys.
+/// to the credit record. Version 3 added the user's outstanding holds to the credit record, and
+/// appends to the month record the user's per-day figures (`[n][day][type index][units][cost]
+/// [count]...`, sorted by day then usage type name, `ledger/days.rs`); a month record of version
+/// 1 or 2 loads with its figures undated (day 0). The keys record (`k`) is a record kind of its
+/// own, read from version 2 on: a library that predates it refuses the store (an unknown key)
+/// rather than open it and forget the keys. Every other record is laid out as in version 1.
 pub const FORMAT_VERSION: u16 = 3;
 /// The oldest version this library reads (and rewrites as `FORMAT_VERSION` when it changes).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
@@ -334,19 +337,13 @@ impl<'a> Reader<'a> {
         let entries = self.len()?;
         let mut by_type = Vec::with_capacity(entries);
         for _ in 0..entries {
-            let index = self.u64()?;
-            let name = usize::try_from(index)
-                .ok()
-                .and_then(|i| types.get(i))
-                .ok_or_else(|| {
-                    DecodeError::Corrupted(format!("usage type #{index} is not in the type table"))
-                })?;
+            let name = self.type_name(types)?;
             let counter = UsageCounter {
                 units: self.varint()?,
                 cost: self.money()?,
                 count: self.u64()?,
             };
-            by_type.push((name.clone(), counter));
+            by_type.push((name, counter));
         }
         Ok(RecordImage {
             total,
@@ -377,6 +374,36 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(holds)
+    }
+    /// A month's per-day figures (version 3). Days are bounded here; that they add up to the
+    /// month is `MonthImage::check`'s (every loader runs it).
+    fn days(&mut self, types: &[String]) -> Result<DayImages, DecodeError> {
+        let entries = self.len()?;
+        let mut days = Vec::with_capacity(entries);
+        for _ in 0..entries {
+            let day = u8::try_from(self.varint()?)
+                .ok()
+                .filter(|day| *day <= days::LAST_DAY)
+                .ok_or_else(|| DecodeError::Corrupted("a day beyond 31".into()))?;
+            let name = self.type_name(types)?;
+            let counter = UsageCounter {
+                units: self.varint()?,
+                cost: self.money()?,
+                count: self.u64()?,
+            };
+            days.push((day, name, counter));
+        }
+        Ok(days)
+    }
+    fn type_name(&mut self, types: &[String]) -> Result<String, DecodeError> {
+        let index = self.u64()?;
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| types.get(i))
+            .cloned()
+            .ok_or_else(|| {
+                DecodeError::Corrupted(format!("usage type #{index} is not in the type table"))
+            })
     }
     fn end(self) -> Result<(), DecodeError> {
         match self.bytes.is_empty() {
@@ -547,6 +574,14 @@ pub fn encode_month(key: &[u8], month: &MonthImage, types: &mut TypeTable) -> Ve
             w.record(record, types);
         }
     }
+    w.varint(month.days.len() as u128);
+    for (day, name, counter) in &month.days {
+        w.varint(u128::from(*day));
+        w.varint(u128::from(types.index_of(name)));
+        w.varint(counter.units);
+        w.money(counter.cost);
+        w.varint(u128::from(counter.count));
+    }
     w.finish(key)
 }
 
@@ -573,7 +608,17 @@ pub fn decode_month(key: &[u8], bytes: &[u8], types: &[String]) -> Result<MonthI
         };
         apps.push((app, record));
     }
-    r.end().map(|()| MonthImage { usage, apps, pools })
+    let days = match r.version >= 3 {
+        true => r.days(types)?,
+        // Written before per-day figures were kept: the month's figures are undated.
+        false => days::undated(&usage.by_type),
+    };
+    r.end().map(|()| MonthImage {
+        usage,
+        apps,
+        pools,
+        days,
+    })
 }
 
 /// The key/value pairs that store a user image.
@@ -623,10 +668,19 @@ mod tests {
             allowance_used: counter.cost,
             ..MonthPools::default()
         };
+        let day = |units: u128, microcents: i128| UsageCounter {
+            units,
+            cost: Money::from_microcents(microcents).unwrap(),
+            count: units as u64,
+        };
         MonthImage {
             usage: record.clone(),
             apps: vec![("os-global".into(), record)],
             pools,
+            days: vec![
+                (1, "kv:read".into(), day(1, 63)),
+                (30, "kv:read".into(), day(2, 126)),
+            ],
         }
     }
 
@@ -737,6 +791,76 @@ mod tests {
         let checksum = keyed_checksum(b"k", &v2);
         v2.extend_from_slice(&checksum.to_le_bytes());
         assert!(decode_credit(b"k", &v2).is_err());
+    }
+
+    /// `bytes` (a record under key `k`) as version `version`, without its last `cut` body bytes.
+    fn as_version(bytes: &[u8], version: u16, cut: usize) -> Vec<u8> {
+        let mut body = bytes[..bytes.len() - 4 - cut].to_vec();
+        body[..2].copy_from_slice(&version.to_le_bytes());
+        let checksum = keyed_checksum(b"k", &body);
+        body.extend_from_slice(&checksum.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn a_version_2_month_record_loads_with_its_figures_undated() {
+        // Version 2's month layout is version 3's without the days: encode no days (one byte,
+        // the count 0) and cut that byte.
+        let month = MonthImage {
+            days: Vec::new(),
+            ..sample_month()
+        };
+        let mut types = TypeTable::default();
+        let v2 = as_version(&encode_month(b"k", &month, &mut types), 2, 1);
+        let loaded = decode_month(b"k", &v2, types.names()).unwrap();
+        let undated = vec![(
+            days::UNDATED,
+            "kv:read".to_string(),
+            month.usage.by_type[0].1,
+        )];
+        assert_eq!(loaded.days, undated);
+        assert_eq!(loaded.usage, month.usage);
+        loaded.check().unwrap();
+        // Written again, it keeps them undated (as version 3).
+        let again = encode_month(b"k", &loaded, &mut types);
+        assert_eq!(decode_month(b"k", &again, types.names()).unwrap(), loaded);
+        // Version 3 bytes read as version 2 have bytes left over: refused.
+        let full = encode_month(b"k", &sample_month(), &mut types);
+        assert!(decode_month(b"k", &as_version(&full, 2, 0), types.names()).is_err());
+    }
+
+    #[test]
+    fn days_that_do_not_add_up_or_are_not_days_are_refused() {
+        let mut types = TypeTable::default();
+        let good = sample_month();
+        good.check().unwrap();
+        let decoded = |month: &MonthImage, types: &mut TypeTable| {
+            let bytes = encode_month(b"k", month, types);
+            decode_month(b"k", &bytes, types.names())
+        };
+        let mut more = good.clone();
+        more.days[1].2.units += 1;
+        let error = decoded(&more, &mut types).unwrap().check().unwrap_err();
+        assert!(error.contains("do not add up"), "{error}");
+        let mut missing = good.clone();
+        missing.days.pop();
+        assert!(decoded(&missing, &mut types).unwrap().check().is_err());
+        let mut stranger = good.clone();
+        stranger
+            .days
+            .push((30, "other".into(), UsageCounter::default()));
+        let error = decoded(&stranger, &mut types).unwrap().check().unwrap_err();
+        assert!(error.contains("does not have"), "{error}");
+        let mut unsorted = good.clone();
+        unsorted.days.swap(0, 1);
+        let error = decoded(&unsorted, &mut types).unwrap().check().unwrap_err();
+        assert!(error.contains("not sorted"), "{error}");
+        let mut day_32 = good.clone();
+        day_32.days[1].0 = 32;
+        assert_eq!(
+            decoded(&day_32, &mut types),
+            Err(DecodeError::Corrupted("a day beyond 31".into()))
+        );
     }
 
     #[test]

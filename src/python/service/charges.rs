@@ -150,12 +150,13 @@ impl MeteringCore {
         record: impl Fn(&Booking<'_>) -> Result<Receipt, LedgerError>,
     ) -> PyResult<Receipt> {
         let now_ms = self.now_ms(py)?;
-        let month = MonthId::from_epoch_ms(now_ms);
+        let (month, day) = MonthId::with_day_from_epoch_ms(now_ms);
         let charge = |plan| {
             record(&Booking {
                 user_id: &actor.user_id,
                 app_id: actor.booking_app(),
                 month,
+                day,
                 plan,
                 now_ms,
             })

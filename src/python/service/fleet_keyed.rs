@@ -8,6 +8,7 @@ use super::MeteringCore;
 use crate::fleet::figures::{MonthFigures, UserFigures};
 use crate::fleet::sync::{Keyed as FleetKeyed, KeyedWrite};
 use crate::ledger::idempotency::{monthly_key, Fingerprint, KeyKind, Keyed, KeyedCall, Outcome};
+use crate::ledger::days::Day;
 use crate::ledger::month::MonthId;
 use crate::ledger::shared_keys::PricedItem;
 use crate::ledger::{Receipt, UsageItem, REFUND_PREFIX};
@@ -65,14 +66,15 @@ fn decode_value(bytes: &[u8]) -> Option<(Fingerprint, Outcome)> {
     Some((fingerprint, Outcome { total, cost }))
 }
 
-/// One month's counters of `priced` booked to `app`.
-fn month_of(app: &str, priced: &[PricedItem]) -> MonthFigures {
+/// One month's counters of `priced` booked to `app` on `day` (and the day's counters with them).
+fn month_of(app: &str, day: Day, priced: &[PricedItem]) -> MonthFigures {
     let mut month = MonthFigures::default();
     for (usage_type, units, cost) in priced {
         let counter = [i128::from(*units), cost.attocents(), 1];
         month
             .counters
             .insert((app.to_string(), usage_type.clone()), counter);
+        month.days.insert((day, usage_type.clone()), counter);
     }
     month
 }
@@ -149,6 +151,7 @@ impl MeteringCore {
                 .try_fold(Money::ZERO, |sum, (_, _, cost)| sum.checked_add(*cost))
         };
         let charge_cost = cost_of(&priced);
+        let day = MonthId::with_day_from_epoch_ms(call.now_ms).1;
         let decide = |fleet_figures: &UserFigures, free: Money| {
             let mut charge = UserFigures::default();
             match &what {
@@ -157,7 +160,7 @@ impl MeteringCore {
                     if strict && cost.is_positive() && free < cost {
                         return Ok(None);
                     }
-                    charge.months.insert(month, month_of(app, &priced));
+                    charge.months.insert(month, month_of(app, day, &priced));
                 }
                 FleetCall::Refund {
                     app,
@@ -167,9 +170,8 @@ impl MeteringCore {
                 } => {
                     check_refund(fleet_figures, month, (app, usage_type, *units, *cost))?;
                     let name = format!("{REFUND_PREFIX}{usage_type}");
-                    charge
-                        .months
-                        .insert(month, month_of(app, &[(name, *units, cost.negated())]));
+                    let refund = [(name, *units, cost.negated())];
+                    charge.months.insert(month, month_of(app, day, &refund));
                 }
                 FleetCall::Purchase { amount } => {
                     let total = fleet_figures.credit[0] + amount.attocents();

@@ -149,6 +149,7 @@ impl MeteringCore {
                 user_id: &actor.user_id,
                 app_id: actor.booking_app(),
                 month,
+                day: MonthId::with_day_from_epoch_ms(now_ms).1,
                 plan,
                 now_ms,
             };
@@ -195,6 +196,7 @@ impl MeteringCore {
                 user_id: &actor.user_id,
                 app_id: actor.booking_app(),
                 month,
+                day: MonthId::with_day_from_epoch_ms(now_ms).1,
                 plan,
                 now_ms,
             };
@@ -278,6 +280,7 @@ impl MeteringCore {
                 user_id: &actor.user_id,
                 app_id: GLOBAL_APP,
                 month,
+                day: MonthId::with_day_from_epoch_ms(now_ms).1,
                 plan: Plan::Fixed(allowance),
                 now_ms,
             };
@@ -340,6 +343,7 @@ impl MeteringCore {
                 user_id: &actor_ref.user_id,
                 app_id: GLOBAL_APP,
                 month,
+                day: MonthId::with_day_from_epoch_ms(now_ms).1,
                 plan,
                 now_ms,
             };
