@@ -28,7 +28,8 @@ BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
 .PHONY: help dev test test-rust test-python test-venv lint demo crashloop fleet-long wheel fuzz-store \
-	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-aio bench-idempotency bench-asgi \
+	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-aio bench-asgi bench-holds \
+	bench-idempotency \
 	clean
 
 help: ## list the targets
@@ -104,6 +105,8 @@ bench: bench-build ## Python API vs reference, sqlite, redis, the native floor, 
 	$(BENCH_PY) benches/run.py --write-results
 	$(BENCH_PY) benches/fleet.py --write-results --made-by="make bench"
 	$(BENCH_PY) benches/aio.py --write-results
+	$(BENCH_PY) benches/holds.py --write-results
+	$(BENCH_PY) benches/idempotency.py --write-results
 	$(BENCH_PY) -m pip install --quiet $(ASGI_BENCH_PACKAGES)
 	$(BENCH_PY) benches/asgi.py --write-results --made-by="make bench"
 
@@ -116,6 +119,9 @@ bench-hot-path: bench-build ## ns per call warm and cold, and instructions per c
 
 bench-aio: bench-build ## ns per call of the async API's awaited calls vs the sync ones
 	$(BENCH_PY) benches/aio.py
+
+bench-holds: bench-build ## ns per call of reserve + settle vs try_increment_usage
+	$(BENCH_PY) benches/holds.py
 
 bench-idempotency: bench-build ## ns per increment_usage with a new key, a retried key and none
 	$(BENCH_PY) benches/idempotency.py

@@ -33,7 +33,10 @@ fn booking(user_id: &str) -> Booking<'_> {
         user_id,
         app_id: "os-global",
         month: MONTH,
+        day: 1,
         plan: Plan::Fixed(Money::ZERO),
+        // The first instant of MONTH: holds (none here) expire by it.
+        now_ms: MONTH.start_epoch_ms(),
     }
 }
 

@@ -1077,6 +1077,10 @@ def render(report: Report, command: str, existing: str) -> str:
         "",
         _preserved(existing, "aio", "Not measured yet: `make bench-aio`."),
         "",
+        "## Idempotency keys: keyed vs unkeyed calls",
+        "",
+        _preserved(existing, "idempotency", "Not measured yet: `make bench-idempotency`."),
+        "",
     ]
     return "\n".join(lines)
 

@@ -19,6 +19,12 @@ Modes:
   an upper bound of what it recorded when it SIGKILLs it.
 - `steady`: `increment_usage` on its own users until a `stop` line arrives on stdin; reports the
   units of each user, any exception, and the alarms it saw (e.g. `store_error` during an outage).
+- `holds`: `reserve` / `settle` (at most what was held) / `release` racing on one user's budget;
+  reports the µ¢ settled.
+- `hold_victim`: holds part of one user's budget for an hour, prints `held`, waits to be killed.
+- `monthly`: meters `users` users once each, in a seeded order, with a monthly seat fee: every
+  first charge of the month applies the fee, racing the other workers (`announce`: prints
+  `metered` after each, for a test that kills the worker midway).
 """
 
 from __future__ import annotations
@@ -35,7 +41,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from usagemeter import ALARM, Actor, AlarmEvent, CostMap, MeteringService, Policy
+from usagemeter import (
+    ALARM,
+    MONTHLY_CHARGES,
+    Actor,
+    AlarmEvent,
+    CostMap,
+    MeteringService,
+    MonthlyCharge,
+    Policy,
+)
 
 # Prices (µ¢ per unit) of the fleet tests' cost map: integral, zero and fractional, so exact sums
 # across workers are checked to the attocent (costs are reported rounded half up).
@@ -47,6 +62,7 @@ FLEET_PRICES: dict[str, int | str | Decimal] = {
     "fleet:frac": "31.25",
     "fleet:tiny": "0.000001",
 }
+SEAT_FEE = 1_000  # µ¢ a month: the `monthly` mode's recurring charge (a cost, not a price)
 SUM_TYPES: tuple[str, ...] = ("fleet:int", "fleet:small", "fleet:free", "fleet:frac", "fleet:tiny")
 SUM_APPS: tuple[str | None, ...] = (None, "app-a", "app-b")
 NO_APP = "os-global"  # where usage without an app is booked (README)
@@ -211,7 +227,62 @@ def run_steady(config: dict[str, Any], service: MeteringService) -> dict[str, An
     return {"units": dict(zip(users, units, strict=True)), "errors": errors}
 
 
-MODES = {"race": run_race, "sums": run_sums, "victim": run_victim, "steady": run_steady}
+def run_holds(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    """`calls` reserves of `cost` on user `user`, each settled at a random real cost no larger,
+    or released; reports the µ¢ settled and how many reserves were refused."""
+    rng = random.Random(config["seed"])
+    actor = Actor(config["user"])
+    settled = refused = released = 0
+    for _ in range(config["calls"]):
+        hold = service.reserve(actor, cost=config["cost"], ttl=60)
+        if hold is None:
+            refused += 1
+        elif rng.random() < 0.2:
+            hold.release()
+            released += 1
+        else:
+            real = rng.randint(1, config["cost"])
+            hold.settle(cost=real, usage_type="fleet:call")
+            settled += real
+    return {"settled": settled, "refused": refused, "released": released}
+
+
+def run_hold_victim(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    """Holds `cost` of user `user` for an hour, says so, and waits to be killed."""
+    hold = service.reserve(Actor(config["user"]), cost=config["cost"], ttl=3_600)
+    emit("held", held=hold is not None)
+    time.sleep(3_600)
+    return {}
+
+
+def with_seat_fee(service: MeteringService) -> None:
+    """Every user pays a monthly seat fee of `SEAT_FEE` µ¢ (`metering:monthlyCharges`)."""
+    service.events.on(MONTHLY_CHARGES, lambda event: [MonthlyCharge("fleet:seat", SEAT_FEE, 1)])
+
+
+def run_monthly(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    """Meters each of `users` users once, in a seeded order: each user's first charge of the
+    month applies its monthly charges, racing the other workers doing the same."""
+    with_seat_fee(service)
+    rng = random.Random(config["seed"])
+    users = [f"{config['prefix']}{index}" for index in range(config["users"])]
+    rng.shuffle(users)
+    for user in users:
+        service.increment_usage(Actor(user), "fleet:int", 1)
+        if config.get("announce"):
+            emit("metered", user=user)
+    return {"metered": len(users)}
+
+
+MODES = {
+    "race": run_race,
+    "sums": run_sums,
+    "victim": run_victim,
+    "steady": run_steady,
+    "holds": run_holds,
+    "hold_victim": run_hold_victim,
+    "monthly": run_monthly,
+}
 
 
 def main() -> None:

@@ -718,6 +718,23 @@ def test_app_usage_route(metering_url: str) -> None:
     assert httpx.get(metering_url + "/usage/", headers=alice).status_code == 400
 
 
+def test_usage_by_day_route(metering_url: str) -> None:
+    alice = {"x-user": "alice"}
+    response = httpx.get(metering_url + "/usageByDay", headers=alice)
+    assert response.status_code == 200
+    report = response.json()
+    assert list(report) == ["month", "days", "undated"] and report["undated"] is None
+    (day,) = report["days"].values()  # every charge of the fixture was made on one day
+    assert (day["total"], day["count"]) == (2_000_375, 2)
+    assert day["by_type"]["kv:write"] == {"units": 3, "cost": 375, "count": 1}
+    earlier = httpx.get(metering_url + "/usageByDay?month=2001-01", headers=alice).json()
+    assert earlier == {"month": "2001-01", "days": {}, "undated": None}
+    for bad in ("2026-13", "26-01", ""):
+        refused = httpx.get(metering_url + f"/usageByDay?month={bad}", headers=alice)
+        assert refused.status_code == 400 and refused.json()["error"] == "bad_request"
+    assert httpx.get(metering_url + "/usageByDay").status_code == 401
+
+
 def test_global_usage_route_is_for_admins(metering_url: str) -> None:
     assert httpx.get(metering_url + "/globalUsage").status_code == 401
     refused = httpx.get(metering_url + "/globalUsage", headers={"x-user": "alice"})
@@ -767,6 +784,7 @@ def test_openapi_document_lists_the_routes(metering_url: str) -> None:
         "/openapi.json",
         "/usage",
         "/usage/{app_id}",
+        "/usageByDay",
     ]
     assert document["servers"] == [{"url": "/metering"}]
     # Every reference resolves inside the document.

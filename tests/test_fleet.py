@@ -474,6 +474,73 @@ def test_racing_workers_never_overspend_on_a_cluster(spawn: Spawn, redis_cluster
 
 
 # ---------------------------------------------------------------------------------------------
+# 2b. Holds across processes: strict through the budget leases, and dead with a dead worker.
+
+HOLD_COST = 7_000  # µ¢ a hold reserves; the real cost settled is 1..HOLD_COST
+HOLD_BUDGET = 100 * HOLD_COST
+
+
+@pytest.mark.timeout(180)
+def test_four_processes_holding_the_last_credits_never_exceed_the_budget(
+    spawn: Spawn, fleet_url: str
+) -> None:
+    user = unique_prefix("holds") + "u"
+    workers = [
+        spawn(
+            f"holds-{index}",
+            mode="holds",
+            url=fleet_url,
+            seed=index,
+            user=user,
+            calls=400,
+            cost=HOLD_COST,
+            allowance=HOLD_BUDGET,
+        )
+        for index in range(4)
+    ]
+    start_together(workers)
+    reports = [worker.finish() for worker in workers]
+    settled = sum(report["settled"] for report in reports)
+    counts = [{key: report[key] for key in ("settled", "refused", "released")} for report in reports]
+    print(f"settled {settled} of {HOLD_BUDGET} µ¢: {counts}")
+    assert all(report["refused"] > 0 for report in reports), reports  # the budget ran out
+    with open_fleet(fleet_url, policies=budget_policies(HOLD_BUDGET)) as fresh:
+        usage = figures(fresh, user)["usage"]
+        assert usage["fleet:call"]["cost"] == settled
+        assert fresh.get_actor_budget(Actor(user))["held"] == 0
+    assert settled <= HOLD_BUDGET
+    # Most of it was used (the real costs average half a hold; leases leave some behind).
+    assert settled >= HOLD_BUDGET // 2, reports
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_workers_holds_end_with_its_lease(spawn: Spawn, fleet_url: str) -> None:
+    user = unique_prefix("held") + "u"
+    victim = spawn(
+        "hold-victim",
+        mode="hold_victim",
+        url=fleet_url,
+        user=user,
+        cost=HOLD_BUDGET,
+        allowance=HOLD_BUDGET,
+        lease_ttl=2.0,
+    )
+    start_together([victim])
+    assert victim.expect("held")["held"] is True
+    with open_fleet(fleet_url, policies=budget_policies(HOLD_BUDGET), lease_ttl=2.0) as other:
+        actor = Actor(user)
+        # Held by the victim's lease: nothing is left for another worker.
+        assert other.try_increment_usage(actor, "fleet:call", 1, HOLD_COST) is None
+        victim.kill()
+        # Its hold was for an hour; its lease lapses in seconds, and the budget with it.
+        waited = wait_until(
+            lambda: other.reserve(actor, cost=HOLD_BUDGET) is not None, timeout=30.0, step=0.2
+        )
+        print(f"the dead worker's hold ended {waited:.1f} s after the kill")
+        assert other.try_increment_usage(actor, "fleet:call", 1, 1) is None  # held here now
+
+
+# ---------------------------------------------------------------------------------------------
 # 3. Exact sums over many workers.
 
 SUM_WORKERS = 4

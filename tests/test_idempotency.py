@@ -328,13 +328,13 @@ def test_the_async_service_passes_keys() -> None:
     asyncio.run(main())
 
 
-def test_a_fleet_refuses_keys_rather_than_half_honour_them(redis_server: RedisServer) -> None:
+def test_a_fleet_honours_keys_on_the_shared_ledger(redis_server: RedisServer) -> None:
+    """On a fleet, keys are kept in Redis with the charge (test_fleet_keys.py has the races)."""
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     with new_service(store=url) as service:
         rob = Actor("rob")
-        with pytest.raises(NotImplementedError, match="fleet"):
-            service.increment_usage(rob, "kv:write", 1, idempotency_key="k")
-        with pytest.raises(NotImplementedError, match="fleet"):
-            service.update_addon_credit("rob", 1, idempotency_key="k")
-        assert usage(service, rob)["total"] == 0
-        assert service.increment_usage(rob, "kv:write", 1) == 125
+        assert service.increment_usage(rob, "kv:write", 1, idempotency_key="k") == 125
+        assert service.increment_usage(rob, "kv:write", 1, idempotency_key="k") == 125
+        assert service.update_addon_credit("rob", 1, idempotency_key="k2") == 1
+        assert service.update_addon_credit("rob", 1, idempotency_key="k2") == 1
+        assert usage(service, rob)["kv:write"]["count"] == 1

@@ -287,15 +287,23 @@ def test_a_failing_async_listener_is_an_alarm_and_the_call_goes_on() -> None:
     assert [a.kind for a in alarms] == ["monthly_charges", "monthly_charges"]  # tried at each charge
 
 
-def test_a_fleet_refuses_monthly_charges_rather_than_double_them(redis_server: RedisServer) -> None:
+def test_two_workers_of_a_fleet_apply_them_once(redis_server: RedisServer) -> None:
+    """On a fleet the month is claimed on the shared ledger (test_fleet_keys.py has the races)."""
     url = f"redis://127.0.0.1:{redis_server.port}/0"
-    with new_service(store=url) as service:
-        service.events.on(MONTHLY_CHARGES, seat_fee)
+    clock = FakeClock(OCTOBER_1 + 3600)
+    with new_service(store=url, clock=clock) as one, new_service(store=url, clock=clock) as two:
+        for worker in (one, two):
+            worker.events.on(MONTHLY_CHARGES, seat_fee)
         kim = Actor("kim")
-        with pytest.raises(NotImplementedError, match="fleet"):
-            service.apply_monthly_charges(kim)
-        # At a charge they are not applied (each worker would apply them once: doubled).
-        assert service.increment_usage(kim, "kv:write", 1) == 125
+        assert one.increment_usage(kim, "kv:write", 1) == SEAT + 125
+        assert two.increment_usage(kim, "kv:write", 1) >= SEAT + 125
+        assert two.apply_monthly_charges(kim).already_applied
+        one.flush()
+        two.flush()
+    with new_service(store=url, clock=clock) as reader:
+        figures = usage(reader, kim)
+        assert figures["seat_fee"] == {"units": 1, "cost": SEAT, "count": 1}
+        assert figures["kv:write"]["count"] == 2
 
 
 @pytest.mark.timeout(300)

@@ -225,6 +225,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 "consumed_purchase_credits": state.consumed,
                 "consumed_this_month": month.consumed,
                 "overage": month.overage,
+                "held": 0,  # this model makes no holds (test_holds.py models them)
                 "remaining": self.remaining(user),
             }
             assert self.service.has_any_usage(Actor(user)) == (self.remaining(user) > 0)

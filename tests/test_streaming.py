@@ -483,3 +483,61 @@ def test_a_sync_stream_on_an_async_service_records_through_its_sync_service(ship
     actor = Actor("u")
     list(meter_stream(AsyncMeteringService(shipped), actor, GPT, [*CHAT_CHUNKS, CHAT_USAGE_CHUNK]))
     assert usage_of(shipped, actor) == gpt_usage(400, 9, cached=600)
+
+
+# ---------------------------------------------------------------------------------------------
+# Holds: the worst case is held while the reply streams, the real usage settles it.
+
+
+def test_a_hold_is_settled_with_what_the_stream_used(shipped: MeteringService) -> None:
+    from usagemeter.llm import reserve_completion
+
+    actor = Actor("held")
+    budget = shipped.get_remaining_usage(actor)
+    worst = 1000 * 125 + 500 * 1000  # the prompt, and max_tokens=500 of output
+    hold = reserve_completion(shipped, actor, GPT, prompt_tokens=1000, max_tokens=500)
+    assert hold is not None and hold.amount == worst
+    stream = meter_stream(shipped, actor, GPT, [*CHAT_CHUNKS, CHAT_USAGE_CHUNK], hold=hold)
+    assert next(stream) == CHAT_CHUNKS[0]
+    # A second request in flight sees the held worst case, not the budget before it.
+    assert shipped.get_remaining_usage(actor) == budget - worst
+    assert reserve_completion(shipped, actor, GPT, 1000, (budget - worst) // 1000 + 1) is None
+    assert list(stream) == [*CHAT_CHUNKS[1:], CHAT_USAGE_CHUNK]
+    assert hold.state == "settled" and stream.total == CHAT_REPORT_COST
+    assert usage_of(shipped, actor) == gpt_usage(400, 9, cached=600)
+    assert shipped.get_remaining_usage(actor) == budget - CHAT_REPORT_COST
+
+
+def test_a_hold_is_settled_by_the_estimate_when_the_stream_breaks(shipped: MeteringService) -> None:
+    from usagemeter.llm import areserve_completion
+
+    async def scenario() -> None:
+        service = AsyncMeteringService(shipped)
+        actor = Actor("async-held")
+        hold = await areserve_completion(service, actor, GPT, prompt_tokens=40, max_tokens=100)
+        assert hold is not None
+
+        async def upstream() -> AsyncIterator[dict[str, Any]]:
+            yield CHAT_CHUNKS[0]
+            raise ConnectionError("the provider hung up")
+
+        with pytest.raises(ConnectionError):
+            async for _ in ameter_stream(service, actor, GPT, upstream(), prompt_tokens=40, hold=hold):
+                pass
+        assert hold.state == "settled"
+        assert usage_of(shipped, actor) == gpt_usage(40, 2)  # "Hello": ceil(5 / 4) tokens
+        assert await service.get_remaining_usage(actor) == shipped.get_remaining_usage(Actor("fresh")) - (
+            40 * 125 + 2 * 1000
+        )
+
+    asyncio.run(scenario())
+
+
+def test_a_hold_of_another_actor_or_not_a_hold_is_refused(shipped: MeteringService) -> None:
+    hold = shipped.reserve(Actor("a"), cost=10)
+    assert hold is not None
+    with pytest.raises(ValueError, match="the hold is"):
+        meter_stream(shipped, Actor("b"), GPT, CHAT_CHUNKS, hold=hold)
+    with pytest.raises(TypeError, match=r"usagemeter\.Hold"):
+        meter_stream(shipped, Actor("a"), GPT, CHAT_CHUNKS, hold=5)  # type: ignore[arg-type]
+    assert hold.state == "held"

@@ -43,6 +43,11 @@ fn sample_month() -> (Vec<u8>, Vec<String>) {
             allowance_used: Money::from_microcents(189).expect("small"),
             ..MonthPools::default()
         },
+        // The month's figures over two days (format 3).
+        days: vec![
+            (1, "kv:read".into(), counter(1, 63)),
+            (2, "kv:write".into(), counter(1, 126)),
+        ],
     };
     let mut types = TypeTable::default();
     let bytes = codec::encode_month(MONTH_KEY, &month, &mut types);

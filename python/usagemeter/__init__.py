@@ -40,6 +40,7 @@ from usagemeter.events import (
     RefundEvent,
     RegisterAvailablePoliciesEvent,
 )
+from usagemeter.holds import Hold
 from usagemeter.money import MICROCENTS_PER_DOLLAR, to_microcents
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
 from usagemeter.service import SERVICE_METHODS, MeteringService, MeteringServiceWrapper
@@ -63,6 +64,7 @@ __all__ = [
     "CostMapError",
     "EventBus",
     "GetUserSubscriptionEvent",
+    "Hold",
     "IdempotencyKeyLimitError",
     "IdempotencyKeyReused",
     "Meter",

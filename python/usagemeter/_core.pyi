@@ -18,6 +18,7 @@ from usagemeter.types import (
     StoreRecovery,
     StoreSummary,
     SyncStats,
+    UsageByDay,
     UsageDetails,
     UsageReport,
 )
@@ -305,6 +306,33 @@ class MeteringCore:
     ) -> tuple[int, int, bool]:
         """Book a refund as ``refund:<usage_type>``; ``(month total, cost given back, booked now)``
         in µ¢ (False: a retry of ``idempotency_key``, the first call's figures)."""
+    def _reserve(
+        self,
+        actor: Actor,
+        cost: int | None,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]] | None,
+        ttl_ms: int,
+    ) -> tuple[int, int, int] | None:
+        """Hold ``cost`` µ¢ or what ``usages`` cost for ``ttl_ms`` if the budget net of holds
+        covers it: ``(id, amount µ¢, expires_ms)``, or None. ``MeteringService.reserve`` wraps it."""
+    def _settle(
+        self,
+        actor: Actor,
+        hold_id: int,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]] | None = None,
+        cost: int | None = None,
+        usage_type: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, bool]:
+        """Record the real usage of a hold and remove it, atomically: ``(month total, whether
+        the hold was still live)``; a retry of ``idempotency_key`` records nothing and returns
+        the first settle's total."""
+    def _release(self, actor: Actor, hold_id: int) -> bool:
+        """Remove a hold; whether it was still live."""
+    def _extend(self, actor: Actor, hold_id: int, ttl_ms: int) -> int | None:
+        """Make a hold expire ``ttl_ms`` from now: the new expiry (epoch ms), or None if expired."""
+    def _holds(self, actor: Actor) -> list[tuple[int, int, int]]:
+        """The actor's live holds, ``(id, amount µ¢, expires_ms)`` each, oldest first."""
     def try_batch_increment_usages(
         self,
         actor: Actor,
@@ -381,6 +409,15 @@ class MeteringCore:
         """The user's usage in a month (``YYYY-MM``, UTC): ``{"usage": {...}, "app_totals": {...}}``."""
     def get_actor_current_month_usage_details(self, actor: Actor) -> UsageDetails:
         """The user's usage this month: ``{"usage": {...}, "app_totals": {...}}``."""
+    def get_actor_usage_by_day(self, actor: Actor, month: str | None = None) -> UsageByDay:
+        """The user's usage in ``month`` (``YYYY-MM``, default: the current month on the service's
+        clock) per UTC day, over all its apps: ``{"month", "days": {"YYYY-MM-DD": {"total",
+        "count", "by_type"}}, "undated"}`` (``UsageByDay``).
+
+        A charge's day comes from the same clock reading as its month. Summed over the days (and
+        ``undated``: figures loaded from a store that kept no days, else None), each usage type's
+        figures are the month's. ``ValueError`` for a month not ``YYYY-MM``; the system actor
+        has no usage (empty ``days``)."""
     def get_actor_current_month_app_usage_details(
         self, actor: Actor, app_id: str | None = None
     ) -> UsageReport:

@@ -32,6 +32,7 @@ from usagemeter.events import (
     MonthlyCharge,
     MonthlyChargesApplied,
 )
+from usagemeter.holds import Hold
 from usagemeter.policies import Policy
 from usagemeter.service import MeteringService, _month_label
 from usagemeter.types import (
@@ -40,6 +41,7 @@ from usagemeter.types import (
     AddonCredits,
     AllowedUsage,
     AppTotals,
+    UsageByDay,
     UsageDetails,
     UsageReport,
 )
@@ -345,6 +347,38 @@ class AsyncMeteringService:
         charges = await sync._collect_monthly_charges_async(actor, month)
         return await self._with_plan(actor, sync._apply_collected, actor, month, charges)
 
+    async def reserve(
+        self,
+        actor: Actor,
+        cost: int | None = None,
+        usages: Usages | None = None,
+        ttl: float = 600.0,
+    ) -> Hold | None:
+        """``MeteringService.reserve``: a ``Hold`` (with ``asettle``, ``arelease``, ``async with``)
+        or None. On a fleet, a hold that needs a new budget lease from Redis is asked for in a
+        worker thread."""
+        items = None if usages is None else list(usages)
+        if self.sync.store_backend in ("redis", "redis-cluster"):
+            try:
+                hold = await _in_thread(self.sync.reserve, actor, cost, items, ttl)
+            except AsyncListenerError:
+                # The plan needs async listeners, awaited here; the reserve then runs on the loop
+                # (the plan's thread-local hand-over does not cross threads). Only a plan not
+                # cached takes this path, and only a lease request in it waits.
+                hold = await self._after_plan(actor, self.sync.reserve, actor, cost, items, ttl)
+        else:
+            hold = await self._with_plan(actor, self.sync.reserve, actor, cost, items, ttl)
+        if hold is not None:
+            hold._aio = self
+        return hold
+
+    async def holds(self, actor: Actor) -> list[Hold]:
+        """The actor's outstanding holds, oldest first."""
+        holds = self.sync.holds(actor)
+        for hold in holds:
+            hold._aio = self
+        return holds
+
     async def meter(self, actor: Actor, usage_type: str) -> AsyncMeter:
         """A handle on ``increment_usage(actor, usage_type, amount)``: ``await meter.add(n)``."""
         return AsyncMeter(self, self.sync.meter(actor, usage_type))
@@ -451,6 +485,10 @@ class AsyncMeteringService:
     async def get_actor_month_usage_details(self, actor: Actor, month: str) -> UsageDetails:
         """The user's usage in a month (``YYYY-MM``, UTC)."""
         return self.sync.get_actor_month_usage_details(actor, month)
+
+    async def get_actor_usage_by_day(self, actor: Actor, month: str | None = None) -> UsageByDay:
+        """The user's usage in ``month`` (default: this month) per UTC day (``UsageByDay``)."""
+        return self.sync.get_actor_usage_by_day(actor, month)
 
     async def get_actor_current_month_app_usage_details(
         self, actor: Actor, app_id: str | None = None

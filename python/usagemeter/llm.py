@@ -16,14 +16,17 @@ from usagemeter.providers import _count, estimated_usage, usage_items
 
 if TYPE_CHECKING:
     from usagemeter.aio import AsyncMeteringService
+    from usagemeter.holds import Hold
     from usagemeter.service import MeteringService
 
 __all__ = [
     "acan_afford_completion",
     "acap_max_tokens",
+    "areserve_completion",
     "can_afford_completion",
     "cap_max_tokens",
     "completion_items",
+    "reserve_completion",
 ]
 
 
@@ -85,3 +88,32 @@ async def acap_max_tokens(
         service, model_prefix, prompt_tokens, max_tokens
     )
     return min(max_tokens, await service.affordable_units(actor, output_type, [prompt_item]))
+
+
+def reserve_completion(
+    service: MeteringService,
+    actor: Actor,
+    model_prefix: str,
+    prompt_tokens: int,
+    max_tokens: int,
+    ttl: float = 600.0,
+) -> Hold | None:
+    """Hold the worst case of one call (the prompt and ``max_tokens`` of output) until it is
+    settled with the real usage: a ``Hold``, or None when the budget net of the actor's other
+    holds does not cover it. Pass the hold to ``meter_stream(..., hold=hold)`` to settle it with
+    what the stream used; two calls of one user in flight then cannot together overspend."""
+    items = completion_items(service, model_prefix, prompt_tokens, max_tokens)
+    return service.reserve(actor, usages=items, ttl=ttl)
+
+
+async def areserve_completion(
+    service: AsyncMeteringService,
+    actor: Actor,
+    model_prefix: str,
+    prompt_tokens: int,
+    max_tokens: int,
+    ttl: float = 600.0,
+) -> Hold | None:
+    """``reserve_completion`` for an ``AsyncMeteringService``."""
+    items = completion_items(service, model_prefix, prompt_tokens, max_tokens)
+    return await service.reserve(actor, usages=items, ttl=ttl)

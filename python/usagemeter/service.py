@@ -40,6 +40,7 @@ from usagemeter.events import (
     RegisterAvailablePoliciesEvent,
     _discard,
 )
+from usagemeter.holds import Hold, Usages, reserved_usage_type, ttl_ms
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
 from usagemeter.providers import _priced_items
 from usagemeter.types import ActorReport
@@ -445,6 +446,34 @@ class MeteringService(MeteringCore):
         self.events.emit(REFUND, RefundEvent(actor, usage_type, units or 0, given_back, reason, total))
         return total
 
+    def reserve(
+        self,
+        actor: Actor,
+        cost: int | None = None,
+        usages: Usages | None = None,
+        ttl: float = 600.0,
+    ) -> Hold | None:
+        """Hold ``cost`` µ¢, or what the batch ``usages`` would cost, for ``ttl`` seconds, if the
+        actor's remaining budget net of its other holds covers it; else None (nothing held).
+
+        Decided atomically, like ``try_increment_usage``: threads (and, on a fleet, workers)
+        racing for a user's last credits never hold and spend more than the budget together.
+        The hold lowers ``get_remaining_usage`` and every credit check until it is settled
+        (``hold.settle(usages=...)`` records the real usage), released, or expires. It is kept
+        in the store, so it outlives a restart, never its expiry. On a fleet it is kept in this
+        worker's budget lease: if the worker dies, its holds end with the lease.
+        """
+        items = None if usages is None else list(usages)
+        held = self._reserve(actor, cost, items, ttl_ms(ttl))
+        if held is None:
+            return None
+        return Hold(self, actor, held, reserved_usage_type(items))
+
+    def holds(self, actor: Actor) -> list[Hold]:
+        """The actor's outstanding holds, oldest first (after a restart too: settle or release
+        them by these handles)."""
+        return [Hold(self, actor, held) for held in self._holds(actor)]
+
     def record_usage_object(
         self,
         usage: object,
@@ -506,7 +535,8 @@ class MeteringService(MeteringCore):
         every user on the 1st, or a test). With no listener registered nothing is applied and the
         month is not claimed. A listener that raises makes this call raise, with nothing applied.
         An ``async def`` listener raises ``AsyncListenerError``: use
-        ``usagemeter.aio.AsyncMeteringService``. A fleet raises ``NotImplementedError``.
+        ``usagemeter.aio.AsyncMeteringService``. On a fleet the month is claimed on the shared
+        ledger, once across workers.
         """
         month = _month_label(float(self._clock()))
         applied: int | None = self._monthly_charges_applied(actor)
@@ -787,6 +817,7 @@ SERVICE_METHODS: tuple[str, ...] = (
     "get_actor_current_month_usage_details",
     "get_actor_month_usage_details",
     "get_actor_current_month_app_usage_details",
+    "get_actor_usage_by_day",
     "get_actor_app_usage",
     "get_global_usage",
     "get_actor_subscription",
@@ -794,6 +825,8 @@ SERVICE_METHODS: tuple[str, ...] = (
     "update_addon_credit",
     "set_actor_current_month_usage_total",
     "refund",
+    "reserve",
+    "holds",
     "apply_monthly_charges",
     "invalidate_subscription",
     "get_actors_usage",

@@ -25,6 +25,10 @@ consumer, or raising), the call is recorded exactly once through ``record_usage_
   ``partial_json``, Gemini ``candidates[].content.parts[].text``. Characters are Python ``str``
   code points. Reasoning the provider never streams cannot be seen: ask for the usage report.
 
+With ``hold=`` (a ``Hold`` from ``service.reserve`` or ``usagemeter.llm.reserve_completion``,
+made before the call), the end of the stream settles the hold with that usage instead: the
+worst case was held while the reply streamed, and what it did not use is free again.
+
 If the upstream raises, what was streamed is recorded and the upstream's exception propagates;
 if recording itself fails (an unknown model, a closed service), that error is raised, chained to
 the upstream's one when there was one. Close a stream you stop reading (``with`` /
@@ -42,6 +46,7 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from usagemeter._core import Actor
+from usagemeter.holds import Hold
 from usagemeter.providers import _count, estimate_tokens, estimated_usage, to_mapping
 
 __all__ = ["AsyncMeteredStream", "MeteredStream", "ameter_stream", "meter_stream"]
@@ -189,6 +194,7 @@ class _Metering:
         model_prefix: str,
         prompt_tokens: int | None,
         prompt_text: str | None,
+        hold: Hold | None = None,
     ) -> None:
         if not callable(getattr(service, "record_usage_object", None)):
             raise TypeError(
@@ -202,6 +208,11 @@ class _Metering:
             _count(prompt_tokens, "prompt_tokens")
         if prompt_text is not None and not isinstance(prompt_text, str):
             raise TypeError(f"prompt_text must be a str, not {type(prompt_text).__name__}")
+        if hold is not None and not isinstance(hold, Hold):
+            raise TypeError(f"hold must be a usagemeter.Hold, not {type(hold).__name__}")
+        if hold is not None and hold.actor != actor:
+            raise ValueError(f"the hold is {hold.actor!r}'s, not {actor!r}'s")
+        self._hold = hold
         self._service = service
         self._actor = actor
         self._model_prefix = model_prefix
@@ -227,9 +238,6 @@ class _Metering:
         if self._finished:
             return None
         self._finished = True
-        # Credit holds (issue 11, not landed yet): reserve the worst case (the prompt plus
-        # max_tokens of output, ``usagemeter.llm.can_afford_completion``'s figure) before the first
-        # chunk, and settle the hold here with the usage below instead of recording it.
         self.usage, self.estimated = self._seen.payload(
             self._model_prefix, self._prompt_tokens, self._prompt_text
         )
@@ -244,14 +252,24 @@ class _Metering:
                 raise TypeError("this service records asynchronously: use ameter_stream")
         return service  # type: ignore[return-value]
 
+    def _settle_items(self, usage: Mapping[str, Any]) -> list[tuple[str, int, int | None]]:
+        """The batch items ``record_usage_object`` would book for ``usage`` (to settle a hold)."""
+        service: Any = self._sync_service()
+        items: list[tuple[str, int, int | None]] = service._usage_batch(usage, self._model_prefix, None)
+        return items
+
     def _finish_sync(self) -> None:
         usage = self._begin_finish()
-        if usage is not None:
+        if usage is not None and self._hold is not None:
+            self.total = self._hold.settle(usages=self._settle_items(usage))
+        elif usage is not None:
             self.total = self._sync_service().record_usage_object(usage, self._actor, self._model_prefix)
 
     async def _finish_async(self) -> None:
         usage = self._begin_finish()
-        if usage is not None:
+        if usage is not None and self._hold is not None:
+            self.total = await self._hold.asettle(usages=self._settle_items(usage))
+        elif usage is not None:
             service: _RecordsUsage = self._service  # type: ignore[assignment]
             result = service.record_usage_object(usage, self._actor, self._model_prefix)
             if inspect.isawaitable(result):
@@ -284,11 +302,12 @@ class MeteredStream(_Metering, Iterator[T], Generic[T]):
         *,
         prompt_tokens: int | None = None,
         prompt_text: str | None = None,
+        hold: Hold | None = None,
     ) -> None:
         """Wrap ``chunks``; nothing is read or recorded until iteration."""
         if not isinstance(chunks, Iterable):
             raise TypeError(f"chunks must be an iterable, not {type(chunks).__name__}")
-        super().__init__(service, actor, model_prefix, prompt_tokens, prompt_text)
+        super().__init__(service, actor, model_prefix, prompt_tokens, prompt_text, hold)
         self._sync_service()  # an async service without .sync: TypeError now, not at the end
         self._source = chunks
         self._chunks = iter(chunks)
@@ -360,11 +379,12 @@ class AsyncMeteredStream(_Metering, AsyncIterator[T], Generic[T]):
         *,
         prompt_tokens: int | None = None,
         prompt_text: str | None = None,
+        hold: Hold | None = None,
     ) -> None:
         """Wrap ``chunks``; nothing is read or recorded until iteration."""
         if not isinstance(chunks, AsyncIterable):
             raise TypeError(f"chunks must be an async iterable, not {type(chunks).__name__}")
-        super().__init__(service, actor, model_prefix, prompt_tokens, prompt_text)
+        super().__init__(service, actor, model_prefix, prompt_tokens, prompt_text, hold)
         self._source = chunks
         self._chunks = aiter(chunks)
         self._finished = False
@@ -424,6 +444,7 @@ def meter_stream(
     *,
     prompt_tokens: int | None = None,
     prompt_text: str | None = None,
+    hold: Hold | None = None,
 ) -> MeteredStream[T]:
     """Meter a streamed LLM response: yield ``chunks`` unchanged, record the call once at the end.
 
@@ -431,10 +452,17 @@ def meter_stream(
     ``.sync``). The usage recorded is the provider's usage report, else the estimate: output
     tokens = ceil(characters streamed / 4), input tokens = ``prompt_tokens``, else
     ceil(``len(prompt_text)`` / 4), else 0 (the module docstring has the details). Afterwards
-    the stream's ``usage``, ``estimated`` and ``total`` tell what was recorded.
+    the stream's ``usage``, ``estimated`` and ``total`` tell what was recorded. With ``hold``
+    (made by ``reserve`` before the call), that usage settles the hold instead.
     """
     return MeteredStream(
-        service, actor, model_prefix, chunks, prompt_tokens=prompt_tokens, prompt_text=prompt_text
+        service,
+        actor,
+        model_prefix,
+        chunks,
+        prompt_tokens=prompt_tokens,
+        prompt_text=prompt_text,
+        hold=hold,
     )
 
 
@@ -446,6 +474,7 @@ def ameter_stream(
     *,
     prompt_tokens: int | None = None,
     prompt_text: str | None = None,
+    hold: Hold | None = None,
 ) -> AsyncMeteredStream[T]:
     """``meter_stream`` for an async iterable (``openai.AsyncStream``, an async generator, ...).
 
@@ -453,5 +482,11 @@ def ameter_stream(
     ``await service.record_usage_object(...)``; with a ``MeteringService``, directly.
     """
     return AsyncMeteredStream(
-        service, actor, model_prefix, chunks, prompt_tokens=prompt_tokens, prompt_text=prompt_text
+        service,
+        actor,
+        model_prefix,
+        chunks,
+        prompt_tokens=prompt_tokens,
+        prompt_text=prompt_text,
+        hold=hold,
     )

@@ -24,11 +24,13 @@ __all__ = [
     "AddonCredits",
     "AllowedUsage",
     "AppTotals",
+    "DayUsage",
     "ServiceStats",
     "StoreCopy",
     "StoreRecovery",
     "StoreSummary",
     "SyncStats",
+    "UsageByDay",
     "UsageDetails",
     "UsageFigures",
     "UsageReport",
@@ -93,8 +95,9 @@ class AllowedUsage(TypedDict):
 class ActorBudget(TypedDict):
     """``get_actor_budget()``: this month's two pools in µ¢, rounded so that
     ``allowance_used + consumed_this_month + overage`` is the month's total and
-    ``remaining == max(0, monthly_allowance - allowance_used) + purchased_credits -
-    consumed_purchase_credits`` hold on these integers."""
+    ``remaining == max(0, max(0, monthly_allowance - allowance_used) + purchased_credits -
+    consumed_purchase_credits - held)`` hold on these integers. ``held`` is what outstanding
+    holds reserve (``reserve``): it lowers ``remaining``, not the allowance figures."""
 
     monthly_allowance: int
     allowance_used: int
@@ -102,6 +105,7 @@ class ActorBudget(TypedDict):
     consumed_purchase_credits: int
     consumed_this_month: int
     overage: int
+    held: int
     remaining: int
 
 
@@ -119,6 +123,33 @@ class ActorReport(TypedDict):
     budget: ActorBudget | None
     usage: UsageReport
     app_totals: dict[str, AppTotals]
+
+
+class DayUsage(TypedDict):
+    """A user's usage on one UTC day, over all its apps: ``total`` in µ¢ (the exact sum rounded
+    half up once, like a report's ``"total"``), ``count`` of charges, and ``by_type`` the
+    figures of each usage type booked that day (refunds as ``refund:<type>``, ``set_total`` as
+    ``manual_adjustment``)."""
+
+    total: int
+    count: int
+    by_type: dict[str, UsageFigures]
+
+
+class UsageByDay(TypedDict):
+    """``get_actor_usage_by_day(actor, month=None)``: a user's month per UTC day.
+
+    ``days`` maps ``"YYYY-MM-DD"`` to that day's ``DayUsage``, in date order, for the days with
+    usage only. Summed over ``days`` and ``undated``, each usage type's units, cost and count are
+    the month's (``get_actor_month_usage_details``; costs to the µ¢ before each rounding).
+    ``undated`` is None unless the month was loaded from a store written by a usagemeter that
+    kept no per-day figures (store format 1 or 2): then it holds what the month had then, and
+    ``days`` only what was recorded since.
+    """
+
+    month: str
+    days: dict[str, DayUsage]
+    undated: DayUsage | None
 
 
 class ServiceStats(TypedDict):

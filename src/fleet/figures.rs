@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::ledger::days::Day;
 use crate::ledger::image::{MonthImage, RecordImage, UserImage};
 use crate::ledger::month::MonthId;
 use crate::ledger::pools::{self, Credit, MonthPools};
@@ -25,6 +26,9 @@ pub struct MonthFigures {
     pub counters: BTreeMap<(String, String), Counter>,
     /// Allowance used, purchased credit consumed, overage (attocents).
     pub pools: [i128; 3],
+    /// By (day, usage type), over all apps (`ledger/days.rs`); an all-zero counter is left out.
+    /// Added up like the counters, so that two workers' days sum exactly as their months do.
+    pub days: BTreeMap<(Day, String), Counter>,
 }
 
 /// One user: lifetime credit, last plan, and months.
@@ -42,15 +46,38 @@ fn add3(a: &mut [i128; 3], b: &[i128; 3], sign: i128) {
     }
 }
 
+/// `mine += sign * other`, counter by counter, leaving out those that become zero.
+fn add_counters<K: Ord + Clone>(
+    mine: &mut BTreeMap<K, Counter>,
+    other: &BTreeMap<K, Counter>,
+    sign: i128,
+) {
+    for (key, counter) in other {
+        let sum = mine.entry(key.clone()).or_default();
+        add3(sum, counter, sign);
+        if *sum == [0; 3] {
+            mine.remove(key);
+        }
+    }
+}
+
+fn counter_of(c: &UsageCounter) -> Counter {
+    [c.units as i128, c.cost.attocents(), i128::from(c.count)]
+}
+
 impl MonthFigures {
     pub fn of(image: &MonthImage) -> MonthFigures {
         let mut counters = BTreeMap::new();
         for (app, record) in &image.apps {
             for (usage_type, c) in &record.by_type {
-                let counter = [c.units as i128, c.cost.attocents(), i128::from(c.count)];
-                counters.insert((app.clone(), usage_type.clone()), counter);
+                counters.insert((app.clone(), usage_type.clone()), counter_of(c));
             }
         }
+        let days = image
+            .days
+            .iter()
+            .map(|(day, usage_type, c)| ((*day, usage_type.clone()), counter_of(c)))
+            .collect();
         MonthFigures {
             counters,
             pools: [
@@ -58,23 +85,19 @@ impl MonthFigures {
                 image.pools.purchased_consumed.attocents(),
                 image.pools.overage.attocents(),
             ],
+            days,
         }
     }
 
     /// `self += sign * other`.
     pub fn add(&mut self, other: &MonthFigures, sign: i128) {
-        for (key, counter) in &other.counters {
-            let mine = self.counters.entry(key.clone()).or_default();
-            add3(mine, counter, sign);
-            if *mine == [0; 3] {
-                self.counters.remove(key);
-            }
-        }
+        add_counters(&mut self.counters, &other.counters, sign);
         add3(&mut self.pools, &other.pools, sign);
+        add_counters(&mut self.days, &other.days, sign);
     }
 
     pub fn is_zero(&self) -> bool {
-        self.counters.is_empty() && self.pools == [0; 3]
+        self.counters.is_empty() && self.pools == [0; 3] && self.days.is_empty()
     }
 
     /// The cost of the month (the sum of its counters' costs).
@@ -114,6 +137,12 @@ impl MonthFigures {
         }
         usage.total = money(self.cost())?;
         usage.count = usage.by_type.iter().map(|(_, c)| c.count).sum();
+        // The map's order, (day, name), is the image's.
+        let days = self
+            .days
+            .iter()
+            .map(|((day, usage_type), c)| Ok((*day, usage_type.clone(), counter(c)?)))
+            .collect::<Result<_, String>>()?;
         let image = MonthImage {
             usage,
             apps,
@@ -122,6 +151,7 @@ impl MonthFigures {
                 purchased_consumed: money(self.pools[1])?,
                 overage: money(self.pools[2])?,
             },
+            days,
         };
         image.check()?;
         Ok(image)
@@ -211,6 +241,7 @@ impl UserFigures {
             user_id: user_id.to_string(),
             credit: self.credit()?,
             plan: self.plan.clone(),
+            holds: Vec::new(),
             months,
             // Idempotency keys are not on the shared ledger yet: a fleet refuses them.
             keys: None,
@@ -235,13 +266,8 @@ pub fn merge(
     }
     for (month, sent) in &delta.months {
         let target = merged.months.entry(*month).or_default();
-        for (key, counter) in &sent.counters {
-            let mine = target.counters.entry(key.clone()).or_default();
-            add3(mine, counter, 1);
-            if *mine == [0; 3] {
-                target.counters.remove(key);
-            }
-        }
+        add_counters(&mut target.counters, &sent.counters, 1);
+        add_counters(&mut target.days, &sent.days, 1);
         // Refunds (`refund:` types) give back in the reverse order of a charge, purchased credit
         // included; the rest is split as charges (or, negative, as a manual adjustment).
         let refunded: i128 = sent
@@ -296,6 +322,7 @@ mod tests {
         MonthFigures {
             counters: [((app.into(), usage_type.into()), [units, m(cost), 1])].into(),
             pools: [m(cost), 0, 0],
+            days: [((7, usage_type.into()), [units, m(cost), 1])].into(),
         }
     }
 
@@ -345,6 +372,8 @@ mod tests {
         let figures = &merged.months[&MonthId(1)];
         assert_eq!(figures.pools, [m(100), m(25), m(5)]);
         assert_eq!(figures.counters[&("x".into(), "t".into())], [13, m(130), 2]);
+        assert_eq!(figures.days[&(7, "t".into())], [13, m(130), 2]);
+        figures.to_image().unwrap();
         assert_eq!(merged.credit, [m(25), m(25)]);
     }
 }

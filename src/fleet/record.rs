@@ -34,13 +34,47 @@ pub fn user_key(user_id: &str) -> Vec<u8> {
     [b"usagemeter:u:".as_slice(), user_id.as_bytes()].concat()
 }
 
+/// The Redis key that records a keyed call of a user (`SCRIPT`'s KEYS[2]): in the user hash's
+/// cluster slot, so that one script may write both. A cluster hashes a key's first `{tag}` (or
+/// the whole key when it has none): the user's key is wrapped in a tag, or, when the user id
+/// brings a tag of its own, the name follows it. `None` for the few user ids (with `}` before a
+/// `{`, or an empty `{}`) whose slot no other key name can share: a cluster cannot record their
+/// keyed calls atomically (a single node can: `cluster` false).
+pub fn claim_key(user_id: &str, name: &str, cluster: bool) -> Option<Vec<u8>> {
+    let user = user_key(user_id);
+    let open = user.iter().position(|&b| b == b'{');
+    let close_after = |at: usize| user[at + 1..].iter().position(|&b| b == b'}');
+    let key = match open {
+        // A tag of its own (non-empty): the slot is the tag's, whatever follows.
+        Some(at) if close_after(at).is_some_and(|len| len > 0) => {
+            [user.as_slice(), b":k:", name.as_bytes()].concat()
+        }
+        _ if !user.contains(&b'}') => [b"{".as_slice(), &user, b"}:k:", name.as_bytes()].concat(),
+        _ if cluster => return None,
+        _ => [b"usagemeter:k:".as_slice(), &user, b":", name.as_bytes()].concat(),
+    };
+    Some(key)
+}
+
 /// The compare-and-set of one user. KEYS[1]: the user's hash. ARGV: expected version, this
 /// worker's write-id field, write id, now (ms), number of fields to set, the fields and values,
 /// then number of fields to delete and the fields. Replies `{0, new version}` when written,
 /// `{1, fields}` when this write id was applied before (a retry), `{2, fields}` when the version
 /// moved (another worker wrote: merge again and retry).
+///
+/// With KEYS[2], the write is a keyed call's (an idempotency key, or a month's recurring
+/// charges: `claim_key`): it is made only if that key does not exist, and sets it (to the two
+/// ARGV after the deletes: its value, and its lifetime in ms) in the same step. Replies
+/// `{3, value}` when the key exists: the call was made before, and nothing is written.
 pub const SCRIPT: &str = r#"
 local key = KEYS[1]
+local claim = KEYS[2]
+if claim then
+  local existing = redis.call('GET', claim)
+  if existing then
+    return {3, existing}
+  end
+end
 local applied = redis.call('HGET', key, ARGV[2])
 if applied and tonumber(string.match(applied, '^(%d+)')) >= tonumber(ARGV[3]) then
   return {1, redis.call('HGETALL', key)}
@@ -59,6 +93,9 @@ for i = 1, deletes do
   redis.call('HDEL', key, ARGV[at + i])
 end
 redis.call('HSET', key, ARGV[2], ARGV[3] .. ':' .. ARGV[4], 'v', version + 1)
+if claim then
+  redis.call('SET', claim, ARGV[at + deletes + 1], 'PX', ARGV[at + deletes + 2])
+end
 return {0, version + 1}
 "#;
 
@@ -157,7 +194,8 @@ pub fn decode(user_id: &str, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Stored, Str
                 user_id: user_id.to_string(),
             }
             .encode();
-            let (credit, plan) = codec::decode_credit(&key, value).map_err(decode_error)?;
+            // A worker's holds are kept in its lease, never here: the list is always empty.
+            let (credit, plan, _) = codec::decode_credit(&key, value).map_err(decode_error)?;
             image.credit = credit;
             image.plan = plan;
         } else if let Some(label) = field.strip_prefix("m:") {
@@ -207,7 +245,7 @@ pub fn encode(
     .encode();
     fields.push((
         b"c".to_vec(),
-        codec::encode_credit(&credit_key, &image.credit, image.plan.as_ref()),
+        codec::encode_credit(&credit_key, &image.credit, image.plan.as_ref(), &[]),
     ));
     let before = types.len();
     for month in months {
@@ -229,4 +267,38 @@ pub fn encode(
         fields.push((b"t".to_vec(), codec::encode_types(types)));
     }
     Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a Redis Cluster hashes for a key's slot: its first non-empty `{tag}`, else all of it.
+    fn slot_source(key: &[u8]) -> &[u8] {
+        let Some(open) = key.iter().position(|&b| b == b'{') else {
+            return key;
+        };
+        match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        }
+    }
+
+    #[test]
+    fn a_claim_key_shares_its_users_cluster_slot() {
+        for user in [
+            "alice", "a{b", "a{b}c", "{x}", "a{b}c{d}", "ü}", "a}b{c", "a{}b", "{}",
+        ] {
+            match claim_key(user, "idem:1", true) {
+                Some(claim) => {
+                    let user_key = user_key(user);
+                    assert_eq!(slot_source(&claim), slot_source(&user_key), "{user}");
+                    assert_ne!(claim, user_key);
+                }
+                // Only ids whose slot no other name can share.
+                None => assert!(["ü}", "a}b{c", "a{}b", "{}"].contains(&user), "{user}"),
+            }
+            assert!(claim_key(user, "idem:1", false).is_some());
+        }
+    }
 }

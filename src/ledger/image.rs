@@ -1,6 +1,7 @@
 //! Plain copies of ledger state, with usage types by name: what a snapshot writes and a store
 //! loads. Type ids are process-local (cost-map indexes), so they never leave the process.
 
+use super::days::{self, DayImages};
 use super::idempotency::KeyImage;
 use super::month::MonthId;
 use super::pools::{Credit, MonthPools};
@@ -15,12 +16,15 @@ pub struct RecordImage {
     pub by_type: Vec<(String, UsageCounter)>,
 }
 
-/// One user's month: its record, its apps' records and where its charges went.
+/// One user's month: its record, its apps' records, where its charges went and its days.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MonthImage {
     pub usage: RecordImage,
     pub apps: Vec<(String, RecordImage)>,
     pub pools: MonthPools,
+    /// The user's figures per day and usage type (`days.rs`): summed over the days, each type's
+    /// are the month's (`usage`).
+    pub days: DayImages,
 }
 
 /// A user: lifetime credit and some of its months (all of them when loading; the changed ones
@@ -31,6 +35,8 @@ pub struct UserImage {
     pub credit: Credit,
     /// The id and allowance of the plan the user was last resolved to, if known.
     pub plan: Option<(String, Money)>,
+    /// Outstanding holds (expired ones may be among them: they hold nothing).
+    pub holds: Vec<super::holds::Hold>,
     pub months: Vec<(MonthId, MonthImage)>,
     /// The user's idempotency keys (`idempotency.rs`): all of them, when loading or when they
     /// changed since the last snapshot; `None` when unchanged (or, loading, never stored).
@@ -94,7 +100,7 @@ impl MonthImage {
                 "allowance used + purchased credit + overage is not the month total".into(),
             );
         }
-        Ok(())
+        days::check_days(self)
     }
 }
 
@@ -114,6 +120,7 @@ mod tests {
             by_type: vec![("kv:write".into(), counter)],
         };
         MonthImage {
+            days: days::undated(&record.by_type),
             usage: record.clone(),
             apps: vec![("os-global".into(), record)],
             pools: MonthPools::default(),

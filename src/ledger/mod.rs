@@ -18,6 +18,8 @@
 
 pub mod app_name;
 pub mod changes;
+pub mod days;
+pub mod holds;
 pub mod idempotency;
 pub mod image;
 mod keyed;
@@ -25,6 +27,7 @@ pub mod month;
 pub mod pools;
 pub mod record;
 pub mod replica;
+pub mod shared_keys;
 pub mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +41,7 @@ use crate::error::{overflow, LedgerError, LedgerResult};
 use crate::money::Money;
 use app_name::AppName;
 use changes::ChangeLog;
+use days::{Day, DayReport, MonthDays};
 use idempotency::{KeyLimits, UserKeys};
 use image::{MonthImage, RecordImage, UserImage};
 use month::MonthId;
@@ -84,13 +88,18 @@ pub enum Plan {
     Cached { now_ms: i64 },
 }
 
-/// Whose usage, which month, under which plan.
+/// Whose usage, which month and day, under which plan.
 #[derive(Clone, Copy, Debug)]
 pub struct Booking<'a> {
     pub user_id: &'a str,
     pub app_id: &'a str,
     pub month: MonthId,
+    /// The UTC day of `month` (1..=31) the usage is booked on (`days.rs`), from the same clock
+    /// reading as `month` (`MonthId::with_day_from_epoch_ms`).
+    pub day: Day,
     pub plan: Plan,
+    /// The call's time (epoch ms, the service's clock): holds expire by it.
+    pub now_ms: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +142,10 @@ pub struct Budget {
     pub allowance: Money,
     pub pools: MonthPools,
     pub credit: Credit,
+    /// What the user's outstanding holds reserve (`holds.rs`).
+    pub held: Money,
+    /// What the user may still spend: allowance left plus purchased credit left, net of `held`
+    /// (below zero when charges made after a hold took what it reserved).
     pub remaining: Money,
 }
 
@@ -185,6 +198,8 @@ struct AccountState {
     /// A fleet replica's budget lease for this user (`replica.rs`); boxed, as most accounts of
     /// a fleet hold none and every account of a single process none.
     lease: Option<Box<replica::Lease>>,
+    /// Outstanding holds (`holds.rs`); none for most users.
+    holds: Option<holds::Holds>,
     /// The user's idempotency keys (`idempotency.rs`); boxed, so that an account without keys
     /// pays one word.
     keys: Option<Box<UserKeys>>,
@@ -201,6 +216,8 @@ struct UserMonth {
     /// app, and a short name, are stored inline (see `Months`).
     apps: SmallVec<[(AppName, UsageRecord); 1]>,
     pools: MonthPools,
+    /// The same figures per day and usage type, over all apps (`days.rs`).
+    days: MonthDays,
 }
 
 /// A user's months, sorted. Most users have one or two: a vector of exactly that size costs far
@@ -341,14 +358,16 @@ impl AccountState {
         }
     }
 
-    fn budget(&self, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
+    fn budget(&self, month: MonthId, plan: Plan, now_ms: i64) -> LedgerResult<Budget> {
         let allowance = self.allowance(plan)?;
         let pools = self.months.get(&month).map(|m| m.pools).unwrap_or_default();
+        let held = self.held(now_ms);
         Ok(Budget {
             allowance,
             pools,
             credit: self.credit,
-            remaining: pools::remaining(allowance, &pools, &self.credit),
+            held,
+            remaining: pools::remaining(allowance, &pools, &self.credit).minus(held),
         })
     }
 
@@ -386,6 +405,8 @@ pub struct Ledger {
     plan_epoch: AtomicU64,
     /// Set for a fleet replica: affordability is decided on budget leases (`replica.rs`).
     leases: Option<Arc<replica::LeaseRules>>,
+    /// The next hold's id (`holds.rs`).
+    next_hold_id: AtomicU64,
     /// How long idempotency keys are kept, and how many (`idempotency.rs`).
     key_limits: KeyLimits,
     /// Caller keys held by every account together (monthly keys excluded): touched by keyed
@@ -412,6 +433,7 @@ impl Ledger {
             sealed: AtomicBool::new(false),
             plan_epoch: AtomicU64::new(0),
             leases: None,
+            next_hold_id: AtomicU64::new(holds::first_hold_id()),
             key_limits: KeyLimits::default(),
             key_count: AtomicUsize::new(0),
             keys_now_ms: AtomicI64::new(i64::MIN),
@@ -688,12 +710,19 @@ impl Ledger {
         let checks = mode == ChargeMode::IfAffordable && cost.is_positive();
         // A fleet's replica decides on its lease (`replica.rs`): out of line, so that a single
         // process's charge stays as small as it was.
+        // Outstanding holds are budget spoken for (`holds.rs`): on a fleet they are kept in the
+        // lease, so the lease must cover them and the charge together.
+        let held = match checks {
+            true => state.held(booking.now_ms),
+            false => Money::ZERO,
+        };
         let (lease_short, ask_fleet) = match &self.leases {
-            Some(rules) if checks => state.lease_decision(booking.month, cost, rules),
+            Some(rules) if checks => state.lease_decision(booking.month, cost.plus(held), rules),
             _ => (false, false),
         };
         let refuses = |pools: &MonthPools| {
-            checks && (lease_short || pools::remaining(allowance, pools, &credit) < cost)
+            checks
+                && (lease_short || pools::remaining(allowance, pools, &credit).minus(held) < cost)
         };
         let refused = Receipt {
             accepted: false,
@@ -720,6 +749,7 @@ impl Ledger {
                 let split = split_of(&month.pools)?;
                 prepared.commit();
                 month.book(cost, calls, &split, &mut new_credit);
+                month.days.add(booking.day, deltas);
                 (split, month.total)
             }
             _ => {
@@ -743,6 +773,7 @@ impl Ledger {
                 let month = state.month_mut(booking.month);
                 month.app_mut(booking.app_id).apply(deltas);
                 month.book(cost, calls, &split, &mut new_credit);
+                month.days.add(booking.day, deltas);
                 (split, month.total)
             }
         };
@@ -875,14 +906,26 @@ impl Ledger {
         }
     }
 
-    /// The user's budget for `month` under `plan`.
-    pub fn budget(&self, user_id: &str, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
-        self.read_account(user_id, |state| state.budget(month, plan))
+    /// The user's budget for `month` under `plan`, at `now_ms` (for the holds).
+    pub fn budget(
+        &self,
+        user_id: &str,
+        month: MonthId,
+        plan: Plan,
+        now_ms: i64,
+    ) -> LedgerResult<Budget> {
+        self.read_account(user_id, |state| state.budget(month, plan, now_ms))
     }
 
     /// `budget` of an account the caller keeps (see `AccountHandle`).
-    pub fn budget_in(&self, account: &Account, month: MonthId, plan: Plan) -> LedgerResult<Budget> {
-        account.state.lock().budget(month, plan)
+    pub fn budget_in(
+        &self,
+        account: &Account,
+        month: MonthId,
+        plan: Plan,
+        now_ms: i64,
+    ) -> LedgerResult<Budget> {
+        account.state.lock().budget(month, plan, now_ms)
     }
 
     /// The plan epoch to read before resolving a plan and pass to `set_plan_if`.
@@ -975,6 +1018,18 @@ impl Ledger {
         })
     }
 
+    /// The user's month per day (over all apps), days in order: `days::UNDATED` first if the
+    /// month was loaded from a store that kept no days.
+    pub fn user_days(&self, user_id: &str, month: MonthId) -> Vec<DayReport> {
+        self.read_account(user_id, |state| {
+            state
+                .months
+                .get(&month)
+                .map(|m| m.days.report())
+                .unwrap_or_default()
+        })
+    }
+
     /// `(app, total, count)` for every app the user used this month, sorted by app.
     pub fn app_totals(&self, user_id: &str, month: MonthId) -> Vec<(String, Money, u64)> {
         let mut totals = self.read_account(user_id, |state| match state.months.get(&month) {
@@ -1057,6 +1112,7 @@ impl Ledger {
                 user_id: user_id.into_string(),
                 credit: state.credit,
                 plan: state.last_plan.as_ref().map(|(id, a)| (id.to_string(), *a)),
+                holds: state.hold_list(),
                 months,
                 keys,
             });
@@ -1084,10 +1140,17 @@ impl Ledger {
             .map(|(app, r)| (app.as_str().to_string(), self.record_image(r)))
             .collect();
         apps.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut days: days::DayImages = month
+            .days
+            .counters()
+            .map(|(day, id, c)| (day, self.type_name(id).to_string(), c))
+            .collect();
+        days.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         MonthImage {
             usage: self.report_image(&month.report()),
             apps,
             pools: month.pools,
+            days,
         }
     }
 
@@ -1127,6 +1190,7 @@ impl Ledger {
             let mut state = AccountState {
                 credit: user.credit,
                 last_plan: user.plan.map(|(id, allowance)| (Arc::from(id), allowance)),
+                holds: (!user.holds.is_empty()).then(|| Box::new(user.holds)),
                 ..AccountState::default()
             };
             for (month, image) in user.months {

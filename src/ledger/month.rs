@@ -7,9 +7,15 @@ pub struct MonthId(pub u32);
 impl MonthId {
     /// The UTC month containing `epoch_ms` (milliseconds since 1970-01-01T00:00:00Z).
     pub fn from_epoch_ms(epoch_ms: i64) -> MonthId {
+        Self::with_day_from_epoch_ms(epoch_ms).0
+    }
+
+    /// The UTC month containing `epoch_ms`, and its day in that month (1..=31): a charge's day
+    /// for the per-day figures (`days.rs`), from the same clock reading as its month.
+    pub fn with_day_from_epoch_ms(epoch_ms: i64) -> (MonthId, u8) {
         let days = epoch_ms.div_euclid(86_400_000);
-        let (year, month) = civil_year_month(days);
-        MonthId((year * 12 + month - 1) as u32)
+        let (year, month, day) = civil_from_days(days);
+        (MonthId((year * 12 + month - 1) as u32), day as u8)
     }
 
     /// Parses `YYYY-MM`.
@@ -64,9 +70,9 @@ fn days_from_civil(year: i64, month: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-/// Year and month (1-12) of a day count since 1970-01-01, proleptic Gregorian
+/// Year, month (1-12) and day (1-31) of a day count since 1970-01-01, proleptic Gregorian
 /// (Howard Hinnant's `civil_from_days`).
-fn civil_year_month(days: i64) -> (i64, i64) {
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
@@ -79,8 +85,9 @@ fn civil_year_month(days: i64) -> (i64, i64) {
     } else {
         shifted_month - 9
     };
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month)
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -97,6 +104,50 @@ mod tests {
         assert_eq!(MonthId::from_epoch_ms(1_709_208_000_000).label(), "2024-02");
         // 1969-12-31T23:59:59Z
         assert_eq!(MonthId::from_epoch_ms(-1_000).label(), "1969-12");
+    }
+
+    /// Number of days in a month (28..=31).
+    fn days_in(month: MonthId) -> u8 {
+        let year = month.year();
+        let leap =
+            year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
+        match month.month() {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        }
+    }
+
+    #[test]
+    fn days_of_known_instants() {
+        let day = |ms| MonthId::with_day_from_epoch_ms(ms);
+        assert_eq!(day(0), (MonthId::parse("1970-01").unwrap(), 1));
+        assert_eq!(
+            day(1_793_491_199_999),
+            (MonthId::parse("2026-10").unwrap(), 31)
+        );
+        assert_eq!(
+            day(1_793_491_200_000),
+            (MonthId::parse("2026-11").unwrap(), 1)
+        );
+        assert_eq!(
+            day(1_709_208_000_000),
+            (MonthId::parse("2024-02").unwrap(), 29)
+        );
+        assert_eq!(day(-1_000), (MonthId::parse("1969-12").unwrap(), 31));
+        // Every day of 2024 (a leap year) and 2100 (not one), each month's days in order.
+        for year_start_ms in [1_704_067_200_000i64, 4_102_444_800_000] {
+            let mut expected = (MonthId::from_epoch_ms(year_start_ms), 1u8);
+            for n in 0..365 {
+                let got = day(year_start_ms + n * 86_400_000 + 43_200_000);
+                assert_eq!(got, expected, "day {n}");
+                expected = match expected.1 == days_in(expected.0) {
+                    true => (MonthId(expected.0 .0 + 1), 1),
+                    false => (expected.0, expected.1 + 1),
+                };
+            }
+        }
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub struct RoundedBudget {
     pub overage: i128,
     pub purchased: i128,
     pub consumed: i128,
+    /// What outstanding holds reserve (`holds.rs`).
+    pub held: i128,
+    /// `max(0, allowance - allowance_used) + (purchased - consumed) - held`, never below 0.
     pub remaining: i128,
 }
 
@@ -176,7 +179,18 @@ impl RoundedBudget {
             overage: total - through_purchased,
             purchased,
             consumed,
+            held: 0,
             remaining: (allowance - allowance_used).max(0) + (purchased - consumed),
+        }
+    }
+
+    /// The budget with `held` (what outstanding holds reserve) taken from what remains.
+    pub fn with_held(self, held: Money) -> RoundedBudget {
+        let held = held.to_microcents_half_up();
+        RoundedBudget {
+            held,
+            remaining: (self.remaining - held).max(0),
+            ..self
         }
     }
 }

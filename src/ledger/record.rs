@@ -118,11 +118,11 @@ struct StoredCounter {
     count: u64,
 }
 
-fn split128(value: u128) -> [u64; 2] {
+pub(crate) fn split128(value: u128) -> [u64; 2] {
     [value as u64, (value >> 64) as u64]
 }
 
-fn join128(halves: [u64; 2]) -> u128 {
+pub(crate) fn join128(halves: [u64; 2]) -> u128 {
     u128::from(halves[0]) | (u128::from(halves[1]) << 64)
 }
 

@@ -72,6 +72,9 @@ pub enum Release {
     Unspent,
     /// Every lease (closing).
     All,
+    /// The lease, unless holds are kept in it (before a keyed call decides on the fleet's
+    /// figures: `fleet::sync::keyed`).
+    UnlessHolds,
 }
 
 impl AccountState {
@@ -159,14 +162,17 @@ impl Ledger {
             .map(|m| (*m, self.month_image(&state.months[m])))
             .collect();
         let mut released = false;
+        // A lease that keeps holds is kept (renewed): the holds are budget reserved in it.
+        let has_holds = state.has_holds();
         let lease = state.lease.as_deref_mut().map(|lease| {
             let spent = lease.spent;
             lease.granted = lease.left();
             lease.spent = Money::ZERO;
             let gives_up = match release {
                 Release::None => false,
-                Release::Unspent => spent == Money::ZERO,
+                Release::Unspent => spent == Money::ZERO && !has_holds,
                 Release::All => true,
+                Release::UnlessHolds => !has_holds,
             };
             if gives_up && lease.dry.is_none() {
                 lease.granted = Money::ZERO;
@@ -179,6 +185,8 @@ impl Ledger {
                 user_id: user_id.to_string(),
                 credit: state.credit,
                 plan: state.last_plan.as_ref().map(|(id, a)| (id.to_string(), *a)),
+                // A worker's holds live in its lease, not in the shared ledger.
+                holds: Vec::new(),
                 months,
                 // Idempotency keys are not on the shared ledger yet: a fleet refuses them.
                 keys: None,
@@ -208,9 +216,14 @@ impl Ledger {
 
     /// Takes one user (to ask the fleet for a lease now).
     pub fn take_user_for_fleet(&self, user_id: &str) -> Option<Taken> {
+        self.take_user_for_fleet_releasing(user_id, Release::None)
+    }
+
+    /// Takes one user, giving up its lease as `release` says.
+    pub fn take_user_for_fleet_releasing(&self, user_id: &str, release: Release) -> Option<Taken> {
         let accounts = self.accounts.pin();
         let account = accounts.get(user_id)?;
-        let taken = self.take_account(user_id, &mut account.state.lock(), Release::None);
+        let taken = self.take_account(user_id, &mut account.state.lock(), release);
         Some(taken)
     }
 
@@ -311,6 +324,7 @@ impl Ledger {
             count: image.usage.count,
             apps,
             pools: image.pools,
+            days: super::MonthDays::from_image(image, |name| self.types.intern(name)),
         }
     }
 }

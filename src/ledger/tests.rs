@@ -26,7 +26,9 @@ fn booking(user_id: &str) -> Booking<'_> {
         user_id,
         app_id: "os-global",
         month: OCTOBER,
+        day: 5,
         plan: Plan::Fixed(m(1_000)),
+        now_ms: 0,
     }
 }
 
@@ -52,6 +54,7 @@ fn a_cached_plan_is_used_until_it_expires() {
     let ledger = ledger();
     let cached = Booking {
         plan: Plan::Cached { now_ms: 1_000 },
+        now_ms: 0,
         ..booking("u")
     };
     let error = ledger.charge(None, &cached, &[item("kv:write", 1)], ChargeMode::Always);
@@ -79,6 +82,7 @@ fn a_cached_plan_is_used_until_it_expires() {
     );
     let expired = Booking {
         plan: Plan::Cached { now_ms: 2_000 },
+        now_ms: 0,
         ..booking("u")
     };
     assert_eq!(
@@ -87,7 +91,7 @@ fn a_cached_plan_is_used_until_it_expires() {
     );
     ledger.forget_plan("u");
     assert_eq!(
-        ledger.budget("u", OCTOBER, Plan::Cached { now_ms: 1_000 }),
+        ledger.budget("u", OCTOBER, Plan::Cached { now_ms: 1_000 }, 0),
         Err(LedgerError::PlanNeeded)
     );
 }
@@ -154,7 +158,9 @@ fn overflow_records_nothing_anywhere() {
     let before = (
         ledger.user_usage("u", OCTOBER),
         ledger.global_usage(OCTOBER).unwrap(),
-        ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap(),
+        ledger
+            .budget("u", OCTOBER, Plan::Fixed(m(1_000)), 0)
+            .unwrap(),
     );
     let error = ledger.charge(
         None,
@@ -176,7 +182,9 @@ fn overflow_records_nothing_anywhere() {
     let after = (
         ledger.user_usage("u", OCTOBER),
         ledger.global_usage(OCTOBER).unwrap(),
-        ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap(),
+        ledger
+            .budget("u", OCTOBER, Plan::Fixed(m(1_000)), 0)
+            .unwrap(),
     );
     assert_eq!(before, after);
 }
@@ -209,6 +217,7 @@ fn try_charge_refuses_without_recording() {
     let ledger = ledger();
     let tight = Booking {
         plan: Plan::Fixed(m(200)),
+        now_ms: 0,
         ..booking("u")
     };
     assert!(
@@ -234,7 +243,7 @@ fn try_charge_refuses_without_recording() {
     assert_eq!(ledger.user_usage("u", OCTOBER).total, m(125));
     assert_eq!(
         ledger
-            .budget("u", OCTOBER, Plan::Fixed(m(200)))
+            .budget("u", OCTOBER, Plan::Fixed(m(200)), 0)
             .unwrap()
             .remaining,
         m(75)
@@ -249,13 +258,15 @@ fn set_total_never_moves_purchased_credit() {
     charge(1_200).unwrap(); // 1,000 allowance + 200 credit
     let set = |total| ledger.charge(None, &booking("u"), &[], ChargeMode::SetTotal(m(total)));
     let credit_before = ledger
-        .budget("u", OCTOBER, Plan::Fixed(m(1_000)))
+        .budget("u", OCTOBER, Plan::Fixed(m(1_000)), 0)
         .unwrap()
         .credit;
     // (allowance used, purchased consumed, overage) after setting `total`; credit never moves.
     let pools_after_setting = |total| {
         set(total).unwrap();
-        let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
+        let budget = ledger
+            .budget("u", OCTOBER, Plan::Fixed(m(1_000)), 0)
+            .unwrap();
         assert_eq!(budget.credit, credit_before);
         let pools = budget.pools;
         (
@@ -283,7 +294,7 @@ fn purchased_credit_stays_within_the_per_actor_range() {
     ));
     assert_eq!(
         ledger
-            .budget("u", OCTOBER, Plan::Fixed(limit))
+            .budget("u", OCTOBER, Plan::Fixed(limit), 0)
             .unwrap()
             .remaining,
         limit.plus(limit)
@@ -357,7 +368,9 @@ fn set_total_books_the_difference_and_refunds_pools() {
             ChargeMode::Always,
         )
         .unwrap();
-    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
+    let budget = ledger
+        .budget("u", OCTOBER, Plan::Fixed(m(1_000)), 0)
+        .unwrap();
     assert_eq!(
         (budget.pools.allowance_used, budget.pools.overage),
         (m(1_000), m(250))
@@ -367,7 +380,9 @@ fn set_total_books_the_difference_and_refunds_pools() {
         .unwrap();
     assert_eq!(receipt.month_total, m(1_000));
     assert_eq!(receipt.split.overage, m(-250));
-    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
+    let budget = ledger
+        .budget("u", OCTOBER, Plan::Fixed(m(1_000)), 0)
+        .unwrap();
     assert_eq!(
         (budget.pools.allowance_used, budget.pools.overage),
         (m(1_000), m(0))
@@ -376,7 +391,9 @@ fn set_total_books_the_difference_and_refunds_pools() {
         .charge(None, &booking("u"), &[], ChargeMode::SetTotal(m(100)))
         .unwrap();
     assert_eq!(receipt.month_total, m(100));
-    let budget = ledger.budget("u", OCTOBER, Plan::Fixed(m(1_000))).unwrap();
+    let budget = ledger
+        .budget("u", OCTOBER, Plan::Fixed(m(1_000)), 0)
+        .unwrap();
     assert_eq!(
         (budget.pools.allowance_used, budget.pools.overage),
         (m(100), m(0))
@@ -389,6 +406,7 @@ fn months_are_separate_and_credit_is_lifetime() {
     ledger.add_purchased("u", m(100)).unwrap();
     let october = Booking {
         plan: Plan::Fixed(m(100)),
+        now_ms: 0,
         ..booking("u")
     };
     let november = Booking {
@@ -400,7 +418,7 @@ fn months_are_separate_and_credit_is_lifetime() {
         .unwrap();
     assert_eq!(
         ledger
-            .budget("u", NOVEMBER, Plan::Fixed(m(100)))
+            .budget("u", NOVEMBER, Plan::Fixed(m(100)), 0)
             .unwrap()
             .remaining,
         m(150)
@@ -462,6 +480,7 @@ fn racing_try_charges_never_overspend() {
             std::thread::spawn(move || {
                 let b = Booking {
                     plan: Plan::Fixed(allowance),
+                    now_ms: 0,
                     ..booking("racer")
                 };
                 (0..50)
@@ -613,6 +632,7 @@ mod replica {
             let mut purchased = 0i128;
             let fixed = Booking {
                 plan: Plan::Fixed(allowance),
+                now_ms: 0,
                 ..booking("u")
             };
             for _ in 0..60 {
@@ -681,7 +701,7 @@ mod replica {
                     m(charged),
                     "seed {seed}"
                 );
-                let budget = workers[w].budget("u", OCTOBER, fixed.plan).unwrap();
+                let budget = workers[w].budget("u", OCTOBER, fixed.plan, 0).unwrap();
                 let pools = budget.pools;
                 let split = pools
                     .allowance_used
@@ -751,6 +771,144 @@ mod replica {
         ledger.rebase("u", &fleet.minus(&sent), None).unwrap();
         let usage = ledger.user_usage("u", OCTOBER);
         assert_eq!(usage.total, m(125 * 7));
+    }
+}
+
+mod holds {
+    use super::*;
+
+    fn at(user_id: &str, now_ms: i64) -> Booking<'_> {
+        Booking {
+            now_ms,
+            ..booking(user_id)
+        }
+    }
+
+    fn reserve(ledger: &Ledger, now_ms: i64, microcents: i128) -> Option<u64> {
+        let id = ledger.new_hold_id();
+        let receipt = ledger
+            .reserve(None, &at("u", now_ms), id, m(microcents), 1_000)
+            .unwrap();
+        receipt.accepted.then_some(id)
+    }
+
+    fn remaining(ledger: &Ledger, now_ms: i64) -> Money {
+        let plan = booking("u").plan;
+        ledger.budget("u", OCTOBER, plan, now_ms).unwrap().remaining
+    }
+
+    #[test]
+    fn a_hold_lowers_what_remains_and_every_affordability_check_but_no_allowance_figure() {
+        let ledger = ledger();
+        let id = reserve(&ledger, 0, 600).unwrap();
+        assert_eq!(remaining(&ledger, 0), m(400));
+        let budget = ledger.budget("u", OCTOBER, booking("u").plan, 0).unwrap();
+        assert_eq!((budget.held, budget.pools), (m(600), MonthPools::default()));
+        // 500 µ¢ no longer fit, 400 do; a second hold of 500 is refused too.
+        let try_charge = |microcents| {
+            let receipt = ledger.charge(
+                None,
+                &at("u", 0),
+                &[costing(microcents)],
+                ChargeMode::IfAffordable,
+            );
+            receipt.unwrap().accepted
+        };
+        assert!(!try_charge(500));
+        assert_eq!(reserve(&ledger, 0, 500), None);
+        assert!(try_charge(400));
+        assert_eq!(remaining(&ledger, 0), m(0));
+        // Released, the hold's budget is back.
+        assert_eq!(ledger.release("u", id, 0).unwrap().unwrap().amount, m(600));
+        assert_eq!(remaining(&ledger, 0), m(600));
+        assert_eq!(ledger.release("u", id, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn settling_records_the_real_usage_and_frees_the_rest_in_one_step() {
+        let ledger = ledger();
+        let id = reserve(&ledger, 0, 700).unwrap();
+        let items = [item("kv:write", 2)];
+        let (receipt, hold) = ledger.settle(None, &at("u", 5), id, &items).unwrap();
+        assert_eq!((receipt.cost, receipt.month_total), (m(250), m(250)));
+        assert_eq!(hold.unwrap().amount, m(700));
+        assert_eq!(remaining(&ledger, 5), m(750));
+        // More than the hold is recorded too (the call ran): into overage past the budget.
+        let id = reserve(&ledger, 5, 100).unwrap();
+        let items = [costing(2_000)];
+        let (receipt, _) = ledger.settle(None, &at("u", 5), id, &items).unwrap();
+        assert!(receipt.accepted);
+        assert_eq!(receipt.split.overage, m(1_250));
+        // A hold that expired or was settled: the usage is still recorded, no hold is returned.
+        let (receipt, hold) = ledger.settle(None, &at("u", 5), id, &items).unwrap();
+        assert!(receipt.accepted && hold.is_none());
+    }
+
+    #[test]
+    fn a_hold_holds_nothing_once_expired_and_cannot_be_revived() {
+        let ledger = ledger();
+        let id = reserve(&ledger, 10_000, 900).unwrap();
+        assert_eq!(remaining(&ledger, 10_999), m(100));
+        assert_eq!(remaining(&ledger, 11_000), m(1_000));
+        let extended = ledger.extend("u", id, 5_000, 10_500).unwrap().unwrap();
+        assert_eq!(extended.expires_ms, 15_500);
+        assert_eq!(remaining(&ledger, 15_499), m(100));
+        assert_eq!(ledger.extend("u", id, 5_000, 15_500).unwrap(), None);
+        assert!(ledger.holds("u", 15_500).is_empty());
+        assert_eq!(ledger.release("u", id, 15_500).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_holds_are_refused_and_change_nothing() {
+        let ledger = ledger();
+        for (microcents, ttl_ms) in [(-1, 1_000), (5, 0), (5, -1), (5, 367 * 86_400_000)] {
+            let error = ledger.reserve(None, &at("u", 0), 1, m(microcents), ttl_ms);
+            assert!(matches!(error, Err(LedgerError::InvalidInput(_))));
+        }
+        let late = ledger.reserve(None, &at("u", i64::MAX - 10), 1, m(5), 1_000);
+        assert!(matches!(late, Err(LedgerError::Overflow(_))));
+        assert!(ledger.holds("u", 0).is_empty());
+        assert_eq!(remaining(&ledger, 0), m(1_000));
+    }
+
+    #[test]
+    fn a_user_has_a_bounded_number_of_holds() {
+        let ledger = ledger();
+        for _ in 0..super::super::holds::MAX_HOLDS_PER_USER {
+            assert!(reserve(&ledger, 0, 0).is_some());
+        }
+        let error = ledger.reserve(None, &at("u", 0), 0, m(0), 1_000);
+        assert!(matches!(error, Err(LedgerError::InvalidInput(_))));
+        // Expired ones do not count.
+        assert!(reserve(&ledger, 1_000, 0).is_some());
+    }
+
+    #[test]
+    fn sixteen_threads_reserving_the_last_credits_never_hold_more_than_the_budget() {
+        let ledger = Arc::new(ledger());
+        let accepted: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    let ledger = Arc::clone(&ledger);
+                    scope.spawn(move || (0..100).filter_map(|_| reserve(&ledger, 0, 7)).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap() as u64).sum()
+        });
+        assert_eq!(accepted, 1_000 / 7);
+        assert_eq!(ledger.held("u", 0), m(7 * (1_000 / 7)));
+    }
+
+    #[test]
+    fn holds_travel_with_the_user_image_and_ids_stay_unique_after_a_restore() {
+        let ledger = ledger().track_changes();
+        let id = reserve(&ledger, 0, 300).unwrap();
+        let images = ledger.take_changes();
+        assert_eq!(images[0].holds.len(), 1);
+        let restored = super::ledger();
+        restored.restore(images);
+        assert_eq!(restored.held("u", 0), m(300));
+        assert_ne!(restored.new_hold_id(), id);
     }
 }
 

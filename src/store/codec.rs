@@ -7,6 +7,8 @@
 //! took the store from 392 MB to 73 MB (sled) and from 285 MB to 35 MB (redb), and the first
 //! snapshot from 8.9 s to 6.0 s (sled) and 4.9 s to 1.2 s (redb): `make bench-store`.
 
+use crate::ledger::days::{self, DayImages};
+use crate::ledger::holds::{Hold, MAX_HOLDS_PER_USER};
 use crate::ledger::idempotency::{KeyImage, Outcome, MAX_KEY_BYTES};
 use crate::ledger::image::{MonthImage, RecordImage, UserImage};
 use crate::ledger::month::MonthId;
@@ -15,10 +17,13 @@ use crate::ledger::record::UsageCounter;
 use crate::money::Money;
 
 /// Version of the record layout written by this library. Version 2 added the user's last plan
-/// to the credit record; every other record is laid out as in version 1. The keys record (`k`)
-/// is a record kind of its own, read from version 2 on: a library that predates it refuses the
-/// store (an unknown key) rather than open it and forget the keys.
-pub const FORMAT_VERSION: u16 = 2;
+/// to the credit record. Version 3 added the user's outstanding holds to the credit record, and
+/// appends to the month record the user's per-day figures (`[n][day][type index][units][cost]
+/// [count]...`, sorted by day then usage type name, `ledger/days.rs`); a month record of version
+/// 1 or 2 loads with its figures undated (day 0). The keys record (`k`) is a record kind of its
+/// own, read from version 2 on: a library that predates it refuses the store (an unknown key)
+/// rather than open it and forget the keys. Every other record is laid out as in version 1.
+pub const FORMAT_VERSION: u16 = 3;
 /// The oldest version this library reads (and rewrites as `FORMAT_VERSION` when it changes).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 
@@ -218,6 +223,9 @@ impl Writer {
         let a = v.attocents();
         self.varint(((a << 1) ^ (a >> 127)) as u128); // zigzag: small magnitudes stay short
     }
+    fn signed(&mut self, v: i64) {
+        self.varint(u128::from(((v << 1) ^ (v >> 63)) as u64)); // zigzag
+    }
     fn text(&mut self, v: &str) {
         self.varint(v.len() as u128);
         self.0.extend_from_slice(v.as_bytes());
@@ -329,25 +337,73 @@ impl<'a> Reader<'a> {
         let entries = self.len()?;
         let mut by_type = Vec::with_capacity(entries);
         for _ in 0..entries {
-            let index = self.u64()?;
-            let name = usize::try_from(index)
-                .ok()
-                .and_then(|i| types.get(i))
-                .ok_or_else(|| {
-                    DecodeError::Corrupted(format!("usage type #{index} is not in the type table"))
-                })?;
+            let name = self.type_name(types)?;
             let counter = UsageCounter {
                 units: self.varint()?,
                 cost: self.money()?,
                 count: self.u64()?,
             };
-            by_type.push((name.clone(), counter));
+            by_type.push((name, counter));
         }
         Ok(RecordImage {
             total,
             count,
             by_type,
         })
+    }
+    fn holds(&mut self) -> Result<Vec<Hold>, DecodeError> {
+        let count = self.len()?;
+        if count > MAX_HOLDS_PER_USER {
+            return Err(DecodeError::Corrupted(
+                "more holds than a user may have".into(),
+            ));
+        }
+        let mut holds = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = self.u64()?;
+            let amount = self.money()?;
+            let zigzag = self.u64()?;
+            let expires_ms = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
+            if amount.is_negative() || !amount.fits_record() || id == u64::MAX {
+                return Err(DecodeError::Corrupted("hold out of range".into()));
+            }
+            holds.push(Hold {
+                id,
+                amount,
+                expires_ms,
+            });
+        }
+        Ok(holds)
+    }
+    /// A month's per-day figures (version 3). Days are bounded here; that they add up to the
+    /// month is `MonthImage::check`'s (every loader runs it).
+    fn days(&mut self, types: &[String]) -> Result<DayImages, DecodeError> {
+        let entries = self.len()?;
+        let mut days = Vec::with_capacity(entries);
+        for _ in 0..entries {
+            let day = u8::try_from(self.varint()?)
+                .ok()
+                .filter(|day| *day <= days::LAST_DAY)
+                .ok_or_else(|| DecodeError::Corrupted("a day beyond 31".into()))?;
+            let name = self.type_name(types)?;
+            let counter = UsageCounter {
+                units: self.varint()?,
+                cost: self.money()?,
+                count: self.u64()?,
+            };
+            days.push((day, name, counter));
+        }
+        Ok(days)
+    }
+    fn type_name(&mut self, types: &[String]) -> Result<String, DecodeError> {
+        let index = self.u64()?;
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| types.get(i))
+            .cloned()
+            .ok_or_else(|| {
+                DecodeError::Corrupted(format!("usage type #{index} is not in the type table"))
+            })
     }
     fn end(self) -> Result<(), DecodeError> {
         match self.bytes.is_empty() {
@@ -375,9 +431,18 @@ pub fn decode_meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
     r.end().map(|()| meta)
 }
 
-/// A user's record: lifetime purchased credit and, since version 2, the plan the user was last
-/// resolved to (`[0]` for none, `[1][id][allowance]`).
-pub fn encode_credit(key: &[u8], credit: &Credit, plan: Option<&StoredPlan>) -> Vec<u8> {
+/// What a user's credit record keeps.
+pub type CreditRecord = (Credit, Option<StoredPlan>, Vec<Hold>);
+
+/// A user's record: lifetime purchased credit; since version 2 the plan the user was last
+/// resolved to (`[0]` for none, `[1][id][allowance]`); since version 3 the outstanding holds
+/// (`[count]` then `[id][amount][expiry ms]` each).
+pub fn encode_credit(
+    key: &[u8],
+    credit: &Credit,
+    plan: Option<&StoredPlan>,
+    holds: &[Hold],
+) -> Vec<u8> {
     let mut w = Writer::new();
     w.money(credit.purchased);
     w.money(credit.consumed);
@@ -389,13 +454,16 @@ pub fn encode_credit(key: &[u8], credit: &Credit, plan: Option<&StoredPlan>) -> 
             w.money(*allowance);
         }
     }
+    w.varint(holds.len() as u128);
+    for hold in holds {
+        w.varint(u128::from(hold.id));
+        w.money(hold.amount);
+        w.signed(hold.expires_ms);
+    }
     w.finish(key)
 }
 
-pub fn decode_credit(
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<(Credit, Option<StoredPlan>), DecodeError> {
+pub fn decode_credit(key: &[u8], bytes: &[u8]) -> Result<CreditRecord, DecodeError> {
     let mut r = Reader::open(bytes, key)?;
     let credit = Credit {
         purchased: r.money()?,
@@ -416,7 +484,11 @@ pub fn decode_credit(
             other => return Err(DecodeError::Corrupted(format!("unknown plan tag {other}"))),
         },
     };
-    r.end().map(|()| (credit, plan))
+    let holds = match r.version {
+        1 | 2 => Vec::new(), // written before holds were kept
+        _ => r.holds()?,
+    };
+    r.end().map(|()| (credit, plan, holds))
 }
 
 /// A user's idempotency keys: `[count]` then per key `[key text][16-byte fingerprint]
@@ -502,6 +574,14 @@ pub fn encode_month(key: &[u8], month: &MonthImage, types: &mut TypeTable) -> Ve
             w.record(record, types);
         }
     }
+    w.varint(month.days.len() as u128);
+    for (day, name, counter) in &month.days {
+        w.varint(u128::from(*day));
+        w.varint(u128::from(types.index_of(name)));
+        w.varint(counter.units);
+        w.money(counter.cost);
+        w.varint(u128::from(counter.count));
+    }
     w.finish(key)
 }
 
@@ -528,7 +608,17 @@ pub fn decode_month(key: &[u8], bytes: &[u8], types: &[String]) -> Result<MonthI
         };
         apps.push((app, record));
     }
-    r.end().map(|()| MonthImage { usage, apps, pools })
+    let days = match r.version >= 3 {
+        true => r.days(types)?,
+        // Written before per-day figures were kept: the month's figures are undated.
+        false => days::undated(&usage.by_type),
+    };
+    r.end().map(|()| MonthImage {
+        usage,
+        apps,
+        pools,
+        days,
+    })
 }
 
 /// The key/value pairs that store a user image.
@@ -537,7 +627,7 @@ pub fn encode_user(user: &UserImage, types: &mut TypeTable) -> Vec<(Vec<u8>, Vec
         user_id: user.user_id.clone(),
     }
     .encode();
-    let credit = encode_credit(&credit_key, &user.credit, user.plan.as_ref());
+    let credit = encode_credit(&credit_key, &user.credit, user.plan.as_ref(), &user.holds);
     let mut pairs = vec![(credit_key, credit)];
     for (month, image) in &user.months {
         let key = Key::Month {
@@ -578,10 +668,19 @@ mod tests {
             allowance_used: counter.cost,
             ..MonthPools::default()
         };
+        let day = |units: u128, microcents: i128| UsageCounter {
+            units,
+            cost: Money::from_microcents(microcents).unwrap(),
+            count: units as u64,
+        };
         MonthImage {
             usage: record.clone(),
             apps: vec![("os-global".into(), record)],
             pools,
+            days: vec![
+                (1, "kv:read".into(), day(1, 63)),
+                (30, "kv:read".into(), day(2, 126)),
+            ],
         }
     }
 
@@ -609,8 +708,8 @@ mod tests {
                 consumed: Money::ZERO,
             };
             assert_eq!(
-                decode_credit(b"k", &encode_credit(b"k", &credit, None)).unwrap(),
-                (credit, None)
+                decode_credit(b"k", &encode_credit(b"k", &credit, None, &[])).unwrap(),
+                (credit, None, vec![])
             );
         }
         let credit = Credit {
@@ -621,9 +720,22 @@ mod tests {
             "pro ü".into(),
             Money::from_microcents(2_000_000_000).unwrap(),
         );
+        let holds = vec![
+            Hold {
+                id: 1,
+                amount: Money::from_microcents(5_000).unwrap(),
+                expires_ms: 1_790_000_000_000,
+            },
+            Hold {
+                id: 1 << 40,
+                amount: Money::ZERO,
+                expires_ms: -1,
+            },
+        ];
+        let bytes = encode_credit(b"k", &credit, Some(&plan), &holds);
         assert_eq!(
-            decode_credit(b"k", &encode_credit(b"k", &credit, Some(&plan))).unwrap(),
-            (credit, Some(plan))
+            decode_credit(b"k", &bytes).unwrap(),
+            (credit, Some(plan), holds)
         );
         let meta = Meta {
             generation: 9,
@@ -672,13 +784,83 @@ mod tests {
             purchased: Money::from_attocents(7).unwrap(),
             consumed: Money::ZERO,
         };
-        assert_eq!(decode_credit(b"k", &body).unwrap(), (credit, None));
+        assert_eq!(decode_credit(b"k", &body).unwrap(), (credit, None, vec![]));
         // The same bytes as version 2 lack the plan tag: refused as truncated.
         let mut v2 = 2u16.to_le_bytes().to_vec();
         v2.extend_from_slice(&[14, 0]);
         let checksum = keyed_checksum(b"k", &v2);
         v2.extend_from_slice(&checksum.to_le_bytes());
         assert!(decode_credit(b"k", &v2).is_err());
+    }
+
+    /// `bytes` (a record under key `k`) as version `version`, without its last `cut` body bytes.
+    fn as_version(bytes: &[u8], version: u16, cut: usize) -> Vec<u8> {
+        let mut body = bytes[..bytes.len() - 4 - cut].to_vec();
+        body[..2].copy_from_slice(&version.to_le_bytes());
+        let checksum = keyed_checksum(b"k", &body);
+        body.extend_from_slice(&checksum.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn a_version_2_month_record_loads_with_its_figures_undated() {
+        // Version 2's month layout is version 3's without the days: encode no days (one byte,
+        // the count 0) and cut that byte.
+        let month = MonthImage {
+            days: Vec::new(),
+            ..sample_month()
+        };
+        let mut types = TypeTable::default();
+        let v2 = as_version(&encode_month(b"k", &month, &mut types), 2, 1);
+        let loaded = decode_month(b"k", &v2, types.names()).unwrap();
+        let undated = vec![(
+            days::UNDATED,
+            "kv:read".to_string(),
+            month.usage.by_type[0].1,
+        )];
+        assert_eq!(loaded.days, undated);
+        assert_eq!(loaded.usage, month.usage);
+        loaded.check().unwrap();
+        // Written again, it keeps them undated (as version 3).
+        let again = encode_month(b"k", &loaded, &mut types);
+        assert_eq!(decode_month(b"k", &again, types.names()).unwrap(), loaded);
+        // Version 3 bytes read as version 2 have bytes left over: refused.
+        let full = encode_month(b"k", &sample_month(), &mut types);
+        assert!(decode_month(b"k", &as_version(&full, 2, 0), types.names()).is_err());
+    }
+
+    #[test]
+    fn days_that_do_not_add_up_or_are_not_days_are_refused() {
+        let mut types = TypeTable::default();
+        let good = sample_month();
+        good.check().unwrap();
+        let decoded = |month: &MonthImage, types: &mut TypeTable| {
+            let bytes = encode_month(b"k", month, types);
+            decode_month(b"k", &bytes, types.names())
+        };
+        let mut more = good.clone();
+        more.days[1].2.units += 1;
+        let error = decoded(&more, &mut types).unwrap().check().unwrap_err();
+        assert!(error.contains("do not add up"), "{error}");
+        let mut missing = good.clone();
+        missing.days.pop();
+        assert!(decoded(&missing, &mut types).unwrap().check().is_err());
+        let mut stranger = good.clone();
+        stranger
+            .days
+            .push((30, "other".into(), UsageCounter::default()));
+        let error = decoded(&stranger, &mut types).unwrap().check().unwrap_err();
+        assert!(error.contains("does not have"), "{error}");
+        let mut unsorted = good.clone();
+        unsorted.days.swap(0, 1);
+        let error = decoded(&unsorted, &mut types).unwrap().check().unwrap_err();
+        assert!(error.contains("not sorted"), "{error}");
+        let mut day_32 = good.clone();
+        day_32.days[1].0 = 32;
+        assert_eq!(
+            decoded(&day_32, &mut types),
+            Err(DecodeError::Corrupted("a day beyond 31".into()))
+        );
     }
 
     #[test]
@@ -732,7 +914,7 @@ mod tests {
             purchased: Money::from_microcents(7).unwrap(),
             consumed: Money::ZERO,
         };
-        let value = encode_credit(b"cknown-17", &credit, None);
+        let value = encode_credit(b"cknown-17", &credit, None, &[]);
         assert!(decode_credit(b"cknown-17", &value).is_ok());
         assert!(decode_credit(b"cknown-16", &value).is_err());
     }

@@ -205,11 +205,12 @@ fn decode_all(dir: &Path, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<Loaded>
             Key::Types => {}
             Key::Meta => meta = Some(codec::decode_meta(&value).map_err(|e| corrupted(&key, e))?),
             Key::Credit { user_id } => {
-                let (credit, plan) =
+                let (credit, plan, holds) =
                     codec::decode_credit(&raw_key, &value).map_err(|e| corrupted(&key, e))?;
                 let user = users.entry(user_id.clone()).or_default();
                 user.credit = credit;
                 user.plan = plan;
+                user.holds = holds;
                 records += 1;
             }
             Key::Month { user_id, month } => {

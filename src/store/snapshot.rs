@@ -96,6 +96,7 @@ impl Writer {
                 Some(pending) => {
                     pending.credit = user.credit;
                     pending.plan = user.plan;
+                    pending.holds = user.holds;
                     // Keys are taken whole: a newer copy replaces the unsaved one.
                     if user.keys.is_some() {
                         pending.keys = user.keys;

@@ -31,7 +31,9 @@ fn charge(ledger: &Ledger, user_id: &str, app_id: &str, units: u64) {
         user_id,
         app_id,
         month: OCTOBER,
+        day: 5,
         plan: Plan::Fixed(Money::from_microcents(1_000).unwrap()),
+        now_ms: 0,
     };
     let item = UsageItem {
         usage_type: "kv:write",
@@ -86,7 +88,7 @@ fn a_closed_store_reopens_with_everything() {
             Money::from_microcents(875).unwrap()
         );
         let carol = restored
-            .budget("carol", OCTOBER, Plan::Fixed(Money::ZERO))
+            .budget("carol", OCTOBER, Plan::Fixed(Money::ZERO), 0)
             .unwrap();
         assert_eq!(carol.credit.purchased, Money::from_microcents(500).unwrap());
         assert_eq!(
@@ -226,6 +228,7 @@ fn the_record_count_holds_after_a_failed_batch_that_partly_landed() {
                 consumed: Money::ZERO,
             },
             plan: None,
+            holds: Vec::new(),
             months: Vec::new(),
             keys: None,
         };
@@ -275,4 +278,71 @@ fn open_with_takes_the_stores_own_backend_or_sled() {
         LedgerStore::open_with(Path::new(""), None),
         Err(StoreError::Other(_))
     ));
+}
+
+/// A month record as version 2 wrote it (no per-day figures): `value` (version 3) re-encoded
+/// without its days, the count byte cut, the version set to 2 and the checksum made again.
+fn as_version_2(key: &[u8], value: &[u8], types: &mut codec::TypeTable) -> Vec<u8> {
+    let image = codec::decode_month(key, value, types.names()).unwrap();
+    let undated = crate::ledger::image::MonthImage {
+        days: Vec::new(),
+        ..image
+    };
+    let v3 = codec::encode_month(key, &undated, types);
+    let mut body = v3[..v3.len() - 5].to_vec(); // less the checksum and the days' count (0)
+    body[..2].copy_from_slice(&2u16.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key);
+    hasher.update(&body);
+    body.extend_from_slice(&hasher.finalize().to_le_bytes());
+    body
+}
+
+#[test]
+fn months_of_a_version_2_store_load_undated_and_keep_their_days_after() {
+    for backend in BACKENDS {
+        let dir = temp_dir(&format!("v2-days-{}", backend.name()));
+        write_sample(&dir, backend);
+        {
+            let mut store = backend.open(&dir).unwrap();
+            let records = store.load().unwrap();
+            let names = records.iter().find(|(k, _)| k == codec::TYPES_KEY).unwrap();
+            let mut types = codec::TypeTable::from_names(codec::decode_types(&names.1).unwrap());
+            let months: Vec<_> = records
+                .iter()
+                .filter(|(k, _)| matches!(codec::Key::decode(k), Ok(codec::Key::Month { .. })))
+                .map(|(k, v)| (k.clone(), as_version_2(k, v, &mut types)))
+                .collect();
+            assert_eq!(months.len(), 2);
+            store.write_changes(&months, &[]).unwrap();
+            store.flush().unwrap();
+        }
+        let (store, loaded) = LedgerStore::open(&dir, backend).unwrap();
+        let loaded_ledger = Arc::new(ledger());
+        loaded_ledger.restore(loaded.users);
+        let days = loaded_ledger.user_days("alice", OCTOBER);
+        assert_eq!(days.len(), 1);
+        assert_eq!(days[0].day, crate::ledger::days::UNDATED);
+        assert_eq!(
+            days[0].total,
+            loaded_ledger.user_usage("alice", OCTOBER).total
+        );
+        // Metering goes on: the new usage has its day, the old stays undated, through a snapshot.
+        let snapshotter = Snapshotter::start(
+            Arc::clone(&loaded_ledger),
+            store,
+            Duration::from_secs(60),
+            Box::new(|_| {}),
+        );
+        charge(&loaded_ledger, "alice", "app-1", 2);
+        snapshotter.stop().unwrap();
+        let (_store, loaded) = LedgerStore::open(&dir, backend).unwrap();
+        let reopened = ledger();
+        reopened.restore(loaded.users);
+        let days = reopened.user_days("alice", OCTOBER);
+        assert_eq!(days.iter().map(|d| d.day).collect::<Vec<_>>(), [0, 5]);
+        assert_eq!(days[1].total, Money::from_microcents(250).unwrap());
+        assert_eq!(days, loaded_ledger.user_days("alice", OCTOBER));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from usagemeter._core import Actor
 from usagemeter.aio import AsyncMeteringService
@@ -41,6 +42,7 @@ class UsageApp:
         self._is_admin_async = is_async_callable(is_admin)
         self._routes: dict[str, _Handler] = {
             "/usage": self._usage,
+            "/usageByDay": self._usage_by_day,
             "/globalUsage": self._global_usage,
             "/allCosts": self._costs,
             "/openapi.json": self._openapi,
@@ -106,6 +108,15 @@ class UsageApp:
         allowance = await self.service.get_allowed_usage(actor)
         return json_bytes({**details, "allowanceInfo": allowance})
 
+    async def _usage_by_day(self, scope: Scope, actor: Actor | None, app_id: str) -> bytes:
+        assert actor is not None
+        month = _query_value(scope, "month")
+        try:
+            report = await self.service.get_actor_usage_by_day(actor, month)
+        except ValueError as error:
+            raise _HTTPError(400, "bad_request", str(error)) from None
+        return json_bytes(report)
+
     async def _app_usage(self, scope: Scope, actor: Actor | None, app_id: str) -> bytes:
         assert actor is not None
         if not app_id or "/" in app_id:
@@ -154,6 +165,8 @@ def usage_app(service: object, *, actor: object, is_admin: object = None) -> Usa
     - ``GET /globalUsage``: the month over every actor, ``{"total", "<type>": {...}}`` (admins);
     - ``GET /allCosts``: ``{"costs": [{"usageType", "ucentsPerUnit", "source"}]}``, every price of
       the cost map (``ucentsPerUnit`` a decimal string, never a float);
+    - ``GET /usageByDay?month=YYYY-MM``: the caller's month per UTC day (default: this month),
+      as ``get_actor_usage_by_day``; a bad month answers 400.
     - ``GET /openapi.json``: an OpenAPI 3.1 document of these routes (no actor needed).
 
     Unknown paths answer 404 and other methods 405, as ``{"error", "message"}``. Mounted under a
@@ -179,6 +192,16 @@ def _route_path(scope: Scope) -> str:
     if root and path.startswith(root):
         path = path[len(root) :]
     return path or "/"
+
+
+def _query_value(scope: Scope, name: str) -> str | None:
+    """The last value of query parameter ``name``, or None when absent."""
+    query: bytes = scope.get("query_string", b"")
+    value: str | None = None
+    for key, item in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key == name:
+            value = item
+    return value
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -236,6 +259,26 @@ OPENAPI: dict[str, Any] = {
                     "400": _ERROR_RESPONSE,
                     "401": _ERROR_RESPONSE,
                     "403": _ERROR_RESPONSE,
+                },
+            }
+        },
+        "/usageByDay": {
+            "get": {
+                "operationId": "getUsageByDay",
+                "summary": "The caller's usage of a month per UTC day, over all of its apps",
+                "parameters": [
+                    {
+                        "name": "month",
+                        "in": "query",
+                        "required": False,
+                        "description": "YYYY-MM (UTC); default: this month",
+                        "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                    }
+                ],
+                "responses": {
+                    "200": _ok("The month's days", "UsageByDay"),
+                    "400": _ERROR_RESPONSE,
+                    "401": _ERROR_RESPONSE,
                 },
             }
         },
@@ -301,6 +344,35 @@ OPENAPI: dict[str, Any] = {
                 "required": ["total"],
                 "properties": {"total": _INT},
                 "additionalProperties": {"$ref": "#/components/schemas/UsageEntry"},
+            },
+            "DayUsage": {
+                "type": "object",
+                "description": "A day's total (µ¢), number of charges, and one entry per usage type",
+                "required": ["total", "count", "by_type"],
+                "properties": {
+                    "total": _INT,
+                    "count": _INT,
+                    "by_type": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "#/components/schemas/UsageEntry"},
+                    },
+                },
+            },
+            "UsageByDay": {
+                "type": "object",
+                "required": ["month", "days", "undated"],
+                "properties": {
+                    "month": {"type": "string", "description": "YYYY-MM"},
+                    "days": {
+                        "type": "object",
+                        "description": "By UTC date (YYYY-MM-DD), only days with usage",
+                        "additionalProperties": {"$ref": "#/components/schemas/DayUsage"},
+                    },
+                    "undated": {
+                        "description": "Figures loaded from a store that kept no days",
+                        "anyOf": [{"$ref": "#/components/schemas/DayUsage"}, {"type": "null"}],
+                    },
+                },
             },
             "AppTotal": {
                 "type": "object",

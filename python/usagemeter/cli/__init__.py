@@ -30,7 +30,7 @@ from usagemeter import __version__
 from usagemeter.cli.costmap import run_costmap_check, run_costmap_show
 from usagemeter.cli.demo import run_demo
 from usagemeter.cli.fleet import run_fleet_demo
-from usagemeter.cli.report import JSON_SHAPE, run_report
+from usagemeter.cli.report import CSV_COLUMNS, JSON_SHAPE, run_report
 from usagemeter.cli.store import (
     ALL_BACKENDS,
     DEFAULT_STORE,
@@ -190,7 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="users listed by spend (default 10 as text, all in --json; 0: all)",
     )
-    report.add_argument("--json", action="store_true", help="print one JSON document (money in integer µ¢)")
+    formats = report.add_mutually_exclusive_group()
+    formats.add_argument(
+        "--format",
+        choices=("text", "json", "csv"),
+        default=None,
+        help="text (default); json: one document (money in integer µ¢), as --json; csv: the month, one "
+        f"row per (user, day, usage type), columns {','.join(CSV_COLUMNS)} (money in µ¢; rows with an "
+        "empty date hold figures loaded from a store that kept no per-day figures)",
+    )
+    formats.add_argument("--json", action="store_true", help="print one JSON document (money in integer µ¢)")
+    report.add_argument(
+        "--by-day", action="store_true", help="add the month per UTC day (the user's days with --actor)"
+    )
     report.add_argument("--exact", action="store_true", help=_EXACT_HELP + " (--json is always exact)")
 
     store = commands.add_parser("store", help="verify, recover or copy a store")
@@ -281,7 +293,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.actors, args.threads, args.requests, args.seed, args.store, args.backend, args.exact
         )
     if args.command == "report":
-        return run_report(args.store, args.month, args.actor, args.json, args.top, args.exact, args.backend)
+        return run_report(
+            args.store,
+            args.month,
+            args.actor,
+            args.json,
+            args.top,
+            args.exact,
+            args.backend,
+            by_day=args.by_day,
+            output_format=args.format,
+        )
     if args.command == "store":
         if args.store_command == "verify":
             return run_store_verify(args.path)

@@ -53,6 +53,7 @@ from usagemeter.cli.store import (
     open_service,
     store_error_message,
 )
+from usagemeter.providers import usage_items
 from usagemeter.store import is_shared_url
 
 __all__ = [
@@ -92,10 +93,12 @@ class _Request(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Chat:
-    """A chat completion: the prompt is priced before the model runs, the answer is booked after.
+    """A chat completion: the worst case is held before the model runs, the answer settles it.
 
-    As in a real server, only the prompt (known up front) is checked; the completion is recorded
-    whatever it costs, so an actor can end slightly over budget (the ledger books that as overage).
+    As in a real server that streams its replies: the prompt and ``max_output_tokens`` of output
+    are reserved first (``reserve``), so two requests of one actor in flight cannot together
+    spend more than the budget; the real usage then settles the hold (``Hold.settle``), which
+    frees what the reply did not use.
     """
 
     model_prefix: str
@@ -108,13 +111,19 @@ class _Chat:
         return rng.randint(50, 4_000), rng.randint(10, self.max_output_tokens)
 
     def serve(self, service: MeteringService, actor: Actor, amounts: tuple[int, ...]) -> int:
-        """Checks the prompt cost, then books prompt and completion tokens as one usage object."""
+        """Holds the prompt and the longest answer, then settles with the tokens the answer used."""
         prompt_tokens, completion_tokens = amounts
-        if not service.has_enough_credits_for(actor, f"{self.model_prefix}:{self.input_kind}", prompt_tokens):
+        worst = {self.input_kind: prompt_tokens, self.output_kind: self.max_output_tokens}
+        hold = service.reserve(actor, usages=usage_items(worst, self.model_prefix, service.cost_map))
+        if hold is None:
             return 0
-        usage = {self.input_kind: prompt_tokens, self.output_kind: completion_tokens}
-        service.record_usage_object(usage, actor, self.model_prefix)
-        return len(usage)
+        used = usage_items(
+            {self.input_kind: prompt_tokens, self.output_kind: completion_tokens},
+            self.model_prefix,
+            service.cost_map,
+        )
+        hold.settle(usages=used)
+        return len(used)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,14 @@ loads every user from Redis: the report shows the ledger as of that moment.
 
 Without ``--actor``: the month's users, increments and total, the per-type totals and the top
 users by spend with their plan and balances. With ``--actor ID``: that user's usage per type and
-per app, plan and balances. ``--json`` prints one document, money in integer µ¢, of the shape
-JSON_SHAPE shows (``usagemeter report --help`` prints it too).
+per app, plan and balances. ``--json`` (``--format json``) prints one document, money in integer
+µ¢, of the shape JSON_SHAPE shows (``usagemeter report --help`` prints it too).
+
+``--by-day`` adds the month per UTC day (``get_actor_usage_by_day``): the user's days with
+``--actor``, else each day summed over the month's users (each user's day rounded to the µ¢
+first, as a past month's per-type totals are). ``--format csv`` exports the month as CSV, one row
+per (user, day, usage type): CSV_COLUMNS, money in integer µ¢; a month loaded from a store that
+kept no per-day figures has its older figures on rows with an empty ``date``.
 
 Balances come from ``get_actor_subscription`` and ``get_actor_budget`` of a service opened on the
 store. The store keeps, with each user, the plan (id and monthly allowance) the application's
@@ -18,12 +24,13 @@ before plans were kept) is shown under the plan the built-in rules give a bare u
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from usagemeter import (
     GET_USER_SUBSCRIPTION,
@@ -45,7 +52,7 @@ from usagemeter.cli.store import (
 )
 from usagemeter.store import is_shared_url
 
-__all__ = ["JSON_SHAPE", "current_month", "run_report"]
+__all__ = ["CSV_COLUMNS", "JSON_SHAPE", "ReportFormat", "current_month", "run_report"]
 
 # The --json document's shape, documented here once and printed by `usagemeter report --help`.
 # Keys are fixed names or data (usage types, app ids); usage types, apps and users are listed
@@ -61,10 +68,19 @@ JSON_SHAPE = """\
   actor report (--actor ID):
   "user_id": str, "total": µ¢, "increments": int, "usage": {...as above...},
   "app_totals": {"<app id>": {"total": µ¢, "count": int}, ...}, "balance": BALANCE
+  with --by-day (the user's days with --actor, else summed over the month's users):
+  "days": {"YYYY-MM-DD": DAY, ...}, "undated": DAY | null   (null: every figure has its day)
 }
 BALANCE = {"plan": str, "plan_stored": bool, "monthly_allowance": µ¢, "allowance_used": µ¢,
            "purchased_credits": µ¢, "consumed_purchase_credits": µ¢, "remaining": µ¢}
+DAY = {"total": µ¢, "count": int, "by_type": {"<usage type>": {"units", "cost": µ¢, "count"}},
+       "users": int   (month report only)}
 """
+
+# The --format csv header: one row per (user, day, usage type) of the month, money in µ¢.
+CSV_COLUMNS = ("month", "date", "user_id", "usage_type", "units", "cost_microcents", "count")
+
+ReportFormat = Literal["text", "json", "csv"]
 
 REPORT_CONNECT_TIMEOUT = 5.0  # seconds until an unreachable shared ledger is an error
 
@@ -177,6 +193,98 @@ def _actor_report(service: MeteringService, user_id: str, month: str) -> dict[st
     }
 
 
+def _day_label(month: str, date: str | None) -> str:
+    """A day's label in the text report: its date, or what undated figures are."""
+    return date if date is not None else f"{month} undated"
+
+
+def _days_of(service: MeteringService, user_ids: list[str], month: str, count_users: bool) -> dict[str, Any]:
+    """``{"days": {date: DAY}, "undated": DAY | None}`` of ``user_ids`` summed (each user's
+    figures are integer µ¢ already), with ``"users"`` per day if ``count_users``."""
+    days: dict[str | None, dict[str, Any]] = {}
+    for user_id in user_ids:
+        by_day = service.get_actor_usage_by_day(Actor(user_id), month)
+        user_days: list[tuple[str | None, Any]] = list(by_day["days"].items())
+        if by_day["undated"] is not None:
+            user_days.append((None, by_day["undated"]))
+        for date, day in user_days:
+            into = days.setdefault(date, {"total": 0, "count": 0, "by_type": {}, "users": 0})
+            into["total"] += day["total"]
+            into["count"] += day["count"]
+            into["users"] += 1
+            for usage_type, figures in day["by_type"].items():
+                summed = into["by_type"].setdefault(usage_type, {"units": 0, "cost": 0, "count": 0})
+                for key in ("units", "cost", "count"):
+                    summed[key] += figures[key]
+    for day in days.values():
+        day["by_type"] = _usage_records(day["by_type"])
+        if not count_users:
+            del day["users"]
+    dated = {date: day for date, day in sorted(days.items(), key=lambda item: item[0] or "") if date}
+    return {"days": dated, "undated": days.get(None)}
+
+
+def _write_csv(service: MeteringService, user_ids: list[str], month: str) -> None:
+    """The month as CSV on stdout: CSV_COLUMNS, one row per (user, day, usage type), users in
+    id order, days in date order (undated rows, date empty, first), usage types by name."""
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for user_id in sorted(user_ids):
+        by_day = service.get_actor_usage_by_day(Actor(user_id), month)
+        days: list[tuple[str, Any]] = []
+        if by_day["undated"] is not None:
+            days.append(("", by_day["undated"]))
+        days.extend(sorted(by_day["days"].items()))
+        for date, day in days:
+            for usage_type, figures in sorted(day["by_type"].items()):
+                writer.writerow(
+                    (month, date, user_id, usage_type, figures["units"], figures["cost"], figures["count"])
+                )
+
+
+def _print_days_table(out: Printer, document: Mapping[str, Any], exact: bool) -> None:
+    """Prints the --by-day part: per day the users (month report), increments and total; for one
+    user, per day and usage type."""
+    days: list[tuple[str | None, Mapping[str, Any]]] = list(document["days"].items())
+    if document["undated"] is not None:
+        days.insert(0, (None, document["undated"]))
+    month = document["month"]
+    if not days:
+        out.print("\nno usage by day in this month")
+        return
+    if "user_id" in document:  # one user: a row per day and usage type
+        out.print(f"\nBy day, UTC ({count(len(document['days']), 'day')})")
+        table = make_table(
+            ["day", "usage type", "units", "increments", "cost"], [False, False, True, True, True]
+        )
+        for date, day in days:
+            for usage_type, figures in day["by_type"].items():
+                table.add_row(
+                    _day_label(month, date),
+                    usage_type,
+                    f"{figures['units']:,}",
+                    f"{figures['count']:,}",
+                    format_dollars(figures["cost"], exact=exact),
+                )
+        out.print(table)
+    else:
+        out.print(f"\nBy day, UTC ({count(len(document['days']), 'day')}; sums of the per-user figures)")
+        table = make_table(["day", "users", "increments", "total"], [False, True, True, True])
+        for date, day in days:
+            table.add_row(
+                _day_label(month, date),
+                f"{day['users']:,}",
+                f"{day['count']:,}",
+                format_dollars(day["total"], exact=exact),
+            )
+        out.print(table)
+    if document["undated"] is not None:
+        out.print(
+            f"{month} undated: figures loaded from a store written before per-day figures were "
+            "kept; the days hold only what was recorded since"
+        )
+
+
 def _print_usage_table(out: Printer, title: str, usage: Mapping[str, Mapping[str, int]], exact: bool) -> None:
     """Prints per-type records (already sorted) under ``title``."""
     out.print(f"\n{title}")
@@ -274,14 +382,18 @@ def run_report(
     top: int | None,
     exact: bool = False,
     backend: AnyBackend | None = None,
+    by_day: bool = False,
+    output_format: ReportFormat | None = None,
 ) -> int:
     """``usagemeter report``: prints what the store at ``store`` holds for ``month`` (default: now).
 
     Without ``actor``: the users, increments and total of the month, the per-type totals and the
     ``top`` users by spend (default 10 in text, all of them in JSON; 0: all) with their plan and
     balances. With ``actor`` (a user id): that user's usage per type and per app, plan and
-    balances. ``as_json`` prints one JSON document (shape in the module docstring; money as integer
-    µ¢); ``exact`` shows text money to the µ¢ instead of the cent. ``store`` may be a shared
+    balances. ``as_json`` (or ``output_format="json"``) prints one JSON document (shape in the
+    module docstring; money as integer µ¢); ``exact`` shows text money to the µ¢ instead of the
+    cent. ``by_day`` adds the month per UTC day; ``output_format="csv"`` prints the month as CSV
+    instead, one row per (user, day, usage type) (CSV_COLUMNS). ``store`` may be a shared
     ledger's URL (``redis://...``), read while other workers run; ``backend`` is the store's (None:
     the directory's store's, ``redis`` for a URL). Never creates a store: a path without one is an
     error. Returns the exit code: 0, or 1 (message on stderr) if the store is missing, locked by
@@ -292,6 +404,8 @@ def run_report(
         print(f"usagemeter report: {problem}", file=sys.stderr)
         return 1
     month = month or current_month()
+    output_format = output_format or ("json" if as_json else "text")
+    as_json = output_format == "json"
     if top is None:
         limit = None if as_json else 10
     else:
@@ -303,10 +417,18 @@ def run_report(
             use_stored_plans(service)
             opened_backend = service.store_backend
             balances_month = current_month()
+            if output_format == "csv":
+                users = [actor] if actor is not None else [row[0] for row in service.get_actors_usage(month)]
+                _write_csv(service, users, month)
+                return 0
             if actor is None:
                 body = _month_report(service, month, limit)
+                users = [row[0] for row in service.get_actors_usage(month)]
             else:
                 body = _actor_report(service, actor, month)
+                users = [actor]
+            if by_day:
+                body.update(_days_of(service, users, month, count_users=actor is None))
     except StoreError as error:
         print(f"usagemeter report: {store_error_message(error, store)}", file=sys.stderr)
         return 1
@@ -330,4 +452,6 @@ def run_report(
         _print_month_report(out, document, exact)
     else:
         _print_actor_report(out, document, exact)
+    if by_day:
+        _print_days_table(out, document, exact)
     return 0

@@ -42,7 +42,10 @@ use crate::store::snapshot::Round;
 use crate::store::{StoreError, StoreResult};
 
 mod feed;
+mod keyed;
 mod lease;
+
+pub use keyed::{Keyed, KeyedWrite};
 
 /// How a worker joins the fleet.
 #[derive(Clone, Debug)]

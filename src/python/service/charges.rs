@@ -140,7 +140,7 @@ impl MeteringCore {
     /// calls for (`items`: what `record` records, named in the unmapped-usage alarms). With
     /// `Wait::Never`, a charge that would ask the fleet for a lease is returned refused, with
     /// `ask_fleet` set, and raises no alarm.
-    fn charge_with(
+    pub(super) fn charge_with(
         &self,
         py: Python<'_>,
         actor_obj: &Bound<'_, PyAny>,
@@ -150,13 +150,15 @@ impl MeteringCore {
         record: impl Fn(&Booking<'_>) -> Result<Receipt, LedgerError>,
     ) -> PyResult<Receipt> {
         let now_ms = self.now_ms(py)?;
-        let month = MonthId::from_epoch_ms(now_ms);
+        let (month, day) = MonthId::with_day_from_epoch_ms(now_ms);
         let charge = |plan| {
             record(&Booking {
                 user_id: &actor.user_id,
                 app_id: actor.booking_app(),
                 month,
+                day,
                 plan,
+                now_ms,
             })
         };
         let mut receipt = self.with_plan_charging(py, actor_obj, actor, now_ms, charge)?;
@@ -190,7 +192,7 @@ impl MeteringCore {
         let month = MonthId::from_epoch_ms(now_ms);
         let mut receipt = refused;
         for _ in 0..2 {
-            if !receipt.ask_fleet || !self.lease_granted(py, actor, month, &receipt) {
+            if !receipt.ask_fleet || !self.lease_granted(py, actor, month, now_ms, &receipt) {
                 break;
             }
             receipt = self.with_plan_charging(py, actor_obj, actor, now_ms, charge)?;
@@ -198,14 +200,16 @@ impl MeteringCore {
         Ok(receipt)
     }
 
-    /// Asks the fleet for a lease covering `receipt`'s cost (with the GIL released). An error
-    /// (the shared ledger cannot be reached) is raised as a `store_error` alarm, and the charge
-    /// stays refused: strict spending fails closed.
+    /// Asks the fleet for a lease covering `receipt`'s cost and the actor's outstanding holds,
+    /// which the lease keeps (with the GIL released). An error (the shared ledger cannot be
+    /// reached) is raised as a `store_error` alarm, and the charge stays refused: strict spending
+    /// fails closed.
     fn lease_granted(
         &self,
         py: Python<'_>,
         actor: &PyActor,
         month: MonthId,
+        now_ms: i64,
         receipt: &Receipt,
     ) -> bool {
         let (Some(persistence), Some(fleet)) = (&self.persistence, self.fleet()) else {
@@ -216,8 +220,9 @@ impl MeteringCore {
             // timeout) on the caller's thread. Refused; the sync thread keeps trying.
             return false;
         }
-        let asked = py
-            .detach(|| fleet.request_lease(&actor.user_id, month, receipt.cost, receipt.allowance));
+        let need = receipt.cost.plus(self.ledger.held(&actor.user_id, now_ms));
+        let asked =
+            py.detach(|| fleet.request_lease(&actor.user_id, month, need, receipt.allowance));
         match asked {
             Ok(granted) => granted,
             Err(error) => {

@@ -47,8 +47,8 @@ impl MeteringCore {
         // A read: the kept (or now kept) account if the user has one; never creates one.
         self.with_plan(py, actor_obj, actor, now_ms, |plan| {
             match actor.account.existing(&self.ledger, &actor.user_id) {
-                Some(account) => self.ledger.budget_in(account, month, plan),
-                None => self.ledger.budget(&actor.user_id, month, plan),
+                Some(account) => self.ledger.budget_in(account, month, plan, now_ms),
+                None => self.ledger.budget(&actor.user_id, month, plan, now_ms),
             }
         })
     }
@@ -60,11 +60,10 @@ impl MeteringCore {
         actor_obj: &Bound<'_, PyAny>,
     ) -> PyResult<RoundedBudget> {
         let budget = self.budget(py, actor_obj)?;
-        Ok(RoundedBudget::of(
-            budget.allowance,
-            &budget.pools,
-            &budget.credit,
-        ))
+        Ok(
+            RoundedBudget::of(budget.allowance, &budget.pools, &budget.credit)
+                .with_held(budget.held),
+        )
     }
 
     /// Whether the actor can pay `cost` (`None`: a cost beyond the ledger's range).
@@ -189,6 +188,7 @@ impl MeteringCore {
         dict.set_item("consumed_purchase_credits", budget.consumed)?;
         dict.set_item("consumed_this_month", budget.consumed_this_month)?;
         dict.set_item("overage", budget.overage)?;
+        dict.set_item("held", budget.held)?;
         dict.set_item("remaining", budget.remaining)?;
         Ok(dict)
     }
@@ -204,12 +204,14 @@ impl MeteringCore {
         let budget = match actor.is_system {
             true => RoundedBudget::default(),
             false => {
+                let now_ms = self.now_ms(py)?;
                 let budget = self
                     .ledger
                     .budget(
                         &actor.user_id,
-                        self.month_now(py)?,
+                        MonthId::from_epoch_ms(now_ms),
                         Plan::Fixed(Money::ZERO),
+                        now_ms,
                     )
                     .map_err(ledger_error)?;
                 RoundedBudget::of(Money::ZERO, &budget.pools, &budget.credit)

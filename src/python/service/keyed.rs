@@ -3,7 +3,7 @@
 //! code it ran before keys existed), and the monthly charges applied at a user's first charge of
 //! a month (`plans.rs` calls `apply_monthly_if_due` on the plan's slow path) or on demand.
 
-use pyo3::exceptions::{PyNotImplementedError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 
@@ -61,18 +61,6 @@ fn mode_name(mode: ChargeMode) -> &'static str {
 }
 
 impl MeteringCore {
-    /// A fleet shares its ledger through Redis, where keys are not kept yet: a key kept by one
-    /// worker would not stop a retry on another, so keys are refused rather than half-honoured.
-    fn refuse_keys_on_fleet(&self) -> PyResult<()> {
-        match self.fleet() {
-            Some(_) => Err(PyNotImplementedError::new_err(
-                "idempotency keys and monthly charges are not supported on a fleet's shared \
-                 ledger yet: a key kept by one worker would not stop a retry on another",
-            )),
-            None => Ok(()),
-        }
-    }
-
     /// What a keyed `try_*` call returns: the new total or None when refused now, the first
     /// call's total when replayed (a refusal keeps no key, so a replay was accepted).
     pub(super) fn keyed_try_total<'py>(
@@ -142,7 +130,6 @@ impl MeteringCore {
             }
             return Ok(None);
         }
-        self.refuse_keys_on_fleet()?;
         let now_ms = self.now_ms(py)?;
         let call = KeyedCall {
             key,
@@ -150,6 +137,11 @@ impl MeteringCore {
             now_ms,
             kind: KeyKind::Caller,
         };
+        if self.fleet().is_some() {
+            let strict = mode == ChargeMode::IfAffordable;
+            let keyed = self.charge_keyed_on_fleet(py, actor_obj, actor, items, strict, &call)?;
+            return Ok(Some(keyed));
+        }
         let account = actor.account.get(&self.ledger, &actor.user_id);
         let month = MonthId::from_epoch_ms(now_ms);
         let keyed = self.with_plan_charging(py, actor_obj, actor, now_ms, |plan| {
@@ -157,7 +149,9 @@ impl MeteringCore {
                 user_id: &actor.user_id,
                 app_id: actor.booking_app(),
                 month,
+                day: MonthId::with_day_from_epoch_ms(now_ms).1,
                 plan,
+                now_ms,
             };
             self.ledger
                 .charge_keyed(account, &booking, items, mode, &call)
@@ -180,7 +174,6 @@ impl MeteringCore {
         refund: (&str, u64, Option<Money>),
         key: &str,
     ) -> PyResult<Keyed<Receipt>> {
-        self.refuse_keys_on_fleet()?;
         let now_ms = self.now_ms(py)?;
         let mut builder = FingerprintBuilder::new("refund");
         builder
@@ -194,13 +187,18 @@ impl MeteringCore {
             now_ms,
             kind: KeyKind::Caller,
         };
+        if self.fleet().is_some() {
+            return self.refund_keyed_on_fleet(py, actor_obj, actor, refund, &call);
+        }
         let month = MonthId::from_epoch_ms(now_ms);
         self.with_plan_charging(py, actor_obj, actor, now_ms, |plan| {
             let booking = Booking {
                 user_id: &actor.user_id,
                 app_id: actor.booking_app(),
                 month,
+                day: MonthId::with_day_from_epoch_ms(now_ms).1,
                 plan,
+                now_ms,
             };
             self.ledger
                 .refund_keyed(Some(account), &booking, refund, &call)
@@ -215,7 +213,6 @@ impl MeteringCore {
         amount: Money,
         key: &str,
     ) -> PyResult<Bound<'py, PyInt>> {
-        self.refuse_keys_on_fleet()?;
         let now_ms = self.now_ms(py)?;
         let mut builder = FingerprintBuilder::new("update_addon_credit");
         builder.money(Some(amount));
@@ -225,6 +222,10 @@ impl MeteringCore {
             now_ms,
             kind: KeyKind::Caller,
         };
+        if self.fleet().is_some() {
+            let purchased = self.purchase_keyed_on_fleet(py, user_id, amount, &call)?;
+            return Ok(money_to_int(py, purchased));
+        }
         let purchased = match self
             .ledger
             .add_purchased_keyed(user_id, amount, &call)
@@ -255,7 +256,7 @@ impl MeteringCore {
         now_ms: i64,
         allowance: Money,
     ) -> PyResult<()> {
-        if actor.is_system || self.fleet().is_some() {
+        if actor.is_system {
             return Ok(());
         }
         let month = MonthId::from_epoch_ms(now_ms);
@@ -294,11 +295,16 @@ impl MeteringCore {
         }
         let applied = owned_items(charges.bind(py)).and_then(|owned| {
             let items = usage_items(&owned)?;
+            if self.fleet().is_some() {
+                return self.monthly_on_fleet(py, &actor.user_id, &items, allowance, now_ms);
+            }
             let booking = Booking {
                 user_id: &actor.user_id,
                 app_id: GLOBAL_APP,
                 month,
+                day: MonthId::with_day_from_epoch_ms(now_ms).1,
                 plan: Plan::Fixed(allowance),
+                now_ms,
             };
             let account = actor.account.get(&self.ledger, &actor.user_id);
             self.ledger
@@ -343,9 +349,16 @@ impl MeteringCore {
                 "the system actor is not metered: it has no monthly charges",
             ));
         }
-        self.refuse_keys_on_fleet()?;
         let now_ms = self.now_ms(py)?;
         let month = MonthId::from_epoch_ms(now_ms);
+        if self.fleet().is_some() {
+            let allowance = self.budget_of(py, actor, actor_ref)?.allowance;
+            let keyed = self.monthly_on_fleet(py, &actor_ref.user_id, &items, allowance, now_ms)?;
+            return Ok(match keyed {
+                Keyed::Done(receipt) => (true, money_to_int(py, receipt.cost)),
+                Keyed::Replayed(outcome) => (false, money_to_int(py, outcome.cost)),
+            });
+        }
         let account = actor_ref.account.get(&self.ledger, &actor_ref.user_id);
         // The plan without the monthly hook (`with_plan`): this is the monthly charge itself.
         let keyed = self.with_plan(py, actor, actor_ref, now_ms, |plan| {
@@ -353,7 +366,9 @@ impl MeteringCore {
                 user_id: &actor_ref.user_id,
                 app_id: GLOBAL_APP,
                 month,
+                day: MonthId::with_day_from_epoch_ms(now_ms).1,
                 plan,
+                now_ms,
             };
             self.ledger.apply_monthly(account, &booking, &items, now_ms)
         })?;

@@ -20,6 +20,8 @@
 mod charges;
 mod checks;
 mod estimates;
+mod fleet_keyed;
+mod holds;
 mod keyed;
 mod plans;
 mod reports;

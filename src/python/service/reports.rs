@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt};
 
 use super::{as_actor, MeteringCore};
+use crate::ledger::days::{DayReport, UNDATED};
 use crate::ledger::month::MonthId;
 use crate::ledger::record::UsageReport;
 use crate::ledger::Ledger;
@@ -28,12 +29,41 @@ fn report_dict<'py>(
     let dict = PyDict::new(py);
     dict.set_item("total", money_to_int(py, report.total))?;
     for (usage_type, counter) in &report.by_type {
-        let entry = PyDict::new(py);
-        entry.set_item("units", counter.units)?;
-        entry.set_item("cost", money_to_int(py, counter.cost))?;
-        entry.set_item("count", counter.count)?;
+        let entry = figures_dict(py, counter.units, counter.cost, counter.count)?;
         dict.set_item(&*ledger.type_name(*usage_type), entry)?;
     }
+    Ok(dict)
+}
+
+/// `{"units", "cost": µ¢, "count"}`: one usage type's figures.
+fn figures_dict(
+    py: Python<'_>,
+    units: u128,
+    cost: Money,
+    count: u128,
+) -> PyResult<Bound<'_, PyDict>> {
+    let entry = PyDict::new(py);
+    entry.set_item("units", units)?;
+    entry.set_item("cost", money_to_int(py, cost))?;
+    entry.set_item("count", count)?;
+    Ok(entry)
+}
+
+/// `{"total": µ¢, "count": int, "by_type": {"<type>": {"units", "cost", "count"}}}`: one day.
+fn day_dict<'py>(
+    py: Python<'py>,
+    ledger: &Ledger,
+    day: &DayReport,
+) -> PyResult<Bound<'py, PyDict>> {
+    let by_type = PyDict::new(py);
+    for (usage_type, c) in &day.by_type {
+        let entry = figures_dict(py, c.units, c.cost, u128::from(c.count))?;
+        by_type.set_item(&*ledger.type_name(*usage_type), entry)?;
+    }
+    let dict = PyDict::new(py);
+    dict.set_item("total", money_to_int(py, day.total))?;
+    dict.set_item("count", day.count)?;
+    dict.set_item("by_type", by_type)?;
     Ok(dict)
 }
 
@@ -180,6 +210,42 @@ impl MeteringCore {
             .detach(|| self.ledger.global_usage(month))
             .map_err(ledger_error)?;
         report_dict(py, &self.ledger, &report)
+    }
+
+    /// The user's month (`YYYY-MM`, default: this month) per UTC day, over all apps:
+    /// `{"month", "days": {"YYYY-MM-DD": {"total", "count", "by_type"}}, "undated"}`.
+    #[pyo3(signature = (actor, month=None))]
+    fn get_actor_usage_by_day<'py>(
+        &self,
+        py: Python<'py>,
+        actor: &Bound<'py, PyAny>,
+        month: Option<&str>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        self.ensure_open()?;
+        let actor = as_actor(actor)?;
+        let month = match month {
+            Some(label) => parse_month(label)?,
+            None => self.month_now(py)?,
+        };
+        let reports = match actor.is_system {
+            true => Vec::new(),
+            false => self.ledger.user_days(&actor.user_id, month),
+        };
+        let days = PyDict::new(py);
+        let mut undated = None;
+        let label = month.label();
+        for report in &reports {
+            let dict = day_dict(py, &self.ledger, report)?;
+            match report.day {
+                UNDATED => undated = Some(dict),
+                day => days.set_item(format!("{label}-{day:02}"), dict)?,
+            }
+        }
+        let result = PyDict::new(py);
+        result.set_item("month", label)?;
+        result.set_item("days", days)?;
+        result.set_item("undated", undated)?;
+        Ok(result)
     }
 
     /// `(plan id, monthly allowance µ¢)` of the plan `user_id` was last resolved to (kept in the
