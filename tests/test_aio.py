@@ -21,6 +21,8 @@ import pytest
 import trio
 from redis_support import RedisServer
 from usagemeter import (
+    MONTHLY_CHARGES,
+    MonthlyCharge,
     ALARM,
     GET_USER_SUBSCRIPTION,
     SERVICE_METHODS,
@@ -334,6 +336,38 @@ def test_a_lease_request_to_the_fleet_runs_off_the_loop(
     assert accepted == [80 * (i + 1) for i in range(12)]  # 1,000 µ¢ buys 12 calls of 80
     assert lease_requests >= 1
     assert ticks >= 20  # the loop ran while the paused server held the lease request
+
+
+def test_keyed_calls_and_monthly_charges_on_a_fleet_run_off_the_loop(
+    redis_server: RedisServer, slow_callbacks: _SlowCallbacks
+) -> None:
+    """Redis is paused for 300 ms before a keyed call, then before a user's first charge of the
+    month (which writes the month's seat fee to the shared ledger): the loop goes on both times."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    runs = iter(range(ATTEMPTS))
+
+    async def main() -> tuple[int, int, int, int, int]:
+        service = await AsyncMeteringService.open(
+            PRICES, store=url, policies=[Policy("temp_free", 10**9)], snapshot_interval=0.05
+        )
+        service.events.on(MONTHLY_CHARGES, lambda event: [MonthlyCharge("seat", 7_000, 1)])
+        async with service:
+            run = next(runs)
+            keyed, seat = Actor(f"kim-{run}"), Actor(f"lee-{run}")
+            await service.increment_usage(keyed, "llm:output", 1)  # the month's seat fee: 7,000
+            await asyncio.to_thread(redis_server.command, "CLIENT", "PAUSE", "300", "ALL")
+            first, keyed_ticks = await ticks_during(
+                service.increment_usage(keyed, "llm:output", 1, idempotency_key="k-1")
+            )
+            again = await service.increment_usage(keyed, "llm:output", 1, idempotency_key="k-1")
+            await asyncio.to_thread(redis_server.command, "CLIENT", "PAUSE", "300", "ALL")
+            total, seat_ticks = await ticks_during(service.increment_usage(seat, "llm:output", 1))
+        return first, again, keyed_ticks, total, seat_ticks
+
+    first, again, keyed_ticks, total, seat_ticks = run_checked(main, slow_callbacks)
+    assert first == again == 7_000 + 2 * 8  # the seat fee, then two units at 8 µ¢
+    assert total == 7_000 + 8
+    assert keyed_ticks >= 20 and seat_ticks >= 20  # the loop ran while the server was paused
 
 
 def test_under_trio_through_anyio(tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ _T = TypeVar("_T")
 
 Usages = Iterable[tuple[str, int] | tuple[str, int, int | None]]
 
+_NOT_PREPARED = object()
+"""No monthly charges handed over: the ledger asks the listeners itself (`_prepared_call`)."""
+
 
 async def _in_thread(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Run ``call`` in a worker thread: asyncio's default executor, else anyio's (trio)."""
@@ -89,6 +92,10 @@ class AsyncMeteringService:
         if not isinstance(service, MeteringService):
             raise TypeError(f"expected a MeteringService, not {type(service).__name__}")
         self.sync = service
+        # On a fleet, keyed calls and a month's first charges wait on Redis: they run in a
+        # worker thread (`_keyed`, `_after_plan`), never on the loop.
+        self._fleet = service.store_backend in ("redis", "redis-cluster")
+        service._offload_from_loop = True
         # The hottest native methods, bound once (an attribute lookup less per call).
         self._increment_usage = service.increment_usage
         self._try_nowait = service._try_increment_usage_nowait
@@ -184,12 +191,56 @@ class AsyncMeteringService:
             if monthly is None:
                 monthly = local.monthly = {}
             monthly[actor] = charges
+        if self._fleet:
+            # The call may write the month's charges to the shared ledger: off the loop, with
+            # the plan (and charges) handed over in that thread.
+            plans.pop(actor, None)
+            handed: object = monthly.pop(actor, None) if monthly is not None else _NOT_PREPARED
+            prepared = functools.partial(self._prepared_call, actor, policy, handed, call, *args, **kwargs)
+            return await _in_thread(prepared)
         try:
             return call(*args, **kwargs)
         finally:
             plans.pop(actor, None)
             if monthly is not None:
                 monthly.pop(actor, None)
+
+    def _prepared_call(
+        self,
+        actor: Actor,
+        policy: Policy,
+        charges: list[MonthlyCharge] | object | None,
+        call: Callable[_P, _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """``call`` in a worker thread, with the actor's plan (and monthly charges, unless
+        ``_NOT_PREPARED``) handed over through that thread's ``_prepared_plans``."""
+        local = self.sync._prepared_plans
+        plans: dict[Actor, Policy] = getattr(local, "plans", None) or {}
+        local.plans = plans
+        plans[actor] = policy
+        monthly: dict[Actor, Any] | None = None
+        if charges is not _NOT_PREPARED:
+            monthly = getattr(local, "monthly", None) or {}
+            local.monthly = monthly
+            monthly[actor] = charges
+        try:
+            return call(*args, **kwargs)
+        finally:
+            plans.pop(actor, None)
+            if monthly is not None:
+                monthly.pop(actor, None)
+
+    async def _keyed(self, actor: Actor, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """A call with an idempotency key: on a fleet it is decided on the shared ledger, so it
+        runs in a worker thread; elsewhere it never waits, and runs here."""
+        if not self._fleet:
+            return await self._with_plan(actor, call, *args, **kwargs)
+        try:
+            return await _in_thread(call, *args, **kwargs)
+        except AsyncListenerError:
+            return await self._after_plan(actor, call, *args, **kwargs)
 
     async def _monthly_charges_or_alarm(self, actor: Actor) -> list[MonthlyCharge] | None:
         """The monthly charges, awaited; None (and a ``monthly_charges`` alarm) if a listener
@@ -221,7 +272,7 @@ class AsyncMeteringService:
         """Record ``amount`` units of ``usage_type``; return the user's month total in µ¢.
         With ``idempotency_key``, a retry records nothing and returns the first call's total."""
         if idempotency_key is not None:
-            return await self._with_plan(
+            return await self._keyed(
                 actor,
                 self.sync.increment_usage,
                 actor,
@@ -252,6 +303,16 @@ class AsyncMeteringService:
         With ``idempotency_key``, a retry of an accepted call returns its total, recording
         nothing (a refused call keeps no key: its retry is decided again).
         """
+        if idempotency_key is not None and self._fleet:
+            return await self._keyed(
+                actor,
+                self.sync.try_increment_usage,
+                actor,
+                usage_type,
+                amount,
+                cost_override,
+                idempotency_key=idempotency_key,
+            )
         try:
             decided, total = self._try_nowait(
                 actor, usage_type, amount, cost_override, idempotency_key=idempotency_key
@@ -280,9 +341,11 @@ class AsyncMeteringService:
     ) -> int:
         """Record several usages as one atomic event: all validated first, all or nothing."""
         items = list(usages)  # an iterator would be spent by a first attempt
-        return await self._with_plan(
-            actor, self.sync.batch_increment_usages, actor, items, idempotency_key=idempotency_key
-        )
+        if idempotency_key is not None:
+            return await self._keyed(
+                actor, self.sync.batch_increment_usages, actor, items, idempotency_key=idempotency_key
+            )
+        return await self._with_plan(actor, self.sync.batch_increment_usages, actor, items)
 
     async def try_batch_increment_usages(
         self, actor: Actor, usages: Usages, *, idempotency_key: str | None = None
@@ -290,6 +353,10 @@ class AsyncMeteringService:
         """Record the items atomically only if the remaining budget covers them all; the new
         total or None. On a fleet, a charge that needs a new lease runs in a worker thread."""
         items = list(usages)
+        if idempotency_key is not None and self._fleet:
+            return await self._keyed(
+                actor, self.sync.try_batch_increment_usages, actor, items, idempotency_key=idempotency_key
+            )
         decided, total = await self._with_plan(
             actor,
             self.sync._try_batch_increment_usages_nowait,
@@ -311,7 +378,7 @@ class AsyncMeteringService:
         idempotency_key: str | None = None,
     ) -> int:
         """``MeteringService.record_usage_object``: a provider's usage payload, atomically."""
-        return await self._with_plan(
+        return await self._keyed(
             actor,
             self.sync.record_usage_object,
             usage,
@@ -345,7 +412,7 @@ class AsyncMeteringService:
         if not sync.events.listeners(MONTHLY_CHARGES):
             return MonthlyChargesApplied(month, (), 0, already_applied=False)
         charges = await sync._collect_monthly_charges_async(actor, month)
-        return await self._with_plan(actor, sync._apply_collected, actor, month, charges)
+        return await self._keyed(actor, sync._apply_collected, actor, month, charges)
 
     async def reserve(
         self,
@@ -362,9 +429,8 @@ class AsyncMeteringService:
             try:
                 hold = await _in_thread(self.sync.reserve, actor, cost, items, ttl)
             except AsyncListenerError:
-                # The plan needs async listeners, awaited here; the reserve then runs on the loop
-                # (the plan's thread-local hand-over does not cross threads). Only a plan not
-                # cached takes this path, and only a lease request in it waits.
+                # The plan needs async listeners, awaited here; on a fleet the reserve then runs
+                # in a worker thread too, the plan handed over (`_after_plan`).
                 hold = await self._after_plan(actor, self.sync.reserve, actor, cost, items, ttl)
         else:
             hold = await self._with_plan(actor, self.sync.reserve, actor, cost, items, ttl)
@@ -386,7 +452,12 @@ class AsyncMeteringService:
     async def update_addon_credit(
         self, user_id: str, amount: int, *, idempotency_key: str | None = None
     ) -> int:
-        """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total."""
+        """Add purchased credit (µ¢, >= 0) to a user; return the user's purchased total. On a
+        fleet, a call with an idempotency key is decided on the shared ledger, in a worker thread."""
+        if idempotency_key is not None and self._fleet:
+            return await _in_thread(
+                self.sync.update_addon_credit, user_id, amount, idempotency_key=idempotency_key
+            )
         return self.sync.update_addon_credit(user_id, amount, idempotency_key=idempotency_key)
 
     async def set_actor_current_month_usage_total(self, actor: Actor, total: int) -> int:
@@ -405,9 +476,18 @@ class AsyncMeteringService:
     ) -> int:
         """``MeteringService.refund``: give back usage charged this month, booked as
         ``refund:<usage_type>``; return the user's month total."""
-        return await self._with_plan(
-            actor, self.sync.refund, actor, usage_type, units, cost, reason, idempotency_key=idempotency_key
-        )
+        if idempotency_key is not None:
+            return await self._keyed(
+                actor,
+                self.sync.refund,
+                actor,
+                usage_type,
+                units,
+                cost,
+                reason,
+                idempotency_key=idempotency_key,
+            )
+        return await self._with_plan(actor, self.sync.refund, actor, usage_type, units, cost, reason)
 
     # Credit checks and estimates.
 

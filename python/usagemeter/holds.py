@@ -143,9 +143,11 @@ class Hold:
         items = None if usages is None else list(usages)
         if self._aio is None:
             return self.settle(items, cost, usage_type=usage_type, idempotency_key=idempotency_key)
-        return await self._aio._with_plan(
-            self.actor, self.settle, items, cost, usage_type=usage_type, idempotency_key=idempotency_key
-        )
+        if idempotency_key is not None:  # on a fleet it waits on the shared ledger: off the loop
+            return await self._aio._keyed(
+                self.actor, self.settle, items, cost, usage_type=usage_type, idempotency_key=idempotency_key
+            )
+        return await self._aio._with_plan(self.actor, self.settle, items, cost, usage_type=usage_type)
 
     async def arelease(self) -> bool:
         """``release`` for async code (it never waits)."""

@@ -8,6 +8,7 @@ logging, and ``record_usage_object``.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import inspect
 import logging
@@ -123,6 +124,7 @@ class MeteringService(MeteringCore):
     _rate_lock: threading.Lock
     _rate_baseline: tuple[str, float, int] | None
     _prepared_plans: threading.local
+    _offload_from_loop: bool
 
     def __new__(
         cls,
@@ -233,6 +235,8 @@ class MeteringService(MeteringCore):
         self._rate_lock = threading.Lock()
         self._rate_baseline = None
         self._prepared_plans = threading.local()
+        # Set by ``usagemeter.aio`` when it wraps the service (see ``_monthly_charges_hook``).
+        self._offload_from_loop = False
         # Weak references: the native ledger keeps these callables, and a strong reference back
         # to the service would be a cycle through a native object that the GC cannot see.
         this = weakref.ref(self)
@@ -571,6 +575,13 @@ class MeteringService(MeteringCore):
             return False if ready is None else [_charge_item(c) for c in ready]
         if not self.events.listeners(MONTHLY_CHARGES):
             return None
+        if self._offload_from_loop and self.store_backend in _SHARED_BACKENDS and _on_event_loop():
+            # On a fleet the month's charges are written to the shared ledger (a Redis round
+            # trip): ``usagemeter.aio`` makes the call again in a worker thread, off the loop.
+            raise AsyncListenerError(
+                "on a fleet the monthly charges are written to the shared ledger: "
+                "usagemeter.aio applies them in a worker thread"
+            )
         if self.events.has_async_listeners(MONTHLY_CHARGES):
             raise AsyncListenerError(
                 f"a listener of {MONTHLY_CHARGES} is async and this call cannot await it: use "
@@ -658,6 +669,19 @@ def _checked_charges(listener: object, result: object) -> list[MonthlyCharge]:
 def _charge_item(charge: MonthlyCharge) -> tuple[str, int, int]:
     """A monthly charge as a batch item: its cost overrides any price of its usage type."""
     return (charge.usage_type, charge.units, charge.cost)
+
+
+_SHARED_BACKENDS = ("redis", "redis-cluster")
+"""The backends of a fleet's shared ledger, where keyed calls wait on Redis."""
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread is running an asyncio event loop now."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _available_policies(register: RegisterAvailablePoliciesEvent) -> dict[str, Policy]:
