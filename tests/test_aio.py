@@ -21,10 +21,9 @@ import pytest
 import trio
 from redis_support import RedisServer
 from usagemeter import (
-    MONTHLY_CHARGES,
-    MonthlyCharge,
     ALARM,
     GET_USER_SUBSCRIPTION,
+    MONTHLY_CHARGES,
     SERVICE_METHODS,
     Actor,
     AlarmEvent,
@@ -32,6 +31,7 @@ from usagemeter import (
     CostMap,
     GetUserSubscriptionEvent,
     MeteringService,
+    MonthlyCharge,
     Policy,
     StoreClosedError,
 )
