@@ -82,17 +82,22 @@ impl MeteringCore {
         }
         let id = self.ledger.new_hold_id();
         let account = actor_ref.account.get(&self.ledger, &actor_ref.user_id);
+        // The expiry is set from the clock as the charge reads it (once per call).
+        let now_ms = Cell::new(0);
         let receipt = self.charge_with(py, actor, actor_ref, &[], Wait::Allowed, |booking| {
+            now_ms.set(booking.now_ms);
             self.ledger.reserve(account, booking, id, amount, ttl_ms)
         })?;
         if !receipt.accepted {
             self.refused();
             return Ok(None);
         }
-        // The expiry was set from the clock as the charge read it (read once per call).
-        let holds = self.ledger.holds(&actor_ref.user_id, i64::MIN);
-        let hold = holds.iter().find(|hold| hold.id == id);
-        Ok(hold.map(|hold| hold_tuple(py, hold)))
+        let hold = Hold {
+            id,
+            amount,
+            expires_ms: now_ms.get() + ttl_ms, // checked by `reserve`
+        };
+        Ok(Some(hold_tuple(py, &hold)))
     }
 
     /// Records the real usage of hold `hold_id` (the batch `usages`, or `cost` µ¢ booked as
