@@ -547,6 +547,7 @@ class ReferenceMeter:
             "consumed_purchase_credits": consumed_credits,
             "consumed_this_month": through_purchased - allowance_used,
             "overage": total - through_purchased,
+            "held": 0,  # the reference makes no holds (the benchmarked workload makes none)
             "remaining": max(0, allowance - allowance_used) + (purchased_credits - consumed_credits),
         }
 
