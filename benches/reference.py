@@ -306,6 +306,7 @@ class ReferenceMeter:
                 account = self._accounts[user_id] = _Account()
             user_month = account.months.get(month) or _EMPTY_MONTH
             before = user_month.total
+            net_before = user_month.allowance_used + user_month.overage
             counter = user_month.by_type.get(usage_type)
             if counter is not None and counter[0] + amount > MAX_UNITS:
                 raise OverflowError("the actor's month units would leave the ledger's range")
@@ -338,7 +339,7 @@ class ReferenceMeter:
                     counter[0] += amount
                     counter[1] += cost
                     counter[2] += 1
-            overuse = self._overuse_multiple(account, before, after)
+            overuse = self._overuse_multiple(account, user_month, net_before)
         if overuse:
             self._raise_overuse(actor, after, overuse)
         return after
@@ -390,6 +391,7 @@ class ReferenceMeter:
                 account = self._accounts[actor.user_id] = _Account()
             user_month = account.months.get(month) or _EMPTY_MONTH
             before = user_month.total
+            net_before = user_month.allowance_used + user_month.overage
             for usage_type, (units, _, _) in deltas.items():
                 counter = user_month.by_type.get(usage_type)
                 if units > MAX_UNITS or (counter is not None and counter[0] + units > MAX_UNITS):
@@ -414,21 +416,26 @@ class ReferenceMeter:
                         counter[1] += type_cost
                         counter[2] += count
             after = user_month.total
-            overuse = self._overuse_multiple(account, before, after)
+            overuse = self._overuse_multiple(account, user_month, net_before)
         if overuse:
             self._raise_overuse(actor, after, overuse)
         return microcents_half_up(after)
 
-    def _overuse_multiple(self, account: _Account, before: int, after: int) -> int:
-        """The whole multiple (>= 2) of the allowance that the month total crossed from ``before``
-        to ``after`` with no purchased credit left, else 0. Called under the lock."""
+    def _overuse_multiple(self, account: _Account, user_month: _UserMonth, net_before: int) -> int:
+        """The power-of-two multiple (>= 2) of the allowance that the month's usage net of
+        purchased credit (allowance used + overage) crossed with this charge, no purchased credit
+        left and having been at least the allowance already, else 0: the user is paged at 2x,
+        4x, 8x ... (as usagemeter's ``pools::overuse_multiple_crossed``). Called under the lock."""
         allowance = self._allowance
-        if account.purchased != account.consumed or after <= before or allowance <= 0:
+        net_after = user_month.allowance_used + user_month.overage
+        if account.purchased != account.consumed or allowance <= 0:
             return 0
-        reached = after // allowance
-        if reached >= 2 and reached > before // allowance:
+        if net_before < allowance or net_after < 2 * allowance:
+            return 0
+        multiple = 1 << ((net_after // allowance).bit_length() - 1)  # largest power of two <= after
+        if net_before < allowance * multiple:
             self.alarms += 1
-            return reached
+            return multiple
         return 0
 
     def _raise_overuse(self, actor: RefActor, after: int, multiple: int) -> None:
