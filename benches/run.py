@@ -20,8 +20,9 @@ Plus peak RSS per (actor, month, usage type) record, measured in a fresh process
 ``--write-results`` writes ``benches/RESULTS.md``, keeping its ``<!-- analysis -->``,
 ``<!-- rust -->``, ``<!-- store -->``, ``<!-- overuse -->`` and ``<!-- abi3 -->`` sections (written
 by hand from profiles, the criterion bench, ``make bench-store``, ``make bench-overuse`` and
-``benches/compare_builds.py``), its ``<!-- asgi -->`` and ``<!-- aio -->`` sections (``benches/asgi.py``,
-``benches/aio.py``) and its ``<!-- fleet -->`` section (written by ``benches/fleet.py
+``benches/compare_builds.py``), its ``<!-- asgi -->``, ``<!-- aio -->``, ``<!-- idempotency -->`` and
+``<!-- holds -->`` sections (``benches/asgi.py``, ``benches/aio.py``, ``benches/idempotency.py``,
+``benches/holds.py``) and its ``<!-- fleet -->`` section (written by ``benches/fleet.py
 --write-results``, which ``make bench`` runs next).
 """
 
@@ -987,8 +988,9 @@ def render(report: Report, command: str, existing: str) -> str:
         "# Benchmark results",
         "",
         "<!-- Written by `benches/run.py --write-results` (`make bench`); the rust, store, overuse,",
-        "     abi3, fleet, asgi and aio sections and the analysis are kept as they are when the file is",
-        "     rewritten (those three are written by `benches/fleet.py`, `asgi.py` and `aio.py`). -->",
+        "     abi3, fleet, asgi, aio, idempotency and holds sections and the analysis are kept as they",
+        "     are when the file is rewritten (those five are written by `benches/fleet.py`, `asgi.py`,",
+        "     `aio.py`, `idempotency.py` and `holds.py`). -->",
         "",
         f"Run on {report.started:%Y-%m-%d %H:%M} UTC, {report.seconds / 60:.1f} minutes.",
         "",
@@ -1080,6 +1082,10 @@ def render(report: Report, command: str, existing: str) -> str:
         "## Idempotency keys: keyed vs unkeyed calls",
         "",
         _preserved(existing, "idempotency", "Not measured yet: `make bench-idempotency`."),
+        "",
+        "## Holds: reserve + settle vs try_increment_usage",
+        "",
+        _preserved(existing, "holds", "Not measured yet: `make bench-holds`."),
         "",
     ]
     return "\n".join(lines)
