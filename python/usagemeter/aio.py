@@ -34,7 +34,7 @@ from usagemeter.events import (
 )
 from usagemeter.holds import Hold
 from usagemeter.policies import Policy
-from usagemeter.service import MeteringService, _month_label
+from usagemeter.service import _SHARED_BACKENDS, MeteringService, _month_label
 from usagemeter.types import (
     ActorBudget,
     ActorReport,
@@ -94,7 +94,7 @@ class AsyncMeteringService:
         self.sync = service
         # On a fleet, keyed calls and a month's first charges wait on Redis: they run in a
         # worker thread (`_keyed`, `_after_plan`), never on the loop.
-        self._fleet = service.store_backend in ("redis", "redis-cluster")
+        self._fleet = service.store_backend in _SHARED_BACKENDS
         service._offload_from_loop = True
         # The hottest native methods, bound once (an attribute lookup less per call).
         self._increment_usage = service.increment_usage
@@ -425,7 +425,7 @@ class AsyncMeteringService:
         or None. On a fleet, a hold that needs a new budget lease from Redis is asked for in a
         worker thread."""
         items = None if usages is None else list(usages)
-        if self.sync.store_backend in ("redis", "redis-cluster"):
+        if self._fleet:
             try:
                 hold = await _in_thread(self.sync.reserve, actor, cost, items, ttl)
             except AsyncListenerError:

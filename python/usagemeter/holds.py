@@ -189,8 +189,7 @@ class Hold:
 
 
 def reserved_usage_type(usages: list[tuple[str, int] | tuple[str, int, int | None]] | None) -> str | None:
-    """The one usage type a hold was reserved for, if its items name exactly one."""
-    if not usages:
-        return None
-    names = {item[0] for item in usages if isinstance(item, tuple | list) and item}
-    return next(iter(names)) if len(names) == 1 and all(isinstance(n, str) for n in names) else None
+    """The one usage type a hold was reserved for, if its items (checked by the reserve that
+    accepted them) name exactly one."""
+    names = {item[0] for item in usages or ()}
+    return names.pop() if len(names) == 1 else None

@@ -102,6 +102,21 @@ pub struct Booking<'a> {
     pub now_ms: i64,
 }
 
+impl<'a> Booking<'a> {
+    /// The booking of a call made at `now_ms`: its month and day come from that one reading.
+    pub fn at(user_id: &'a str, app_id: &'a str, plan: Plan, now_ms: i64) -> Booking<'a> {
+        let (month, day) = MonthId::with_day_from_epoch_ms(now_ms);
+        Booking {
+            user_id,
+            app_id,
+            month,
+            day,
+            plan,
+            now_ms,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChargeMode {
     /// Record whatever it costs (overage included).
@@ -1247,18 +1262,29 @@ fn check_refund(
     let counter = |id| record.and_then(|r| r.counter(id));
     let charged = counter(of).ok_or(None)?;
     let refunded = counter(delta.usage_type).unwrap_or_default();
+    refund_within(&charged, &refunded, delta.units, delta.cost.negated()).map_err(Some)
+}
+
+/// Refuses a refund of `units` and `refund` (positive) beyond what `charged` holds net of
+/// `refunded` (the `refund:` counter, its cost negative): the one rule of a refund's size, for
+/// the ledger and for a fleet's keyed refunds, decided on the shared ledger's figures.
+pub fn refund_within(
+    charged: &UsageCounter,
+    refunded: &UsageCounter,
+    units: u64,
+    refund: Money,
+) -> LedgerResult<()> {
     let units_left = charged.units.saturating_sub(refunded.units);
     let cost_left = charged.cost.plus(refunded.cost); // refunds are booked negative
-    let refund = delta.cost.negated();
-    if u128::from(delta.units) > units_left || refund > cost_left {
-        return Err(Some(LedgerError::InvalidInput(format!(
+    if u128::from(units) > units_left || refund > cost_left {
+        return Err(LedgerError::InvalidInput(format!(
             "cannot refund {} units and {} µ¢: the actor's app was charged {} units and {} µ¢ of \
              this usage type this month, net of refunds",
-            delta.units,
+            units,
             refund.to_microcent_string(),
             units_left,
             cost_left.max(Money::ZERO).to_microcent_string()
-        ))));
+        )));
     }
     Ok(())
 }

@@ -10,8 +10,9 @@ use crate::fleet::sync::{Keyed as FleetKeyed, KeyedWrite};
 use crate::ledger::days::Day;
 use crate::ledger::idempotency::{monthly_key, Fingerprint, KeyKind, Keyed, KeyedCall, Outcome};
 use crate::ledger::month::MonthId;
+use crate::ledger::record::UsageCounter;
 use crate::ledger::shared_keys::PricedItem;
-use crate::ledger::{Receipt, UsageItem, REFUND_PREFIX};
+use crate::ledger::{refund_of_nothing_charged, refund_within, Receipt, UsageItem, REFUND_PREFIX};
 use crate::money::Money;
 use crate::python::actor::{PyActor, GLOBAL_APP};
 use crate::python::errors::{ledger_error, store_error};
@@ -79,38 +80,27 @@ fn month_of(app: &str, day: Day, priced: &[PricedItem]) -> MonthFigures {
     month
 }
 
-/// The refund check of `Ledger::refund`, on the fleet's figures of the month.
+/// `Ledger::refund`'s check (`refund_within`), on the fleet's figures of the month.
 fn check_refund(
     fleet: &UserFigures,
     month: MonthId,
     (app, usage_type, units, cost): (&str, &str, u64, Money),
 ) -> Result<(), String> {
     let counter = |name: &str| {
-        fleet
+        let c = fleet
             .months
             .get(&month)
-            .and_then(|m| m.counters.get(&(app.to_string(), name.to_string())))
-            .copied()
+            .and_then(|m| m.counters.get(&(app.to_string(), name.to_string())))?;
+        Some(UsageCounter {
+            units: u128::try_from(c[0]).ok()?,
+            cost: Money::from_attocents(c[1])?,
+            count: u64::try_from(c[2]).ok()?,
+        })
     };
-    let Some(charged) = counter(usage_type) else {
-        return Err(format!(
-            "cannot refund {usage_type:?}: the actor was not charged for it this month"
-        ));
-    };
+    let charged =
+        counter(usage_type).ok_or_else(|| refund_of_nothing_charged(usage_type).to_string())?;
     let refunded = counter(&format!("{REFUND_PREFIX}{usage_type}")).unwrap_or_default();
-    let units_left = charged[0] - refunded[0];
-    let cost_left = charged[1] + refunded[1]; // refunds are booked negative
-    if i128::from(units) > units_left || cost.attocents() > cost_left {
-        return Err(format!(
-            "cannot refund {units} units and {} µ¢: the actor's app was charged {units_left} units \
-             and {} µ¢ of this usage type this month, net of refunds",
-            cost.to_microcent_string(),
-            Money::from_attocents(cost_left.max(0))
-                .unwrap_or(Money::ZERO)
-                .to_microcent_string()
-        ));
-    }
-    Ok(())
+    refund_within(&charged, &refunded, units, cost).map_err(|error| error.to_string())
 }
 
 impl MeteringCore {

@@ -143,16 +143,8 @@ impl MeteringCore {
             return Ok(Some(keyed));
         }
         let account = actor.account.get(&self.ledger, &actor.user_id);
-        let month = MonthId::from_epoch_ms(now_ms);
         let keyed = self.with_plan_charging(py, actor_obj, actor, now_ms, |plan| {
-            let booking = Booking {
-                user_id: &actor.user_id,
-                app_id: actor.booking_app(),
-                month,
-                day: MonthId::with_day_from_epoch_ms(now_ms).1,
-                plan,
-                now_ms,
-            };
+            let booking = Booking::at(&actor.user_id, actor.booking_app(), plan, now_ms);
             self.ledger
                 .charge_keyed(account, &booking, items, mode, &call)
         })?;
@@ -190,16 +182,8 @@ impl MeteringCore {
         if self.fleet().is_some() {
             return self.refund_keyed_on_fleet(py, actor_obj, actor, refund, &call);
         }
-        let month = MonthId::from_epoch_ms(now_ms);
         self.with_plan_charging(py, actor_obj, actor, now_ms, |plan| {
-            let booking = Booking {
-                user_id: &actor.user_id,
-                app_id: actor.booking_app(),
-                month,
-                day: MonthId::with_day_from_epoch_ms(now_ms).1,
-                plan,
-                now_ms,
-            };
+            let booking = Booking::at(&actor.user_id, actor.booking_app(), plan, now_ms);
             self.ledger
                 .refund_keyed(Some(account), &booking, refund, &call)
         })
@@ -298,14 +282,7 @@ impl MeteringCore {
             if self.fleet().is_some() {
                 return self.monthly_on_fleet(py, &actor.user_id, &items, allowance, now_ms);
             }
-            let booking = Booking {
-                user_id: &actor.user_id,
-                app_id: GLOBAL_APP,
-                month,
-                day: MonthId::with_day_from_epoch_ms(now_ms).1,
-                plan: Plan::Fixed(allowance),
-                now_ms,
-            };
+            let booking = Booking::at(&actor.user_id, GLOBAL_APP, Plan::Fixed(allowance), now_ms);
             let account = actor.account.get(&self.ledger, &actor.user_id);
             self.ledger
                 .apply_monthly(account, &booking, &items, now_ms)
@@ -350,7 +327,6 @@ impl MeteringCore {
             ));
         }
         let now_ms = self.now_ms(py)?;
-        let month = MonthId::from_epoch_ms(now_ms);
         if self.fleet().is_some() {
             let allowance = self.budget_of(py, actor, actor_ref)?.allowance;
             let keyed = self.monthly_on_fleet(py, &actor_ref.user_id, &items, allowance, now_ms)?;
@@ -362,14 +338,7 @@ impl MeteringCore {
         let account = actor_ref.account.get(&self.ledger, &actor_ref.user_id);
         // The plan without the monthly hook (`with_plan`): this is the monthly charge itself.
         let keyed = self.with_plan(py, actor, actor_ref, now_ms, |plan| {
-            let booking = Booking {
-                user_id: &actor_ref.user_id,
-                app_id: GLOBAL_APP,
-                month,
-                day: MonthId::with_day_from_epoch_ms(now_ms).1,
-                plan,
-                now_ms,
-            };
+            let booking = Booking::at(&actor_ref.user_id, GLOBAL_APP, plan, now_ms);
             self.ledger.apply_monthly(account, &booking, &items, now_ms)
         })?;
         Ok(match keyed {
