@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod ledger;
 pub mod money;
 pub mod python;
+pub mod redact;
 pub mod store;
 
 use pyo3::prelude::*;
@@ -25,13 +26,13 @@ mod _core {
     #[pymodule_export]
     use crate::python::errors::{
         CostMapError, IdempotencyKeyLimitError, IdempotencyKeyReused, StoreClosedError,
-        StoreCorruptedError, StoreError, StoreLockedError, StoreUnavailableError,
-        StoreVersionError, StoreWriteError, UnknownUsageType,
+        StoreCorruptedError, StoreError, StoreLockedError, StoreOutcomeUnknownError,
+        StoreUnavailableError, StoreVersionError, StoreWriteError, UnknownUsageType,
     };
     #[pymodule_export]
     use crate::python::meter::PyMeter;
     #[pymodule_export]
-    use crate::python::persistence::{copy_store, recover_store, verify_store};
+    use crate::python::persistence::{copy_store, recover_store, redact_url, verify_store};
     #[pymodule_export]
     use crate::python::service::MeteringCore;
 

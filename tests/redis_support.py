@@ -106,7 +106,11 @@ def free_cluster_port(taken: Sequence[int] = ()) -> int:
 
 
 def ping(port: int, timeout: float = 1.0) -> bool:
-    """True when a server on `port` answers `PING` with `+PONG` (not `-LOADING`), over raw RESP."""
+    """True when a server on `port` answers `PING` with `+PONG` (not `-LOADING`), over raw RESP.
+
+    A server started with `--requirepass` answers `-NOAUTH` instead: that counts as up (it may
+    still be loading a large append-only file; the tests' files are small).
+    """
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as connection:
             connection.sendall(b"*1\r\n$4\r\nPING\r\n")
@@ -118,7 +122,7 @@ def ping(port: int, timeout: float = 1.0) -> bool:
                 reply += chunk
     except OSError:
         return False
-    return reply == b"+PONG\r\n"
+    return reply == b"+PONG\r\n" or reply.startswith(b"-NOAUTH")
 
 
 def _die_with_parent() -> None:

@@ -16,7 +16,15 @@ import os
 from usagemeter import _core
 from usagemeter.types import StoreCopy, StoreRecovery, StoreSummary
 
-__all__ = ["SHARED_URL_SCHEMES", "copy_store", "is_shared_url", "recover_store", "verify_store"]
+__all__ = [
+    "SHARED_URL_SCHEMES",
+    "copy_store",
+    "is_shared_url",
+    "recover_store",
+    "redact_url",
+    "shown",
+    "verify_store",
+]
 
 # What starts the URL of a fleet's shared ledger (Redis); anything else is a store directory.
 SHARED_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+unix://")
@@ -46,6 +54,21 @@ def is_shared_url(store: str | os.PathLike[str]) -> bool:
     A Redis Cluster's seed list (``redis://a:7000,redis://b:7001``) counts too: it starts with one.
     """
     return os.fspath(store).startswith(SHARED_URL_SCHEMES)
+
+
+def redact_url(location: str | os.PathLike[str]) -> str:
+    """``location`` as it may be shown: a shared ledger's URL with its password masked.
+
+    ``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0`` (also a user's password, a
+    ``pass=`` query parameter, and each seed of a cluster's list). The real URL is only ever
+    passed to the connection; every message, log line, report and ``store_path`` shows this.
+    """
+    return _core.redact_url(os.fspath(location))
+
+
+def shown(store: str | os.PathLike[str] | None) -> str:
+    """A store for messages: a directory as it is, a shared ledger's URL redacted, None as "none"."""
+    return "none" if store is None else redact_url(store)
 
 
 def copy_store(

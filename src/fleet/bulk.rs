@@ -98,7 +98,8 @@ pub fn write_new(link: &mut Link, url: &str, users: &[UserImage]) -> StoreResult
     let existing = all_users(link).map_err(io)?;
     if !existing.is_empty() {
         return Err(StoreError::Other(format!(
-            "the shared ledger at {url} already holds {} users: copy into an empty one",
+            "the shared ledger at {} already holds {} users: copy into an empty one",
+            crate::redact::redact_url(url),
             existing.len()
         )));
     }
@@ -123,7 +124,8 @@ pub fn write_new(link: &mut Link, url: &str, users: &[UserImage]) -> StoreResult
         for reply in link.run(&commands).map_err(io)? {
             if let Value::ServerError(e) = reply {
                 return Err(StoreError::Write(format!(
-                    "{url}: a copy write failed: {e}"
+                    "{}: a copy write failed: {e}",
+                    crate::redact::redact_url(url)
                 )));
             }
         }

@@ -16,6 +16,7 @@ use super::errors::store_error;
 use crate::fleet::sync::{Fleet, FleetOptions, FleetRound, InvalidateHook};
 use crate::ledger::image::UserImage;
 use crate::ledger::Ledger;
+use crate::redact::{redact_url as redacted, scrub};
 use crate::store::guard::quietly_failing;
 use crate::store::snapshot::{ErrorHook, Snapshotter};
 use crate::store::{self, Backend, LedgerStore, Loaded, StoreError};
@@ -74,14 +75,17 @@ pub fn shared_urls(location: &str, cluster: bool) -> PyResult<Vec<String>> {
     let urls: Vec<String> = location.split(',').map(|u| u.trim().to_string()).collect();
     if urls.len() > 1 && !cluster {
         return Err(PyValueError::new_err(format!(
-            "store {location:?} names several servers: a Redis Cluster's seed nodes need \
-             store_backend='redis-cluster'"
+            "store {:?} names several servers: a Redis Cluster's seed nodes need \
+             store_backend='redis-cluster'",
+            redacted(location)
         )));
     }
     for url in &urls {
         if let Err(error) = url.as_str().into_connection_info() {
             return Err(PyValueError::new_err(format!(
-                "store {url:?} is not a Redis URL: {error}"
+                "store {:?} is not a Redis URL: {}",
+                redacted(url),
+                scrub(&error.to_string(), url)
             )));
         }
     }
@@ -100,8 +104,9 @@ pub fn store_kind(location: &str, backend: Option<&str>) -> PyResult<StoreKind> 
         Some("redis-cluster") => Ok(StoreKind::Shared { cluster: true }),
         None if shared => Ok(StoreKind::Shared { cluster: false }),
         Some(_) if shared => Err(PyValueError::new_err(format!(
-            "store {location:?} is a shared ledger: store_backend must be 'redis', \
-             'redis-cluster' or None"
+            "store {:?} is a shared ledger: store_backend must be 'redis', \
+             'redis-cluster' or None",
+            redacted(location)
         ))),
         None => Ok(StoreKind::Embedded(None)),
         Some(name) => parse_backend(name).map(|b| StoreKind::Embedded(Some(b))),
@@ -216,7 +221,8 @@ impl Persistence {
         let round = Box::new(FleetRound(Arc::clone(&fleet)));
         let snapshotter = Snapshotter::start_round(round, "usagemeter-sync", interval, on_error);
         let persistence = Persistence {
-            dir: url.to_string(),
+            // Shown (`store_path`, messages): the password masked. The fleet keeps the real URL.
+            dir: redacted(url),
             canonical_dir: None,
             backend: if cluster { "redis-cluster" } else { "redis" },
             snapshotter,
@@ -318,6 +324,13 @@ pub fn recover_store(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict
     summary.set_item("kept", recovery.kept)?;
     summary.set_item("dropped", recovery.dropped)?;
     Ok(summary)
+}
+
+/// `location` as it may be shown: a shared ledger's URL with its password masked (`***`);
+/// anything else (a directory) as it is.
+#[pyfunction]
+pub fn redact_url(location: &str) -> String {
+    redacted(location)
 }
 
 /// Opens the shared ledger at `url` for a tool (no worker joins).

@@ -54,7 +54,7 @@ from usagemeter.cli.store import (
     store_error_message,
 )
 from usagemeter.providers import usage_items
-from usagemeter.store import is_shared_url
+from usagemeter.store import is_shared_url, shown
 
 __all__ = [
     "BLOCK_SIZE",
@@ -515,7 +515,7 @@ def demo_store_problem(store: str) -> str | None:
             if candidate.is_dir():
                 return None
             where = "it" if candidate == path else f"{candidate}"
-            return f"--store {store}: {where} is a file, not a directory (a store is a directory)"
+            return f"--store {shown(store)}: {where} is a file, not a directory (a store is a directory)"
     return None
 
 
@@ -554,7 +554,7 @@ def run_demo(
         service = open_service(store, backend, cost_map)
     except (StoreError, OSError) as error:
         message = store_error_message(error, str(store)) if isinstance(error, StoreError) else str(error)
-        print(f"usagemeter demo: cannot open the store {store}: {message}", file=sys.stderr)
+        print(f"usagemeter demo: cannot open the store {shown(store)}: {message}", file=sys.stderr)
         return 1
     open_seconds = time.perf_counter() - opening
     opened_backend = service.store_backend
@@ -579,13 +579,13 @@ def run_demo(
         close_seconds = time.perf_counter() - closing
     except StoreError as error:
         print(
-            f"usagemeter demo: the store {store} failed: {store_error_message(error, str(store))}",
+            f"usagemeter demo: the store {shown(store)} failed: {store_error_message(error, str(store))}",
             file=sys.stderr,
         )
         return 1
     except KeyboardInterrupt:
         # Leaving the `with` closed the store, which flushed it.
-        where = f": what was recorded is flushed to {store}" if store is not None else ""
+        where = f": what was recorded is flushed to {shown(store)}" if store is not None else ""
         print(f"\ninterrupted{where}", file=sys.stderr)
         return 130
     if store is not None:
@@ -593,7 +593,8 @@ def run_demo(
             "usagemeter demo" if store == DEFAULT_STORE else f"usagemeter demo --store {shlex.quote(store)}"
         )
         out.print(
-            f"\nstore: flushed and closed in {close_seconds:.2f} s; the data is in {store} ({opened_backend})"
+            f"\nstore: flushed and closed in {close_seconds:.2f} s; "
+            f"the data is in {shown(store)} ({opened_backend})"
         )
         out.print(f"  `usagemeter report --store {shlex.quote(store)}` shows it")
         out.print(f"  `{again}` continues from it")
@@ -643,13 +644,15 @@ def _demo_session(
     if store is None:
         out.print("store: none, memory only (nothing is kept after this run)")
     elif continuing or (is_shared_url(store) and not before.empty):  # a shared ledger holding usage
-        out.print(f"continuing from {store} ({service.store_backend}), opened in {open_seconds:.2f} s")
+        out.print(f"continuing from {shown(store)} ({service.store_backend}), opened in {open_seconds:.2f} s")
         out.print(
             f"  this month so far: {count(before.users, 'user')}, {count(before.increments, 'increment')}, "
             f"{format_dollars(before.global_usage['total'], exact=exact)}"
         )
     else:
-        out.print(f"store: new {service.store_backend} store at {store}, opened in {open_seconds:.2f} s")
+        out.print(
+            f"store: new {service.store_backend} store at {shown(store)}, opened in {open_seconds:.2f} s"
+        )
     out.flush()
 
     stats = [_WorkerStats() for _ in range(thread_count)]

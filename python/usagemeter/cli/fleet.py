@@ -42,6 +42,7 @@ from usagemeter.cli.demo import (
 )
 from usagemeter.cli.output import Printer, count, format_dollars, make_table
 from usagemeter.cli.store import AnyBackend, open_service, store_error_message
+from usagemeter.store import shown
 
 __all__ = ["RACE_MIN_SPENT_PERCENT", "RACE_UNITS", "RACE_USAGE_TYPE", "RACE_USERS", "run_fleet_demo"]
 
@@ -136,7 +137,7 @@ def _fleet_worker(job: _Job, ready: Any, results: Any) -> None:
         service = open_service(job.store, job.backend, CostMap.default())
     except BaseException as error:
         ready.abort()  # the others stop waiting for this one
-        result.error = f"cannot open {job.store}: " + (
+        result.error = f"cannot open {shown(job.store)}: " + (
             store_error_message(error, job.store) if isinstance(error, StoreError) else repr(error)
         )
         results.put(result)
@@ -262,14 +263,15 @@ def run_fleet_demo(
             opened_backend = reader.store_backend
     except (StoreError, OSError, ValueError) as error:
         message = store_error_message(error, store) if isinstance(error, StoreError) else str(error)
-        print(f"usagemeter demo: cannot open the shared ledger {store}: {message}", file=sys.stderr)
+        print(f"usagemeter demo: cannot open the shared ledger {shown(store)}: {message}", file=sys.stderr)
         return 1
     out.print(
         f"usagemeter demo: {count(request_count, 'request')} from {count(actor_count, 'actor')} on "
         f"{count(workers, 'worker')} (processes) x {count(thread_count, 'thread')} (seed {seed})"
     )
     out.print(
-        f"shared ledger: {store} ({opened_backend}); this month so far: {count(before.users, 'user')}, "
+        f"shared ledger: {shown(store)} ({opened_backend}); "
+        f"this month so far: {count(before.users, 'user')}, "
         f"{count(before.increments, 'increment')}, "
         f"{format_dollars(before.global_usage['total'], exact=exact)}"
     )
@@ -329,14 +331,14 @@ def run_fleet_demo(
     try:
         with open_service(store, backend, cost_map) as reader:
             _install_plans(reader, population.tiny_plan_users | frozenset(race_users))
-            out.print(f"\nOne ledger, read back from {store} by a new reader")
+            out.print(f"\nOne ledger, read back from {shown(store)} by a new reader")
             _print_usage_types(out, reader, limit=10, exact=exact)
             _print_top_actors(out, reader, population, limit=10, exact=exact)
             after = _ledger_state(reader)
             code = _check_fleet(out, reader, before, after, cost_map, increments, results, race_users, exact)
     except (StoreError, OSError) as error:
         message = store_error_message(error, store) if isinstance(error, StoreError) else str(error)
-        print(f"usagemeter demo: cannot read the shared ledger {store}: {message}", file=sys.stderr)
+        print(f"usagemeter demo: cannot read the shared ledger {shown(store)}: {message}", file=sys.stderr)
         return 1
     out.print(f"\n  `usagemeter report --store {shlex.quote(store)}` shows the ledger", wrap=False)
     return code

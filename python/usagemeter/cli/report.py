@@ -50,7 +50,7 @@ from usagemeter.cli.store import (
     store_error_message,
     store_problem,
 )
-from usagemeter.store import is_shared_url
+from usagemeter.store import is_shared_url, shown
 
 __all__ = ["CSV_COLUMNS", "JSON_SHAPE", "ReportFormat", "current_month", "run_report"]
 
@@ -161,7 +161,7 @@ def _month_report(service: MeteringService, month: str, top: int | None) -> dict
                     into[key] += record[key]
         usage = _usage_records(summed)
         total = sum(user_total for _, user_total, _ in actors)
-    shown = actors if top is None else actors[:top]
+    top_actors = actors if top is None else actors[:top]
     return {
         "users": len(actors),
         "increments": sum(increments for _, _, increments in actors),
@@ -169,7 +169,7 @@ def _month_report(service: MeteringService, month: str, top: int | None) -> dict
         "usage": usage,
         "top_actors": [
             {"user_id": user_id, "total": spent, "count": increments, "balance": _balance(service, user_id)}
-            for user_id, spent, increments in shown
+            for user_id, spent, increments in top_actors
         ],
     }
 
@@ -312,16 +312,16 @@ def _print_month_report(out: Printer, document: Mapping[str, Any], exact: bool) 
     usage = document["usage"]
     how = "" if document["month"] == document["balances_month"] else "; sums of the per-user figures"
     _print_usage_table(out, f"Usage types by cost ({count(len(usage), 'type')}{how})", usage, exact)
-    shown = document["top_actors"]
+    top_rows = document["top_actors"]
     out.print(
-        f"\nTop users by spend ({len(shown):,} of {count(users, 'user')}); "
+        f"\nTop users by spend ({len(top_rows):,} of {count(users, 'user')}); "
         f"plans and balances in {document['balances_month']}"
     )
     table = make_table(
         ["user", "increments", "spent", "plan", "allowance", "remaining", "purchased"],
         [False, True, True, False, True, True, True],
     )
-    for row in shown:
+    for row in top_rows:
         balance = row["balance"]
         table.add_row(
             row["user_id"],
@@ -333,7 +333,7 @@ def _print_month_report(out: Printer, document: Mapping[str, Any], exact: bool) 
             format_dollars(balance["purchased_credits"], exact=exact),
         )
     out.print(table)
-    if not all(row["balance"]["plan_stored"] for row in shown):
+    if not all(row["balance"]["plan_stored"] for row in top_rows):
         out.print(f"\n{_PLAN_NOTE}")
 
 
@@ -436,7 +436,7 @@ def run_report(
         print(f"usagemeter report: {error}", file=sys.stderr)
         return 1
     document = {
-        "store": store,
+        "store": shown(store),
         "backend": opened_backend,
         "month": month,
         "balances_month": balances_month,
@@ -447,7 +447,7 @@ def run_report(
         sys.stdout.write("\n")
         return 0
     out = Printer(sys.stdout)
-    out.print(f"store {store} ({opened_backend})")
+    out.print(f"store {shown(store)} ({opened_backend})")
     if actor is None:
         _print_month_report(out, document, exact)
     else:

@@ -20,7 +20,7 @@ from typing import Literal, TypeVar
 
 from usagemeter import CostMap, MeteringService, StoreError, StoreLockedError
 from usagemeter.cli.output import Printer, count
-from usagemeter.store import copy_store, is_shared_url, recover_store, verify_store
+from usagemeter.store import copy_store, is_shared_url, recover_store, shown, verify_store
 
 __all__ = [
     "ALL_BACKENDS",
@@ -83,7 +83,7 @@ def store_problem(
         if allow_url:
             return None
         return (
-            f"{os.fspath(store)} is a fleet's shared ledger (Redis), not a store directory: this command "
+            f"{shown(store)} is a fleet's shared ledger (Redis), not a store directory: this command "
             "checks a directory's files only (`usagemeter report --store URL` opens a shared ledger, "
             "which loads every user)"
         )
@@ -117,7 +117,7 @@ def open_service(
 def store_error_message(error: StoreError, store: str) -> str:
     """The text shown for a StoreError: what happened, naming the store; a lock says who holds it."""
     if isinstance(error, StoreLockedError):
-        return f"another process holds the store {store} (stop it, then retry): {error}"
+        return f"another process holds the store {shown(store)} (stop it, then retry): {error}"
     return f"{type(error).__name__}: {error}"
 
 
@@ -145,9 +145,10 @@ def _run_store_tool(command: str, store: str, tool: Callable[[str], _Result]) ->
     try:
         return tool(store)
     except StoreError as error:
-        print(f"usagemeter store {command}: {store}: {store_error_message(error, store)}", file=sys.stderr)
+        message = store_error_message(error, store)
+        print(f"usagemeter store {command}: {shown(store)}: {message}", file=sys.stderr)
     except OSError as error:
-        print(f"usagemeter store {command}: {store}: {error}", file=sys.stderr)
+        print(f"usagemeter store {command}: {shown(store)}: {error}", file=sys.stderr)
     return None
 
 
@@ -161,12 +162,12 @@ def run_store_verify(store: str) -> int:
     if summary is None:
         return 1
     out = Printer(sys.stdout)
-    out.print(f"{store}: ok, every record verified")
-    shown = ("backend", "format_version", "generation", "records", "users", "user_months")
-    for key in shown:
+    out.print(f"{shown(store)}: ok, every record verified")
+    fields = ("backend", "format_version", "generation", "records", "users", "user_months")
+    for key in fields:
         out.print(f"  {key.replace('_', ' ')}: {_describe(summary.get(key, '?'))}")
     for key, value in summary.items():  # anything else the library reports
-        if key not in shown:
+        if key not in fields:
             out.print(f"  {key.replace('_', ' ')}: {_describe(value)}")
     return 0
 
@@ -182,7 +183,8 @@ def run_store_recover(store: str) -> int:
         return 1
     dropped = list(result["dropped"])
     out = Printer(sys.stdout)
-    out.print(f"{store}: kept {count(result['kept'], 'record')}, dropped {count(len(dropped), 'record')}")
+    kept = count(result["kept"], "record")
+    out.print(f"{shown(store)}: kept {kept}, dropped {count(len(dropped), 'record')}")
     for description in dropped:
         # The description comes from the Rust store code as it is; printed without wrapping so a
         # long key stays on one line to copy.
@@ -240,8 +242,8 @@ def run_store_copy(
     out = Printer(sys.stdout)
     out.print(
         f"copied {count(copied['users'], 'user')} ({count(copied['user_months'], 'user month')}) "
-        f"from {source} ({from_backend}) to {destination} ({to_backend})",
+        f"from {shown(source)} ({from_backend}) to {shown(destination)} ({to_backend})",
         wrap=False,
     )
-    out.print(f"  `usagemeter report --store {shlex.quote(destination)}` shows it", wrap=False)
+    out.print(f"  `usagemeter report --store {shlex.quote(shown(destination))}` shows it", wrap=False)
     return 0
