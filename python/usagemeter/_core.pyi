@@ -37,6 +37,7 @@ __all__ = [
     "StoreCorruptedError",
     "StoreError",
     "StoreLockedError",
+    "StoreOutcomeUnknownError",
     "StoreUnavailableError",
     "StoreVersionError",
     "StoreWriteError",
@@ -75,7 +76,13 @@ class StoreLockedError(StoreError):
     """Another process or service holds the store; the message names the path."""
 
 class StoreUnavailableError(StoreError):
-    """The shared ledger (a Redis server or cluster) cannot be reached; the message names the URL."""
+    """The shared ledger (a Redis server or cluster) cannot be reached; nothing of the call was recorded.
+
+    The message names the URL, its password masked."""
+
+class StoreOutcomeUnknownError(StoreUnavailableError):
+    """A call was sent to the shared ledger and no answer came back in time: it may have been
+    recorded or not. A retry with the same idempotency key is safe (it replays or records once)."""
 
 class StoreCorruptedError(StoreError):
     """The store is damaged, truncated or lost data; the message names what failed."""
@@ -94,6 +101,9 @@ def verify_store(path: str | os.PathLike[str]) -> StoreSummary:
 
 def recover_store(path: str | os.PathLike[str]) -> StoreRecovery:
     """Keep every record of the store at ``path`` whose checksum holds; delete the others."""
+
+def redact_url(location: str) -> str:
+    """``location`` as it may be shown: a shared ledger's URL with its password masked (``***``)."""
 
 def copy_store(
     source: str,
@@ -188,6 +198,7 @@ class MeteringCore:
         lease_ttl_ms: int = 10_000,
         serve_offline: bool = False,
         connect_timeout_ms: int = 5_000,
+        caller_timeout_ms: int = 1_000,
         idempotency_window_ms: int = 86_400_000,
         max_idempotency_keys: int = 1_000_000,
         max_idempotency_keys_per_user: int = 100_000,
@@ -216,7 +227,8 @@ class MeteringCore:
         """Whether ``close()`` has begun: every call now raises ``StoreClosedError``."""
     @property
     def store_path(self) -> str | None:
-        """The store directory or the shared ledger's URL, or None for a memory-only service."""
+        """The store directory, or the shared ledger's URL with its password masked (``***``), or
+        None for a memory-only service."""
     @property
     def store_backend(self) -> str | None:
         """The store backend (``"sled"``, ``"redb"``, ``"redis"`` or ``"redis-cluster"``), or None

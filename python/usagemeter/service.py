@@ -87,8 +87,14 @@ class MeteringService(MeteringCore):
     syncs with Redis every ``snapshot_interval``. ``try_increment_usage`` spends budget leases
     reserved in Redis (``lease_ttl`` seconds without renewal), so the fleet never overspends;
     while Redis is unreachable it refuses, unless ``offline_spending="leases"`` (spend the leases
-    held). ``connect_timeout`` bounds opening (``StoreUnavailableError``). See the README's fleet
-    section for the bounds. For a directory store, the loss bound: a crash loses at most
+    held). ``connect_timeout`` bounds opening (``StoreUnavailableError``). ``caller_timeout``
+    (seconds, default 1) bounds what a caller waits on Redis in all, retries and the wait for the
+    sync thread included: a keyed call, a refund, a lease request of ``try_increment_usage``, a
+    month's first charge with monthly charges. A keyed call whose write was sent and not answered
+    in time raises ``StoreOutcomeUnknownError`` (it may have been recorded: retry it with the same
+    key); after a failure no caller is sent to Redis until the sync thread reaches it again. The
+    URL's password is never shown (``store_path``, messages, alarms: ``redis://:***@host``). See
+    the README's fleet section for the bounds. For a directory store, the loss bound: a crash loses at most
     the changes of the last ``snapshot_interval`` plus the snapshot being written; whatever a
     returned ``flush()`` covered is never lost. ``close()`` (or leaving a ``with`` block, or the
     interpreter's exit) writes a last snapshot. SIGTERM is the host application's to handle:
@@ -142,6 +148,7 @@ class MeteringService(MeteringCore):
         lease_ttl: float = 10.0,
         offline_spending: Literal["refuse", "leases"] = "refuse",
         connect_timeout: float = 5.0,
+        caller_timeout: float = 1.0,
         idempotency_window: float = 86_400.0,
         max_idempotency_keys: int = 1_000_000,
         max_idempotency_keys_per_user: int = 100_000,
@@ -185,7 +192,11 @@ class MeteringService(MeteringCore):
                 "store_backend must be 'sled', 'redb', 'redis', 'redis-cluster' or None, "
                 f"not {store_backend!r}"
             )
-        for name, seconds in (("lease_ttl", lease_ttl), ("connect_timeout", connect_timeout)):
+        for name, seconds in (
+            ("lease_ttl", lease_ttl),
+            ("connect_timeout", connect_timeout),
+            ("caller_timeout", caller_timeout),
+        ):
             _check_seconds(name, seconds)
             if not 0 < seconds <= MAX_SNAPSHOT_INTERVAL:
                 raise ValueError(f"{name} must be positive seconds, at most a day, got {seconds}")
@@ -222,6 +233,7 @@ class MeteringService(MeteringCore):
             max(1, round(lease_ttl * 1000)),
             offline_spending == "leases",
             max(1, round(connect_timeout * 1000)),
+            max(1, round(caller_timeout * 1000)),
             max(1, round(idempotency_window * 1000)),
             max_idempotency_keys,
             max_idempotency_keys_per_user,
@@ -253,6 +265,12 @@ class MeteringService(MeteringCore):
         if store_path is not None or max_global_usage_per_minute is not None:
             _monitor.watch(self)
         return self
+
+    def __repr__(self) -> str:
+        """``MeteringService(store=..., backend=...)``: the store as ``store_path`` shows it (a URL's
+        password masked)."""
+        state = ", closed" if self.closed else ""
+        return f"{type(self).__name__}(store={self.store_path!r}, backend={self.store_backend!r}{state})"
 
     def __enter__(self) -> Self:
         """Return the service; leaving the block closes it."""

@@ -2,11 +2,12 @@
 //! Every command is sent in a pipeline (one round trip for a whole sync step); a cluster
 //! pipeline sends each command to the node of its key.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::cluster::{cluster_pipe, ClusterClientBuilder, ClusterConnection};
-use redis::{Cmd, Connection, RedisError, RedisResult, Value};
+use redis::{Cmd, Connection, ErrorKind, RedisError, RedisResult, Value};
 
+use crate::redact::{redact_url, scrub};
 use crate::store::{StoreError, StoreResult};
 
 pub enum Link {
@@ -14,8 +15,9 @@ pub enum Link {
     Cluster(Box<ClusterConnection>),
 }
 
-/// Bounds every command: a server that stops answering fails a sync step, never hangs it.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds every command of the sync thread: a server that stops answering fails a sync step,
+/// never hangs it. A caller's commands are bounded by its own deadline (`Link::bound`).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `rediss://` needs a process-wide crypto provider (ring); installed once.
 fn install_crypto() {
@@ -26,19 +28,64 @@ fn install_crypto() {
     });
 }
 
-/// A connection error as the store error Python sees (`StoreError`).
-pub fn unavailable(url: &str, error: &RedisError) -> StoreError {
-    StoreError::Unavailable(format!(
-        "the shared ledger at {url} cannot be reached: {error}"
-    ))
+/// The error codes with which a live server answers that it cannot serve now, and will: a
+/// restart loading its data (`LOADING`), a script running (`BUSY`), a cluster failing over.
+const RETRYABLE_CODES: [&str; 5] = ["LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"];
+
+/// Whether a server's error reply (`code`) says: not now, retry.
+pub fn is_retryable_code(code: &str) -> bool {
+    RETRYABLE_CODES.contains(&code)
+}
+
+/// What went wrong talking to the shared ledger at `location`, in words an operator can act on.
+/// The text never holds the URL's password (`redact`).
+pub fn describe(location: &str, error: &RedisError) -> String {
+    let shown = redact_url(location);
+    let said = scrub(&error.to_string(), location);
+    match error.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => format!(
+            "the server at {shown} does not answer as Redis does ({said}): is that address a \
+             Redis server's port?"
+        ),
+        ErrorKind::AuthenticationFailed => {
+            format!("the shared ledger at {shown} refused the user or password of the URL ({said})")
+        }
+        _ if error.is_timeout() => format!(
+            "the shared ledger at {shown} did not answer in time ({said}): the server or the \
+             network is stalled"
+        ),
+        _ if error.code() == Some("MOVED") || error.code() == Some("ASK") => format!(
+            "the server at {shown} is a node of a Redis Cluster ({said}): open it with \
+             store_backend='redis-cluster'"
+        ),
+        _ if error.code().is_some_and(is_retryable_code) => {
+            format!("the shared ledger at {shown} cannot serve now ({said}); it will again shortly")
+        }
+        _ if error.code() == Some("NOAUTH") || error.code() == Some("WRONGPASS") => format!(
+            "the shared ledger at {shown} needs a password the URL does not give, or refused \
+             it ({said})"
+        ),
+        _ => format!("the shared ledger at {shown} cannot be reached: {said}"),
+    }
+}
+
+/// A connection error as the store error Python sees (`StoreUnavailableError`).
+pub fn unavailable(location: &str, error: &RedisError) -> StoreError {
+    StoreError::Unavailable(describe(location, error))
+}
+
+/// Whether `error` leaves a command's outcome unknown: it may have been sent and applied, and
+/// no reply came (a timeout, a dropped connection), as opposed to a reply that it was not.
+pub fn outcome_unknown(error: &RedisError) -> bool {
+    error.is_timeout() || error.is_connection_dropped() || error.is_io_error()
 }
 
 impl Link {
     /// Connects within `timeout`; `cluster` takes `urls` as seed nodes of a Redis Cluster.
     pub fn open(urls: &[String], cluster: bool, timeout: Duration) -> StoreResult<Link> {
         install_crypto();
-        let shown = urls.join(",");
-        let failed = |e: RedisError| unavailable(&shown, &e);
+        let location = urls.join(",");
+        let failed = |e: RedisError| unavailable(&location, &e);
         if cluster {
             let client = ClusterClientBuilder::new(urls.to_vec())
                 .connection_timeout(timeout)
@@ -50,8 +97,13 @@ impl Link {
                 client.get_connection().map_err(failed)?,
             )));
         }
-        let client = redis::Client::open(urls[0].as_str())
-            .map_err(|e| StoreError::Other(format!("not a Redis URL ({}): {e}", urls[0])))?;
+        let client = redis::Client::open(urls[0].as_str()).map_err(|e| {
+            StoreError::Other(format!(
+                "not a Redis URL ({}): {}",
+                redact_url(&urls[0]),
+                scrub(&e.to_string(), &urls[0])
+            ))
+        })?;
         let connection = client
             .get_connection_with_timeout(timeout)
             .map_err(failed)?;
@@ -113,5 +165,31 @@ impl Link {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Link::Cluster(_))
+    }
+
+    /// Bounds the next commands: each waits at most `IO_TIMEOUT`, and none past `deadline` (a
+    /// caller's: the wait it was promised). A cluster connection may retry a command once on
+    /// another node, so it gets half of what is left each time. `Err` once `deadline` passed.
+    pub fn bound(&mut self, deadline: Option<Instant>) -> Result<(), Duration> {
+        let mut timeout = IO_TIMEOUT;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(1) {
+                return Err(left);
+            }
+            timeout = timeout.min(match self {
+                Link::Single(_) => left,
+                Link::Cluster(_) => left / 2,
+            });
+        }
+        let result = match self {
+            Link::Single(connection) => connection
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| connection.set_write_timeout(Some(timeout))),
+            Link::Cluster(connection) => connection
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| connection.set_write_timeout(Some(timeout))),
+        };
+        result.map_err(|_| Duration::ZERO)
     }
 }

@@ -72,7 +72,13 @@ create_exception!(
     usagemeter,
     StoreUnavailableError,
     StoreError,
-    "The shared ledger (a Redis server or cluster) cannot be reached; the message names the URL."
+    "The shared ledger (a Redis server or cluster) cannot be reached; the message names the URL (its password masked)."
+);
+create_exception!(
+    usagemeter,
+    StoreOutcomeUnknownError,
+    StoreUnavailableError,
+    "A call was sent to the shared ledger and no answer came back in time: it may have been recorded or not. A retry with the same idempotency key is safe (it replays or records once)."
 );
 
 pub fn store_error(error: CoreStoreError) -> PyErr {
@@ -84,6 +90,7 @@ pub fn store_error(error: CoreStoreError) -> PyErr {
         CoreStoreError::Write(_) => StoreWriteError::new_err(message),
         CoreStoreError::Closed(_) => StoreClosedError::new_err(message),
         CoreStoreError::Unavailable(_) => StoreUnavailableError::new_err(message),
+        CoreStoreError::OutcomeUnknown(_) => StoreOutcomeUnknownError::new_err(message),
         CoreStoreError::Other(_) => StoreError::new_err(message),
     }
 }

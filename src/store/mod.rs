@@ -53,8 +53,11 @@ pub enum StoreError {
     Write(String),
     /// The store was closed (or its snapshot thread has ended).
     Closed(String),
-    /// A shared ledger (Redis) cannot be reached.
+    /// A shared ledger (Redis) cannot be reached: nothing of the call was recorded.
     Unavailable(String),
+    /// A call's write was sent to the shared ledger but no reply came (a timeout, a dropped
+    /// connection): it may have been recorded or not.
+    OutcomeUnknown(String),
     /// Anything else (wrong backend, bad path).
     Other(String),
 }
@@ -68,6 +71,7 @@ impl fmt::Display for StoreError {
             | StoreError::Write(m)
             | StoreError::Closed(m)
             | StoreError::Unavailable(m)
+            | StoreError::OutcomeUnknown(m)
             | StoreError::Other(m) => f.write_str(m),
         }
     }

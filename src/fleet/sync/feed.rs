@@ -58,10 +58,13 @@ impl Fleet {
         }
         state.stats.round_trips += 1;
         state.stats.bytes_sent += add.get_packed_command().len() as u64;
-        if let Err(e) = self.link(state).one(&add) {
+        if let Err(error) = self
+            .link(state)
+            .and_then(|link| link.one(&add).map_err(|e| self.io(&e)))
+        {
             state.invalidations = invalidations;
             state.unannounced = changed;
-            return Err(self.io(&e));
+            return Err(error);
         }
         Ok(())
     }
@@ -81,7 +84,7 @@ impl Fleet {
         first.arg(FEED_KEY).arg("-").arg("+").arg("COUNT").arg(1);
         state.stats.round_trips += 1;
         let replies = self
-            .link(state)
+            .link(state)?
             .run(&[first, command])
             .map_err(|e| self.io(&e))?;
         let entry_ids = |value: &Value| -> Vec<(String, Vec<(String, String)>)> {
@@ -148,14 +151,17 @@ impl Fleet {
             }
         }
         let users: Vec<String> = match trimmed {
-            true => self.all_users(self.link(state))?,
+            true => {
+                let link = self.link(state)?;
+                self.all_users(link)?
+            }
             false => users.into_iter().collect(),
         };
         if users.is_empty() {
             return Ok(());
         }
         state.stats.round_trips += 1;
-        let link = state.link.as_mut().expect("connected first");
+        let link = self.link(state)?;
         let read = self.read_users(link, &users)?;
         for (user, fleet) in read {
             let known = state.known.remove(&user).unwrap_or_default();

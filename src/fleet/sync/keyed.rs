@@ -30,8 +30,9 @@ use crate::store::{StoreError, StoreResult};
 /// One keyed call to record on the shared ledger.
 pub struct KeyedWrite<'a> {
     pub user_id: &'a str,
-    /// The key's name (`record::claim_key`): unique per user.
-    pub name: &'a str,
+    /// The key's name (`record::claim_key`): unique per user. `None` for a call that has no key
+    /// but must still be decided on the shared ledger's figures (a refund without a key).
+    pub name: Option<&'a str>,
     /// How long the key is kept (ms).
     pub ttl_ms: i64,
     pub month: MonthId,
@@ -73,15 +74,27 @@ impl Fleet {
         decide: &Decide<'_>,
         value_of: &dyn Fn(&UserFigures) -> Vec<u8>,
     ) -> StoreResult<Keyed> {
-        let mut state = self.state.lock();
+        let mut state = self.caller_state()?;
         let result = quietly_failing("a keyed write", || {
             self.keyed_locked(&mut state, call, decide, value_of)
         });
-        self.ledger.set_online(result.is_ok());
-        if result.is_err() {
-            state.link = None;
-        }
+        self.caller_done(&mut state, &result);
         result
+    }
+
+    /// Why a keyed call's write has no known outcome: it was sent, and no answer came.
+    fn outcome_unknown(&self, call: &KeyedWrite<'_>, error: &redis::RedisError) -> StoreError {
+        let what = crate::fleet::link::describe(&self.options.urls.join(","), error);
+        StoreError::OutcomeUnknown(match call.name {
+            Some(_) => format!(
+                "{what}; this call was sent and may have been recorded or not: retry it with the \
+                 same idempotency key, which records it at most once"
+            ),
+            None => format!(
+                "{what}; this call was sent and may have been recorded or not: read the user's \
+                 figures before retrying it (pass an idempotency key to make a retry safe)"
+            ),
+        })
     }
 
     fn keyed_locked(
@@ -94,13 +107,16 @@ impl Fleet {
         let user = call.user_id;
         let cluster =
             state.link.as_ref().is_some_and(super::Link::is_cluster) || self.options.cluster;
-        let claim = record::claim_key(user, call.name, cluster).ok_or_else(|| {
-            StoreError::Write(format!(
-                "user id {user:?} has no Redis Cluster slot that another key can share: \
-                 keyed calls (idempotency keys, monthly charges) cannot be recorded for it on a \
-                 cluster"
-            ))
-        })?;
+        let claim = match call.name {
+            None => None,
+            Some(name) => Some(record::claim_key(user, name, cluster).ok_or_else(|| {
+                StoreError::Write(format!(
+                    "user id {user:?} has no Redis Cluster slot that another key can share: \
+                     keyed calls (idempotency keys, monthly charges) cannot be recorded for it \
+                     on a cluster"
+                ))
+            })?),
+        };
         self.connect(state)?;
         let now = self.server_ms(state)?;
         // What this worker holds unsent for the user goes first (and, before an affordability
@@ -114,7 +130,12 @@ impl Fleet {
             let id = state.next_id;
             state.next_id += 1;
             let write = self.write_of(state, taken, id);
-            state.pending.push(write);
+            // Nothing unsent and no lease to give back: no write (it would be a round trip
+            // for nothing, and a server slow to take writes would fail the call for it).
+            let idle = write.delta.is_zero() && write.ask == super::lease::Ask::None;
+            if !idle || self.plan_changed(state, &write) {
+                state.pending.push(write);
+            }
         }
         if !state.pending.is_empty() {
             self.write(state, now)?;
@@ -137,9 +158,12 @@ impl Fleet {
                 // A retry of a call made before is refused on the figures after it (its budget
                 // spent, its refund given): the key tells, and is answered first.
                 Err(refused) => {
+                    let Some(claim) = &claim else {
+                        return Ok(refused);
+                    };
                     state.stats.round_trips += 1;
-                    let get = redis::cmd("GET").arg(&claim).clone();
-                    return match self.link(state).one(&get).map_err(|e| self.io(&e))? {
+                    let get = redis::cmd("GET").arg(claim).clone();
+                    return match self.link(state)?.one(&get).map_err(|e| self.io(&e))? {
                         Value::BulkString(value) => Ok(Keyed::Existing(value)),
                         _ => Ok(refused),
                     };
@@ -152,11 +176,12 @@ impl Fleet {
             let sets = record::encode(user, &merged, &months, &mut types)
                 .map_err(|why| corrupted(user, why))?;
             let mut cas = redis::cmd("EVAL");
-            cas.arg(record::SCRIPT)
-                .arg(2)
-                .arg(record::user_key(user))
-                .arg(&claim)
-                .arg(known.version)
+            cas.arg(record::SCRIPT);
+            match &claim {
+                Some(claim) => cas.arg(2).arg(record::user_key(user)).arg(claim),
+                None => cas.arg(1).arg(record::user_key(user)),
+            };
+            cas.arg(known.version)
                 .arg(format!("s:{}", self.worker))
                 .arg(id)
                 .arg(now)
@@ -168,7 +193,15 @@ impl Fleet {
                 .arg(value_of(&merged))
                 .arg(call.ttl_ms.max(1));
             state.stats.round_trips += 1;
-            let reply = self.link(state).one(&cas).map_err(|e| self.io(&e))?;
+            let reply = match self.link(state)?.one(&cas) {
+                Ok(reply) => reply,
+                Err(e) if crate::fleet::link::outcome_unknown(&e) => {
+                    return Err(self.outcome_unknown(call, &e))
+                }
+                // The server answered: it did not run the script (a restart loading, a script
+                // busy), so nothing was recorded.
+                Err(e) => return Err(self.io(&e)),
+            };
             let Some((code, payload)) = script_reply(&reply) else {
                 return Err(StoreError::Write(format!(
                     "unexpected reply from the shared ledger: {reply:?}"

@@ -22,14 +22,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use redis::Value;
 
 use self::lease::{Ask, LeaseOutcome};
 
 use super::bulk::{self, corrupted, pairs, text_of};
 use super::figures::{merge, UserFigures};
-use super::link::{unavailable, Link};
+use super::link::{is_retryable_code, unavailable, Link};
 use super::record::{self, Stored, StoredLease, USERS_KEY};
 use crate::ledger::image::UserImage;
 use crate::ledger::month::MonthId;
@@ -58,6 +58,9 @@ pub struct FleetOptions {
     pub lease_ttl: Duration,
     /// Between two syncs.
     pub interval: Duration,
+    /// The most a caller's call (a keyed call, a lease request) waits on the shared ledger in
+    /// all, the wait for the sync thread's round included.
+    pub caller_timeout: Duration,
 }
 
 /// Called with each user whose plan another worker invalidated.
@@ -121,6 +124,8 @@ struct State {
     /// that reading is usable here until this instant plus `lease_ttl`, which comes before the
     /// fleet lets it expire.
     clock_read_at: Instant,
+    /// While a caller's call runs: when it must have its answer (`FleetOptions::caller_timeout`).
+    deadline: Option<Instant>,
     stats: Stats,
 }
 
@@ -130,6 +135,9 @@ pub struct Fleet {
     worker: String,
     state: Mutex<State>,
     on_invalidate: InvalidateHook,
+    /// Why the last contact with the shared ledger failed (shown to the callers refused while
+    /// it is not reached again).
+    last_failure: Mutex<String>,
 }
 
 /// A unique id for this worker (process and service): its writes and leases are named by it.
@@ -184,10 +192,12 @@ impl Fleet {
                 invalidations: Vec::new(),
                 unannounced: Vec::new(),
                 clock_read_at: Instant::now(),
+                deadline: None,
                 stats: Stats::default(),
             }),
             on_invalidate,
             options,
+            last_failure: Mutex::new(String::new()),
         };
         let images = {
             let mut state = fleet.state.lock();
@@ -208,6 +218,58 @@ impl Fleet {
 
     fn io(&self, e: &redis::RedisError) -> StoreError {
         unavailable(&self.options.urls.join(","), e)
+    }
+
+    /// The shared ledger's URL as it may be shown (its password masked).
+    pub(super) fn shown(&self) -> String {
+        crate::redact::redact_url(&self.options.urls.join(","))
+    }
+
+    /// The state for a caller's call, with its deadline set: refused at once while the last
+    /// contact with the shared ledger failed (the sync thread tries again each round; until it
+    /// succeeds the offline rules apply), and after `caller_timeout` of waiting for a round.
+    fn caller_state(&self) -> StoreResult<MutexGuard<'_, State>> {
+        let wait = self.options.caller_timeout;
+        if !self.ledger.is_online() {
+            return Err(StoreError::Unavailable(format!(
+                "{}; calls are not sent there until the sync thread reaches it again (nothing of \
+                 this call was recorded)",
+                self.last_failure.lock()
+            )));
+        }
+        let deadline = Instant::now() + wait;
+        let Some(mut state) = self.state.try_lock_until(deadline) else {
+            // The round holding the state is stalled on the server as far as callers can tell:
+            // the next callers are refused at once too, until a round ends well.
+            let error = StoreError::Unavailable(format!(
+                "the sync with the shared ledger at {} took longer than the caller's wait \
+                 (caller_timeout, {} ms): nothing of this call was recorded",
+                self.shown(),
+                wait.as_millis()
+            ));
+            *self.last_failure.lock() = error.to_string();
+            self.ledger.set_online(false);
+            return Err(error);
+        };
+        state.deadline = Some(deadline);
+        Ok(state)
+    }
+
+    /// Ends a caller's call: the state's deadline is dropped, and a failure to reach the
+    /// shared ledger sends no more callers there until the sync thread reaches it again.
+    fn caller_done<T>(&self, state: &mut State, result: &StoreResult<T>) {
+        state.deadline = None;
+        if let Err(error @ (StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_))) = result {
+            self.went_offline(state, error);
+        }
+    }
+
+    /// The shared ledger was not reached: callers are refused at once until a round reaches it
+    /// (the offline rules apply), and the next contact connects again (it may have restarted).
+    fn went_offline(&self, state: &mut State, error: &StoreError) {
+        *self.last_failure.lock() = error.to_string();
+        self.ledger.set_online(false);
+        state.link = None;
     }
 
     fn all_users(&self, link: &mut Link) -> StoreResult<Vec<String>> {
@@ -243,14 +305,11 @@ impl Fleet {
         need: Money,
         allowance: Money,
     ) -> StoreResult<bool> {
-        let mut state = self.state.lock();
+        let mut state = self.caller_state()?;
         let result = quietly_failing("a budget lease request", || {
             self.request_locked(&mut state, user_id, month, need, allowance)
         });
-        self.ledger.set_online(result.is_ok());
-        if result.is_err() {
-            state.link = None;
-        }
+        self.caller_done(&mut state, &result);
         result
     }
 
@@ -288,17 +347,43 @@ impl Fleet {
 
     fn connect(&self, state: &mut State) -> StoreResult<()> {
         if state.link.is_none() {
+            let mut timeout = self.options.connect_timeout;
+            if let Some(deadline) = state.deadline {
+                timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+                if timeout.is_zero() {
+                    return Err(self.caller_out_of_time());
+                }
+            }
             state.link = Some(Link::open(
                 &self.options.urls,
                 self.options.cluster,
-                self.options.connect_timeout,
+                timeout,
             )?);
         }
         Ok(())
     }
 
-    fn link<'s>(&self, state: &'s mut State) -> &'s mut Link {
-        state.link.as_mut().expect("connected first")
+    /// The connection, its commands bounded by the caller's deadline (if a caller waits).
+    fn link<'s>(&self, state: &'s mut State) -> StoreResult<&'s mut Link> {
+        let deadline = state.deadline;
+        let Some(link) = state.link.as_mut() else {
+            return Err(StoreError::Unavailable(format!(
+                "not connected to the shared ledger at {}",
+                self.shown()
+            )));
+        };
+        link.bound(deadline)
+            .map_err(|_| self.caller_out_of_time())?;
+        Ok(link)
+    }
+
+    fn caller_out_of_time(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "the shared ledger at {} did not answer within the caller's wait (caller_timeout, \
+             {} ms)",
+            self.shown(),
+            self.options.caller_timeout.as_millis()
+        ))
     }
 
     /// The server's clock (ms): every lease expiry is decided on it, never on a worker's.
@@ -306,7 +391,7 @@ impl Fleet {
         state.stats.round_trips += 1;
         state.clock_read_at = Instant::now();
         let time = self
-            .link(state)
+            .link(state)?
             .one(&redis::cmd("TIME"))
             .map_err(|e| self.io(&e))?;
         match &time {
@@ -498,7 +583,7 @@ impl Fleet {
                 .iter()
                 .map(|c| c.get_packed_command().len() as u64)
                 .sum::<u64>();
-            let replies = self.link(state).run(&commands).map_err(|e| self.io(&e))?;
+            let replies = self.link(state)?.run(&commands).map_err(|e| self.io(&e))?;
             // The replies of the scripts (after any SADD).
             let mut replies = replies.into_iter();
             let mut keep = Vec::new();
@@ -550,6 +635,15 @@ impl Fleet {
         now: i64,
     ) -> StoreResult<Settled> {
         if let Value::ServerError(error) = reply {
+            // A server restarting (LOADING), busy with a script or failing over: unavailable
+            // for now, and the write is retried as for a server out of reach.
+            if is_retryable_code(error.code()) {
+                return Err(StoreError::Unavailable(format!(
+                    "the shared ledger at {} cannot serve now ({}); it will again shortly",
+                    self.shown(),
+                    error.code()
+                )));
+            }
             return Err(StoreError::Write(format!(
                 "the shared ledger refused a write: {error}"
             )));
@@ -655,11 +749,11 @@ impl Round for FleetRound {
     fn run(&mut self, last: bool) -> StoreResult<()> {
         let fleet = &self.0;
         let mut state = fleet.state.lock();
+        state.deadline = None;
         let result = fleet.round(&mut state, last);
-        fleet.ledger.set_online(result.is_ok());
-        if result.is_err() {
-            // Connect again next round (the server may have restarted).
-            state.link = None;
+        match &result {
+            Ok(()) => fleet.ledger.set_online(true),
+            Err(error) => fleet.went_offline(&mut state, error),
         }
         result
     }

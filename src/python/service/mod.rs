@@ -251,7 +251,7 @@ impl MeteringCore {
     // One argument per option of `MeteringService.__new__`, which owns the defaults.
     #[allow(clippy::too_many_arguments)]
     #[new]
-    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend=None, snapshot_interval_ms=1000, lease_ttl_ms=10_000, serve_offline=false, connect_timeout_ms=5_000, idempotency_window_ms=86_400_000, max_idempotency_keys=1_000_000, max_idempotency_keys_per_user=100_000))]
+    #[pyo3(signature = (cost_map, unmapped_free, subscription_ttl_ms, clock=None, store_path=None, store_backend=None, snapshot_interval_ms=1000, lease_ttl_ms=10_000, serve_offline=false, connect_timeout_ms=5_000, caller_timeout_ms=1_000, idempotency_window_ms=86_400_000, max_idempotency_keys=1_000_000, max_idempotency_keys_per_user=100_000))]
     fn new(
         py: Python<'_>,
         cost_map: Bound<'_, PyCostMap>,
@@ -264,6 +264,7 @@ impl MeteringCore {
         lease_ttl_ms: u64,
         serve_offline: bool,
         connect_timeout_ms: u64,
+        caller_timeout_ms: u64,
         idempotency_window_ms: i64,
         max_idempotency_keys: usize,
         max_idempotency_keys_per_user: usize,
@@ -279,9 +280,9 @@ impl MeteringCore {
         if snapshot_interval_ms == 0 {
             return Err(PyValueError::new_err("snapshot_interval must be positive"));
         }
-        if lease_ttl_ms == 0 || connect_timeout_ms == 0 {
+        if lease_ttl_ms == 0 || connect_timeout_ms == 0 || caller_timeout_ms == 0 {
             return Err(PyValueError::new_err(
-                "lease_ttl and connect_timeout must be positive",
+                "lease_ttl, connect_timeout and caller_timeout must be positive",
             ));
         }
         let location = store_path
@@ -318,6 +319,7 @@ impl MeteringCore {
                     connect_timeout: Duration::from_millis(connect_timeout_ms),
                     lease_ttl: Duration::from_millis(lease_ttl_ms),
                     interval,
+                    caller_timeout: Duration::from_millis(caller_timeout_ms),
                 };
                 let cache = Arc::clone(&plans);
                 let (ledger, persistence) = Persistence::join_fleet(
@@ -416,7 +418,8 @@ impl MeteringCore {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// The store directory or the shared ledger's URL, or None for a memory-only service.
+    /// The store directory, or the shared ledger's URL with its password masked (`***`), or
+    /// None for a memory-only service.
     #[getter]
     fn store_path(&self) -> Option<String> {
         self.persistence.as_ref().map(|p| p.dir.clone())
