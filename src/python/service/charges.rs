@@ -582,10 +582,16 @@ impl MeteringCore {
                 )),
             };
         }
-        let receipt = self.charge_with(py, actor, actor_ref, &[], Wait::Allowed, |booking| {
-            self.ledger
-                .refund(Some(account), booking, usage_type, units, cost)
-        })?;
+        let receipt = match self.fleet() {
+            Some(_) => {
+                let now_ms = self.now_ms(py)?;
+                self.refund_on_fleet(py, actor, actor_ref, (usage_type, units, cost), now_ms)?
+            }
+            None => self.charge_with(py, actor, actor_ref, &[], Wait::Allowed, |booking| {
+                self.ledger
+                    .refund(Some(account), booking, usage_type, units, cost)
+            })?,
+        };
         Ok((
             money_to_int(py, receipt.month_total),
             money_to_int(py, receipt.cost.negated()),

@@ -118,9 +118,6 @@ impl MeteringCore {
         allowance: Money,
         what: FleetCall<'_>,
     ) -> PyResult<Option<Keyed<Outcome>>> {
-        let Some(fleet) = self.fleet() else {
-            return Err(PyValueError::new_err("not a fleet"));
-        };
         if let Some(outcome) = self
             .ledger
             .key_replay(user_id, call)
@@ -128,6 +125,26 @@ impl MeteringCore {
         {
             return Ok(Some(Keyed::Replayed(outcome)));
         }
+        self.decided_on_fleet(py, user_id, Some(call), call.now_ms, month, allowance, what)
+    }
+
+    /// A call decided and recorded on the fleet's shared ledger, with its key (`call`) or with
+    /// none (a refund without a key: decided there all the same, so that two workers never give
+    /// back the same charge twice).
+    #[allow(clippy::too_many_arguments)] // each is one fact of the call
+    pub(super) fn decided_on_fleet(
+        &self,
+        py: Python<'_>,
+        user_id: &str,
+        call: Option<&KeyedCall<'_>>,
+        now_ms: i64,
+        month: MonthId,
+        allowance: Money,
+        what: FleetCall<'_>,
+    ) -> PyResult<Option<Keyed<Outcome>>> {
+        let Some(fleet) = self.fleet() else {
+            return Err(PyValueError::new_err("not a fleet"));
+        };
         let (priced, strict) = match &what {
             FleetCall::Charge { items, strict, .. } => (
                 self.ledger.priced_items(items).map_err(ledger_error)?.0,
@@ -141,7 +158,7 @@ impl MeteringCore {
                 .try_fold(Money::ZERO, |sum, (_, _, cost)| sum.checked_add(*cost))
         };
         let charge_cost = cost_of(&priced);
-        let day = MonthId::with_day_from_epoch_ms(call.now_ms).1;
+        let day = MonthId::with_day_from_epoch_ms(now_ms).1;
         let decide = |fleet_figures: &UserFigures, free: Money| {
             let mut charge = UserFigures::default();
             match &what {
@@ -188,16 +205,16 @@ impl MeteringCore {
                 cost: charge_cost.unwrap_or(Money::ZERO),
             },
         };
-        let fingerprint = call.fingerprint;
+        let fingerprint = call.map_or([0; 16], |call| call.fingerprint);
         let value_of = |merged: &UserFigures| encode_value(&fingerprint, &outcome_of(merged));
         let write = KeyedWrite {
             user_id,
-            name: call.key,
-            ttl_ms: self.ledger.key_ttl_ms(call),
+            name: call.map(|call| call.key),
+            ttl_ms: call.map_or(0, |call| self.ledger.key_ttl_ms(call)),
             month,
             allowance,
             strict,
-            now_ms: call.now_ms,
+            now_ms,
         };
         let written = py
             .detach(|| fleet.keyed_write(&write, &decide, &value_of))
@@ -205,17 +222,17 @@ impl MeteringCore {
         let keyed = match written {
             FleetKeyed::Written(merged) => Keyed::Done(outcome_of(&merged)),
             FleetKeyed::Existing(value) => {
+                // Only a call with a key names a record that may exist.
+                let key = call.map_or("", |call| call.key);
                 let Some((stored, outcome)) = decode_value(&value) else {
                     return Err(PyValueError::new_err(format!(
-                        "the shared ledger holds an unreadable record of key {:?}",
-                        call.key
+                        "the shared ledger holds an unreadable record of key {key:?}"
                     )));
                 };
-                if call.kind == KeyKind::Caller && stored != fingerprint {
+                if call.is_some_and(|call| call.kind == KeyKind::Caller) && stored != fingerprint {
                     return Err(ledger_error(crate::error::LedgerError::KeyReused(format!(
-                        "idempotency key {:?} was used by a call with another payload (method, \
-                         app or items) within its window: use a new key for a new call",
-                        call.key
+                        "idempotency key {key:?} was used by a call with another payload (method, \
+                         app or items) within its window: use a new key for a new call"
                     ))));
                 }
                 Keyed::Replayed(outcome)
@@ -223,8 +240,10 @@ impl MeteringCore {
             FleetKeyed::Refused => return Ok(None),
             FleetKeyed::Invalid(why) => return Err(PyValueError::new_err(why)),
         };
-        let (Keyed::Done(outcome) | Keyed::Replayed(outcome)) = keyed;
-        self.ledger.remember_key(user_id, call, outcome);
+        if let Some(call) = call {
+            let (Keyed::Done(outcome) | Keyed::Replayed(outcome)) = keyed;
+            self.ledger.remember_key(user_id, call, outcome);
+        }
         Ok(Some(keyed))
     }
 }
@@ -314,6 +333,38 @@ impl MeteringCore {
         };
         let keyed = self.keyed_on_fleet(py, &actor.user_id, call, month, allowance, what)?;
         Ok(as_receipt(keyed, allowance))
+    }
+
+    /// A refund without a key on a fleet (`cost` None: the price of `units`): decided on the
+    /// shared ledger's figures, never on this worker's replica alone, which does not hold what
+    /// the other workers refunded since the last sync.
+    pub(super) fn refund_on_fleet(
+        &self,
+        py: Python<'_>,
+        actor_obj: &Bound<'_, PyAny>,
+        actor: &PyActor,
+        (usage_type, units, cost): (&str, u64, Option<Money>),
+        now_ms: i64,
+    ) -> PyResult<Receipt> {
+        let cost = self
+            .ledger
+            .refund_cost(usage_type, units, cost)
+            .map_err(ledger_error)?;
+        let allowance = self.fleet_allowance(py, actor_obj, actor)?;
+        let month = MonthId::from_epoch_ms(now_ms);
+        let what = FleetCall::Refund {
+            app: actor.booking_app(),
+            usage_type,
+            units,
+            cost,
+        };
+        let keyed =
+            self.decided_on_fleet(py, &actor.user_id, None, now_ms, month, allowance, what)?;
+        match as_receipt(keyed, allowance) {
+            Keyed::Done(receipt) => Ok(receipt),
+            // Never: a call without a key finds no record of itself.
+            Keyed::Replayed(outcome) => Ok(receipt_of(outcome, allowance)),
+        }
     }
 
     /// `add_purchased_keyed` on a fleet: the user's purchased total after it.
