@@ -22,6 +22,11 @@ Modes:
 - `holds`: `reserve` / `settle` (at most what was held) / `release` racing on one user's budget;
   reports the µ¢ settled.
 - `hold_victim`: holds part of one user's budget for an hour, prints `held`, waits to be killed.
+- `chaos`: until a `stop` line, mixes strict `try_increment_usage` on shared budget users, plain
+  `increment_usage` on its own users and keyed calls (each key retried, same key, until it is
+  answered), while the parent fails Redis under it (`fleet_faults.py`); keeps its exact tally in
+  `tally_path` (rewritten every `tally_every` calls, and before each keyed call is sent, so a
+  parent that SIGKILLs it knows what it had been told) and reports its longest wait.
 - `monthly`: meters `users` users once each, in a seeded order, with a monthly seat fee: every
   first charge of the month applies the fee, racing the other workers (`announce`: prints
   `metered` after each, for a test that kills the worker midway).
@@ -274,6 +279,83 @@ def run_monthly(config: dict[str, Any], service: MeteringService) -> dict[str, A
     return {"metered": len(users)}
 
 
+def run_chaos(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    from usagemeter import StoreError
+
+    stop = threading.Event()
+
+    def read_stop() -> None:
+        wait_for("stop")
+        stop.set()
+
+    threading.Thread(target=read_stop, daemon=True).start()
+    rng = random.Random(config["seed"])
+    name = config["name"]
+    budget_users = [Actor(f"{config['prefix']}budget-{i}") for i in range(config["budget_users"])]
+    own_users = [Actor(f"{config['prefix']}{name}-{i}") for i in range(config["users"])]
+    key_user = Actor(f"{config['prefix']}{name}-keyed")
+    tally: dict[str, Any] = {
+        "accepted": {actor.user_id: 0 for actor in budget_users},  # strict calls accepted
+        "units": {actor.user_id: 0 for actor in own_users},  # plain units recorded
+        "keys_done": [],  # keys answered (recorded or replayed)
+        "keys_open": [],  # keys sent, no answer yet (retried, same key)
+        "errors": {},
+        "longest_wait": 0.0,
+        "calls": 0,
+    }
+    tally_path = Path(config["tally_path"])
+
+    def save() -> None:
+        tally_path.with_suffix(".tmp").write_text(json.dumps(tally))
+        tally_path.with_suffix(".tmp").replace(tally_path)
+
+    next_key = 0
+    while not stop.is_set():
+        roll = rng.random()
+        started = time.monotonic()
+        try:
+            if roll < 0.45:
+                actor = rng.choice(budget_users)
+                if service.try_increment_usage(actor, "fleet:call", 1, config["cost"]) is not None:
+                    tally["accepted"][actor.user_id] += 1
+            elif roll < 0.9:
+                actor = rng.choice(own_users)
+                service.increment_usage(actor, "fleet:int", 1)
+                tally["units"][actor.user_id] += 1
+            else:
+                if tally["keys_open"]:
+                    key = tally["keys_open"][0]
+                else:
+                    key = f"{name}-{next_key}"
+                    next_key += 1
+                    tally["keys_open"].append(key)
+                    save()  # a kill from here on leaves the key to retry
+                service.increment_usage(key_user, "fleet:int", 1, idempotency_key=key)
+                tally["keys_open"].remove(key)
+                tally["keys_done"].append(key)
+        except StoreError as error:
+            kind = type(error).__name__
+            tally["errors"][kind] = tally["errors"].get(kind, 0) + 1
+        tally["longest_wait"] = max(tally["longest_wait"], time.monotonic() - started)
+        tally["calls"] += 1
+        if tally["calls"] % config["tally_every"] == 0:
+            save()
+        if tally["calls"] % 50 == 0:
+            time.sleep(0.001)  # a steady pace on a shared 2-core machine
+    # Redis is healthy again: every key still open is retried until answered.
+    deadline = time.monotonic() + 60
+    while tally["keys_open"] and time.monotonic() < deadline:
+        key = tally["keys_open"][0]
+        try:
+            service.increment_usage(key_user, "fleet:int", 1, idempotency_key=key)
+            tally["keys_open"].remove(key)
+            tally["keys_done"].append(key)
+        except StoreError:
+            time.sleep(0.1)
+    save()
+    return {"tally": tally}
+
+
 MODES = {
     "race": run_race,
     "sums": run_sums,
@@ -282,6 +364,7 @@ MODES = {
     "holds": run_holds,
     "hold_victim": run_hold_victim,
     "monthly": run_monthly,
+    "chaos": run_chaos,
 }
 
 
