@@ -120,27 +120,29 @@ def older_name(user: str, key: str) -> str:
 
 
 def test_a_key_recorded_by_an_older_worker_still_replays(shared: Shared) -> None:
-    worker = shared.worker()
+    worker, retrying = shared.worker(), shared.worker()
     p = prefix("older")
-    # An older worker's record of a call: the charge in the user's hash, the key beside it under
-    # the older name. A worker of today writes the charge; the key is then moved to that name.
     user = f"{p}x{{y}}"
-    assert worker.increment_usage(Actor(user), "fleet:int", 8, idempotency_key="old-1") == 1_000
-    worker.flush()
-    (name,) = [n for n in keys_of(shared, "usagemeter:{*") if n.endswith(":old-1") and user in n]
-    shared.command("RENAME", name, older_name(user, "old-1"))
-    retrying = shared.worker()  # a worker that never saw the call: the key is read in Redis
-    assert retrying.increment_usage(Actor(user), "fleet:int", 8, idempotency_key="old-1") == 1_000
-    assert usage(retrying, user)["fleet:int"] == {"units": 8, "cost": 1_000, "count": 1}
     # An older name that two pairs shared is whose, nobody can tell: never replayed to either.
-    # The older worker recorded `x{y}` with `a:k:b`; `x{y}:k:a` with `b` records its own call.
+    # The older worker recorded `x{y}` with `a:k:b` (its value taken from a user whose key names
+    # did not change); `x{y}:k:a` with `b` records its own call.
     donor = f"{p}donor"
-    worker.increment_usage(Actor(donor), "fleet:int", 8, idempotency_key="a:k:b")
+    worker.increment_usage(Actor(donor), "fleet:int", 8)
+    assert worker.increment_usage(Actor(donor), "fleet:int", 8, idempotency_key="a:k:b") == 2_000
     value = shared.command("GET", f"{{usagemeter:u:{donor}}}:k:a:k:b")
     shared.command("SET", older_name(user, "a:k:b"), value, "PX", DAY_MS)
     other = f"{p}x{{y}}:k:a"
     assert retrying.increment_usage(Actor(other), "fleet:int", 8, idempotency_key="b") == 1_000
     assert usage(worker, other)["fleet:int"] == {"units": 8, "cost": 1_000, "count": 1}
+    # An older worker's record of a call: the charge in the user's hash, the key beside it under
+    # the older name. A worker of today writes the charge; the key is then moved to that name.
+    assert worker.increment_usage(Actor(user), "fleet:int", 8, idempotency_key="old-1") == 1_000
+    worker.flush()
+    (name,) = [n for n in keys_of(shared, "usagemeter:{*") if n.endswith(":old-1") and user in n]
+    shared.command("RENAME", name, older_name(user, "old-1"))
+    # A worker that never saw the call: the key is read in Redis, under its older name.
+    assert retrying.increment_usage(Actor(user), "fleet:int", 8, idempotency_key="old-1") == 1_000
+    assert usage(retrying, user)["fleet:int"] == {"units": 8, "cost": 1_000, "count": 1}
 
 
 def keys_of(shared: Shared, pattern: str) -> list[str]:
