@@ -10,8 +10,9 @@
 //! | `l:WORKER` | a worker's budget lease: `attocents:month:expiry_ms` |
 //! | `s:WORKER` | the last write id applied from a worker: `seq:ms` (retries apply once) |
 //!
-//! Beside the hashes: `usagemeter:users` (a set of user ids, for loading) and
-//! `usagemeter:feed` (a stream naming the users each write changed, and plan invalidations).
+//! Beside the hashes: `usagemeter:users` (a set of user ids, for loading),
+//! `usagemeter:feed` (a stream naming the users each write changed, and plan invalidations), and
+//! one string per keyed call, in its user's slot (`claim_key`; older names: `legacy_claim_key`).
 //!
 //! Every sum is made by the workers in exact integers (Redis's Lua has only doubles); the
 //! script only compares the version and the write id, and writes.
