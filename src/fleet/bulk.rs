@@ -42,6 +42,22 @@ pub fn corrupted(user: &str, why: String) -> StoreError {
     ))
 }
 
+/// The user's Redis key holds no hash (`kind`: what it holds, as `TYPE` names it, when known):
+/// another key was written over it. A damaged record, not a ledger out of reach.
+pub fn wrong_type(user: &str, kind: Option<&str>) -> StoreError {
+    let key = String::from_utf8_lossy(&record::user_key(user)).into_owned();
+    let held = kind
+        .map(|kind| format!(" but a {kind}"))
+        .unwrap_or_default();
+    StoreError::Corrupted(format!(
+        "the shared ledger's record of user {user:?} (Redis key {key:?}) is not a hash{held} \
+         (WRONGTYPE): another key was written over it (an older usagemeter could write another \
+         user's idempotency key there, issue 18), and the user's figures in the shared ledger are \
+         lost; the workers keep their own, and their writes of this user fail until the key is \
+         deleted (the user is then recorded again from what the workers had not yet sent)"
+    ))
+}
+
 /// Every user id of the shared ledger, sorted.
 pub fn all_users(link: &mut Link) -> RedisResult<Vec<String>> {
     let members = link.one(redis::cmd("SMEMBERS").arg(USERS_KEY))?;
@@ -71,6 +87,9 @@ pub fn read_users(
             .collect();
         let values = link.run(&commands).map_err(|e| unavailable(url, &e))?;
         for (user, value) in chunk.iter().zip(values) {
+            if matches!(&value, Value::ServerError(e) if e.code() == "WRONGTYPE") {
+                return Err(wrong_type(user, None));
+            }
             let fields = pairs(&value);
             if fields.is_empty() {
                 continue;

@@ -16,7 +16,7 @@
 use redis::Value;
 
 use super::{script_reply, Fleet, State};
-use crate::fleet::bulk::{corrupted, pairs};
+use crate::fleet::bulk::{corrupted, pairs, text_of, wrong_type};
 use crate::fleet::figures::{merge, UserFigures};
 use crate::fleet::record::{self, Stored};
 use crate::ledger::month::MonthId;
@@ -107,16 +107,11 @@ impl Fleet {
         let user = call.user_id;
         let cluster =
             state.link.as_ref().is_some_and(super::Link::is_cluster) || self.options.cluster;
-        let claim = match call.name {
-            None => None,
-            Some(name) => Some(record::claim_key(user, name, cluster).ok_or_else(|| {
-                StoreError::Write(format!(
-                    "user id {user:?} has no Redis Cluster slot that another key can share: \
-                     keyed calls (idempotency keys, monthly charges) cannot be recorded for it \
-                     on a cluster"
-                ))
-            })?),
-        };
+        let claim = call.name.map(|name| record::claim_key(user, name));
+        // Where an older worker may have recorded the key (read, never written).
+        let legacy = call
+            .name
+            .and_then(|name| record::legacy_claim_key(user, name, cluster));
         self.connect(state)?;
         let now = self.server_ms(state)?;
         // What this worker holds unsent for the user goes first (and, before an affordability
@@ -162,11 +157,23 @@ impl Fleet {
                         return Ok(refused);
                     };
                     state.stats.round_trips += 1;
-                    let get = redis::cmd("GET").arg(claim).clone();
-                    return match self.link(state)?.one(&get).map_err(|e| self.io(&e))? {
-                        Value::BulkString(value) => Ok(Keyed::Existing(value)),
-                        _ => Ok(refused),
-                    };
+                    let gets: Vec<redis::Cmd> = std::iter::once(claim)
+                        .chain(&legacy)
+                        .map(|name| redis::cmd("GET").arg(name).clone())
+                        .collect();
+                    let replies = self.link(state)?.run(&gets).map_err(|e| self.io(&e))?;
+                    if let Some(Value::ServerError(e)) = replies.first() {
+                        return Err(self.io(&e.clone().into()));
+                    }
+                    // The older name holds no key unless a string (it may be another user's
+                    // hash: WRONGTYPE, which is no key).
+                    return Ok(replies
+                        .into_iter()
+                        .find_map(|reply| match reply {
+                            Value::BulkString(value) => Some(Keyed::Existing(value)),
+                            _ => None,
+                        })
+                        .unwrap_or(refused));
                 }
             };
             let merged = merge(&known.figures, &charge, call.allowance)
@@ -178,9 +185,18 @@ impl Fleet {
             let mut cas = redis::cmd("EVAL");
             cas.arg(record::SCRIPT);
             match &claim {
-                Some(claim) => cas.arg(2).arg(record::user_key(user)).arg(claim),
-                None => cas.arg(1).arg(record::user_key(user)),
-            };
+                Some(claim) => {
+                    cas.arg(2 + usize::from(legacy.is_some()))
+                        .arg(record::user_key(user))
+                        .arg(claim);
+                    if let Some(legacy) = &legacy {
+                        cas.arg(legacy);
+                    }
+                }
+                None => {
+                    cas.arg(1).arg(record::user_key(user));
+                }
+            }
             cas.arg(known.version)
                 .arg(format!("s:{}", self.worker))
                 .arg(id)
@@ -261,6 +277,7 @@ impl Fleet {
                     };
                     return Ok(Keyed::Existing(value));
                 }
+                4 => return Err(wrong_type(user, text_of(payload).as_deref())),
                 _ => {
                     return Err(StoreError::Write(format!(
                         "unexpected reply code {code} from the shared ledger"

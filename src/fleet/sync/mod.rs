@@ -735,6 +735,7 @@ impl Fleet {
                 }
                 Ok(Settled::Done { changed: true })
             }
+            4 => Err(bulk::wrong_type(user, text_of(payload).as_deref())),
             _ => Err(StoreError::Write(format!(
                 "unexpected reply code {code} from the shared ledger"
             ))),
