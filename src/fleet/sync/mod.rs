@@ -754,7 +754,12 @@ impl Round for FleetRound {
         let result = fleet.round(&mut state, last);
         match &result {
             Ok(()) => fleet.ledger.set_online(true),
-            Err(error) => fleet.went_offline(&mut state, error),
+            Err(error @ (StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_))) => {
+                fleet.went_offline(&mut state, error)
+            }
+            // The server answered (a damaged record, a refused write): it is reached, and the
+            // callers' own calls tell them what they meet there.
+            Err(_) => {}
         }
         result
     }
