@@ -44,6 +44,7 @@ from usagemeter.asgi import (
     stats_of,
     usage_app,
 )
+from usagemeter.asgi.usage import NOT_METERED
 from usagemeter.prometheus import MeteringCollector
 
 EGRESS = "egress:bytes"
@@ -846,6 +847,34 @@ def test_errors_are_json(metering_url: str) -> None:
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "GET"
     assert wrong.json()["error"] == "method_not_allowed"
+
+
+def test_the_system_actor_gets_a_json_403_from_the_routes_of_its_own_usage(
+    charged: MeteringService,
+) -> None:
+    # An app whose authentication maps its own internal calls to Actor.system(): that actor is
+    # never metered, and has no month nor budget to show (GET /usage was a plain-text 500).
+    def system_or_user(scope: Scope) -> Actor | None:
+        return Actor.system() if dict(scope["headers"]).get(b"x-system") == b"1" else header_actor(scope)
+
+    app = Starlette(
+        routes=[Mount("/metering", app=usage_app(charged, actor=system_or_user, is_admin=lambda scope: True))]
+    )
+    system = {"x-system": "1"}
+    with serve(app) as url, httpx.Client(base_url=url + "/metering") as client:
+        for path in ("/usage", "/usage/app1", "/usageByDay"):
+            refused = client.get(path, headers=system)
+            assert refused.status_code == 403, path
+            assert refused.headers["content-type"] == "application/json"
+            assert refused.json() == {"error": "not_metered", "message": NOT_METERED}
+        assert client.get("/globalUsage", headers=system).json()["total"] == 2_001_625
+        assert client.get("/allCosts", headers=system).status_code == 200
+        assert client.get("/usage", headers={"x-user": "alice"}).status_code == 200
+        document = client.get("/openapi.json").json()
+    for path in ("/usage", "/usage/{app_id}", "/usageByDay"):
+        assert "403" in document["paths"][path]["get"]["responses"], path
+    assert "not_metered" in document["components"]["schemas"]["Error"]["properties"]["error"]["examples"]
+    assert charged.get_global_usage()["total"] == 2_001_625  # nothing recorded
 
 
 def test_openapi_document_lists_the_routes(metering_url: str) -> None:
