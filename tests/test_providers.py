@@ -677,6 +677,9 @@ BAD_PAYLOADS: list[tuple[str, str, dict[str, Any], type[Exception], str]] = [
         TypeError,
         "'usageMetadata' must be",
     ),
+    ("an empty report", "openai:gpt-5.1", {}, ValueError, "the openai usage report is empty"),
+    ("an empty wrapped report", "claude:claude-sonnet-4-5", {"usage": {}}, ValueError, "report is empty"),
+    ("a report of Nones", "gemini:gemini-2.5-pro", {"promptTokenCount": None}, ValueError, "is empty"),
     (
         "a wrapped report with none of the dialect's counts",
         "openai:gpt-5.1",

@@ -35,7 +35,8 @@ Rules, for every provider (the table per provider is in ``README.md`` and in eac
   count, never added to it: without the dialect's own field it is the report (the subset checks
   apply to it), beside it the two must agree, else ``ValueError`` (``_also_named``). Gemini's
   camelCase and snake_case spellings of one field must agree too. A whole response whose
-  ``usage`` is not an object raises ``TypeError`` naming that field.
+  ``usage`` is not an object raises ``TypeError`` naming that field, and an empty report
+  (``{}``, or only None) ``ValueError``: booking nothing would lose the call.
 - Counts are ints >= 0: a negative count raises ``ValueError``, a bool, float or string count
   ``TypeError``, and a subset larger than its total (``cached_tokens > prompt_tokens``)
   ``ValueError``, all before anything is recorded.
@@ -737,6 +738,11 @@ def _priced_items(
                 payload = unwrapped
                 charges = dialect(payload)
     if charges is None:
+        if dialect is not None and not any(value is not None for value in payload.values()):
+            raise ValueError(
+                f"the {provider} usage report is empty ({dict(payload)!r}): it has none of the token "
+                f"counts usagemeter reads for {provider!r}, and booking nothing would lose the call"
+            )
         items = _fallback_items(payload, prefix, dialect is not None)
         return items, frozenset(usage_type.rsplit(":", 1)[1] for usage_type, _ in items)
 
