@@ -11,7 +11,7 @@ ledger in memory). A request names its user with ``Authorization: Bearer <user i
   reply's usage object is recorded as the provider returned it (``record_usage_object``); a
   streamed reply without a usage report is charged the documented estimate (``ameter_stream``).
 - ``MeteringMiddleware`` answers 402 to a user whose budget is 0 before any route runs, and bills
-  each response's body bytes as egress.
+  each response's bytes (its head and its body) as egress.
 - ``/metering/...``: the usage routes (``usage_app``); ``GET /metering/globalUsage`` needs the
   admin token. ``POST /admin/credit`` (admin token) adds purchased credit.
 

@@ -44,6 +44,7 @@ from usagemeter.asgi import (
     stats_of,
     usage_app,
 )
+from usagemeter.asgi.usage import NOT_METERED
 from usagemeter.prometheus import MeteringCollector
 
 EGRESS = "egress:bytes"
@@ -82,6 +83,33 @@ def egress_of(service: MeteringService, user: str) -> dict[str, int] | None:
         EGRESS
     )
     return entry
+
+
+def egress_entry(units: int) -> dict[str, int]:
+    """The egress report of one response of ``units`` bytes at 0.5 µ¢ a byte (half up)."""
+    return {"units": units, "cost": (units + 1) // 2, "count": 1}
+
+
+# uvicorn adds these headers itself (transfer-encoding to a response without content-length):
+# they are not the app's, and egress does not bill them.
+SERVER_ADDED = (b"date", b"server", b"transfer-encoding")
+
+
+def head_bytes(response: httpx.Response) -> int:
+    """The head of ``response`` as the client received it, by egress's rule: the status line, each
+    header the app sent as ``name: value\\r\\n`` (not the server's own), and the final ``\\r\\n``."""
+    line = f"HTTP/1.1 {response.status_code} {response.reason_phrase}\r\n".encode()
+    headers = [(name, value) for name, value in response.headers.raw if name.lower() not in SERVER_ADDED]
+    return len(line) + sum(len(name) + len(value) + 4 for name, value in headers) + 2
+
+
+# What egress bills for plain_body's answer: its head (the status line, Starlette's two headers,
+# the blank line) and its 1,234 body bytes; a streamed answer's head is the status line alone.
+PLAIN_HEAD = len(
+    b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\ncontent-type: text/plain; charset=utf-8\r\n\r\n"
+)
+PLAIN_BILLED = PLAIN_HEAD + 1234
+BARE_HEAD = len(b"HTTP/1.1 200 OK\r\n\r\n")
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -165,7 +193,7 @@ def test_the_prometheus_collector_reads_the_middlewares_and_the_dependencys_coun
     assert 'usagemeter_gate_refusals_total{reason="insufficient_funds"} 1.0' in metrics
     assert 'usagemeter_gate_refusals_total{reason="subscription_required"} 0.0' in metrics
     assert "usagemeter_gate_requests_metered_total 2.0" in metrics
-    assert "usagemeter_gate_egress_bytes_billed_total 1234.0" in metrics
+    assert f"usagemeter_gate_egress_bytes_billed_total {PLAIN_BILLED}.0" in metrics
     assert middleware.metering_stats() == middleware.stats.as_dict()
 
 
@@ -322,15 +350,62 @@ def egress_app(service: MeteringService | AsyncMeteringService, **options: Any) 
     )
 
 
-def test_egress_bills_the_body_bytes_of_a_plain_response_once(service: MeteringService) -> None:
+def test_egress_bills_the_head_and_body_bytes_of_a_plain_response_once(service: MeteringService) -> None:
     app = egress_app(service)
     with serve(app) as url, httpx.Client(base_url=url) as client:
         response = client.get("/plain", headers={"x-user": "reader"})
         assert len(response.content) == 1234
         wait_for(lambda: egress_of(service, "reader") is not None)
-    assert egress_of(service, "reader") == {"units": 1234, "cost": 617, "count": 1}
-    assert app.stats.egress_bytes_billed == 1234
+    assert head_bytes(response) == PLAIN_HEAD  # the rule, checked against what the client received
+    assert egress_of(service, "reader") == egress_entry(PLAIN_BILLED)
+    assert app.stats.egress_bytes_billed == PLAIN_BILLED
     assert app.stats.egress_responses_billed == 1
+
+
+async def big_body(request: Request) -> Response:
+    return Response(b"b" * 1_000_000, media_type="application/octet-stream")
+
+
+def test_a_head_request_is_billed_its_head_alone_and_a_get_its_head_and_body(
+    service: MeteringService,
+) -> None:
+    # Starlette answers HEAD /big as GET /big, body included; uvicorn sends no body to a HEAD
+    # (HTTP has none), so that body is not billed: only the head the client received.
+    app = MeteringMiddleware(
+        starlette_app([Route("/big", big_body)]), service, actor=header_actor, meter_egress=True
+    )
+    big_head = len(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\ncontent-type: application/octet-stream\r\n\r\n"
+    )
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        for _ in range(3):
+            head = client.head("/big", headers={"x-user": "peeker"})
+            assert head.status_code == 200 and head.content == b""
+            assert head.headers["content-length"] == "1000000"
+        wait_for(lambda: app.stats.egress_responses_billed == 3)
+        got = client.get("/big", headers={"x-user": "getter"})
+        assert len(got.content) == 1_000_000
+        wait_for(lambda: app.stats.egress_responses_billed == 4)
+    assert head_bytes(head) == head_bytes(got) == big_head
+    assert egress_of(service, "peeker") == {"units": 3 * big_head, "cost": 3 * big_head // 2, "count": 3}
+    assert egress_of(service, "getter") == egress_entry(big_head + 1_000_000)
+    assert app.stats.egress_bytes_billed == 4 * big_head + 1_000_000
+
+
+def test_a_bodiless_status_is_billed_its_head_alone(service: MeteringService) -> None:
+    async def not_modified(scope: Scope, receive: Any, send: Any) -> None:
+        headers = [(b"etag", b'"v1"')]
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = MeteringMiddleware(not_modified, service, actor=header_actor, meter_egress=True)
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        response = client.get("/", headers={"x-user": "cacher"})
+        assert response.status_code == 304 and response.content == b""
+        wait_for(lambda: app.stats.egress_responses_billed == 1)
+    expected = len(b'HTTP/1.1 304 Not Modified\r\netag: "v1"\r\n\r\n')
+    assert head_bytes(response) == expected
+    assert egress_of(service, "cacher") == egress_entry(expected)
 
 
 def test_egress_bills_a_streamed_response_once_for_all_its_chunks(service: MeteringService) -> None:
@@ -339,7 +414,8 @@ def test_egress_bills_a_streamed_response_once_for_all_its_chunks(service: Meter
         response = client.get("/stream", headers={"x-user": "reader"})
         assert len(response.content) == 600
         wait_for(lambda: egress_of(service, "reader") is not None)
-    assert egress_of(service, "reader") == {"units": 600, "cost": 300, "count": 1}
+    assert head_bytes(response) == BARE_HEAD
+    assert egress_of(service, "reader") == egress_entry(BARE_HEAD + 600)
 
 
 def test_egress_bills_what_was_sent_before_the_client_went_away(service: MeteringService) -> None:
@@ -354,7 +430,7 @@ def test_egress_bills_what_was_sent_before_the_client_went_away(service: Meterin
         assert received == 1000
         client.close()  # the connection goes, and the server reports the disconnect to the app
         wait_for(lambda: egress_of(service, "quitter") is not None)
-    assert egress_of(service, "quitter") == {"units": 1000, "cost": 500, "count": 1}
+    assert egress_of(service, "quitter") == egress_entry(BARE_HEAD + 1000)
     assert app.stats.egress_responses_billed == 1
 
 
@@ -374,7 +450,7 @@ def test_egress_ignores_what_an_app_sends_after_the_disconnect(service: Metering
             assert len(next(response.iter_raw())) == 1000
         client.close()
         wait_for(lambda: egress_of(service, "quitter") is not None)
-    assert egress_of(service, "quitter") == {"units": 1000, "cost": 500, "count": 1}
+    assert egress_of(service, "quitter") == egress_entry(BARE_HEAD + 1000)
 
 
 def test_egress_is_billed_when_an_async_listener_decides_the_plan() -> None:
@@ -393,7 +469,7 @@ def test_egress_is_billed_when_an_async_listener_decides_the_plan() -> None:
         # awaits it and charges.
         assert client.get("/plain", headers={"x-user": "new"}).status_code == 200
         wait_for(lambda: app.stats.egress_responses_billed == 1)
-    assert egress_of(service, "new") == {"units": 1234, "cost": 617, "count": 1}
+    assert egress_of(service, "new") == egress_entry(PLAIN_BILLED)
     assert "new" in looked_up
     assert service.get_actor_subscription(Actor("new")).id == PRO.id
 
@@ -409,7 +485,7 @@ def test_a_failed_charge_is_counted_and_logged_and_the_response_stands(
         assert len(response.content) == 1234
         wait_for(lambda: app.stats.egress_billing_errors == 1)
     assert app.stats.egress_responses_billed == 0
-    assert "could not bill 1234 response bytes" in caplog.text
+    assert f"could not bill {PLAIN_BILLED} response bytes" in caplog.text
 
 
 def test_a_402_answer_is_not_billed(service: MeteringService) -> None:
@@ -432,7 +508,7 @@ def test_the_apps_own_402_answer_is_not_billed_either(service: MeteringService) 
         assert client.get("/own402", headers={"x-user": "asker"}).status_code == 402
         assert client.get("/plain", headers={"x-user": "asker"}).status_code == 200
         wait_for(lambda: app.stats.egress_responses_billed == 1)
-    assert egress_of(service, "asker") == {"units": 1234, "cost": 617, "count": 1}
+    assert egress_of(service, "asker") == egress_entry(PLAIN_BILLED)
 
 
 def test_egress_with_the_shipped_prices_needs_their_usage_type() -> None:
@@ -450,7 +526,7 @@ def test_egress_with_the_shipped_prices_needs_their_usage_type() -> None:
         assert client.get("/plain", headers={"x-user": "reader"}).status_code == 200
         wait_for(lambda: app.stats.egress_responses_billed == 1)
     usage = shipped.get_actor_current_month_usage_details(Actor("reader"))["usage"]
-    assert usage["filesystem:egress:bytes"]["units"] == 1234
+    assert usage["filesystem:egress:bytes"]["units"] == PLAIN_BILLED
 
 
 def test_egress_of_an_unpriced_type_is_accepted_when_the_service_records_it_free() -> None:
@@ -771,6 +847,34 @@ def test_errors_are_json(metering_url: str) -> None:
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "GET"
     assert wrong.json()["error"] == "method_not_allowed"
+
+
+def test_the_system_actor_gets_a_json_403_from_the_routes_of_its_own_usage(
+    charged: MeteringService,
+) -> None:
+    # An app whose authentication maps its own internal calls to Actor.system(): that actor is
+    # never metered, and has no month nor budget to show (GET /usage was a plain-text 500).
+    def system_or_user(scope: Scope) -> Actor | None:
+        return Actor.system() if dict(scope["headers"]).get(b"x-system") == b"1" else header_actor(scope)
+
+    app = Starlette(
+        routes=[Mount("/metering", app=usage_app(charged, actor=system_or_user, is_admin=lambda scope: True))]
+    )
+    system = {"x-system": "1"}
+    with serve(app) as url, httpx.Client(base_url=url + "/metering") as client:
+        for path in ("/usage", "/usage/app1", "/usageByDay"):
+            refused = client.get(path, headers=system)
+            assert refused.status_code == 403, path
+            assert refused.headers["content-type"] == "application/json"
+            assert refused.json() == {"error": "not_metered", "message": NOT_METERED}
+        assert client.get("/globalUsage", headers=system).json()["total"] == 2_001_625
+        assert client.get("/allCosts", headers=system).status_code == 200
+        assert client.get("/usage", headers={"x-user": "alice"}).status_code == 200
+        document = client.get("/openapi.json").json()
+    for path in ("/usage", "/usage/{app_id}", "/usageByDay"):
+        assert "403" in document["paths"][path]["get"]["responses"], path
+    assert "not_metered" in document["components"]["schemas"]["Error"]["properties"]["error"]["examples"]
+    assert charged.get_global_usage()["total"] == 2_001_625  # nothing recorded
 
 
 def test_openapi_document_lists_the_routes(metering_url: str) -> None:

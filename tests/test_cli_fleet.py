@@ -121,6 +121,41 @@ def test_copy_from_an_unreachable_redis_fails_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "copy" / "usagemeter.manifest").exists()
 
 
+def test_copy_of_a_redis_that_lists_no_users_says_so_and_writes_nothing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # A wrong database number, a flushed Redis: copying "0 users" with exit 0 hid the mistake,
+    # and left a new empty store where the right copy had to go.
+    empty = run_cli("store", "copy", redis_server.url, str(tmp_path / "from-empty"))
+    assert_clean_failure(
+        empty, "usagemeter store copy:", "lists no users", "usagemeter:users", "nothing to copy"
+    )
+    assert empty.stdout == ""
+    assert not (tmp_path / "from-empty").exists()
+
+    # The users' records are there, but the set that lists them was lost.
+    sled = tmp_path / "sled-store"
+    make_sled_store(sled)
+    assert run_cli("store", "copy", str(sled), redis_server.url).returncode == 0
+    redis_server.command("DEL", "usagemeter:users")
+    keys_before = redis_server.command("DBSIZE")
+    unlisted = run_cli("store", "copy", redis_server.url, str(tmp_path / "from-unlisted"))
+    assert_clean_failure(unlisted, "lists no users", "usagemeter:users")
+    assert not (tmp_path / "from-unlisted").exists()
+    assert redis_server.command("DBSIZE") == keys_before  # the source is only read
+
+
+def test_copy_of_a_store_without_users_into_redis_says_so_and_writes_nothing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    store = tmp_path / "never-charged"
+    with MeteringService(store=str(store), store_backend="sled"):
+        pass
+    result = run_cli("store", "copy", str(store), redis_server.url)
+    assert_clean_failure(result, "usagemeter store copy:", "holds no users", "nothing to copy")
+    assert redis_server.command("DBSIZE") == "0"
+
+
 def test_verify_and_recover_refuse_a_url(redis_url: str) -> None:
     for command in ("verify", "recover"):
         result = run_cli("store", command, redis_url)

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from anthropic.types import Usage as AnthropicUsage
+from hypothesis import given
+from hypothesis import strategies as st
 from openai.types import CompletionUsage
 from openai.types.responses import ResponseUsage
 from support import (
@@ -28,7 +30,7 @@ from support import (
     snapshot,
     usage_of,
 )
-from usagemeter import Actor, CostMap, MeteringService, Policy, UnknownUsageType
+from usagemeter import Actor, CostMap, MeteringService, Policy, UnknownUsageType, providers
 from usagemeter.providers import PROVIDERS, resolve_model_prefix, usage_items
 
 COSTMAP_DIR = Path(__file__).resolve().parent.parent / "costmaps"
@@ -587,6 +589,104 @@ BAD_PAYLOADS: list[tuple[str, str, dict[str, Any], type[Exception], str]] = [
         UnknownUsageType,
         "openai:gpt-5.1:surprise_tokens",
     ),
+    (
+        "a top-level cached_tokens above prompt_tokens",
+        "openai:gpt-5.1",
+        {"prompt_tokens": 10, "cached_tokens": 20},
+        ValueError,
+        "cached_tokens .*exceeds prompt_tokens",
+    ),
+    (
+        "a top-level cached_tokens that disagrees with the breakdown",
+        "openai:gpt-5.1",
+        {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 1000}, "cached_tokens": 400},
+        ValueError,
+        "'cached_tokens' \\(400\\) is a second report of the count usagemeter reads from "
+        "'prompt_tokens_details.cached_tokens', which says 1000",
+    ),
+    (
+        "input_tokens beside prompt_tokens, disagreeing",
+        "openai:gpt-5.1",
+        {"prompt_tokens": 10, "completion_tokens": 1, "input_tokens": 11},
+        ValueError,
+        "'input_tokens' \\(11\\) is a second report",
+    ),
+    (
+        "OpenRouter's cost map name beside the breakdown, disagreeing",
+        "openrouter:openai/gpt-5.1",
+        {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}, "input_cache_read": 5},
+        ValueError,
+        "'input_cache_read' \\(5\\)",
+    ),
+    (
+        "Together's cached_tokens and the breakdown disagreeing",
+        "together:model-fallback-test-1",
+        {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}, "cached_tokens": 5},
+        ValueError,
+        "'cached_tokens' \\(5\\)",
+    ),
+    (
+        "Anthropic's TTL split at the top level and in cache_creation, disagreeing",
+        "claude:claude-sonnet-4-5",
+        {
+            "input_tokens": 1,
+            "output_tokens": 1,
+            "cache_creation": {"ephemeral_5m_input_tokens": 10},
+            "ephemeral_5m_input_tokens": 3,
+        },
+        ValueError,
+        "'ephemeral_5m_input_tokens' \\(3\\)",
+    ),
+    (
+        "Anthropic's top-level TTL split above the cache writes",
+        "claude:claude-sonnet-4-5",
+        {
+            "input_tokens": 1,
+            "output_tokens": 1,
+            "cache_creation_input_tokens": 10,
+            "ephemeral_1h_input_tokens": 20,
+        },
+        ValueError,
+        "not the sum",
+    ),
+    (
+        "Gemini's two spellings of one count, disagreeing",
+        "gemini:gemini-2.5-pro",
+        {"promptTokenCount": 10, "prompt_token_count": 1000, "candidatesTokenCount": 1},
+        ValueError,
+        "'prompt_token_count' \\(1000\\) is a second report",
+    ),
+    (
+        "a response whose usage is junk",
+        "openai:gpt-5.1",
+        {"usage": "junk"},
+        TypeError,
+        "'usage' must be the openai usage report",
+    ),
+    (
+        "a response without usage",
+        "openai:gpt-5.1",
+        {"id": "x", "usage": None},
+        TypeError,
+        "'usage' must be the openai",
+    ),
+    (
+        "a Gemini response whose usage is a list",
+        "gemini:gemini-2.5-pro",
+        {"usageMetadata": []},
+        TypeError,
+        "'usageMetadata' must be",
+    ),
+    ("an empty report", "openai:gpt-5.1", {}, ValueError, "the openai usage report is empty"),
+    ("an empty wrapped report", "claude:claude-sonnet-4-5", {"usage": {}}, ValueError, "report is empty"),
+    ("a report of Nones", "gemini:gemini-2.5-pro", {"promptTokenCount": None}, ValueError, "is empty"),
+    (
+        "a wrapped report with none of the dialect's counts",
+        "openai:gpt-5.1",
+        {"usage": {"tokens": "many"}},
+        TypeError,
+        "none of the token counts usagemeter reads for 'openai'",
+    ),
     ("fallback nested", "llm:org/model-1.5", {"prompt": 1, "details": {"a": 1}}, TypeError, "details"),
     ("fallback None", "llm:org/model-1.5", {"prompt": 1, "completion": None}, TypeError, "completion"),
     ("fallback string", "llm:org/model-1.5", {"prompt": 1, "completion": "2"}, TypeError, "completion"),
@@ -676,6 +776,185 @@ def test_an_unknown_nested_field_is_ignored_and_logged_once(
         "usagemeter ignores the groq usage field 'new_breakdown' (dict): "
         "it is not a count it knows how to price"
     ]
+
+
+def test_the_unknown_field_log_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, shipped: MeteringService
+) -> None:
+    # Field names come from payloads, which strangers may write: the names remembered (to log each
+    # once) stop at _MAX_WARNED, and the log says so once.
+    monkeypatch.setattr(providers, "_warned", set())
+    limit = providers._MAX_WARNED
+    with caplog.at_level(logging.WARNING, logger="usagemeter"):
+        for n in range(limit + 50):
+            usage_items({"prompt_tokens": 1, f"junk_{n}": "x"}, "openai:gpt-5.1", shipped.cost_map)
+    assert len(providers._warned) == limit
+    ignored = [r for r in caplog.records if "usagemeter ignores the openai usage field" in r.getMessage()]
+    assert len(ignored) == limit
+    assert [r.getMessage() for r in caplog.records if "its limit" in r.getMessage()] == [
+        f"usagemeter has logged {limit} unknown usage fields, its limit: further unknown fields are "
+        "ignored without a log line"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="usagemeter"):
+        usage_items({"prompt_tokens": 1, "junk_0": "x", "junk_late": "x"}, "openai:gpt-5.1", shipped.cost_map)
+    assert caplog.records == []  # one seen already, one past the bound: neither logged again
+    assert len(providers._warned) == limit
+
+
+# --- A count named twice (issue 18, point 9) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_prefix", "usage", "same_as"),
+    [
+        (  # the issue's payload: 1,000 cached tokens, not 2,000
+            "openai:gpt-5.1",
+            {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 1000}, "cached_tokens": 1000},
+            {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 1000}},
+        ),
+        (  # a top-level cached_tokens alone is the cached tokens, part of prompt_tokens: 10, not 20
+            "openai:gpt-5.1",
+            {"prompt_tokens": 10, "cached_tokens": 10},
+            {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 10}},
+        ),
+        (
+            "openai:gpt-5.1",
+            {"prompt_tokens": 10, "completion_tokens": 3, "input_tokens": 10, "output_tokens": 3},
+            {"prompt_tokens": 10, "completion_tokens": 3},
+        ),
+        (
+            "openai:gpt-5.1",
+            {"prompt_tokens": 10, "completion_tokens": 8, "reasoning_tokens": 5},
+            {
+                "prompt_tokens": 10,
+                "completion_tokens": 8,
+                "completion_tokens_details": {"reasoning_tokens": 5},
+            },
+        ),
+        (  # OpenRouter's cost map names at the top level
+            "openrouter:openai/gpt-5.1",
+            {
+                "prompt_tokens": 10,
+                "prompt": 10,
+                "prompt_tokens_details": {"cached_tokens": 4},
+                "input_cache_read": 4,
+            },
+            {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}},
+        ),
+        (
+            "together:model-fallback-test-1",
+            {
+                "prompt_tokens": 10,
+                "prompt_tokens_details": {"cached_tokens": 4},
+                "cached_tokens": 4,
+                "input": 10,
+            },
+            {"prompt_tokens": 10, "cached_tokens": 4},
+        ),
+        (
+            "deepseek:deepseek-chat",
+            {"prompt_tokens": 10, "prompt_cache_hit_tokens": 6, "cached_tokens": 6},
+            {"prompt_tokens": 10, "prompt_cache_hit_tokens": 6},
+        ),
+        (
+            "claude:claude-sonnet-4-5",
+            {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "cache_creation": {"ephemeral_5m_input_tokens": 4, "ephemeral_1h_input_tokens": 6},
+                "ephemeral_5m_input_tokens": 4,
+                "ephemeral_1h_input_tokens": 6,
+            },
+            {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "cache_creation": {"ephemeral_5m_input_tokens": 4, "ephemeral_1h_input_tokens": 6},
+            },
+        ),
+        (  # a top-level split of the cache writes is their split
+            "claude:claude-sonnet-4-5",
+            {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "ephemeral_1h_input_tokens": 10,
+            },
+            {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "cache_creation": {"ephemeral_1h_input_tokens": 10},
+            },
+        ),
+        (
+            "claude:claude-sonnet-4-5",
+            {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "server_tool_use": {"web_search_requests": 2},
+                "web_search_requests": 2,
+            },
+            {"input_tokens": 1, "output_tokens": 1, "server_tool_use": {"web_search_requests": 2}},
+        ),
+        (
+            "gemini:gemini-2.5-pro",
+            {
+                "promptTokenCount": 10,
+                "prompt_token_count": 10,
+                "candidatesTokenCount": 2,
+                "candidates_token_count": 2,
+            },
+            {"promptTokenCount": 10, "candidatesTokenCount": 2},
+        ),
+    ],
+)
+def test_a_count_named_twice_is_booked_once(
+    shipped: MeteringService, model_prefix: str, usage: dict[str, Any], same_as: dict[str, Any]
+) -> None:
+    expected = dict(usage_items(same_as, model_prefix, shipped.cost_map))
+    check_charge(shipped, usage, model_prefix, expected)
+
+
+_CACHED_PRICED = CostMap.from_dict(
+    {"openai:m:prompt_tokens": 4, "openai:m:cached_tokens": 1, "openai:m:completion_tokens": 16}
+)
+
+
+def _booked(items: list[tuple[str, int]]) -> dict[str, int]:
+    return {usage_type.rsplit(":", 1)[1]: units for usage_type, units in items}
+
+
+@given(
+    prompt=st.integers(0, 10_000),
+    cached=st.integers(0, 10_000),
+    duplicate=st.integers(0, 10_000),
+    in_breakdown=st.booleans(),
+)
+def test_a_top_level_duplicate_never_changes_the_bill_and_cached_never_exceeds_prompt(
+    prompt: int, cached: int, duplicate: int, in_breakdown: bool
+) -> None:
+    # The rule: a top-level field named like a count the dialect reads is one more report of that
+    # count. The bill is the one the dialect's own field gives, or a ValueError when the reports
+    # disagree; cached tokens above the prompt tokens are a ValueError whatever reports them.
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": 1}
+    if in_breakdown:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    with_duplicate = {**usage, "cached_tokens": duplicate}
+    reported = cached if in_breakdown else duplicate  # the breakdown's count, else the top level's
+    if reported > prompt or (in_breakdown and duplicate != cached):
+        with pytest.raises(ValueError, match="cached_tokens"):
+            usage_items(with_duplicate, "openai:m", _CACHED_PRICED)
+        return
+    booked = _booked(usage_items(with_duplicate, "openai:m", _CACHED_PRICED))
+    assert booked.get("cached_tokens", 0) == reported <= prompt
+    assert booked["prompt_tokens"] + booked.get("cached_tokens", 0) == prompt  # each token once
+    if in_breakdown:
+        assert usage_items(with_duplicate, "openai:m", _CACHED_PRICED) == usage_items(
+            usage, "openai:m", _CACHED_PRICED
+        )
 
 
 def test_try_record_usage_object_records_the_whole_payload_only_if_affordable() -> None:

@@ -112,7 +112,8 @@ def copy_store(
     destination_backend: str | None = None,
 ) -> StoreCopy:
     """Copy every user of ``source`` into a new store at ``destination`` (a directory or a
-    ``redis://`` URL, either way); returns ``{"users": n, "user_months": m}``."""
+    ``redis://`` URL, either way); returns ``{"users": n, "user_months": m}``. A source without
+    users raises ``StoreError``, the destination not written."""
 
 @final
 class Actor:

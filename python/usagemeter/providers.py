@@ -27,7 +27,16 @@ Rules, for every provider (the table per provider is in ``README.md`` and in eac
   name. An int field this module does not know is booked as ``prefix:field`` when not 0 (so a new
   billable count is never dropped silently: the service raises ``UnknownUsageType``, or records it
   for free with ``unmapped="free"`` and an ``unmapped_usage`` alarm); an unknown non-count field is
-  ignored and logged once on the ``usagemeter`` logger.
+  ignored and logged once on the ``usagemeter`` logger (the first ``_MAX_WARNED`` names; the log
+  says once when it stops).
+- A count is booked once, whatever names it: a top-level field named like a count the dialect
+  reads elsewhere (its cost map names, the other API's spelling: OpenAI's top-level
+  ``cached_tokens`` beside ``prompt_tokens_details.cached_tokens``) is one more report of that
+  count, never added to it: without the dialect's own field it is the report (the subset checks
+  apply to it), beside it the two must agree, else ``ValueError`` (``_also_named``). Gemini's
+  camelCase and snake_case spellings of one field must agree too. A whole response whose
+  ``usage`` is not an object raises ``TypeError`` naming that field, and an empty report
+  (``{}``, or only None) ``ValueError``: booking nothing would lose the call.
 - Counts are ints >= 0: a negative count raises ``ValueError``, a bool, float or string count
   ``TypeError``, and a subset larger than its total (``cached_tokens > prompt_tokens``)
   ``ValueError``, all before anything is recorded.
@@ -126,11 +135,25 @@ def _nested(usage: Mapping[str, Any], key: str, where: str = "") -> Mapping[str,
 
 
 def _field(usage: Mapping[str, Any], *keys: str, where: str = "") -> int:
-    """The first of ``keys`` present (not None) in ``usage``, as a count (0 when none is)."""
-    for key in keys:
-        if usage.get(key) is not None:
-            return _count(usage[key], where + key)
-    return 0
+    """The count reported under ``keys``, spellings of one field (Gemini's ``promptTokenCount``
+    and ``prompt_token_count``): 0 when none is present (not None). Two spellings present must
+    agree (``ValueError``): a count is read once, never summed nor picked."""
+    found = [(where + key, _count(usage[key], where + key)) for key in keys if usage.get(key) is not None]
+    for name, units in found[1:]:
+        _same_report(name, units, *found[0])
+    return found[0][1] if found else 0
+
+
+def _same_report(name: str, units: int, read_from: str, read: int) -> None:
+    """``ValueError`` unless field ``name`` (``units``), a second report of the count read from
+    ``read_from`` (``read``), agrees with it: a payload that says two things is refused, not
+    guessed at."""
+    if units != read:
+        raise ValueError(
+            f"usage field {name!r} ({units}) is a second report of the count usagemeter reads from "
+            f"{read_from!r}, which says {read} (an absent field says 0): a count is booked once, and "
+            f"a payload whose reports disagree is refused rather than guessed at"
+        )
 
 
 def _present(usage: Mapping[str, Any], key: str) -> bool:
@@ -149,28 +172,80 @@ class _Charge(NamedTuple):
     priced_only: bool = False  # dropped unless one of ``kinds`` is priced
 
 
+# The unknown non-count fields logged so far, once each. Their names come from payloads, which
+# strangers may write, so the set is bounded: past _MAX_WARNED names nothing more is remembered
+# (nor logged), and the log says so once.
 _warned: set[tuple[str, str]] = set()
+_WARNED_LOCK = threading.Lock()
+_MAX_WARNED = 1_000
 
 
 def _ignore_unknown(provider: str, key: str, value: object) -> None:
     """Log, once per provider and field, a non-count field this module does not know."""
-    if (provider, key) not in _warned:
-        _warned.add((provider, key))
+    name = (provider, key)
+    if name in _warned:
+        return
+    with _WARNED_LOCK:
+        if name in _warned or len(_warned) >= _MAX_WARNED:
+            return
+        _warned.add(name)
+        last = len(_warned) == _MAX_WARNED
+    logger.warning(
+        "usagemeter ignores the %s usage field %r (%s): it is not a count it knows how to price",
+        provider,
+        key,
+        type(value).__name__,
+    )
+    if last:
         logger.warning(
-            "usagemeter ignores the %s usage field %r (%s): it is not a count it knows how to price",
-            provider,
-            key,
-            type(value).__name__,
+            "usagemeter has logged %d unknown usage fields, its limit: further unknown fields are "
+            "ignored without a log line",
+            _MAX_WARNED,
         )
 
 
-def _unknown_fields(
-    provider: str, usage: Mapping[str, Any], known: frozenset[str], charges: list[_Charge]
-) -> None:
-    """Book the unknown int fields as ``prefix:field`` (when not 0); log and skip the others."""
+def _also_named(
+    usage: Mapping[str, Any],
+    known: set[str],
+    names: tuple[str, ...],
+    units: int,
+    read_from: str,
+    present: bool,
+) -> tuple[int, str]:
+    """A count the dialect read (``units`` from field ``read_from``; ``present``: whether that
+    field was there), reconciled with the top-level fields ``names`` that name the same count
+    (its cost map names, the other API's spelling: OpenAI's ``cached_tokens`` beside
+    ``prompt_tokens_details.cached_tokens``). Each is one report of that count, read once (added
+    to ``known``, so never booked again): present reports must agree (``ValueError``); when the
+    dialect's own field is absent, the first name present is the report. Returns the count and
+    the field it was read from."""
+    for name in names:
+        if name in known or usage.get(name) is None:
+            continue
+        known.add(name)
+        reported = _count(usage[name], name)
+        if present:
+            _same_report(name, reported, read_from, units)
+        else:
+            units, read_from, present = reported, name, True
+    return units, read_from
+
+
+def _unknown_fields(provider: str, usage: Mapping[str, Any], known: set[str], charges: list[_Charge]) -> None:
+    """Book the unknown int fields as ``prefix:field`` (when not 0); log and skip the others.
+
+    A field named like a kind one of ``charges`` books is never booked again: ``_also_named``
+    reads each such name with its count, and one it missed is a ``ValueError`` here, not a double
+    count."""
+    booked = {kind for charge in charges for kind in charge.kinds}
     for key, value in usage.items():
         if key in known or value is None:
             continue
+        if key in booked:
+            raise ValueError(
+                f"usage field {key!r} names a count the {provider} usage report gives in another field: "
+                "it is not booked twice"
+            )
         if isinstance(value, int) and not isinstance(value, bool):
             units = _count(value, key)
             if units:
@@ -221,8 +296,6 @@ class _OpenAICompatible:
     # xAI has reported reasoning tokens both inside completion_tokens and beside them: beside
     # them exactly when total_tokens == prompt + completion + reasoning.
     reasoning_may_be_extra: bool = False
-    # Together reports a top-level cached_tokens beside prompt_tokens.
-    top_level_cached: bool = False
 
     def charges(self, usage: Mapping[str, Any]) -> list[_Charge] | None:
         """The charges of a payload in this shape, or None if it is not a token usage report."""
@@ -248,44 +321,48 @@ class _OpenAICompatible:
         prompt_details_key: str,
         completion_details_key: str,
     ) -> list[_Charge]:
-        prompt = _count(usage.get(prompt_key), prompt_key)
-        completion = _count(usage.get(completion_key), completion_key)
         prompt_details = _nested(usage, prompt_details_key)
         completion_details = _nested(usage, completion_details_key)
         where_p, where_c = prompt_details_key + ".", completion_details_key + "."
         known = {prompt_key, completion_key, prompt_details_key, completion_details_key, "total_tokens"}
+        known |= self.ignored | self.priced_only
 
+        def read(names: tuple[str, ...], fields: Mapping[str, Any], key: str, where: str) -> tuple[int, str]:
+            """``fields[key]``, reconciled with the top-level fields ``names`` (``_also_named``)."""
+            units = _field(fields, key, where=where)
+            return _also_named(usage, known, names, units, where + key, _present(fields, key))
+
+        prompt, prompt_name = read((*self.prompt, "prompt_tokens", "input_tokens"), usage, prompt_key, "")
+        completion, completion_name = read(
+            (*self.completion, "completion_tokens", "output_tokens"), usage, completion_key, ""
+        )
         cached_name = where_p + "cached_tokens"
         cached = _field(prompt_details, "cached_tokens", where=where_p)
-        if self.top_level_cached:
-            known.add("cached_tokens")
-            if not _present(prompt_details, "cached_tokens") and _present(usage, "cached_tokens"):
-                cached, cached_name = _count(usage["cached_tokens"], "cached_tokens"), "cached_tokens"
+        cached_present = _present(prompt_details, "cached_tokens")
         if self.deepseek_cache_fields:
             known |= {"prompt_cache_hit_tokens", "prompt_cache_miss_tokens"}
             # DeepSeek's own fields win over the OpenAI-style breakdown when both are present.
             if _present(usage, "prompt_cache_hit_tokens"):
                 cached = _count(usage["prompt_cache_hit_tokens"], "prompt_cache_hit_tokens")
-                cached_name = "prompt_cache_hit_tokens"
+                cached_name, cached_present = "prompt_cache_hit_tokens", True
             elif _present(usage, "prompt_cache_miss_tokens"):
                 miss = _count(usage["prompt_cache_miss_tokens"], "prompt_cache_miss_tokens")
                 if miss > prompt:
                     raise ValueError(
-                        f"usage field prompt_cache_miss_tokens ({miss}) exceeds {prompt_key} ({prompt})"
+                        f"usage field prompt_cache_miss_tokens ({miss}) exceeds {prompt_name} ({prompt})"
                     )
-                cached, cached_name = prompt - miss, "prompt_cache_hit_tokens"
-        cache_write = _field(prompt_details, "cache_write_tokens", where=where_p)
+                cached, cached_name, cached_present = prompt - miss, "prompt_cache_hit_tokens", True
+        # A top-level cached_tokens (Together's place for it) is one more report of the same count.
+        cached, cached_name = _also_named(usage, known, self.cached, cached, cached_name, cached_present)
+        cache_write, cache_write_name = read(self.cache_write, prompt_details, "cache_write_tokens", where_p)
         charges = _split(
             prompt,
-            prompt_key,
-            [
-                (self.cached, cached, cached_name),
-                (self.cache_write, cache_write, where_p + "cache_write_tokens"),
-            ],
+            prompt_name,
+            [(self.cached, cached, cached_name), (self.cache_write, cache_write, cache_write_name)],
             self.prompt,
         )
 
-        reasoning = _field(completion_details, "reasoning_tokens", where=where_c)
+        reasoning, reasoning_name = read(self.reasoning, completion_details, "reasoning_tokens", where_c)
         total = usage.get("total_tokens")
         if (
             self.reasoning_may_be_extra
@@ -301,16 +378,13 @@ class _OpenAICompatible:
             ]
         else:
             charges += _split(
-                completion,
-                completion_key,
-                [(self.reasoning, reasoning, where_c + "reasoning_tokens")],
-                self.completion,
+                completion, completion_name, [(self.reasoning, reasoning, reasoning_name)], self.completion
             )
 
         for key in sorted(self.priced_only):
             if _present(usage, key):
                 charges.append(_Charge((key,), _count(usage[key], key), priced_only=True))
-        _unknown_fields(self.provider, usage, frozenset(known) | self.ignored | self.priced_only, charges)
+        _unknown_fields(self.provider, usage, known, charges)
         return charges
 
 
@@ -341,6 +415,7 @@ def _anthropic(usage: Mapping[str, Any]) -> list[_Charge] | None:
         for key in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     ):
         return None
+    known = set(_ANTHROPIC_KNOWN | _ANTHROPIC_IGNORED)
     charges = [
         _Charge(("input_tokens",), _count(usage.get("input_tokens"), "input_tokens"), required=True),
         _Charge(("output_tokens",), _count(usage.get("output_tokens"), "output_tokens"), required=True),
@@ -351,9 +426,23 @@ def _anthropic(usage: Mapping[str, Any]) -> list[_Charge] | None:
     ]
     written = _count(usage.get("cache_creation_input_tokens"), "cache_creation_input_tokens")
     by_ttl = _nested(usage, "cache_creation")
-    five_minutes = _field(by_ttl, "ephemeral_5m_input_tokens", where="cache_creation.")
-    one_hour = _field(by_ttl, "ephemeral_1h_input_tokens", where="cache_creation.")
-    if by_ttl and (five_minutes or one_hour or written):
+    # The split by TTL, from cache_creation or from top-level fields named as the cost map names
+    # its parts (one report each: _also_named).
+    five_minutes, one_hour = (
+        _also_named(
+            usage,
+            known,
+            (key,),
+            _field(by_ttl, key, where="cache_creation."),
+            "cache_creation." + key,
+            _present(by_ttl, key),
+        )[0]
+        for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+    )
+    split = bool(by_ttl) or any(
+        _present(usage, key) for key in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+    )
+    if split and (five_minutes or one_hour or written):
         if _present(usage, "cache_creation_input_tokens") and written != five_minutes + one_hour:
             raise ValueError(
                 f"usage field cache_creation_input_tokens ({written}) is not the sum of cache_creation's "
@@ -368,8 +457,10 @@ def _anthropic(usage: Mapping[str, Any]) -> list[_Charge] | None:
     tools = _nested(usage, "server_tool_use")
     for key in sorted(tools):
         if tools[key] is not None and not _is_object(tools[key]):
-            charges.append(_Charge((key,), _count(tools[key], "server_tool_use." + key), priced_only=True))
-    _unknown_fields("anthropic", usage, _ANTHROPIC_KNOWN | _ANTHROPIC_IGNORED, charges)
+            requests = _count(tools[key], "server_tool_use." + key)
+            requests = _also_named(usage, known, (key,), requests, "server_tool_use." + key, True)[0]
+            charges.append(_Charge((key,), requests, priced_only=True))
+    _unknown_fields("anthropic", usage, known, charges)
     return charges
 
 
@@ -424,7 +515,8 @@ def _gemini(usage: Mapping[str, Any]) -> list[_Charge] | None:
         _Charge(("thoughtsTokenCount", *output_kinds), counts["thoughts"]),
         _Charge(("toolUsePromptTokenCount", *prompt_kinds), counts["tool_use"]),
     ]
-    _unknown_fields("gemini", usage, frozenset(keys) | _GEMINI_IGNORED, charges)
+    # Every name of a count is in ``keys``, read above (two spellings must agree: ``_field``).
+    _unknown_fields("gemini", usage, set(keys) | _GEMINI_IGNORED, charges)
     return charges
 
 
@@ -467,7 +559,6 @@ _TOGETHER = _OpenAICompatible(
     "together",
     prompt=("prompt_tokens", "input"),
     completion=("completion_tokens", "output"),
-    top_level_cached=True,
 )
 # OpenRouter ``usage``: https://openrouter.ai/docs/use-cases/usage-accounting (prompt_tokens
 # including prompt_tokens_details.cached_tokens and cache_write_tokens; reasoning_tokens within
@@ -581,17 +672,39 @@ def resolve_model_prefix(model_prefix: str, cost_map: CostMap) -> str:
 # --- Items ------------------------------------------------------------------------------------
 
 
-def _unwrap(usage: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A whole response passed instead of its usage: its ``usage`` / ``usageMetadata``."""
-    for key in ("usage", "usageMetadata", "usage_metadata"):
-        inner = usage.get(key)
-        if inner is not None and _is_object(inner):
-            return to_mapping(inner)
+_WRAPPERS = ("usage", "usageMetadata", "usage_metadata")
+
+
+def _unwrap(usage: Mapping[str, Any], provider: str) -> Mapping[str, Any]:
+    """A whole response passed instead of its usage: its ``usage`` / ``usageMetadata``.
+
+    Called only for a payload the dialect of ``provider`` did not recognise: a wrapper field that
+    holds no object (``{"usage": "junk"}``, a response without usage: ``{"usage": None}``) is
+    that payload's problem, and ``TypeError`` names it."""
+    for key in _WRAPPERS:
+        if key not in usage:
+            continue
+        inner = usage[key]
+        if not _is_object(inner):
+            raise TypeError(
+                f"usage field {key!r} must be the {provider} usage report (an object), not "
+                f"{type(inner).__name__}: {inner!r} (a response without usage cannot be booked)"
+            )
+        return to_mapping(inner)
     return usage
 
 
-def _fallback_items(usage: Mapping[str, Any], prefix: str) -> list[tuple[str, int]]:
-    """The seed system's rule: each field ``kind`` booked as ``prefix:kind``, every one a count."""
+def _fallback_items(usage: Mapping[str, Any], prefix: str, known_provider: bool) -> list[tuple[str, int]]:
+    """The seed system's rule: each field ``kind`` booked as ``prefix:kind``, every one a count.
+    ``known_provider``: the payload is one a dialect did not recognise (the error says so)."""
+    provider = provider_of(prefix)
+    why = (
+        f"this {provider} usage report has none of the token counts usagemeter reads for {provider!r}, "
+        f"so each field is booked as '{prefix}:<field>'"
+        if known_provider
+        else f"{provider!r} is not a provider whose payloads usagemeter reads field by field; "
+        f"pass only the counts to book as '{prefix}:<field>'"
+    )
     items = []
     for kind, value in usage.items():
         if not isinstance(kind, str) or not kind:
@@ -599,8 +712,7 @@ def _fallback_items(usage: Mapping[str, Any], prefix: str) -> list[tuple[str, in
         if value is None or isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(
                 f"usage field {kind!r} must be an int count of units, not {type(value).__name__}: {value!r} "
-                f"({provider_of(prefix)!r} is not a provider whose payloads usagemeter reads field by field; "
-                f"pass only the counts to book as '{prefix}:<field>')"
+                f"({why})"
             )
         items.append((f"{prefix}:{kind}", _count(value, kind)))
     return items
@@ -615,17 +727,23 @@ def _priced_items(
     payload = to_mapping(usage)
     prefix = resolve_model_prefix(model_prefix, cost_map)
     index = _index(cost_map)
-    dialect = PROVIDERS.get(provider_of(model_prefix).lower())
+    provider = provider_of(model_prefix).lower()
+    dialect = PROVIDERS.get(provider)
     charges = None
     if dialect is not None:
         charges = dialect(payload)
         if charges is None:
-            unwrapped = _unwrap(payload)
+            unwrapped = _unwrap(payload, provider)
             if unwrapped is not payload:
                 payload = unwrapped
                 charges = dialect(payload)
     if charges is None:
-        items = _fallback_items(_unwrap(payload) if dialect is not None else payload, prefix)
+        if dialect is not None and not any(value is not None for value in payload.values()):
+            raise ValueError(
+                f"the {provider} usage report is empty ({dict(payload)!r}): it has none of the token "
+                f"counts usagemeter reads for {provider!r}, and booking nothing would lose the call"
+            )
+        items = _fallback_items(payload, prefix, dialect is not None)
         return items, frozenset(usage_type.rsplit(":", 1)[1] for usage_type, _ in items)
 
     merged: dict[str, int] = {}

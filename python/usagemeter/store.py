@@ -84,6 +84,9 @@ def copy_store(
     Redis Cluster's comma-separated seeds with backend ``"redis-cluster"``). A backend of None is
     the directory's own store's (source), sled (a new directory), or ``"redis"`` (a URL). The
     source is verified record by record first; the destination must be new: a directory with no
-    store, or an empty Redis database, else ``StoreError``. Returns ``{"users", "user_months"}``.
+    store, or an empty Redis database, else ``StoreError``. A source without users (a Redis
+    ledger whose ``usagemeter:users`` set lists none) is a ``StoreError`` too, the destination
+    not written: a copy of nothing is a mistake, and would leave a new empty store in the way of
+    the right one. Returns ``{"users", "user_months"}``.
     """
     return _core.copy_store(os.fspath(source), os.fspath(destination), source_backend, destination_backend)

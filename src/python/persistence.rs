@@ -373,10 +373,28 @@ fn write_new_any(location: &str, kind: &StoreKind, users: &[UserImage]) -> Resul
     }
 }
 
+/// Why a copy of a source without users is refused before the destination is written: a copy
+/// of nothing is a mistake (a wrong database number, a flushed Redis, a lost user list) that a
+/// "copied 0 users" line would hide, and a new empty destination would then block the real copy.
+fn nothing_to_copy(source: &StoreKind) -> StoreError {
+    StoreError::Other(match source {
+        StoreKind::Embedded(_) => {
+            "the source store holds no users: nothing to copy, and nothing was written".to_owned()
+        }
+        StoreKind::Shared { .. } => format!(
+            "the source ledger lists no users (its set {} is empty or missing: a wrong database \
+             number in the URL, a flushed or restarted Redis, or a lost user list): nothing to copy, \
+             and nothing was written",
+            crate::fleet::record::USERS_KEY
+        ),
+    })
+}
+
 /// Copies every user of the store at `source` into a new store at `destination`: an embedded
 /// store (a directory) or a shared ledger (`redis://...`), either way. The source is verified
 /// record by record first; the destination must be new (an empty Redis database, or a
-/// directory with no store). Returns `{"users": int, "user_months": int}`.
+/// directory with no store). A source without users is a `StoreError` (`nothing_to_copy`), the
+/// destination untouched. Returns `{"users": int, "user_months": int}`.
 #[pyfunction]
 #[pyo3(signature = (source, destination, source_backend=None, destination_backend=None))]
 pub fn copy_store<'py>(
@@ -398,6 +416,9 @@ pub fn copy_store<'py>(
         .detach(|| {
             quietly_failing("the copy", || {
                 let users = load_any(source, &from)?;
+                if users.is_empty() {
+                    return Err(nothing_to_copy(&from));
+                }
                 write_new_any(destination, &to, &users).map(|()| users)
             })
         })

@@ -3,7 +3,7 @@
 - ``MeteringMiddleware(app, service, actor=...)``: gates HTTP requests on credit
   (``require_credits``) or a paid plan (``require_subscription``) with HTTP 402
   ``{"error": "insufficient_funds" | "subscription_required", "message": ...}``, and bills each
-  response's body bytes (``meter_egress``);
+  response's bytes, its head and its body (``meter_egress``; ``response_head_bytes``);
 - ``metering_dependency(service, actor=...)``: the same checks per route, for FastAPI's
   ``Depends`` (with ``install(app)``, which answers its ``PaymentRequired`` with the same 402);
 - ``usage_app(service, actor=..., is_admin=...)``: the ``/metering`` routes (``/usage``,
@@ -29,7 +29,7 @@ from usagemeter.asgi.dependency import (
     payment_required_handler,
     stats_of,
 )
-from usagemeter.asgi.middleware import DEFAULT_EGRESS_USAGE_TYPE, MeteringMiddleware
+from usagemeter.asgi.middleware import DEFAULT_EGRESS_USAGE_TYPE, MeteringMiddleware, response_head_bytes
 from usagemeter.asgi.usage import OPENAPI, UsageApp, usage_app
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "install",
     "metering_dependency",
     "payment_required_handler",
+    "response_head_bytes",
     "stats_of",
     "usage_app",
 ]

@@ -130,8 +130,8 @@ class MeteringStats:
 
     - ``requests_metered``: HTTP requests that had an actor (not exempt, ``actor`` not None);
     - ``refused_insufficient_funds``, ``refused_subscription_required``: 402 answers of each kind;
-    - ``egress_responses_billed``: responses whose body bytes were billed (one charge each);
-    - ``egress_bytes_billed``: the body bytes those charges recorded;
+    - ``egress_responses_billed``: responses whose bytes were billed (one charge each);
+    - ``egress_bytes_billed``: the bytes those charges recorded (heads and bodies);
     - ``egress_billing_errors``: charges that raised (logged on the ``usagemeter`` logger; the
       response itself was already sent).
     """

@@ -3,6 +3,7 @@ bytes, for any ASGI application."""
 
 from __future__ import annotations
 
+import http
 import logging
 from collections.abc import Awaitable, Iterable
 
@@ -21,7 +22,7 @@ from usagemeter.asgi._gate import (
 )
 from usagemeter.events import AsyncListenerError
 
-__all__ = ["DEFAULT_EGRESS_USAGE_TYPE", "MeteringMiddleware"]
+__all__ = ["DEFAULT_EGRESS_USAGE_TYPE", "MeteringMiddleware", "response_head_bytes"]
 
 logger = logging.getLogger("usagemeter")
 
@@ -36,9 +37,37 @@ map, or pass ``egress_usage_type="filesystem:egress:bytes"``."""
 _FILE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 
 
+def _status_line_bytes(status: int) -> int:
+    """``len(b"HTTP/1.1 200 OK\\r\\n")`` for ``status``: the standard reason phrase (none for a code
+    without one), as uvicorn and h11 write it."""
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return len(f"HTTP/1.1 {status} {phrase}\r\n".encode())
+
+
+_STATUS_LINE_BYTES = {status: _status_line_bytes(status) for status in range(100, 600)}
+
+
+def response_head_bytes(status: int, headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The bytes of a response's head as egress bills them: the HTTP/1.1 status line
+    (``HTTP/1.1 200 OK\\r\\n``), each header the app sent in ``http.response.start`` as
+    ``name: value\\r\\n``, and the blank line (``\\r\\n``) that ends the head.
+
+    An estimate of what reaches the client: the headers the server adds itself (uvicorn's
+    ``date`` and ``server``, about 60 bytes; ``transfer-encoding: chunked`` and the chunk
+    framing of a response without ``content-length``; ``connection: close``) are not counted, and
+    HTTP/2's compressed headers are counted as HTTP/1.1 would send them."""
+    line = _STATUS_LINE_BYTES.get(status)
+    if line is None:
+        line = _status_line_bytes(status)
+    return line + sum(len(name) + len(value) + 4 for name, value in headers) + 2
+
+
 class MeteringMiddleware:
     """Pure ASGI middleware: gates HTTP requests on the actor's credit or subscription, and bills
-    each response's body bytes.
+    the bytes each response sends (its head and its body).
 
     ``actor(scope)`` (a function or ``async def``) returns the ``Actor`` a request bills, or None:
     that request is not metered and passes through. ``service`` is a ``MeteringService`` or an
@@ -50,11 +79,15 @@ class MeteringMiddleware:
       ``{"error": "subscription_required", "message": ...}`` (checked before credit);
     - ``exempt_paths``: paths neither gated nor metered; an entry matches itself and everything
       under it (``"/health"`` matches ``/health`` and ``/health/live``, not ``/healthz``);
-    - ``meter_egress``: the body bytes of every response (streamed ones included) are billed as
-      ``egress_usage_type``, one ``increment_usage`` per response, when the last body message has
-      been sent, or when the response ends early (the client went away, the app raised): then
-      the bytes handed to the server until it reported the disconnect are billed. A 402 answer
-      (the gate's, or the app's own) is not billed, nor a response without body bytes.
+    - ``meter_egress``: the bytes of every response are billed as ``egress_usage_type``, one
+      ``increment_usage`` per response: its head (``response_head_bytes``: the status line and
+      the headers the app sent, as HTTP/1.1 writes them; the server's own ``date`` and
+      ``server`` headers are not counted) and its body bytes (streamed ones included), except
+      where HTTP sends no body: the answer to a ``HEAD`` request, a 1xx, 204 or 304 status
+      (the server drops what the app sends: a ``HEAD`` is billed its head alone). The charge is
+      made when the last body message has been sent, or when the response ends early (the
+      client went away, the app raised): then what was handed to the server until it reported
+      the disconnect is billed. A 402 answer (the gate's, or the app's own) is not billed.
       ``egress_usage_type`` must be priced in the service's cost map (the shipped maps price
       ``filesystem:egress:bytes``), unless the service records unmapped types for free
       (``unmapped="free"``): else ``ValueError`` here.
@@ -153,64 +186,76 @@ class MeteringMiddleware:
             scope = {**scope, "extensions": kept}
         # An object rather than closures here: their cell variables would cost every request of
         # this method, metered or not (measured: 0.4 µs of the 2 µs this method cost).
-        response = _Response(self, actor, receive, send)
+        response = _Response(self, actor, receive, send, scope.get("method") == "HEAD")
         try:
             await self.app(scope, response.receive, response.send)
         finally:
-            if not response.billed and response.body_bytes:
+            if not response.billed and response.sent_bytes:
                 response.billed = True
-                if not self._bill_now(actor, response.body_bytes):
-                    await self._bill_later(actor, response.body_bytes)
+                if not self._bill_now(actor, response.sent_bytes):
+                    await self._bill_later(actor, response.sent_bytes)
 
     def metering_stats(self) -> dict[str, int]:
         """``stats.as_dict()``: the counters ``usagemeter.prometheus`` reads (a ``GateStats``:
         ``MeteringCollector(service, gates=[middleware])``)."""
         return self.stats.as_dict()
 
-    def _bill_now(self, actor: Actor, body_bytes: int) -> bool:
+    def _bill_now(self, actor: Actor, sent_bytes: int) -> bool:
         """Charge a response's bytes with the native call; False if it needs an async plan look-up
         (nothing was recorded: ``_bill_later`` makes it). A failure is logged and counted, never
         raised into the response, which was sent already."""
         try:
-            self._increment_usage(actor, self.egress_usage_type, body_bytes)
+            self._increment_usage(actor, self.egress_usage_type, sent_bytes)
         except AsyncListenerError:
             return False
         except Exception:
-            self._billing_failed(actor, body_bytes)
+            self._billing_failed(actor, sent_bytes)
             return True
         stats = self.stats
         stats.egress_responses_billed += 1
-        stats.egress_bytes_billed += body_bytes
+        stats.egress_bytes_billed += sent_bytes
         return True
 
-    async def _bill_later(self, actor: Actor, body_bytes: int) -> None:
+    async def _bill_later(self, actor: Actor, sent_bytes: int) -> None:
         """``_bill_now`` through the async service, which awaits the plan listeners."""
         try:
-            await self.service.increment_usage(actor, self.egress_usage_type, body_bytes)
+            await self.service.increment_usage(actor, self.egress_usage_type, sent_bytes)
         except Exception:
-            self._billing_failed(actor, body_bytes)
+            self._billing_failed(actor, sent_bytes)
             return
         self.stats.egress_responses_billed += 1
-        self.stats.egress_bytes_billed += body_bytes
+        self.stats.egress_bytes_billed += sent_bytes
 
-    def _billing_failed(self, actor: Actor, body_bytes: int) -> None:
+    def _billing_failed(self, actor: Actor, sent_bytes: int) -> None:
         self.stats.egress_billing_errors += 1
         logger.exception(
-            "could not bill %d response bytes of %r as %s", body_bytes, actor, self.egress_usage_type
+            "could not bill %d response bytes of %r as %s", sent_bytes, actor, self.egress_usage_type
         )
 
 
 class _Response:
-    """The body bytes of one metered response, billed once."""
+    """The bytes of one metered response (``response_head_bytes``, then the body's), billed once."""
 
-    __slots__ = ("_receive", "_send", "actor", "billed", "body_bytes", "disconnected", "middleware")
+    __slots__ = (
+        "_receive",
+        "_send",
+        "actor",
+        "billed",
+        "bodiless",
+        "disconnected",
+        "middleware",
+        "sent_bytes",
+    )
 
-    def __init__(self, middleware: MeteringMiddleware, actor: Actor, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, middleware: MeteringMiddleware, actor: Actor, receive: Receive, send: Send, bodiless: bool
+    ) -> None:
         self.middleware = middleware
         self.actor = actor
         self._receive = receive
         self._send = send
-        self.body_bytes = 0
+        self.sent_bytes = 0
+        self.bodiless = bodiless  # a HEAD request's, or (at the start) a status without a body
         self.disconnected = False
         self.billed = False
 
@@ -222,20 +267,32 @@ class _Response:
         return message
 
     def send(self, message: Message) -> Awaitable[None]:
-        # Not a coroutine itself: the start message goes straight to the server's send.
-        if message["type"] == "http.response.body" and not self.disconnected:
+        # Not a coroutine itself: what is not billed goes straight to the server's send.
+        kind = message["type"]
+        if kind == "http.response.body" and not self.disconnected:
             return self._send_body(message)
-        if message["type"] == "http.response.start" and message.get("status") == 402:
-            self.billed = True  # the app's own 402 answer is not billed, as the gate's is not
+        if kind == "http.response.start":
+            if message.get("status") == 402:
+                self.billed = True  # the app's own 402 answer is not billed, as the gate's is not
+            elif not self.disconnected:
+                return self._send_start(message)
         return self._send(message)
+
+    async def _send_start(self, message: Message) -> None:
+        await self._send(message)  # counted once the server took it (it checks status and headers)
+        status: int = message["status"]
+        if status < 200 or status in (204, 304):
+            self.bodiless = True  # HTTP sends no body with these: servers drop what the app sends
+        self.sent_bytes += response_head_bytes(status, message.get("headers", ()))
 
     async def _send_body(self, message: Message) -> None:
         await self._send(message)  # counted once the server took it (it may raise on a disconnect)
-        self.body_bytes += len(message.get("body", b""))
+        if not self.bodiless:
+            self.sent_bytes += len(message.get("body", b""))
         if not message.get("more_body", False) and not self.billed:
             self.billed = True
-            if self.body_bytes and not self.middleware._bill_now(self.actor, self.body_bytes):
-                await self.middleware._bill_later(self.actor, self.body_bytes)
+            if self.sent_bytes and not self.middleware._bill_now(self.actor, self.sent_bytes):
+                await self.middleware._bill_later(self.actor, self.sent_bytes)
 
 
 def _exempt(paths: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:

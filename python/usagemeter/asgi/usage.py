@@ -103,13 +103,13 @@ class UsageApp:
         await send_json(send, 200, body)
 
     async def _usage(self, scope: Scope, actor: Actor | None, app_id: str) -> bytes:
-        assert actor is not None
+        actor = _metered_caller(actor)
         details = await self.service.get_actor_current_month_usage_details(actor)
         allowance = await self.service.get_allowed_usage(actor)
         return json_bytes({**details, "allowanceInfo": allowance})
 
     async def _usage_by_day(self, scope: Scope, actor: Actor | None, app_id: str) -> bytes:
-        assert actor is not None
+        actor = _metered_caller(actor)
         month = _query_value(scope, "month")
         try:
             report = await self.service.get_actor_usage_by_day(actor, month)
@@ -118,7 +118,7 @@ class UsageApp:
         return json_bytes(report)
 
     async def _app_usage(self, scope: Scope, actor: Actor | None, app_id: str) -> bytes:
-        assert actor is not None
+        actor = _metered_caller(actor)
         if not app_id or "/" in app_id:
             raise _HTTPError(400, "bad_request", "the path must be /usage/{app_id}, with one app id")
         try:
@@ -169,7 +169,10 @@ def usage_app(service: object, *, actor: object, is_admin: object = None) -> Usa
       as ``get_actor_usage_by_day``; a bad month answers 400.
     - ``GET /openapi.json``: an OpenAPI 3.1 document of these routes (no actor needed).
 
-    Unknown paths answer 404 and other methods 405, as ``{"error", "message"}``. Mounted under a
+    The routes about the caller's own usage (``/usage``, ``/usage/{app_id}``, ``/usageByDay``)
+    answer 403 ``not_metered`` to the system actor (``Actor.system()``, never metered: it has no
+    month nor budget of its own). Unknown paths answer 404 and other methods 405, as
+    ``{"error", "message"}``. Mounted under a
     prefix (Starlette's ``Mount("/metering", app=...)``, a server's ``root_path``), the routes are
     relative to it.
     """
@@ -182,6 +185,21 @@ class _HTTPError(Exception):
         self.status = status
         self.error = error
         self.message = message
+
+
+NOT_METERED = (
+    "the system actor is not metered: it has no usage nor budget of its own to show "
+    "(GET /globalUsage, for administrators, is the month over every actor)"
+)
+"""The ``message`` of the 403 ``not_metered`` answer to the system actor."""
+
+
+def _metered_caller(actor: Actor | None) -> Actor:
+    """The caller of a route about its own usage: 403 ``not_metered`` for the system actor."""
+    assert actor is not None  # __call__ answered 401 without one
+    if actor.is_system:
+        raise _HTTPError(403, "not_metered", NOT_METERED)
+    return actor
 
 
 def _route_path(scope: Scope) -> str:
@@ -244,6 +262,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _ok("The caller's month", "Usage"),
                     "401": _ERROR_RESPONSE,
+                    "403": _ERROR_RESPONSE,
                 },
             }
         },
@@ -279,6 +298,7 @@ OPENAPI: dict[str, Any] = {
                     "200": _ok("The month's days", "UsageByDay"),
                     "400": _ERROR_RESPONSE,
                     "401": _ERROR_RESPONSE,
+                    "403": _ERROR_RESPONSE,
                 },
             }
         },
@@ -316,7 +336,10 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "responses": {
             "Error": {
-                "description": "An error: 400, 401, 403, 404 or 405",
+                "description": (
+                    "An error: 400, 401, 403 (forbidden; not_metered: the system actor, which has no "
+                    "usage of its own, on a route about the caller's usage), 404 or 405"
+                ),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             }
         },
@@ -327,7 +350,14 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "error": {
                         "type": "string",
-                        "examples": ["unauthorized", "forbidden", "not_found", "method_not_allowed"],
+                        "examples": [
+                            "bad_request",
+                            "unauthorized",
+                            "forbidden",
+                            "not_metered",
+                            "not_found",
+                            "method_not_allowed",
+                        ],
                     },
                     "message": {"type": "string"},
                 },

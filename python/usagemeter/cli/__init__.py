@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
         "redis://HOST:PORT/DB) into a new store at DST (a directory with no store, or an empty Redis "
         "database), verifying every record read; print how many users and user months were copied. "
         "Stop the servers writing to SRC first: a copy holds what SRC held when it was read. Exit 1 "
-        "with the error on stderr if SRC is missing, locked or damaged, or DST is not new.",
+        "with the error on stderr, and DST untouched, if SRC is missing, locked, damaged or holds no "
+        "users (a copy of nothing is a mistake: a wrong database number, a flushed Redis), or DST is "
+        "not new.",
     )
     copy.add_argument("source", metavar="SRC", help="store directory or redis:// URL to copy from")
     copy.add_argument("destination", metavar="DST", help="new store directory or empty redis:// database")

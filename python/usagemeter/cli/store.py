@@ -215,8 +215,10 @@ def run_store_copy(
     moves into Redis and back. ``source_backend`` / ``backend`` are those of the source and the
     destination (None: the source directory's store's, ``redis`` for a URL, sled for a new
     directory). Prints how many users and user months were copied; returns 0, or 1 with the error
-    on stderr if the source is missing, locked or damaged, or the destination already holds a
-    store (a directory with one, or a Redis database that is not empty).
+    on stderr if the source is missing, locked or damaged, or holds no users (a Redis source whose
+    ``usagemeter:users`` set lists none: a wrong database number, a flushed Redis, a lost user
+    list; the destination is then not written), or the destination already holds a store (a
+    directory with one, or a Redis database that is not empty).
     """
     if not is_shared_url(source):
         problem = store_problem(source, need_manifest=True)
