@@ -290,7 +290,7 @@ def run_chaos(config: dict[str, Any], service: MeteringService) -> dict[str, Any
 
     threading.Thread(target=read_stop, daemon=True).start()
     rng = random.Random(config["seed"])
-    name = config["name"]
+    name = config["worker"]
     budget_users = [Actor(f"{config['prefix']}budget-{i}") for i in range(config["budget_users"])]
     own_users = [Actor(f"{config['prefix']}{name}-{i}") for i in range(config["users"])]
     key_user = Actor(f"{config['prefix']}{name}-keyed")

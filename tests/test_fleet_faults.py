@@ -55,7 +55,7 @@ def test_the_fleet_keeps_its_promises_through_every_fault(spawn: Spawn, tmp_path
                 name,
                 mode="chaos",
                 url=server.url,
-                name=name,
+                worker=name,
                 prefix=prefix,
                 seed=i,
                 users=5,
