@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from fleet_workers import fleet_cost_map
-from redis_support import RedisServer, free_port
+from redis_support import RedisCluster, RedisServer, free_port
 from usagemeter import (
     ALARM,
     MONTHLY_CHARGES,
@@ -487,3 +487,77 @@ def test_every_call_waits_at_most_the_callers_bound_while_redis_is_hung(redis_se
         close_anyway(service)
     with open_fleet(redis_server.url) as fresh:
         assert usage(fresh, known.user_id) == local
+
+
+@pytest.mark.timeout(120)
+def test_a_cluster_node_opened_as_one_server_says_to_use_redis_cluster(redis_cluster: RedisCluster) -> None:
+    for url in redis_cluster.urls:
+        with pytest.raises(StoreError, match="store_backend='redis-cluster'") as raised:
+            open_fleet(url)
+        assert "Moved" not in str(raised.value)
+
+
+def answers_loading(port: int) -> bool:
+    """Whether the server on `port` is loading its data: it answers PING with -LOADING, or takes
+    the connection and is too busy loading to answer within a second (raw RESP)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as connection:
+            connection.sendall(b"*1\r\n$4\r\nPING\r\n")
+            try:
+                return connection.recv(64).startswith(b"-LOADING")
+            except TimeoutError:
+                return True
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(180)
+def test_a_server_loading_after_a_restart_is_unavailable_and_retryable() -> None:
+    # 60,000 keys loaded at 100 µs each: the restarted server answers LOADING for seconds.
+    # It answers (LOADING) between every kilobyte it loads.
+    delay = (
+        *("--enable-debug-command", "yes", "--key-load-delay", "100"),
+        *("--loading-process-events-interval-bytes", "1024"),
+    )
+    with RedisServer(extra_args=delay) as server:
+        server.command("DEBUG", "POPULATE", "60000", "filler")
+        server.command("BGREWRITEAOF")
+        deadline = time.monotonic() + 60
+        while "aof_rewrite_in_progress:0" not in server.command("INFO", "persistence"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)
+        user = Actor(unique("loading"))
+        service = open_fleet(server.url)
+        try:
+            service.increment_usage(user, "fleet:int", 1)
+            service.flush()
+            server.kill()
+            starting = threading.Thread(target=server.start)
+            starting.start()
+            deadline = time.monotonic() + 30
+            while not answers_loading(server.port):
+                assert time.monotonic() < deadline, "the server never answered LOADING"
+                time.sleep(0.02)
+            time.sleep(3 * INTERVAL)  # the sync thread meets it too
+            assert answers_loading(server.port), "loaded too fast for this test"
+            with pytest.raises(StoreUnavailableError) as raised:
+                service.increment_usage(user, "fleet:int", 5, idempotency_key="loading-1")
+            assert not isinstance(raised.value, (StoreWriteError, StoreOutcomeUnknownError))
+            assert "LOADING" in str(raised.value) and "nothing of this call was recorded" in str(raised.value)
+            starting.join(60)
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    service.increment_usage(user, "fleet:int", 5, idempotency_key="loading-1")
+                    service.increment_usage(user, "fleet:int", 5, idempotency_key="loading-1")
+                    break
+                except StoreUnavailableError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            service.flush()
+            assert units(service, user.user_id, "fleet:int") == 6
+        finally:
+            close_anyway(service)

@@ -58,9 +58,10 @@ pub fn describe(location: &str, error: &RedisError) -> String {
             "the server at {shown} is a node of a Redis Cluster ({said}): open it with \
              store_backend='redis-cluster'"
         ),
-        _ if error.code().is_some_and(is_retryable_code) => {
-            format!("the shared ledger at {shown} cannot serve now ({said}); it will again shortly")
-        }
+        _ if error.code().is_some_and(is_retryable_code) => format!(
+            "the shared ledger at {shown} cannot serve now ({}: {said}); it will again shortly",
+            error.code().unwrap_or_default()
+        ),
         _ if error.code() == Some("NOAUTH") || error.code() == Some("WRONGPASS") => format!(
             "the shared ledger at {shown} needs a password the URL does not give, or refused \
              it ({said})"
@@ -104,9 +105,29 @@ impl Link {
                 scrub(&e.to_string(), &urls[0])
             ))
         })?;
-        let connection = client
+        let mut connection = client
             .get_connection_with_timeout(timeout)
             .map_err(failed)?;
+        // The first command is bounded by what is left of the connect timeout too.
+        connection
+            .set_read_timeout(Some(timeout.min(IO_TIMEOUT)))
+            .map_err(failed)?;
+        connection
+            .set_write_timeout(Some(timeout.min(IO_TIMEOUT)))
+            .map_err(failed)?;
+        // A node of a Redis Cluster answers a single connection's commands for most users with
+        // MOVED: said once, at connection, rather than as a write refused for some users.
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query(&mut connection)
+            .map_err(failed)?;
+        if info.contains("cluster_enabled:1") {
+            return Err(StoreError::Other(format!(
+                "the server at {} is a node of a Redis Cluster: open it with \
+                 store_backend='redis-cluster' (its seed nodes, comma-separated)",
+                redact_url(&location)
+            )));
+        }
         connection
             .set_read_timeout(Some(IO_TIMEOUT))
             .map_err(failed)?;

@@ -79,7 +79,13 @@ impl Fleet {
             self.keyed_locked(&mut state, call, decide, value_of)
         });
         self.caller_done(&mut state, &result);
-        result
+        // Out of reach before the call's own write was sent: say what that means to the caller.
+        result.map_err(|error| match error {
+            StoreError::Unavailable(message) => StoreError::Unavailable(format!(
+                "{message}: nothing of this call was recorded, retry it"
+            )),
+            error => error,
+        })
     }
 
     /// Why a keyed call's write has no known outcome: it was sent, and no answer came.
