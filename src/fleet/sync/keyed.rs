@@ -101,8 +101,9 @@ impl Fleet {
                  cluster"
             ))
         })?;
+        self.ready_or_why(state)?;
         self.connect(state)?;
-        let now = self.server_ms(state)?;
+        let now = self.checked_clock(state)?;
         // What this worker holds unsent for the user goes first (and, before an affordability
         // decision, its lease back, unless holds are kept in it): the fleet's figures are then
         // all there is to decide on.
@@ -121,6 +122,7 @@ impl Fleet {
         }
         let id = state.next_id;
         state.next_id += 1;
+        let expires_ms = now.saturating_add(call.ttl_ms.max(1));
         for _pass in 0..16 {
             let known = state.known.get(user).cloned().unwrap_or_default();
             let free = match call.strict {
@@ -164,8 +166,9 @@ impl Fleet {
             for (field, value) in &sets {
                 cas.arg(field).arg(value);
             }
+            let value = value_of(&merged);
             cas.arg(0) // nothing to delete
-                .arg(value_of(&merged))
+                .arg(&value)
                 .arg(call.ttl_ms.max(1));
             state.stats.round_trips += 1;
             let reply = self.link(state).one(&cas).map_err(|e| self.io(&e))?;
@@ -193,6 +196,8 @@ impl Fleet {
                         },
                     );
                     state.stats.writes += 1;
+                    // Remembered for a restore (`restore.rs`).
+                    state.claims.remember(claim, value, expires_ms, now);
                     state.unannounced.push(user.to_string());
                     self.announce(state)?;
                     return Ok(Keyed::Written(merged));
@@ -202,6 +207,10 @@ impl Fleet {
                 1 | 2 => {
                     let fleet = record::decode(user, &pairs(payload))
                         .map_err(|why| corrupted(user, why))?;
+                    if let Some(why) = self.older_than_read(user, known.version, fleet.version) {
+                        state.rolled_back = Some(why.clone());
+                        return Err(StoreError::Unavailable(why));
+                    }
                     self.ledger
                         .rebase(
                             user,
@@ -212,6 +221,7 @@ impl Fleet {
                     let figures = fleet.figures.clone();
                     state.known.insert(user.to_string(), fleet);
                     if code == 1 {
+                        state.claims.remember(claim, value, expires_ms, now);
                         return Ok(Keyed::Written(figures));
                     }
                     state.stats.conflicts += 1;
