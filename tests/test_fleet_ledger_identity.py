@@ -109,10 +109,6 @@ def meter_through(
     for worker in workers:
         worker.send("stop")
     reports = [worker.finish() for worker in workers]
-    for worker, report in zip(workers, reports, strict=True):
-        assert report["errors"] == [], report["errors"]
-        kinds = [alarm["kind"] for alarm in report["alarms"]]
-        assert "ledger_lost" in kinds, f"{worker.name} raised no ledger_lost alarm: {report['alarms'][:5]}"
     made = surviving = 0
     wrong: list[str] = []
     accepted: dict[str, int] = {}
@@ -129,6 +125,10 @@ def meter_through(
         spent = {user: cost_of(fresh, user, "fleet:call") for user in accepted}
     print(f"{made} increments made, {surviving} in Redis; strict µ¢ accepted {accepted}")
     print(f"(budget {ALLOWANCE} µ¢ each)")
+    for worker, report in zip(workers, reports, strict=True):
+        assert report["errors"] == [], report["errors"]
+        kinds = [alarm["kind"] for alarm in report["alarms"]]
+        assert "ledger_lost" in kinds, f"{worker.name} raised no ledger_lost alarm: {report['alarms'][:5]}"
     assert not wrong, f"{len(wrong)} users wrong:\n" + "\n".join(wrong[:20])
     assert spent == accepted, "the strict charges in Redis are not what the workers accepted"
     overspent = {user: cost for user, cost in accepted.items() if cost > ALLOWANCE}
