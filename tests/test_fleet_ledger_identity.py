@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from fleet_workers import fleet_cost_map
-from redis_support import RedisServer
+from redis_support import RedisCluster, RedisServer
 from test_fleet import Spawn, spawn, start_together, units_of, wait_until  # noqa: F401  (the fixture)
 from usagemeter import (
     ALARM,
@@ -156,36 +156,90 @@ def test_a_restart_without_persistence_is_restored_from_the_workers(
     meter_through(spawn, volatile_server, restart_empty)
 
 
-@pytest.mark.timeout(120)
-def test_spent_budget_is_not_granted_again_after_a_flushall(redis_server: RedisServer) -> None:
-    """The issue's reproduction: a spent budget, FLUSHALL, and a large strict charge."""
+def spend_then_wipe(
+    url: str, wipe: Callable[[], object], identity: Callable[[], str], **options: Any
+) -> None:
+    """The issue's reproduction: a spent budget, a wipe, and strict charges: refused during the
+    restore (the offline rules) and after it (the budget is restored); plain usage kept."""
     user = prefix("spent") + "u"
-    first = service_on(redis_server.url)
-    second = service_on(redis_server.url)
+    plain = prefix("plain") + "u"
+    first = service_on(url, **options)
+    second = service_on(url, **options)
     alarms = Alarms(first)
     try:
         actor = Actor(user)
         while first.try_increment_usage(actor, "fleet:call", 1, COST) is not None:
             pass
+        second.increment_usage(Actor(plain), "fleet:int", 9)
         first.flush()
+        second.flush()
         wait_until(lambda: cost_of(second, user, "fleet:call") == ALLOWANCE, 10)
-        redis_server.command("FLUSHALL")
-        # Refused during the restore (offline rules) and after it (the budget is restored).
+        wipe()
         deadline = time.monotonic() + 4.0
         while time.monotonic() < deadline:
             assert first.try_increment_usage(actor, "fleet:call", 1, ALLOWANCE - COST) is None
             assert second.try_increment_usage(actor, "fleet:call", 1, COST) is None
             time.sleep(0.05)
         wait_until(lambda: bool(alarms.of("ledger_lost")), 5)
-        assert cost_of(first, user, "fleet:call") == ALLOWANCE
-        assert cost_of(second, user, "fleet:call") == ALLOWANCE
-        identity = redis_server.command("GET", LEDGER_KEY)
-        assert identity.endswith(":ready"), identity
+        for service in (first, second):
+            assert cost_of(service, user, "fleet:call") == ALLOWANCE
+            assert units_of(service, plain, "fleet:int") == 9
+        assert identity().endswith(":ready"), identity()
     finally:
         first.close()
         second.close()
-    with service_on(redis_server.url) as fresh:
+    with service_on(url, **options) as fresh:
         assert cost_of(fresh, user, "fleet:call") == ALLOWANCE
+        assert units_of(fresh, plain, "fleet:int") == 9
+
+
+@pytest.mark.timeout(120)
+def test_spent_budget_is_not_granted_again_after_a_flushall(redis_server: RedisServer) -> None:
+    spend_then_wipe(
+        redis_server.url,
+        lambda: redis_server.command("FLUSHALL"),
+        lambda: redis_server.command("GET", LEDGER_KEY),
+    )
+
+
+@pytest.mark.timeout(180)
+def test_spent_budget_is_not_granted_again_after_a_flushall_of_a_cluster(redis_cluster: RedisCluster) -> None:
+    def flush_every_node() -> None:
+        for node in redis_cluster.nodes:
+            node.command("FLUSHALL")
+
+    spend_then_wipe(
+        ",".join(redis_cluster.urls),
+        flush_every_node,
+        lambda: redis_cluster.command("GET", LEDGER_KEY),
+        store_backend="redis-cluster",
+    )
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_opened_during_a_restore_is_offline_until_it_ends(redis_server: RedisServer) -> None:
+    """It loads what is there, says so (`ledger_lost`), refuses strict spending, and reads every
+    user again when the restore ends."""
+    user = prefix("during") + "u"
+    first = service_on(redis_server.url)
+    try:
+        first.increment_usage(Actor(user), "fleet:int", 5)
+        first.flush()
+        redis_server.command("FLUSHALL")
+        wait_until(lambda: ":restoring:" in redis_server.command("GET", LEDGER_KEY), 5)
+        late = service_on(redis_server.url)
+        try:
+            alarms = Alarms(late)
+            assert late.try_increment_usage(Actor(user), "fleet:call", 1, COST) is None
+            wait_until(lambda: bool(alarms.of("ledger_lost")), 5)
+            assert "being restored" in alarms.of("ledger_lost")[0]
+            wait_until(lambda: redis_server.command("GET", LEDGER_KEY).endswith(":ready"), 10)
+            wait_until(lambda: units_of(late, user, "fleet:int") == 5, 5)
+            wait_until(lambda: late.try_increment_usage(Actor(user), "fleet:call", 1, COST) is not None, 5)
+        finally:
+            late.close()
+    finally:
+        first.close()
 
 
 @pytest.mark.timeout(120)
