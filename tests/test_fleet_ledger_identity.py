@@ -393,3 +393,31 @@ def test_a_store_copied_into_redis_gets_an_identity(tmp_path: Path, redis_server
     with service_on(redis_server.url) as worker:
         assert units_of(worker, user, "fleet:int") == 4
     assert redis_server.command("GET", LEDGER_KEY) == identity
+
+
+@pytest.mark.timeout(60)
+def test_a_user_older_than_a_worker_read_it_starts_a_restore(redis_server: RedisServer) -> None:
+    """A ledger that went back in time with its identity intact (a restart from an old snapshot):
+    a worker that finds a user at an older version than it read raises `ledger_lost` and the
+    restore writes its newer copy back (here the version alone is put back, as a stand-in)."""
+    user = prefix("older") + "u"
+    worker = service_on(redis_server.url)
+    alarms = Alarms(worker)
+    try:
+        for _ in range(3):
+            worker.increment_usage(Actor(user), "fleet:int", 5)
+            worker.flush()
+        key = f"usagemeter:u:{user}"
+        version = int(redis_server.command("HGET", key, "v"))
+        assert version >= 3
+        redis_server.command("HSET", key, "v", "1")
+        worker.increment_usage(Actor(user), "fleet:int", 5)
+        wait_until(lambda: bool(alarms.of("ledger_lost")), 5)
+        assert "older than the version" in alarms.of("ledger_lost")[0]
+        wait_until(lambda: redis_server.command("GET", LEDGER_KEY).endswith(":ready"), 10)
+        worker.flush()
+        assert int(redis_server.command("HGET", key, "v")) > version
+    finally:
+        close_anyway(worker)
+    with service_on(redis_server.url) as fresh:
+        assert units_of(fresh, user, "fleet:int") == 20
