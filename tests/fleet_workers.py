@@ -3,7 +3,8 @@
 Run as `python fleet_workers.py CONFIG_JSON`. A worker opens its own `MeteringService` on the
 configured URL, prints `{"event": "ready", ...}` as one JSON line, waits for a `go` line on stdin,
 does its work, and prints `{"event": "done", ...}` with what it did (after `close()`, so the
-figures it reports are all in Redis unless the worker was killed). Every line on stdout is JSON;
+figures it reports are all in Redis unless the worker was killed; with `close_may_fail` a
+`close()` that raises `StoreError` is reported as `close_error` and the sync thread stopped). Every line on stdout is JSON;
 errors go to stderr. The parent (`FleetWorker` in test_fleet.py) reads the lines on a thread.
 
 Modes:

@@ -41,7 +41,10 @@ impl StoreErrors {
     pub fn push_alarm(&self, kind: &'static str, message: String) {
         let mut queue = self.0.lock();
         if queue.len() == MAX_QUEUED_ERRORS {
-            queue.pop_front();
+            // The oldest `store_error` makes room (one a failed round): a `ledger_lost` alarm,
+            // raised once per loss, is never the one dropped while a restore fails the rounds.
+            let oldest = queue.iter().position(|(k, _)| *k == "store_error");
+            queue.remove(oldest.unwrap_or(0));
         }
         queue.push_back((kind, message));
     }
