@@ -3,7 +3,8 @@
 Run as `python fleet_workers.py CONFIG_JSON`. A worker opens its own `MeteringService` on the
 configured URL, prints `{"event": "ready", ...}` as one JSON line, waits for a `go` line on stdin,
 does its work, and prints `{"event": "done", ...}` with what it did (after `close()`, so the
-figures it reports are all in Redis unless the worker was killed). Every line on stdout is JSON;
+figures it reports are all in Redis unless the worker was killed; with `close_may_fail` a
+`close()` that raises `StoreError` is reported as `close_error` and the sync thread stopped). Every line on stdout is JSON;
 errors go to stderr. The parent (`FleetWorker` in test_fleet.py) reads the lines on a thread.
 
 Modes:
@@ -19,6 +20,9 @@ Modes:
   an upper bound of what it recorded when it SIGKILLs it.
 - `steady`: `increment_usage` on its own users until a `stop` line arrives on stdin; reports the
   units of each user, any exception, and the alarms it saw (e.g. `store_error` during an outage).
+- `strict_steady`: `steady`, and after each plain call one strict `try_increment_usage` (cost
+  `cost`) on one of `budget_users` shared budget users, until `stop`; reports the units of each
+  own user, the µ¢ accepted per budget user, and the alarms (e.g. `ledger_lost` after a wipe).
 - `holds`: `reserve` / `settle` (at most what was held) / `release` racing on one user's budget;
   reports the µ¢ settled.
 - `hold_victim`: holds part of one user's budget for an hour, prints `held`, waits to be killed.
@@ -34,6 +38,7 @@ Modes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import random
@@ -55,6 +60,7 @@ from usagemeter import (
     MeteringService,
     MonthlyCharge,
     Policy,
+    StoreError,
 )
 
 # Prices (µ¢ per unit) of the fleet tests' cost map: integral, zero and fractional, so exact sums
@@ -232,6 +238,45 @@ def run_steady(config: dict[str, Any], service: MeteringService) -> dict[str, An
     return {"units": dict(zip(users, units, strict=True)), "errors": errors}
 
 
+def run_strict_steady(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    stop = threading.Event()
+
+    def read_stop() -> None:
+        wait_for("stop")
+        stop.set()
+
+    threading.Thread(target=read_stop, daemon=True).start()
+    users = [f"{config['prefix']}{index}" for index in range(config["users"])]
+    actors = [Actor(user) for user in users]
+    budget_users = [f"{config['budget_prefix']}{index}" for index in range(config["budget_users"])]
+    budget_actors = [Actor(user) for user in budget_users]
+    units = [0] * len(users)
+    accepted = [0] * len(budget_users)
+    errors: list[str] = []
+    cost = config["cost"]
+    calls = 0
+    while not stop.is_set():
+        index = calls % len(users)
+        budget_index = calls % len(budget_users)
+        try:
+            service.increment_usage(actors[index], "fleet:int", 1)
+            units[index] += 1
+            if service.try_increment_usage(budget_actors[budget_index], "fleet:call", 1, cost) is not None:
+                accepted[budget_index] += cost
+        except Exception as error:  # reported, and the test fails on it
+            errors.append(f"{type(error).__name__}: {error}")
+            if len(errors) > 20:
+                break
+        calls += 1
+        if calls % 50 == 0:
+            time.sleep(0.001)  # a steady pace, not a busy loop hogging a shared core
+    return {
+        "units": dict(zip(users, units, strict=True)),
+        "accepted": dict(zip(budget_users, accepted, strict=True)),
+        "errors": errors,
+    }
+
+
 def run_holds(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
     """`calls` reserves of `cost` on user `user`, each settled at a random real cost no larger,
     or released; reports the µ¢ settled and how many reserves were refused."""
@@ -361,6 +406,7 @@ MODES = {
     "sums": run_sums,
     "victim": run_victim,
     "steady": run_steady,
+    "strict_steady": run_strict_steady,
     "holds": run_holds,
     "hold_victim": run_hold_victim,
     "monthly": run_monthly,
@@ -388,11 +434,28 @@ def main() -> None:
         traceback.print_exc()
         raise
     worked = time.monotonic() - started
-    service.close()
+    close_error = None
+    try:
+        service.close()
+    except StoreError as error:
+        if not config.get("close_may_fail"):
+            raise
+        # Another ledger answers: the last sync cannot be written, and the thread is stopped.
+        close_error = f"{type(error).__name__}: {error}"
+        with contextlib.suppress(StoreError):
+            service._close_at_exit()
     closed = time.monotonic() - started
     with lock:
         seen = list(alarms)
-    emit("done", seconds=worked, closed_after=closed, stats=service._sync_stats(), alarms=seen, **result)
+    emit(
+        "done",
+        seconds=worked,
+        closed_after=closed,
+        close_error=close_error,
+        stats=service._sync_stats(),
+        alarms=seen,
+        **result,
+    )
 
 
 if __name__ == "__main__":

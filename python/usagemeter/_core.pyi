@@ -214,8 +214,9 @@ class MeteringCore:
         """``close()`` that stops the snapshot thread even if the last snapshot fails (at exit)."""
     def _forked(self) -> None:
         """In a child after ``os.fork()``: a service with a store refuses every call from now on."""
-    def _take_store_errors(self) -> list[str]:
-        """Errors of background snapshots not yet raised as ``store_error`` alarms."""
+    def _take_store_errors(self) -> list[tuple[str, str]]:
+        """Alarms of the background snapshot (or fleet sync) thread not yet raised, as
+        ``(kind, message)``: ``store_error``, or ``ledger_lost``."""
     def _account_count(self) -> int:
         """How many users have an account in the ledger (tests: read-only checks create none)."""
     def _sync_stats(self) -> SyncStats | None:

@@ -88,7 +88,8 @@ class GetUserSubscriptionEvent:
 class AlarmEvent:
     """Something an operator should know: ``unmapped_usage``, ``unknown_plan``, ``overuse``,
     ``monthly_charges`` (a month's charges could not be applied: the next charge tries again),
-    ``store_error`` or ``global_usage_rate`` (the last two with the system actor)."""
+    ``store_error``, ``ledger_lost`` (a fleet's shared ledger lost its data, or another ledger
+    answers at its address) or ``global_usage_rate`` (the last three with the system actor)."""
 
     actor: Actor
     kind: str

@@ -61,6 +61,7 @@ ALARM_KINDS: tuple[str, ...] = (
     "unknown_plan",
     "overuse",
     "store_error",
+    "ledger_lost",
     "global_usage_rate",
 )
 """The alarm kinds the service raises: ``alarms_total`` shows each from 0, so that ``increase()``

@@ -388,9 +388,10 @@ class MeteringService(MeteringCore):
         return float(self._clock()) - baseline[1] >= self._global_usage_check_interval
 
     def _raise_store_errors(self) -> None:
-        """Raise the background snapshot errors as ``store_error`` alarms (monitor thread)."""
-        for message in self._take_store_errors():
-            self._raise_alarm("store_error", Actor.system(), None, message)
+        """Raise the background snapshot errors as ``store_error`` alarms, and a fleet's lost or
+        replaced shared ledger as ``ledger_lost`` (monitor thread)."""
+        for kind, message in self._take_store_errors():
+            self._raise_alarm(kind, Actor.system(), None, message)
 
     def get_actor_report(self, actor: Actor, month: str | None = None) -> ActorReport:
         """A user's month in one call: plan, budget, usage by type and by app (``ActorReport``).

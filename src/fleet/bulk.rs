@@ -111,7 +111,8 @@ pub fn load(link: &mut Link, url: &str) -> StoreResult<Vec<UserImage>> {
 }
 
 /// Writes `users` into an empty shared ledger (refused if it holds any user: a copy never
-/// merges into, nor overwrites, a ledger in use).
+/// merges into, nor overwrites, a ledger in use), and gives it its identity
+/// (`crate::fleet::identity`) unless it has one: a worker opening it then knows it.
 pub fn write_new(link: &mut Link, url: &str, users: &[UserImage]) -> StoreResult<()> {
     let io = |e: redis::RedisError| unavailable(url, &e);
     let existing = all_users(link).map_err(io)?;
@@ -122,6 +123,17 @@ pub fn write_new(link: &mut Link, url: &str, users: &[UserImage]) -> StoreResult
             existing.len()
         )));
     }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let identity = super::identity::Identity::new(now_ms);
+    let mut create = redis::cmd("SET");
+    create
+        .arg(super::identity::LEDGER_KEY)
+        .arg(identity.encode())
+        .arg("NX");
+    link.one(&create).map_err(io)?;
     for chunk in users.chunks(500) {
         let mut commands = Vec::with_capacity(chunk.len() * 2);
         for user in chunk {

@@ -8,6 +8,7 @@
 
 pub mod bulk;
 pub mod figures;
+pub mod identity;
 pub mod link;
 pub mod record;
 pub mod sync;

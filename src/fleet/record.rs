@@ -250,8 +250,8 @@ pub struct Stored {
     pub figures: UserFigures,
     pub types: Vec<String>,
     pub leases: Vec<StoredLease>,
-    /// Write-id fields: (worker, ms of the write).
-    pub writes: Vec<(String, i64)>,
+    /// Write-id fields: (worker, write id, ms of the write).
+    pub writes: Vec<(String, u64, i64)>,
 }
 
 impl Stored {
@@ -339,12 +339,10 @@ pub fn decode(user_id: &str, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Stored, Str
         } else if let Some(worker) = field.strip_prefix("l:") {
             stored.leases.push(parse_lease(worker, text(value)?)?);
         } else if let Some(worker) = field.strip_prefix("s:") {
-            let ms = text(value)?
-                .split(':')
-                .nth(1)
-                .and_then(|ms| ms.parse().ok())
-                .unwrap_or(0);
-            stored.writes.push((worker.to_string(), ms));
+            let mut parts = text(value)?.split(':');
+            let id = parts.next().and_then(|id| id.parse().ok()).unwrap_or(0);
+            let ms = parts.next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+            stored.writes.push((worker.to_string(), id, ms));
         }
     }
     image.months.sort_by_key(|(month, _)| *month);
@@ -389,6 +387,27 @@ pub fn encode(
     }
     if types.len() != before || before == 0 {
         fields.push((b"t".to_vec(), codec::encode_types(types)));
+    }
+    Ok(fields)
+}
+
+/// Every field of a user's hash as this worker last read or wrote it (`v`, types, credit, months,
+/// leases, write ids): a worker's copy, written back when the shared ledger lost its data.
+pub fn encode_whole(user_id: &str, stored: &Stored) -> Result<Fields, String> {
+    let mut types = TypeTable::from_names(stored.types.clone());
+    let months: Vec<MonthId> = stored.figures.months.keys().copied().collect();
+    let mut fields = encode(user_id, &stored.figures, &months, &mut types)?;
+    if !fields.iter().any(|(field, _)| field == b"t") {
+        fields.push((b"t".to_vec(), codec::encode_types(&types)));
+    }
+    fields.push((b"v".to_vec(), stored.version.to_string().into_bytes()));
+    for lease in &stored.leases {
+        let field = format!("l:{}", lease.worker).into_bytes();
+        fields.push((field, lease.encode().into_bytes()));
+    }
+    for (worker, id, ms) in &stored.writes {
+        let field = format!("s:{worker}").into_bytes();
+        fields.push((field, format!("{id}:{ms}").into_bytes()));
     }
     Ok(fields)
 }

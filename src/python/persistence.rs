@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::errors::store_error;
-use crate::fleet::sync::{Fleet, FleetOptions, FleetRound, InvalidateHook};
+use crate::fleet::sync::{AlarmHook, Fleet, FleetOptions, FleetRound, InvalidateHook};
 use crate::ledger::image::UserImage;
 use crate::ledger::Ledger;
 use crate::redact::{redact_url as redacted, scrub};
@@ -21,27 +21,36 @@ use crate::store::guard::quietly_failing;
 use crate::store::snapshot::{ErrorHook, Snapshotter};
 use crate::store::{self, Backend, LedgerStore, Loaded, StoreError};
 
-/// Errors of background snapshots, waiting for the Python side to raise them as `store_error`
-/// alarms. The snapshot thread never runs Python: an alarm listener may then call `flush()` or
-/// `close()` (which wait for that thread) without deadlock, and a snapshot failing at interpreter
-/// exit never waits for a GIL that will not come back.
+/// Errors of background snapshots, waiting for the Python side to raise them as alarms (kind,
+/// message): `store_error`, or `ledger_lost` from a fleet's sync thread. The snapshot thread
+/// never runs Python: an alarm listener may then call `flush()` or `close()` (which wait for that
+/// thread) without deadlock, and a snapshot failing at interpreter exit never waits for a GIL
+/// that will not come back.
 #[derive(Clone, Default)]
-pub struct StoreErrors(Arc<Mutex<VecDeque<String>>>);
+pub struct StoreErrors(Arc<Mutex<VecDeque<(&'static str, String)>>>);
 
 /// At most this many errors wait for the alarm dispatcher; older ones are dropped (it drains
 /// them every second, and one failed snapshot a `snapshot_interval` is all a full disk makes).
 const MAX_QUEUED_ERRORS: usize = 64;
 
 impl StoreErrors {
+    /// A `store_error` alarm to raise.
     pub fn push(&self, message: String) {
-        let mut queue = self.0.lock();
-        if queue.len() == MAX_QUEUED_ERRORS {
-            queue.pop_front();
-        }
-        queue.push_back(message);
+        self.push_alarm("store_error", message);
     }
 
-    pub fn take(&self) -> Vec<String> {
+    pub fn push_alarm(&self, kind: &'static str, message: String) {
+        let mut queue = self.0.lock();
+        if queue.len() == MAX_QUEUED_ERRORS {
+            // The oldest `store_error` makes room (one a failed round): a `ledger_lost` alarm,
+            // raised once per loss, is never the one dropped while a restore fails the rounds.
+            let oldest = queue.iter().position(|(k, _)| *k == "store_error");
+            queue.remove(oldest.unwrap_or(0));
+        }
+        queue.push_back((kind, message));
+    }
+
+    pub fn take(&self) -> Vec<(&'static str, String)> {
         self.0.lock().drain(..).collect()
     }
 
@@ -206,16 +215,20 @@ impl Persistence {
         let ledger = Arc::new(make_ledger());
         let hook = on_invalidate(Arc::clone(&ledger));
         let interval = options.interval;
+        let errors = StoreErrors::default();
+        let alarms = errors.clone();
+        let on_alarm: AlarmHook =
+            Box::new(move |message: &str| alarms.push_alarm("ledger_lost", message.to_string()));
         let opened = py.detach(|| {
             quietly_failing("opening the shared ledger", || {
-                Fleet::open(Arc::clone(&ledger), options, hook)
+                Fleet::open(Arc::clone(&ledger), options, hook, on_alarm)
             })
         });
         let (fleet, users): (Fleet, Vec<UserImage>) = opened.map_err(store_error)?;
         ledger.restore(users);
-        ledger.set_online(true);
+        // Opened while the ledger is being restored: offline until the restore ends.
+        ledger.set_online(fleet.is_ready());
         let fleet = Arc::new(fleet);
-        let errors = StoreErrors::default();
         let on_error =
             errors.hook("sync with the shared ledger failed, usage is kept in memory and retried");
         let round = Box::new(FleetRound(Arc::clone(&fleet)));

@@ -165,6 +165,11 @@ impl Fleet {
         let read = self.read_users(link, &users)?;
         for (user, fleet) in read {
             let known = state.known.remove(&user).unwrap_or_default();
+            if let Some(why) = self.older_than_read(&user, known.version, fleet.version) {
+                state.known.insert(user, known);
+                state.rolled_back = Some(why.clone());
+                return Err(StoreError::Unavailable(why));
+            }
             if fleet.version != known.version {
                 let difference = fleet.figures.minus(&known.figures);
                 self.ledger

@@ -118,8 +118,9 @@ impl Fleet {
         let legacy = call
             .name
             .and_then(|name| record::legacy_claim_key(user, name, cluster));
+        self.ready_or_why(state)?;
         self.connect(state)?;
-        let now = self.server_ms(state)?;
+        let now = self.checked_clock(state)?;
         // What this worker holds unsent for the user goes first (and, before an affordability
         // decision, its lease back, unless holds are kept in it): the fleet's figures are then
         // all there is to decide on.
@@ -143,6 +144,7 @@ impl Fleet {
         }
         let id = state.next_id;
         state.next_id += 1;
+        let expires_ms = now.saturating_add(call.ttl_ms.max(1));
         for _pass in 0..16 {
             let known = state.known.get(user).cloned().unwrap_or_default();
             let free = match call.strict {
@@ -211,8 +213,9 @@ impl Fleet {
             for (field, value) in &sets {
                 cas.arg(field).arg(value);
             }
+            let value = value_of(&merged);
             cas.arg(0) // nothing to delete
-                .arg(value_of(&merged))
+                .arg(&value)
                 .arg(call.ttl_ms.max(1));
             state.stats.round_trips += 1;
             let reply = match self.link(state)?.one(&cas) {
@@ -248,6 +251,10 @@ impl Fleet {
                         },
                     );
                     state.stats.writes += 1;
+                    // Remembered for a restore (`restore.rs`); a call without a key has none.
+                    if let Some(claim) = claim {
+                        state.claims.remember(claim, value, expires_ms, now);
+                    }
                     state.unannounced.push(user.to_string());
                     self.announce(state)?;
                     return Ok(Keyed::Written(merged));
@@ -257,6 +264,10 @@ impl Fleet {
                 1 | 2 => {
                     let fleet = record::decode(user, &pairs(payload))
                         .map_err(|why| corrupted(user, why))?;
+                    if let Some(why) = self.older_than_read(user, known.version, fleet.version) {
+                        state.rolled_back = Some(why.clone());
+                        return Err(StoreError::Unavailable(why));
+                    }
                     self.ledger
                         .rebase(
                             user,
@@ -267,6 +278,9 @@ impl Fleet {
                     let figures = fleet.figures.clone();
                     state.known.insert(user.to_string(), fleet);
                     if code == 1 {
+                        if let Some(claim) = claim {
+                            state.claims.remember(claim, value, expires_ms, now);
+                        }
                         return Ok(Keyed::Written(figures));
                     }
                     state.stats.conflicts += 1;

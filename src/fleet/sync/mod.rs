@@ -16,6 +16,10 @@
 //! the ledger's own accounts (one copy per changed user and month, however many calls), so memory
 //! does not grow with the calls made meanwhile.
 //!
+//! Every round first reads the shared ledger's identity (with the server's clock, in one round
+//! trip): a ledger that lost its data is restored from the workers' copies, another ledger is
+//! never written (`restore.rs`, `crate::fleet::identity`).
+//!
 //! Budget leases are in `lease.rs`, the feed of changed users in `feed.rs`.
 
 use std::collections::{BTreeSet, HashMap};
@@ -29,6 +33,7 @@ use self::lease::{Ask, LeaseOutcome};
 
 use super::bulk::{self, corrupted, pairs, text_of};
 use super::figures::{merge, UserFigures};
+use super::identity::Identity;
 use super::link::{is_retryable_code, unavailable, Link};
 use super::record::{self, Stored, StoredLease, USERS_KEY};
 use crate::ledger::image::UserImage;
@@ -44,6 +49,7 @@ use crate::store::{StoreError, StoreResult};
 mod feed;
 mod keyed;
 mod lease;
+mod restore;
 
 pub use keyed::{Keyed, KeyedWrite};
 
@@ -65,6 +71,10 @@ pub struct FleetOptions {
 
 /// Called with each user whose plan another worker invalidated.
 pub type InvalidateHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Called with the message of a `ledger_lost` alarm (the shared ledger lost its data, or is not
+/// the one this worker opened). Never runs Python: it queues the message.
+pub type AlarmHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Users written per pipeline: bounds the memory of a round (commands and replies) however
 /// many users changed in an interval.
@@ -127,6 +137,16 @@ struct State {
     /// While a caller's call runs: when it must have its answer (`FleetOptions::caller_timeout`).
     deadline: Option<Instant>,
     stats: Stats,
+    /// The ledger this worker opened (its generation: the last restore it took part in).
+    opened: Identity,
+    standing: restore::Standing,
+    /// Why a read showed a user older than this worker had read it (the ledger lost data): a
+    /// restore starts at the next identity check.
+    rolled_back: Option<String>,
+    /// Whether the `ledger_lost` alarm of the current loss was raised here.
+    lost_alarmed: bool,
+    /// The keyed calls this worker recorded, written back by a restore (`restore.rs`).
+    claims: restore::Claims,
 }
 
 pub struct Fleet {
@@ -138,6 +158,7 @@ pub struct Fleet {
     /// Why the last contact with the shared ledger failed (shown to the callers refused while
     /// it is not reached again).
     last_failure: Mutex<String>,
+    on_alarm: AlarmHook,
 }
 
 /// A unique id for this worker (process and service): its writes and leases are named by it.
@@ -172,13 +193,29 @@ fn script_reply(value: &Value) -> Option<(i64, &Value)> {
 }
 
 impl Fleet {
-    /// Connects (within the connect timeout) and loads every user of the shared ledger.
+    /// Connects (within the connect timeout), opens the shared ledger's identity (creating it
+    /// for a new ledger, or one from before identities) and loads every user of it.
     pub fn open(
         ledger: Arc<Ledger>,
         options: FleetOptions,
         on_invalidate: InvalidateHook,
+        on_alarm: AlarmHook,
     ) -> StoreResult<(Fleet, Vec<UserImage>)> {
         let mut link = Link::open(&options.urls, options.cluster, options.connect_timeout)?;
+        let shown = options.urls.join(",");
+        let opened = restore::open_identity(&mut link, &shown)?;
+        let standing = match opened.phase {
+            super::identity::Phase::Ready => restore::Standing::Ready,
+            // Loads what is there, offline until the restore ends (then every user is read again).
+            super::identity::Phase::Restoring { .. } => {
+                on_alarm(&format!(
+                    "opened while the shared ledger at {shown} is being restored from its \
+                     workers' copies (it lost its data): this worker meters from memory, under \
+                     the offline rules, until the restore ends"
+                ));
+                restore::Standing::Restoring { uploaded: true }
+            }
+        };
         let fleet = Fleet {
             ledger,
             worker: worker_id(),
@@ -194,8 +231,14 @@ impl Fleet {
                 clock_read_at: Instant::now(),
                 deadline: None,
                 stats: Stats::default(),
+                opened,
+                standing,
+                rolled_back: None,
+                lost_alarmed: false,
+                claims: restore::Claims::default(),
             }),
             on_invalidate,
+            on_alarm,
             options,
             last_failure: Mutex::new(String::new()),
         };
@@ -294,6 +337,12 @@ impl Fleet {
         &self.worker
     }
 
+    /// Whether this worker writes to the shared ledger (false while it is being restored, and
+    /// for good once the address holds another ledger).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state.lock().standing, restore::Standing::Ready)
+    }
+
     /// Asks the fleet now for a lease covering at least `need` of `month` for `user_id` (a
     /// caller's `try_increment_usage` that its lease does not cover). Sends the user's unsent
     /// figures in the same write. Returns whether a lease was granted; false when the fleet has
@@ -321,8 +370,9 @@ impl Fleet {
         need: Money,
         allowance: Money,
     ) -> StoreResult<bool> {
+        self.ready_or_why(state)?;
         self.connect(state)?;
-        let now = self.server_ms(state)?;
+        let now = self.checked_clock(state)?;
         if !state.pending.is_empty() {
             self.write(state, now)?;
         }
@@ -386,29 +436,35 @@ impl Fleet {
         ))
     }
 
-    /// The server's clock (ms): every lease expiry is decided on it, never on a worker's.
-    fn server_ms(&self, state: &mut State) -> StoreResult<i64> {
+    /// The server's clock (ms), and the shared ledger's identity, in one round trip: every
+    /// lease expiry is decided on the server's clock, never on a worker's.
+    fn clock_and_identity(&self, state: &mut State) -> StoreResult<(i64, Option<Identity>)> {
         state.stats.round_trips += 1;
         state.clock_read_at = Instant::now();
-        let time = self
-            .link(state)?
-            .one(&redis::cmd("TIME"))
-            .map_err(|e| self.io(&e))?;
-        match &time {
-            Value::Array(parts) if parts.len() == 2 => {
+        let commands = [
+            redis::cmd("TIME"),
+            redis::cmd("GET").arg(super::identity::LEDGER_KEY).clone(),
+        ];
+        let replies = self.link(state)?.run(&commands).map_err(|e| self.io(&e))?;
+        let now = match replies.first() {
+            Some(Value::Array(parts)) if parts.len() == 2 => {
                 let seconds: i64 = text_of(&parts[0]).and_then(|s| s.parse().ok()).unwrap_or(0);
                 let micros: i64 = text_of(&parts[1]).and_then(|s| s.parse().ok()).unwrap_or(0);
-                Ok(seconds * 1000 + micros / 1000)
+                seconds * 1000 + micros / 1000
             }
-            _ => Ok(now_ms()),
-        }
+            _ => now_ms(),
+        };
+        let identity = restore::identity_of(replies.get(1), &self.shown())?;
+        Ok((now, identity))
     }
 
     /// One round (see the module's documentation). `last`: returns every lease.
     fn round(&self, state: &mut State, last: bool) -> StoreResult<()> {
         self.connect(state)?;
         state.stats.rounds += 1;
-        let now = self.server_ms(state)?;
+        let (now, identity) = self.clock_and_identity(state)?;
+        // Nothing is written before the ledger is known to be the one this worker opened.
+        self.reconcile(state, now, identity)?;
         if !state.pending.is_empty() {
             self.write(state, now)?;
         }
@@ -532,7 +588,7 @@ impl Fleet {
                         deletes.push(format!("l:{}", lease.worker).into_bytes());
                     }
                 }
-                for (worker, ms) in &known.writes {
+                for (worker, _, ms) in &known.writes {
                     if worker != &self.worker && *ms < now - 3_600_000 {
                         deletes.push(format!("s:{worker}").into_bytes());
                     }
@@ -679,7 +735,13 @@ impl Fleet {
                     .filter(|l| l.worker != self.worker)
                     .cloned()
                     .collect();
-                let writes = known.writes.clone();
+                let mut writes: Vec<(String, u64, i64)> = known
+                    .writes
+                    .iter()
+                    .filter(|(worker, _, _)| worker != &self.worker)
+                    .cloned()
+                    .collect();
+                writes.push((self.worker.clone(), write.id, now));
                 if let Some(outcome) = lease {
                     self.apply_lease(state, write, outcome, now);
                     if outcome.amount.is_positive() {
@@ -708,6 +770,10 @@ impl Fleet {
             1 | 2 => {
                 let fleet =
                     record::decode(user, &pairs(payload)).map_err(|why| corrupted(user, why))?;
+                if let Some(why) = self.older_than_read(user, known.version, fleet.version) {
+                    state.rolled_back = Some(why.clone());
+                    return Err(StoreError::Unavailable(why));
+                }
                 // Applied before (a retry): the fleet's figures hold this write. Moved: they do
                 // not; bring them in and merge again.
                 let base = if code == 1 { &held } else { &known.figures };

@@ -398,9 +398,10 @@ impl MeteringCore {
         }
     }
 
-    /// Store errors of background snapshots not yet raised as `store_error` alarms (the service
-    /// raises them from its monitor thread, never from the snapshot thread).
-    fn _take_store_errors(&self) -> Vec<String> {
+    /// Alarms of the background snapshot (or fleet sync) thread not yet raised, as (kind,
+    /// message): `store_error`, or `ledger_lost` (the service raises them from its monitor
+    /// thread, never from the snapshot thread).
+    fn _take_store_errors(&self) -> Vec<(&'static str, String)> {
         match &self.persistence {
             Some(persistence) => persistence.errors.take(),
             None => Vec::new(),
