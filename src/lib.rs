@@ -24,8 +24,8 @@ mod _core {
     use crate::python::costmap::PyCostMap;
     #[pymodule_export]
     use crate::python::errors::{
-        CostMapError, IdempotencyKeyLimitError, IdempotencyKeyReused, StoreClosedError,
-        StoreCorruptedError, StoreError, StoreLockedError, StoreUnavailableError,
+        CostMapError, HoldSettledError, IdempotencyKeyLimitError, IdempotencyKeyReused,
+        StoreClosedError, StoreCorruptedError, StoreError, StoreLockedError, StoreUnavailableError,
         StoreVersionError, StoreWriteError, UnknownUsageType,
     };
     #[pymodule_export]

@@ -29,6 +29,7 @@ __all__ = [
     "Actor",
     "CostMap",
     "CostMapError",
+    "HoldSettledError",
     "IdempotencyKeyLimitError",
     "IdempotencyKeyReused",
     "Meter",
@@ -62,6 +63,11 @@ class UnknownUsageType(KeyError):
 class IdempotencyKeyReused(ValueError):
     """An idempotency key still kept was passed again with another payload (method, app or
     items); nothing was recorded. Use a new key for a new call."""
+
+class HoldSettledError(ValueError):
+    """A hold settled or released before was settled, released or extended again (from any
+    handle, thread or process of its store, with another idempotency key or none): a hold is
+    finished once, and nothing was recorded. A retry with the first settle's key replays it."""
 
 class IdempotencyKeyLimitError(RuntimeError):
     """A new idempotency key would pass the bound on keys kept (``max_idempotency_keys_per_user``

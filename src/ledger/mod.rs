@@ -1205,7 +1205,7 @@ impl Ledger {
             let mut state = AccountState {
                 credit: user.credit,
                 last_plan: user.plan.map(|(id, allowance)| (Arc::from(id), allowance)),
-                holds: (!user.holds.is_empty()).then(|| Box::new(user.holds)),
+                holds: holds::HoldBook::from_image(user.holds),
                 ..AccountState::default()
             };
             for (month, image) in user.months {
