@@ -125,6 +125,9 @@ def test_bad_settle_input_changes_nothing_and_keeps_the_hold() -> None:
         ({"cost": 1.5}, TypeError),
         ({"cost": True}, TypeError),
         ({"cost": 10**30}, OverflowError),
+        # Issue 18: usages costing more than 10^18 µ¢ raised ValueError.
+        ({"usages": [("llm:output", 6 * 10**17)]}, OverflowError),
+        ({"usages": [("llm:output", 3 * 10**17), ("llm:output", 3 * 10**17)]}, OverflowError),
         ({"usages": [("unknown:type", 1)]}, UnknownUsageType),
         ({"usages": [("refund:llm:output", 1)]}, ValueError),
         ({"usages": 5}, TypeError),

@@ -265,9 +265,16 @@ impl Ledger {
         amount: Money,
         ttl_ms: i64,
     ) -> LedgerResult<Receipt> {
-        if amount.is_negative() || !amount.fits_record() {
+        if amount.is_negative() {
             return Err(LedgerError::InvalidInput(format!(
                 "a hold must be of 0 to 10^18 µ¢, not {} µ¢",
+                amount.to_microcent_string()
+            )));
+        }
+        if !amount.fits_record() {
+            // Out of the ledger's range, as any amount beyond 10^18 µ¢ (README: OverflowError).
+            return Err(LedgerError::Overflow(format!(
+                "a hold of {} µ¢ is beyond the ledger's range (10^18 µ¢); nothing was held",
                 amount.to_microcent_string()
             )));
         }

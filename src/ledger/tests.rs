@@ -982,6 +982,8 @@ mod holds {
         }
         let late = ledger.reserve(None, &at("u", i64::MAX - 10), 1, m(5), 1_000);
         assert!(matches!(late, Err(LedgerError::Overflow(_))));
+        let huge = ledger.reserve(None, &at("u", 0), 1, m(1_000_000_000_000_000_001), 1_000);
+        assert!(matches!(huge, Err(LedgerError::Overflow(_))));
         assert!(ledger.holds("u", 0).is_empty());
         assert_eq!(remaining(&ledger, 0), m(1_000));
     }
