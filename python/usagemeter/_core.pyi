@@ -78,7 +78,8 @@ class StoreError(Exception):
     """The store could not be opened, read or written."""
 
 class StoreLockedError(StoreError):
-    """Another process or service holds the store; the message names the path."""
+    """Another process or service holds the store; the message names the path, and says that a
+    directory store belongs to one process (several worker processes share ``redis://``)."""
 
 class StoreUnavailableError(StoreError):
     """The shared ledger (a Redis server or cluster) cannot be reached; the message names the URL."""
