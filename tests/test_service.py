@@ -782,13 +782,22 @@ def test_an_unknown_plan_falls_back_to_user_free_with_an_alarm(service: Metering
     assert isinstance(unknown[0], AlarmEvent)
 
 
-def test_an_unknown_user_plan_falls_back_to_the_default_without_an_alarm(service: MeteringService) -> None:
-    # "the policy with the user's id, else the default's": only when neither exists is it an alarm.
+def test_an_unknown_user_plan_falls_back_to_the_default_with_an_alarm_naming_it(
+    service: MeteringService, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "the policy with the user's id, else the default's", never silently (issue 18: a typo in
+    # a listener gave the default plan with no alarm and no log line).
     alarms = collect_alarms(service)
-    subscribe_everyone(service, "platinum")
+    assert service.get_actor_subscription(Actor("w")) == TEMP_FREE  # no plan named: no alarm
+    assert alarms == []
+    subscribe_everyone(service, "pro_typo")
     assert service.get_actor_subscription(Actor("u")) == TEMP_FREE
     assert service.get_actor_subscription(Actor("v", email="v@example.com")) == USER_FREE
-    assert [alarm for alarm in alarms if alarm.kind == "unknown_plan"] == []
+    unknown = [alarm for alarm in alarms if alarm.kind == "unknown_plan"]
+    assert [alarm.actor for alarm in unknown] == [Actor("u"), Actor("v", email="v@example.com")]
+    assert all("'pro_typo'" in alarm.message for alarm in unknown)
+    assert "using the default temp_free" in unknown[0].message
+    assert "pro_typo" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
