@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1019,3 +1020,40 @@ def test_the_cached_plans_of_users_never_charged_stay_bounded() -> None:
     assert guests == total <= bound
     assert guests >= 10  # emptied once at the bound, then refilled
     assert service._account_count() == 0
+
+
+@pytest.mark.parametrize("backend", [None, "sled", "redb"])
+def test_refused_strict_calls_of_users_never_charged_create_no_account(
+    backend: str | None, tmp_path: Path
+) -> None:
+    """Issue 18, point 10: each refused ``try_*`` or ``reserve`` of a new user id made a
+    permanent account (~900 B): a million random ids reached 923 MB."""
+    store: dict[str, Any] = {} if backend is None else {"store": tmp_path / "store", "store_backend": backend}
+    prices = CostMap.from_dict({"kv:write": 5, "m:prompt_tokens": 1, "m:completion_tokens": 1})
+    with MeteringService(prices, clock=FakeClock(), **store) as service:
+        service.increment_usage(Actor("regular"), "kv:write", 1)
+        before = service._account_count()
+        too_much = TEMP_FREE.monthly_allowance + 1
+        for i in range(3_000):
+            stranger = Actor(f"stranger-{i}")
+            assert service.try_increment_usage(stranger, "kv:write", 1, cost_override=too_much) is None
+            assert service.try_batch_increment_usages(stranger, [("kv:write", 1, too_much)]) is None
+            payload = {"prompt_tokens": too_much, "completion_tokens": 1}
+            assert service.try_record_usage_object(payload, stranger, model_prefix="m") is None
+            assert service.reserve(stranger, cost=too_much) is None
+            assert (
+                service.try_increment_usage(
+                    stranger, "kv:write", 1, cost_override=too_much, idempotency_key=f"k{i}"
+                )
+                is None
+            )
+        assert service._account_count() == before
+        _, guests = service._plan_cache_sizes()
+        assert guests <= 65_536  # their plans are cached as guests', in the bounded cache
+        # A later accepted call of one of them records, and makes its account then.
+        stranger = Actor("stranger-7")
+        assert service.try_increment_usage(stranger, "kv:write", 2) == 10
+        hold = service.reserve(Actor("stranger-8"), cost=100)
+        assert hold is not None
+        assert service._account_count() == before + 2
+        assert service.get_actor_current_month_usage_details(stranger)["usage"]["total"] == 10

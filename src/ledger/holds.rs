@@ -280,7 +280,7 @@ impl Ledger {
         }
         let now_ms = booking.now_ms;
         let expires_ms = check_ttl(now_ms, ttl_ms)?;
-        self.with_account(account, booking.user_id, |state| {
+        let decide = |state: &mut AccountState| {
             self.refuse_if_sealed()?;
             let allowance = state.allowance(booking.plan)?;
             state.prune_holds(now_ms);
@@ -330,7 +330,14 @@ impl Ledger {
                 accepted: true,
                 ..refused
             })
-        })
+        };
+        if account.is_none() && !self.has_account(booking.user_id) {
+            // A refusal leaves no account behind (`Ledger::refusal_without_account`).
+            if let Some(refused) = self.refusal_without_account(decide)? {
+                return Ok(refused);
+            }
+        }
+        self.with_account(account, booking.user_id, decide)
     }
 
     /// Settles hold `id`: records `items` (the real usage, whatever it costs, as

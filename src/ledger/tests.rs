@@ -1017,6 +1017,59 @@ mod holds {
     }
 
     #[test]
+    fn a_refused_strict_call_of_a_user_never_charged_leaves_no_account() {
+        use crate::ledger::idempotency::Keyed;
+        let ledger = ledger().track_changes();
+        let too_much = [costing(1_001)];
+        for user in ["a", "b", "c"] {
+            let refused = ledger.charge(None, &at(user, 0), &too_much, ChargeMode::IfAffordable);
+            assert!(!refused.unwrap().accepted);
+            let held = ledger
+                .reserve(None, &at(user, 0), 1, m(1_001), 1_000)
+                .unwrap();
+            assert!(!held.accepted);
+            let call = keyed_call("k", 0);
+            let keyed = ledger.charge_keyed(
+                None,
+                &at(user, 0),
+                &too_much,
+                ChargeMode::IfAffordable,
+                &call,
+            );
+            assert!(matches!(keyed, Ok(Keyed::Done(receipt)) if !receipt.accepted));
+        }
+        assert_eq!(ledger.user_count(), 0);
+        assert!(ledger.take_changes().is_empty());
+        // Bad input still raises for a user never charged, and leaves nothing either.
+        let bad = ledger.charge(None, &at("d", 0), &[item("", 1)], ChargeMode::IfAffordable);
+        assert!(bad.is_err());
+        assert_eq!(ledger.user_count(), 0);
+        // Accepted calls make the account, once, and record.
+        let fits = [costing(1_000)];
+        assert!(
+            ledger
+                .charge(None, &at("a", 0), &fits, ChargeMode::IfAffordable)
+                .unwrap()
+                .accepted
+        );
+        assert!(
+            ledger
+                .reserve(None, &at("b", 0), 2, m(1_000), 1_000)
+                .unwrap()
+                .accepted
+        );
+        assert_eq!(ledger.user_count(), 2);
+        assert_eq!(ledger.user_usage("a", OCTOBER).total, m(1_000));
+        assert_eq!(ledger.held("b", 0), m(1_000));
+        let users: Vec<_> = ledger
+            .take_changes()
+            .into_iter()
+            .map(|u| u.user_id)
+            .collect();
+        assert_eq!(users, ["a", "b"]);
+    }
+
+    #[test]
     fn holds_travel_with_the_user_image_and_ids_stay_unique_after_a_restore() {
         let ledger = ledger().track_changes();
         let id = reserve(&ledger, 0, 300).unwrap();

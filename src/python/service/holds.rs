@@ -81,7 +81,8 @@ impl MeteringCore {
             return Ok(Some((0, money_to_int(py, amount), expires_ms)));
         }
         let id = self.ledger.new_hold_id();
-        let account = actor_ref.account.get(&self.ledger, &actor_ref.user_id);
+        // As for `try_*`: a refused reserve does not make the account of a user never charged.
+        let account = actor_ref.account.existing(&self.ledger, &actor_ref.user_id);
         // The expiry is set from the clock as the charge reads it (once per call).
         let now_ms = Cell::new(0);
         let receipt = self.charge_with(py, actor, actor_ref, &[], Wait::Allowed, |booking| {
