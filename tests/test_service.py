@@ -1057,3 +1057,30 @@ def test_refused_strict_calls_of_users_never_charged_create_no_account(
         assert hold is not None
         assert service._account_count() == before + 2
         assert service.get_actor_current_month_usage_details(stranger)["usage"]["total"] == 10
+
+
+def test_a_users_plan_does_not_depend_on_which_form_of_actor_comes_first(
+    small_map: CostMap, clock: FakeClock
+) -> None:
+    """Issue 18: ``Actor("bob")`` and ``Actor("bob", email=...)`` share one cached plan, and the
+    allowance flipped between temp_free and user_free each ``subscription_ttl``. An email once
+    seen at a look-up counts until ``invalidate_subscription``."""
+    service = MeteringService(small_map, clock=clock, subscription_ttl=10)
+    anonymous, known = Actor("bob"), Actor("bob", email="bob@example.com")
+    service.increment_usage(anonymous, "kv:read", 1)  # bob has an account
+    assert service.get_allowed_usage(anonymous)["monthly_allowance"] == TEMP_FREE.monthly_allowance
+    clock.advance(11)
+    assert service.get_allowed_usage(known)["monthly_allowance"] == USER_FREE.monthly_allowance
+    for round_ in range(6):  # whichever form looks the plan up next
+        clock.advance(11)
+        actor = anonymous if round_ % 2 == 0 else known
+        assert service.get_allowed_usage(actor)["monthly_allowance"] == USER_FREE.monthly_allowance
+        assert service.try_increment_usage(anonymous, "kv:read", 1) is not None
+        assert service.get_actor_subscription(anonymous) == USER_FREE
+    # A user never charged (its plan cached as a guest's) follows the same rule.
+    assert service.get_actor_subscription(Actor("eve", email="eve@example.com")) == USER_FREE
+    clock.advance(11)
+    assert service.get_actor_subscription(Actor("eve")) == USER_FREE
+    # Invalidated: the email is forgotten with the plan.
+    service.invalidate_subscription("bob")
+    assert service.get_allowed_usage(anonymous)["monthly_allowance"] == TEMP_FREE.monthly_allowance

@@ -211,6 +211,9 @@ class MeteringCore:
         """In a child after ``os.fork()``: a service with a store refuses every call from now on."""
     def _take_store_errors(self) -> list[str]:
         """Errors of background snapshots not yet raised as ``store_error`` alarms."""
+    def _plan_email_seen(self, user_id: str) -> bool:
+        """Whether an email was seen for the user when its plan was resolved (since the last
+        ``invalidate_subscription``): its default plan is then that of an actor with an email."""
     def _account_count(self) -> int:
         """How many users have an account in the ledger (tests: read-only checks create none)."""
     def _sync_stats(self) -> SyncStats | None:

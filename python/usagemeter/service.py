@@ -295,9 +295,13 @@ class MeteringService(MeteringCore):
     def _plan_events(
         self, actor: Actor
     ) -> tuple[OverrideDefaultSubscriptionEvent, RegisterAvailablePoliciesEvent, GetUserSubscriptionEvent]:
-        """The three events of a plan look-up, in the order they are emitted (``PLAN_EVENTS``)."""
+        """The three events of a plan look-up, in the order they are emitted (``PLAN_EVENTS``).
+        The default is ``user_free`` for an actor with an email, or for one whose user was seen
+        with an email at an earlier look-up (until ``invalidate_subscription``): a user's plan
+        does not depend on which form of its ``Actor`` comes first."""
+        has_email = bool(actor.email) or (not actor.is_system and self._plan_email_seen(actor.user_id))
         return (
-            OverrideDefaultSubscriptionEvent(actor, USER_FREE.id if actor.email else TEMP_FREE.id),
+            OverrideDefaultSubscriptionEvent(actor, USER_FREE.id if has_email else TEMP_FREE.id),
             RegisterAvailablePoliciesEvent(actor, list(self._policies)),
             GetUserSubscriptionEvent(actor),
         )

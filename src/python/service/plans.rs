@@ -21,6 +21,12 @@ pub(super) struct CachedPlan {
     /// Cached for a user without an account (read-only checks of a user never charged): such
     /// entries are bounded (`GUEST_PLANS_MAX`), since any request may name a new user id.
     guest: bool,
+    /// Whether an actor of this user with an email was seen when its plan was resolved, this
+    /// time or before: then the user's default plan is that of a user with an email from then on,
+    /// whichever form of `Actor` makes the next look-up (issue 18: `Actor("bob")` and
+    /// `Actor("bob", email=...)` took turns, and the allowance flipped every `subscription_ttl`).
+    /// Kept while the entry is, expired or not; `invalidate_subscription` forgets it.
+    email_seen: bool,
 }
 
 /// At most this many plans of users without an account are cached. When a new one would pass
@@ -67,6 +73,8 @@ impl MeteringCore {
     ) -> PyResult<(Money, Py<PyAny>)> {
         const TRIES: usize = 3;
         let mut tries = 0;
+        // Read before the events run (`_plan_events` reads it too, through `_plan_email_seen`).
+        let email_seen = actor.email.is_some() || self.plan_email_seen(&actor.user_id);
         loop {
             tries += 1;
             let epoch = self.ledger.plan_epoch();
@@ -95,6 +103,7 @@ impl MeteringCore {
                     allowance,
                     expires_at_ms,
                     guest: !in_account,
+                    email_seen,
                 };
                 self.cache_plan(actor, plan, epoch);
                 return Ok((allowance, policy));
@@ -104,6 +113,14 @@ impl MeteringCore {
                 return Ok((allowance, policy));
             }
         }
+    }
+
+    /// Whether the user's plan was resolved with an email before (`CachedPlan::email_seen`).
+    fn plan_email_seen(&self, user_id: &str) -> bool {
+        self.plans
+            .pin()
+            .get(user_id)
+            .is_some_and(|plan| plan.email_seen)
     }
 
     /// Caches a resolved plan unless an invalidation ran since `epoch` (it wins). A guest's entry
@@ -234,6 +251,12 @@ impl MeteringCore {
         let actor_ref = as_actor(actor)?;
         let now_ms = self.now_ms(py)?;
         self.policy(py, actor, actor_ref, now_ms)
+    }
+
+    /// Whether an email was seen for the user when its plan was resolved (since the last
+    /// `invalidate_subscription`): its default plan is then that of an actor with an email.
+    fn _plan_email_seen(&self, user_id: &str) -> bool {
+        self.plan_email_seen(user_id)
     }
 
     /// How many plans are cached, and how many of them are guests' (users without an account):
