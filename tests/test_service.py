@@ -1084,3 +1084,22 @@ def test_a_users_plan_does_not_depend_on_which_form_of_actor_comes_first(
     # Invalidated: the email is forgotten with the plan.
     service.invalidate_subscription("bob")
     assert service.get_allowed_usage(anonymous)["monthly_allowance"] == TEMP_FREE.monthly_allowance
+
+
+@pytest.mark.parametrize("backend", ["sled", "redb"])
+def test_an_email_seen_for_a_user_outlives_a_restart(
+    backend: str, tmp_path: Path, small_map: CostMap
+) -> None:
+    """The rule above holds across a restart on a store: the account keeps the email flag."""
+    clock = FakeClock()
+    path = tmp_path / "store"
+    with MeteringService(small_map, clock=clock, store=path, store_backend=backend) as service:
+        service.increment_usage(Actor("bob", email="bob@example.com"), "kv:read", 1)
+        service.increment_usage(Actor("ann"), "kv:read", 1)
+    with MeteringService(small_map, clock=clock, store=path, store_backend=backend) as service:
+        assert service.get_actor_subscription(Actor("bob")) == USER_FREE
+        assert service.get_actor_subscription(Actor("ann")) == TEMP_FREE
+        assert service.holds(Actor("bob")) == []
+        service.invalidate_subscription("bob")
+    with MeteringService(small_map, clock=clock, store=path, store_backend=backend) as service:
+        assert service.get_actor_subscription(Actor("bob")) == TEMP_FREE  # invalidated: forgotten

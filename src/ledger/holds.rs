@@ -64,12 +64,17 @@ pub struct Finished {
 }
 
 /// In a store's credit record a finished hold is written among the holds, as a hold of nothing
-/// whose id has this bit set (ids stay below 2^53, `first_hold_id`): a library that predates it
-/// reads a hold of 0 µ¢ that expires when the record would be forgotten, so store format 3 holds
-/// it unchanged and older readers are not misled.
+/// whose id has this bit set (ids stay below 2^53, `first_hold_id`) and whose expiry is the time
+/// it is forgotten, negated: a library that predates it reads an expired hold of 0 µ¢ (it holds
+/// nothing, is listed nowhere and is dropped at the user's next hold), so store format 3 keeps
+/// it, and older readers of format 3 are not misled. A new record layout would have needed a
+/// format version, which a fleet's Redis records share: every older worker would refuse them.
 const FINISHED_BIT: u64 = 1 << 63;
 /// Set with `FINISHED_BIT` for a hold that was released rather than settled.
 const RELEASED_BIT: u64 = 1 << 62;
+/// The id of the entry among a stored user's holds that says an email was seen for the user
+/// (`AccountState::email_seen`): an expired hold of nothing, for older readers as above.
+const EMAIL_SEEN_ID: u64 = u64::MAX - 1;
 
 /// A user's holds: few at a time (one per call in flight), so vectors; and the finished ones.
 #[derive(Clone, Debug, Default)]
@@ -83,31 +88,36 @@ pub type Holds = Box<HoldBook>;
 impl HoldBook {
     /// The book as stored: the holds, then each finished hold as a hold of nothing (see
     /// `FINISHED_BIT`).
-    pub fn to_image(&self) -> Vec<Hold> {
+    fn to_image(&self, image: &mut Vec<Hold>) {
         let finished = self.finished.iter().map(|f| Hold {
             id: f.id | FINISHED_BIT | if f.released { RELEASED_BIT } else { 0 },
             amount: Money::ZERO,
-            expires_ms: f.until_ms,
+            expires_ms: f.until_ms.saturating_neg(),
         });
-        self.live.iter().copied().chain(finished).collect()
+        image.extend(self.live.iter().copied().chain(finished));
     }
 
-    /// The book a store's holds describe (`to_image`), or None when it is empty.
-    pub fn from_image(holds: Vec<Hold>) -> Option<Holds> {
+    /// The book a store's holds describe (`AccountState::hold_list`), None when it is empty,
+    /// and whether they say an email was seen for the user (`EMAIL_SEEN_ID`).
+    pub fn from_image(holds: Vec<Hold>) -> (Option<Holds>, bool) {
         let mut book = HoldBook::default();
+        let mut email_seen = false;
         for hold in holds {
-            if hold.id & FINISHED_BIT == 0 {
+            if hold.id == EMAIL_SEEN_ID {
+                email_seen = true;
+            } else if hold.id & FINISHED_BIT == 0 {
                 book.live.push(hold);
             } else {
                 book.finished.push(Finished {
                     id: hold.id & !(FINISHED_BIT | RELEASED_BIT),
-                    until_ms: hold.expires_ms,
+                    until_ms: hold.expires_ms.saturating_neg(),
                     key_hash: 0,
                     released: hold.id & RELEASED_BIT != 0,
                 });
             }
         }
-        (!book.live.is_empty() || !book.finished.is_empty()).then(|| Box::new(book))
+        let book = (!book.live.is_empty() || !book.finished.is_empty()).then(|| Box::new(book));
+        (book, email_seen)
     }
 
     fn finished(&self, id: u64, now_ms: i64) -> Option<&Finished> {
@@ -196,12 +206,20 @@ impl AccountState {
         self.holds.as_ref().is_some_and(|h| !h.live.is_empty())
     }
 
-    /// The holds as a store keeps them (`HoldBook::to_image`).
+    /// The holds as a store keeps them (`HoldBook::to_image`), with the user's email flag.
     pub(super) fn hold_list(&self) -> Vec<Hold> {
-        self.holds
-            .as_ref()
-            .map(|holds| holds.to_image())
-            .unwrap_or_default()
+        let mut image = Vec::new();
+        if let Some(holds) = &self.holds {
+            holds.to_image(&mut image);
+        }
+        if self.email_seen {
+            image.push(Hold {
+                id: EMAIL_SEEN_ID,
+                amount: Money::ZERO,
+                expires_ms: -1,
+            });
+        }
+        image
     }
 
     fn live_holds(&self) -> Vec<Hold> {

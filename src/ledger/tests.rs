@@ -932,6 +932,30 @@ mod holds {
     }
 
     #[test]
+    fn the_email_flag_travels_with_the_user_image_and_forget_plan_clears_it() {
+        let ledger = ledger().track_changes();
+        ledger
+            .charge(None, &at("u", 0), &[costing(1)], ChargeMode::Always)
+            .unwrap();
+        ledger.note_email_seen("u");
+        ledger.note_email_seen("nobody"); // no account: nothing made
+        assert_eq!(ledger.user_count(), 1);
+        let images = ledger.take_changes();
+        // Stored as an expired hold of nothing, which an older reader ignores.
+        assert!(images[0]
+            .holds
+            .iter()
+            .all(|h| h.amount == m(0) && h.expires_ms < 0));
+        let restored = super::ledger().track_changes();
+        restored.restore(images);
+        assert!(restored.email_seen("u") && restored.holds("u", 0).is_empty());
+        restored.forget_plan("u");
+        assert!(!restored.email_seen("u"));
+        let images = restored.take_changes();
+        assert!(images[0].holds.is_empty());
+    }
+
+    #[test]
     fn a_finished_hold_outlives_a_restore() {
         let ledger = ledger().track_changes();
         let settled = reserve(&ledger, 0, 300).unwrap();
@@ -942,6 +966,9 @@ mod holds {
             .unwrap();
         ledger.release("u", released, 1).unwrap();
         let images = ledger.take_changes();
+        // An older reader of format 3 sees the finished ones as expired holds of nothing.
+        let stored: Vec<_> = images[0].holds.iter().filter(|h| h.id != live).collect();
+        assert!(stored.iter().all(|h| h.amount == m(0) && h.expires_ms < 0));
         let restored = super::ledger();
         restored.restore(images);
         assert_eq!(restored.held("u", 2), m(100));

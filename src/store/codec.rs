@@ -354,7 +354,8 @@ impl<'a> Reader<'a> {
     fn holds(&mut self) -> Result<Vec<Hold>, DecodeError> {
         let count = self.len()?;
         // The outstanding holds, then the finished ones (`ledger::holds::FINISHED_BIT`).
-        if count > MAX_HOLDS_PER_USER + MAX_FINISHED_PER_USER {
+        // and the email flag (`EMAIL_SEEN_ID`).
+        if count > MAX_HOLDS_PER_USER + MAX_FINISHED_PER_USER + 1 {
             return Err(DecodeError::Corrupted(
                 "more holds than a user may have".into(),
             ));
@@ -438,7 +439,8 @@ pub type CreditRecord = (Credit, Option<StoredPlan>, Vec<Hold>);
 /// A user's record: lifetime purchased credit; since version 2 the plan the user was last
 /// resolved to (`[0]` for none, `[1][id][allowance]`); since version 3 the outstanding holds
 /// (`[count]` then `[id][amount][expiry ms]` each), followed by the finished ones as holds of
-/// nothing with the id's top bit set (`ledger::holds::HoldBook::to_image`).
+/// nothing with the id's top bit set and whether an email was seen for the user, as an entry of
+/// its own (`ledger::holds`, `FINISHED_BIT` and `EMAIL_SEEN_ID`).
 pub fn encode_credit(
     key: &[u8],
     credit: &Credit,

@@ -25,7 +25,8 @@ pub(super) struct CachedPlan {
     /// time or before: then the user's default plan is that of a user with an email from then on,
     /// whichever form of `Actor` makes the next look-up (issue 18: `Actor("bob")` and
     /// `Actor("bob", email=...)` took turns, and the allowance flipped every `subscription_ttl`).
-    /// Kept while the entry is, expired or not; `invalidate_subscription` forgets it.
+    /// Kept while the entry is, expired or not, and in the user's account (and so its store:
+    /// `Ledger::note_email_seen`); `invalidate_subscription` forgets both.
     email_seen: bool,
 }
 
@@ -96,6 +97,9 @@ impl MeteringCore {
             );
             let invalidated = self.ledger.plan_epoch() != epoch;
             if in_account || !invalidated {
+                if email_seen && in_account {
+                    self.ledger.note_email_seen(&actor.user_id);
+                }
                 // Cached in the account, or the user has none: a guest's entry.
                 let plan = CachedPlan {
                     policy: policy.clone_ref(py),
@@ -115,12 +119,11 @@ impl MeteringCore {
         }
     }
 
-    /// Whether the user's plan was resolved with an email before (`CachedPlan::email_seen`).
+    /// Whether the user's plan was resolved with an email before (`CachedPlan::email_seen`, or
+    /// the account's flag, which the store keeps across a restart).
     fn plan_email_seen(&self, user_id: &str) -> bool {
-        self.plans
-            .pin()
-            .get(user_id)
-            .is_some_and(|plan| plan.email_seen)
+        let cached = self.plans.pin().get(user_id).is_some_and(|p| p.email_seen);
+        cached || self.ledger.email_seen(user_id)
     }
 
     /// Caches a resolved plan unless an invalidation ran since `epoch` (it wins). A guest's entry
@@ -153,13 +156,19 @@ impl MeteringCore {
             return None;
         }
         let epoch = self.ledger.plan_epoch();
-        let (plan_id, allowance, expires_at_ms) =
+        let (plan_id, allowance, expires_at_ms, email_seen) =
             self.cached_plan(&actor.user_id, now_ms, |plan| {
-                (plan.plan_id.clone(), plan.allowance, plan.expires_at_ms)
+                let plan_id = plan.plan_id.clone();
+                (plan_id, plan.allowance, plan.expires_at_ms, plan.email_seen)
             })?;
         let until = in_account_until(expires_at_ms, now_ms);
-        self.ledger
+        let in_account = self
+            .ledger
             .set_plan_if(&actor.user_id, &plan_id, allowance, until, epoch);
+        if email_seen && in_account {
+            // A guest's plan moving into its new account takes the email with it.
+            self.ledger.note_email_seen(&actor.user_id);
+        }
         Some(allowance)
     }
 
