@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from support import (
@@ -1088,7 +1088,7 @@ def test_a_users_plan_does_not_depend_on_which_form_of_actor_comes_first(
 
 @pytest.mark.parametrize("backend", ["sled", "redb"])
 def test_an_email_seen_for_a_user_outlives_a_restart(
-    backend: str, tmp_path: Path, small_map: CostMap
+    backend: Literal["sled", "redb"], tmp_path: Path, small_map: CostMap
 ) -> None:
     """The rule above holds across a restart on a store: the account keeps the email flag."""
     clock = FakeClock()
