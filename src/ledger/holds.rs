@@ -175,9 +175,9 @@ impl AccountState {
         }
     }
 
-    /// Removes hold `id` and remembers it as finished (`until_ms` at least): returns it if it
-    /// was still live, and whether it was there at all (live or expired).
-    fn finish_hold(&mut self, id: u64, finished: Finished, now_ms: i64) -> (Option<Hold>, bool) {
+    /// Removes hold `id` and remembers it as finished (`until_ms` at least, and no earlier than
+    /// the hold's expiry): returns it if it was still live.
+    fn finish_hold(&mut self, id: u64, finished: Finished, now_ms: i64) -> Option<Hold> {
         let book = self.holds.get_or_insert_with(Default::default);
         let taken = book
             .live
@@ -198,7 +198,7 @@ impl AccountState {
             ..finished
         });
         self.prune_holds(now_ms);
-        (taken.filter(|hold| hold.live(now_ms)), taken.is_some())
+        taken.filter(|hold| hold.live(now_ms))
     }
 
     /// Whether the user holds budget that a fleet worker must keep leased.
@@ -252,8 +252,8 @@ fn held_in(holds: &[Hold], now_ms: i64) -> Money {
 }
 
 /// Where a ledger's hold ids start: at random below 2^52. A hold id may outlive its process (a
-/// caller can keep it to settle after a restart), and a store keeps only the live holds: ids
-/// counted from 1 again would name a settled hold's id anew. Random starts make two processes'
+/// caller can keep it to settle after a restart), and a store keeps a finished hold's id only
+/// for a while: ids counted from 1 again would name a settled hold's id anew. Random starts make two processes'
 /// (or two fleet workers') ids collide with odds of about (holds made) / 2^52; below 2^53, the
 /// ids stay exact in JavaScript clients too.
 pub fn first_hold_id() -> u64 {
@@ -376,7 +376,7 @@ impl Ledger {
             state.refuse_if_finished(id, booking.now_ms)?;
             let receipt =
                 self.charge_locked(state, booking, &deltas, unmapped_items, ChargeMode::Always)?;
-            let (hold, _) = state.finish_hold(
+            let hold = state.finish_hold(
                 id,
                 self.finished(id, 0, false, booking.now_ms),
                 booking.now_ms,
@@ -403,7 +403,7 @@ impl Ledger {
             let receipt =
                 self.charge_locked(state, booking, &deltas, unmapped_items, ChargeMode::Always)?;
             let finished = self.finished(id, key_hash(call.key), false, booking.now_ms);
-            let (hold, _) = state.finish_hold(id, finished, booking.now_ms);
+            let hold = state.finish_hold(id, finished, booking.now_ms);
             self.note_credit_change(state, booking.user_id);
             let outcome = Outcome {
                 total: receipt.month_total,
@@ -433,8 +433,7 @@ impl Ledger {
                 }
                 return Err(finished_error(finished));
             }
-            let (hold, _) =
-                state.finish_hold(id, self.finished(id, key_hash, false, now_ms), now_ms);
+            let hold = state.finish_hold(id, self.finished(id, key_hash, false, now_ms), now_ms);
             self.note_credit_change(state, user_id);
             Ok(Claim::Taken(hold))
         })
@@ -475,7 +474,7 @@ impl Ledger {
         {
             return Ok(None);
         }
-        let (hold, _) = state.finish_hold(id, self.finished(id, 0, true, now_ms), now_ms);
+        let hold = state.finish_hold(id, self.finished(id, 0, true, now_ms), now_ms);
         self.note_credit_change(&mut state, user_id);
         Ok(hold)
     }
