@@ -21,6 +21,9 @@ pub enum LedgerError {
     KeyReused(String),
     /// A new idempotency key would pass the bound on keys held; nothing was recorded.
     KeyLimit(String),
+    /// A hold settled or released before was settled, released or extended again; nothing was
+    /// recorded (`ledger::holds`).
+    HoldFinished(String),
     CostMap(CostMapError),
 }
 
@@ -36,7 +39,8 @@ impl fmt::Display for LedgerError {
             LedgerError::InvalidInput(message)
             | LedgerError::Overflow(message)
             | LedgerError::KeyReused(message)
-            | LedgerError::KeyLimit(message) => f.write_str(message),
+            | LedgerError::KeyLimit(message)
+            | LedgerError::HoldFinished(message) => f.write_str(message),
             LedgerError::CostMap(error) => error.fmt(f),
             LedgerError::PlanNeeded => f.write_str("the user's plan must be resolved first"),
             LedgerError::Closed => f.write_str("this MeteringService is closed"),

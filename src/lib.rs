@@ -25,9 +25,10 @@ mod _core {
     use crate::python::costmap::PyCostMap;
     #[pymodule_export]
     use crate::python::errors::{
-        CostMapError, IdempotencyKeyLimitError, IdempotencyKeyReused, StoreClosedError,
-        StoreCorruptedError, StoreError, StoreLockedError, StoreOutcomeUnknownError,
-        StoreUnavailableError, StoreVersionError, StoreWriteError, UnknownUsageType,
+        CostMapError, HoldSettledError, IdempotencyKeyLimitError, IdempotencyKeyReused,
+        StoreClosedError, StoreCorruptedError, StoreError, StoreLockedError,
+        StoreOutcomeUnknownError, StoreUnavailableError, StoreVersionError, StoreWriteError,
+        UnknownUsageType,
     };
     #[pymodule_export]
     use crate::python::meter::PyMeter;

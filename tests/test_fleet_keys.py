@@ -17,6 +17,7 @@ from test_fleet import Spawn, spawn, start_together  # noqa: F401  (the fixture)
 from usagemeter import (
     MONTHLY_CHARGES,
     Actor,
+    HoldSettledError,
     IdempotencyKeyReused,
     MeteringService,
     MonthlyCharge,
@@ -71,6 +72,45 @@ def test_a_key_retried_on_another_worker_records_once(
     for service in (a, b):
         assert usage(service, user)["fleet:int"] == {"units": 8, "cost": 1_000, "count": 1}
         assert usage(service, user)["fleet:small"]["count"] == 1
+
+
+def test_a_workers_hold_settles_once_on_the_fleet_whatever_the_key_or_the_thread(
+    two_workers: tuple[MeteringService, MeteringService],
+) -> None:
+    """Issue 18, point 4: a keyed settle on a fleet is recorded on the shared ledger, so the
+    worker's hold was dropped only after it, and a second key recorded again."""
+    a, _ = two_workers
+    user = prefix("hold-once") + "u"
+    actor = Actor(user)
+    hold = a.reserve(actor, cost=5_000)
+    assert hold is not None
+    assert hold.settle(usages=[("fleet:int", 8)], idempotency_key="s-1") == 1_000
+    assert hold.settle(usages=[("fleet:int", 8)], idempotency_key="s-1") == 1_000  # a retry
+    for key in ("s-2", None):
+        with pytest.raises(HoldSettledError, match="already settled"):
+            hold.settle(usages=[("fleet:int", 8)], idempotency_key=key)
+    # Threads racing with keys of their own on fresh holds: one settle each records.
+    holds = [a.reserve(actor, cost=200) for _ in range(20)]
+    outcomes: list[str] = []
+
+    def settle(index: int) -> None:
+        for number, held in enumerate(holds):
+            assert held is not None
+            try:
+                held.settle(usages=[("fleet:small", 1)], idempotency_key=f"h{number}-t{index}")
+                outcomes.append("settled")
+            except HoldSettledError:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=settle, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (outcomes.count("settled"), outcomes.count("refused")) == (20, 40)
+    recorded = usage(a, user)
+    assert recorded["fleet:int"]["count"] == 1 and recorded["fleet:small"]["count"] == 20
+    assert a.holds(actor) == []
 
 
 def test_keyed_refunds_credit_and_tries_on_a_fleet(

@@ -20,7 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 from support import FakeClock
-from usagemeter import Actor, CostMap, Hold, MeteringService, Policy, UnknownUsageType
+from usagemeter import Actor, CostMap, Hold, HoldSettledError, MeteringService, Policy, UnknownUsageType
 from usagemeter.aio import AsyncMeteringService
 
 PRICES = CostMap.from_dict({"llm:output": 2, "llm:input": "0.5"})
@@ -125,6 +125,9 @@ def test_bad_settle_input_changes_nothing_and_keeps_the_hold() -> None:
         ({"cost": 1.5}, TypeError),
         ({"cost": True}, TypeError),
         ({"cost": 10**30}, OverflowError),
+        # Issue 18: usages costing more than 10^18 µ¢ raised ValueError.
+        ({"usages": [("llm:output", 6 * 10**17)]}, OverflowError),
+        ({"usages": [("llm:output", 3 * 10**17), ("llm:output", 3 * 10**17)]}, OverflowError),
         ({"usages": [("unknown:type", 1)]}, UnknownUsageType),
         ({"usages": [("refund:llm:output", 1)]}, ValueError),
         ({"usages": 5}, TypeError),
@@ -529,3 +532,122 @@ def test_a_settle_with_an_idempotency_key_records_once_even_after_a_restart(tmp_
         with pytest.raises(ValueError, match="idempotency"):
             other.settle(usages=[("llm:output", 99)], idempotency_key="settle-1")
         assert budget(service, pia) == (200, 0, 800)
+
+
+def usage_count(service: MeteringService, actor: Actor) -> int:
+    """The calls recorded for the actor this month, over every usage type."""
+    usage = service.get_actor_current_month_usage_details(actor)["usage"]
+    return sum(figures["count"] for figures in usage.values() if isinstance(figures, dict))
+
+
+def test_a_hold_settles_once_whatever_the_key_or_the_handle() -> None:
+    """Issue 18, point 4: a second key, no key, or another handle recorded a second time."""
+    service = new_service()
+    rex = Actor("rex")
+    hold = service.reserve(rex, cost=500)
+    assert hold is not None
+    assert hold.settle(usages=[("llm:output", 100)], idempotency_key="a") == 200
+    with pytest.raises(HoldSettledError, match=f"hold {hold.id} was already settled"):
+        hold.settle(usages=[("llm:output", 100)], idempotency_key="b")
+    assert hold.settle(usages=[("llm:output", 100)], idempotency_key="a") == 200  # a retry
+    other = Hold(service, rex, (hold.id, 500, 0))
+    attempts: list[Callable[[], object]] = [
+        lambda: other.settle(usages=[("llm:output", 1)]),
+        lambda: other.settle(usages=[("llm:output", 1)], idempotency_key="c"),
+        other.release,
+        lambda: other.extend(10),
+    ]
+    for attempt in attempts:
+        with pytest.raises(HoldSettledError):
+            attempt()
+    assert budget(service, rex) == (200, 0, 800) and usage_count(service, rex) == 1
+    # A handle from `service.holds` on a hold its first handle settled (unkeyed) or released.
+    settled, released = service.reserve(rex, cost=100), service.reserve(rex, cost=100)
+    assert settled is not None and released is not None
+    handles = {h.id: h for h in service.holds(rex)}
+    assert settled.settle(usages=[("llm:output", 10)]) == 220
+    assert released.release() is True
+    for hold_id in (settled.id, released.id):
+        with pytest.raises(HoldSettledError):
+            handles[hold_id].settle(usages=[("llm:output", 10)])
+        with handles[hold_id]:  # its exit has nothing left to release, and does not raise
+            pass
+    assert budget(service, rex) == (220, 0, 780) and usage_count(service, rex) == 2
+    # A HoldSettledError is a ValueError, as "already settled" was.
+    assert issubclass(HoldSettledError, ValueError)
+
+
+def race_to_settle(hold: Hold, threads: int, key_prefix: str | None) -> list[str]:
+    """`threads` threads released together settle `hold`, each with its own key (or none)."""
+    barrier = threading.Barrier(threads)
+    outcomes: list[str] = []
+
+    def settle(index: int) -> None:
+        barrier.wait()
+        key = None if key_prefix is None else f"{key_prefix}-{index}"
+        try:
+            hold.settle(usages=[("llm:input", 2)], idempotency_key=key)
+            outcomes.append("settled")
+        except HoldSettledError:
+            outcomes.append("refused")
+
+    workers = [threading.Thread(target=settle, args=(i,)) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return outcomes
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_threads_racing_to_settle_one_hold_record_exactly_once(keyed: bool) -> None:
+    """Issue 18, point 4: 58 of 3,000 holds were settled twice by two threads."""
+    service = new_service()
+    sam = Actor("sam")
+    rounds, threads = 300, 4
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for round_ in range(rounds):
+            hold = service.reserve(sam, cost=0)
+            assert hold is not None
+            outcomes = race_to_settle(hold, threads, f"r{round_}" if keyed else None)
+            assert sorted(outcomes) == ["refused"] * (threads - 1) + ["settled"], outcomes
+    finally:
+        sys.setswitchinterval(previous)
+    assert usage_count(service, sam) == rounds
+    assert service.get_actor_current_month_usage_details(sam)["usage"]["total"] == rounds
+
+
+@pytest.mark.parametrize("backend", ["sled", "redb"])
+def test_a_hold_settled_or_released_before_a_restart_stays_finished_after_it(
+    tmp_path: Path, backend: str
+) -> None:
+    """Issue 18, point 4: the store kept only live holds, so a settled hold's id was unknown
+    after a restart, and settling it recorded again."""
+    clock = FakeClock()
+    path = tmp_path / "store"
+    tia = Actor("tia")
+    with new_service(clock=clock, store=path, store_backend=backend) as service:
+        settled = service.reserve(tia, cost=300, ttl=60)
+        released = service.reserve(tia, cost=200, ttl=60)
+        live = service.reserve(tia, cost=100, ttl=60)
+        assert settled is not None and released is not None and live is not None
+        assert settled.settle(usages=[("llm:output", 50)], idempotency_key="k") == 100
+        assert released.release() is True
+    with new_service(clock=clock, store=path, store_backend=backend) as service:
+        assert [h.id for h in service.holds(tia)] == [live.id]
+        assert budget(service, tia) == (100, 100, 800)
+        again = Hold(service, tia, (settled.id, 300, 0))
+        assert again.settle(usages=[("llm:output", 50)], idempotency_key="k") == 100  # a retry
+        with pytest.raises(HoldSettledError, match="already settled"):
+            again.settle(usages=[("llm:output", 50)], idempotency_key="other")
+        with pytest.raises(HoldSettledError, match="already settled"):
+            Hold(service, tia, (settled.id, 300, 0)).settle(usages=[("llm:output", 50)])
+        with pytest.raises(HoldSettledError, match="already released"):
+            Hold(service, tia, (released.id, 200, 0)).settle(usages=[("llm:output", 50)])
+        # Still remembered after the holds' own expiry (the idempotency window is longer).
+        clock.advance(3_600)
+        with pytest.raises(HoldSettledError):
+            Hold(service, tia, (settled.id, 300, 0)).settle(usages=[("llm:output", 50)])
+        assert budget(service, tia) == (100, 0, 900) and usage_count(service, tia) == 1

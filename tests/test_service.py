@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from support import (
@@ -782,13 +783,22 @@ def test_an_unknown_plan_falls_back_to_user_free_with_an_alarm(service: Metering
     assert isinstance(unknown[0], AlarmEvent)
 
 
-def test_an_unknown_user_plan_falls_back_to_the_default_without_an_alarm(service: MeteringService) -> None:
-    # "the policy with the user's id, else the default's": only when neither exists is it an alarm.
+def test_an_unknown_user_plan_falls_back_to_the_default_with_an_alarm_naming_it(
+    service: MeteringService, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "the policy with the user's id, else the default's", never silently (issue 18: a typo in
+    # a listener gave the default plan with no alarm and no log line).
     alarms = collect_alarms(service)
-    subscribe_everyone(service, "platinum")
+    assert service.get_actor_subscription(Actor("w")) == TEMP_FREE  # no plan named: no alarm
+    assert alarms == []
+    subscribe_everyone(service, "pro_typo")
     assert service.get_actor_subscription(Actor("u")) == TEMP_FREE
     assert service.get_actor_subscription(Actor("v", email="v@example.com")) == USER_FREE
-    assert [alarm for alarm in alarms if alarm.kind == "unknown_plan"] == []
+    unknown = [alarm for alarm in alarms if alarm.kind == "unknown_plan"]
+    assert [alarm.actor for alarm in unknown] == [Actor("u"), Actor("v", email="v@example.com")]
+    assert all("'pro_typo'" in alarm.message for alarm in unknown)
+    assert "using the default temp_free" in unknown[0].message
+    assert "pro_typo" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1010,3 +1020,86 @@ def test_the_cached_plans_of_users_never_charged_stay_bounded() -> None:
     assert guests == total <= bound
     assert guests >= 10  # emptied once at the bound, then refilled
     assert service._account_count() == 0
+
+
+@pytest.mark.parametrize("backend", [None, "sled", "redb"])
+def test_refused_strict_calls_of_users_never_charged_create_no_account(
+    backend: str | None, tmp_path: Path
+) -> None:
+    """Issue 18, point 10: each refused ``try_*`` or ``reserve`` of a new user id made a
+    permanent account (~900 B): a million random ids reached 923 MB."""
+    store: dict[str, Any] = {} if backend is None else {"store": tmp_path / "store", "store_backend": backend}
+    prices = CostMap.from_dict({"kv:write": 5, "m:prompt_tokens": 1, "m:completion_tokens": 1})
+    with MeteringService(prices, clock=FakeClock(), **store) as service:
+        service.increment_usage(Actor("regular"), "kv:write", 1)
+        before = service._account_count()
+        too_much = TEMP_FREE.monthly_allowance + 1
+        for i in range(3_000):
+            stranger = Actor(f"stranger-{i}")
+            assert service.try_increment_usage(stranger, "kv:write", 1, cost_override=too_much) is None
+            assert service.try_batch_increment_usages(stranger, [("kv:write", 1, too_much)]) is None
+            payload = {"prompt_tokens": too_much, "completion_tokens": 1}
+            assert service.try_record_usage_object(payload, stranger, model_prefix="m") is None
+            assert service.reserve(stranger, cost=too_much) is None
+            assert (
+                service.try_increment_usage(
+                    stranger, "kv:write", 1, cost_override=too_much, idempotency_key=f"k{i}"
+                )
+                is None
+            )
+        assert service._account_count() == before
+        _, guests = service._plan_cache_sizes()
+        assert guests <= 65_536  # their plans are cached as guests', in the bounded cache
+        # A later accepted call of one of them records, and makes its account then.
+        stranger = Actor("stranger-7")
+        assert service.try_increment_usage(stranger, "kv:write", 2) == 10
+        hold = service.reserve(Actor("stranger-8"), cost=100)
+        assert hold is not None
+        assert service._account_count() == before + 2
+        assert service.get_actor_current_month_usage_details(stranger)["usage"]["total"] == 10
+
+
+def test_a_users_plan_does_not_depend_on_which_form_of_actor_comes_first(
+    small_map: CostMap, clock: FakeClock
+) -> None:
+    """Issue 18: ``Actor("bob")`` and ``Actor("bob", email=...)`` share one cached plan, and the
+    allowance flipped between temp_free and user_free each ``subscription_ttl``. An email once
+    seen at a look-up counts until ``invalidate_subscription``."""
+    service = MeteringService(small_map, clock=clock, subscription_ttl=10)
+    anonymous, known = Actor("bob"), Actor("bob", email="bob@example.com")
+    service.increment_usage(anonymous, "kv:read", 1)  # bob has an account
+    assert service.get_allowed_usage(anonymous)["monthly_allowance"] == TEMP_FREE.monthly_allowance
+    clock.advance(11)
+    assert service.get_allowed_usage(known)["monthly_allowance"] == USER_FREE.monthly_allowance
+    for round_ in range(6):  # whichever form looks the plan up next
+        clock.advance(11)
+        actor = anonymous if round_ % 2 == 0 else known
+        assert service.get_allowed_usage(actor)["monthly_allowance"] == USER_FREE.monthly_allowance
+        assert service.try_increment_usage(anonymous, "kv:read", 1) is not None
+        assert service.get_actor_subscription(anonymous) == USER_FREE
+    # A user never charged (its plan cached as a guest's) follows the same rule.
+    assert service.get_actor_subscription(Actor("eve", email="eve@example.com")) == USER_FREE
+    clock.advance(11)
+    assert service.get_actor_subscription(Actor("eve")) == USER_FREE
+    # Invalidated: the email is forgotten with the plan.
+    service.invalidate_subscription("bob")
+    assert service.get_allowed_usage(anonymous)["monthly_allowance"] == TEMP_FREE.monthly_allowance
+
+
+@pytest.mark.parametrize("backend", ["sled", "redb"])
+def test_an_email_seen_for_a_user_outlives_a_restart(
+    backend: Literal["sled", "redb"], tmp_path: Path, small_map: CostMap
+) -> None:
+    """The rule above holds across a restart on a store: the account keeps the email flag."""
+    clock = FakeClock()
+    path = tmp_path / "store"
+    with MeteringService(small_map, clock=clock, store=path, store_backend=backend) as service:
+        service.increment_usage(Actor("bob", email="bob@example.com"), "kv:read", 1)
+        service.increment_usage(Actor("ann"), "kv:read", 1)
+    with MeteringService(small_map, clock=clock, store=path, store_backend=backend) as service:
+        assert service.get_actor_subscription(Actor("bob")) == USER_FREE
+        assert service.get_actor_subscription(Actor("ann")) == TEMP_FREE
+        assert service.holds(Actor("bob")) == []
+        service.invalidate_subscription("bob")
+    with MeteringService(small_map, clock=clock, store=path, store_backend=backend) as service:
+        assert service.get_actor_subscription(Actor("bob")) == TEMP_FREE  # invalidated: forgotten

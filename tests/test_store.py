@@ -556,6 +556,9 @@ def test_another_process_is_locked_out_at_once(backend: str, store_path: Path) -
         assert report.get("error") == "StoreLockedError", report
         assert report["seconds"] < AT_ONCE
         assert str(store_path) in report["message"]
+        # Issue 18: a second worker process of a server is told what to use instead.
+        assert "belongs to one process" in report["message"], report
+        assert "redis://" in report["message"], report
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -29,6 +29,7 @@ __all__ = [
     "Actor",
     "CostMap",
     "CostMapError",
+    "HoldSettledError",
     "IdempotencyKeyLimitError",
     "IdempotencyKeyReused",
     "Meter",
@@ -64,6 +65,11 @@ class IdempotencyKeyReused(ValueError):
     """An idempotency key still kept was passed again with another payload (method, app or
     items); nothing was recorded. Use a new key for a new call."""
 
+class HoldSettledError(ValueError):
+    """A hold settled or released before was settled, released or extended again (from any
+    handle, thread or process of its store, with another idempotency key or none): a hold is
+    finished once, and nothing was recorded. A retry with the first settle's key replays it."""
+
 class IdempotencyKeyLimitError(RuntimeError):
     """A new idempotency key would pass the bound on keys kept (``max_idempotency_keys_per_user``
     or ``max_idempotency_keys``); nothing was recorded. Keys already kept are never forgotten
@@ -73,7 +79,8 @@ class StoreError(Exception):
     """The store could not be opened, read or written."""
 
 class StoreLockedError(StoreError):
-    """Another process or service holds the store; the message names the path."""
+    """Another process or service holds the store; the message names the path, and says that a
+    directory store belongs to one process (several worker processes share ``redis://``)."""
 
 class StoreUnavailableError(StoreError):
     """The shared ledger (a Redis server or cluster) cannot be reached; nothing of the call was recorded.
@@ -217,6 +224,9 @@ class MeteringCore:
     def _take_store_errors(self) -> list[tuple[str, str]]:
         """Alarms of the background snapshot (or fleet sync) thread not yet raised, as
         ``(kind, message)``: ``store_error``, or ``ledger_lost``."""
+    def _plan_email_seen(self, user_id: str) -> bool:
+        """Whether an email was seen for the user when its plan was resolved (since the last
+        ``invalidate_subscription``): its default plan is then that of an actor with an email."""
     def _account_count(self) -> int:
         """How many users have an account in the ledger (tests: read-only checks create none)."""
     def _sync_stats(self) -> SyncStats | None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
-from usagemeter._core import Actor
+from usagemeter._core import Actor, HoldSettledError
 
 if TYPE_CHECKING:
     from usagemeter.aio import AsyncMeteringService
@@ -82,8 +82,10 @@ class Hold:
         return f"<Hold {self.id} of {self.amount} µ¢ for {self.actor!r}: {self._state}>"
 
     def _open(self, action: str) -> None:
+        # Only a shortcut for this handle: the ledger decides natively, under the user's lock,
+        # for every handle and thread (HoldSettledError from `_settle`, `_release`, `_extend`).
         if self._state != "held":
-            raise ValueError(f"cannot {action} hold {self.id}: it was already {self._state}")
+            raise HoldSettledError(f"cannot {action} hold {self.id}: it was already {self._state}")
 
     def settle(
         self,
@@ -99,9 +101,11 @@ class Hold:
         as ``usage_type`` (default: the one usage type the hold was reserved for). More than the
         hold is recorded too (the call ran: it goes to the pools, then overage); what the hold
         held beyond the real cost is free again. The usage is recorded even if the hold expired.
-        Bad input raises and changes nothing (the hold stays). Settling twice raises
-        ``ValueError``; with ``idempotency_key``, a settle retried (from this handle or another
-        process's, after a timeout or a restart) records once and returns the first total.
+        Bad input raises and changes nothing (the hold stays). A hold is settled or released
+        once, whatever the handle or thread: another settle raises ``HoldSettledError`` (a
+        ``ValueError``) and records nothing, unless it is a retry with the first settle's
+        ``idempotency_key`` (from this handle or another, after a timeout or a restart): that
+        records nothing and returns the first total.
         """
         if idempotency_key is None or self._state != "settled":
             self._open("settle")
@@ -117,7 +121,8 @@ class Hold:
         return total
 
     def release(self) -> bool:
-        """Free the hold without recording anything; whether it was still holding (not expired)."""
+        """Free the hold without recording anything; whether it was still holding (not expired).
+        A hold settled or released before (by any handle) raises ``HoldSettledError``."""
         self._open("release")
         live = self._service._release(self.actor, self.id)
         self._state = "released"
@@ -171,7 +176,14 @@ class Hold:
     ) -> None:
         """Release the hold unless it was settled (or released) in the block."""
         if self._state == "held":
+            self._release_at_exit()
+
+    def _release_at_exit(self) -> None:
+        try:
             self.release()
+        except HoldSettledError:
+            # Settled or released through another handle: nothing is held any more.
+            self._state = "settled"
 
     async def __aenter__(self) -> Hold:
         """The hold itself."""
@@ -185,7 +197,7 @@ class Hold:
     ) -> None:
         """Release the hold unless it was settled (or released) in the block."""
         if self._state == "held":
-            self.release()
+            self._release_at_exit()
 
 
 def reserved_usage_type(usages: list[tuple[str, int] | tuple[str, int, int | None]] | None) -> str | None:

@@ -313,9 +313,13 @@ class MeteringService(MeteringCore):
     def _plan_events(
         self, actor: Actor
     ) -> tuple[OverrideDefaultSubscriptionEvent, RegisterAvailablePoliciesEvent, GetUserSubscriptionEvent]:
-        """The three events of a plan look-up, in the order they are emitted (``PLAN_EVENTS``)."""
+        """The three events of a plan look-up, in the order they are emitted (``PLAN_EVENTS``).
+        The default is ``user_free`` for an actor with an email, or for one whose user was seen
+        with an email at an earlier look-up (until ``invalidate_subscription``): a user's plan
+        does not depend on which form of its ``Actor`` comes first."""
+        has_email = bool(actor.email) or (not actor.is_system and self._plan_email_seen(actor.user_id))
         return (
-            OverrideDefaultSubscriptionEvent(actor, USER_FREE.id if actor.email else TEMP_FREE.id),
+            OverrideDefaultSubscriptionEvent(actor, USER_FREE.id if has_email else TEMP_FREE.id),
             RegisterAvailablePoliciesEvent(actor, list(self._policies)),
             GetUserSubscriptionEvent(actor),
         )
@@ -329,9 +333,21 @@ class MeteringService(MeteringCore):
         """The plan the listeners chose: the user's, else the default, else ``user_free``."""
         actor = chosen.actor
         available = _available_policies(register)
-        for wanted in (chosen.user_subscription_id, default.default_subscription_id):
-            if wanted is not None and wanted in available:
-                return available[wanted]
+        user_plan = chosen.user_subscription_id
+        if user_plan is not None and user_plan in available:
+            return available[user_plan]
+        default_plan = default.default_subscription_id
+        if default_plan is not None and default_plan in available:
+            if user_plan is not None:
+                # Falling back is right; doing it silently hid typos ("pro_typo", issue 18).
+                self._raise_alarm(
+                    "unknown_plan",
+                    actor,
+                    None,
+                    f"the user's plan {user_plan!r} is not an available policy; using the "
+                    f"default {default_plan}",
+                )
+            return available[default_plan]
         fallback = available[USER_FREE.id]  # a registered user_free wins over the built-in one
         self._raise_alarm(
             "unknown_plan",

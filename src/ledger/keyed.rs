@@ -111,6 +111,19 @@ impl Ledger {
         call: &KeyedCall<'_>,
     ) -> LedgerResult<Keyed<Receipt>> {
         let (deltas, unmapped_items) = self.deltas_of(items)?;
+        if mode == ChargeMode::IfAffordable
+            && account.is_none()
+            && !self.has_account(booking.user_id)
+        {
+            // A user without an account holds no key to replay; a refusal keeps none, and leaves
+            // no account behind (`Ledger::refusal_without_account`).
+            let refused = self.refusal_without_account(|state| {
+                self.charge_locked(state, booking, &deltas, unmapped_items, mode)
+            })?;
+            if let Some(refused) = refused {
+                return Ok(Keyed::Done(refused));
+            }
+        }
         self.keyed(account, booking.user_id, call, |state| {
             let receipt = self.charge_locked(state, booking, &deltas, unmapped_items, mode)?;
             Ok((receipt, remembered(&receipt)))

@@ -210,6 +210,10 @@ struct AccountState {
     changed_months: Vec<MonthId>,
     /// Whether the user id is already in the change log.
     queued: bool,
+    /// Whether a look-up of the user's plan saw an actor with an email (`note_email_seen`):
+    /// the user's default plan is then that of an actor with one, until `forget_plan`. Kept in
+    /// the store with the holds (`holds::EMAIL_SEEN_ID`).
+    email_seen: bool,
     /// A fleet replica's budget lease for this user (`replica.rs`); boxed, as most accounts of
     /// a fleet hold none and every account of a single process none.
     lease: Option<Box<replica::Lease>>,
@@ -659,12 +663,49 @@ impl Ledger {
             Some(account) => account,
             None => {
                 accounts = self.accounts.pin();
-                account_in(&accounts, booking.user_id)
+                match accounts.get(booking.user_id) {
+                    Some(account) => account,
+                    None => {
+                        if mode == ChargeMode::IfAffordable {
+                            let refused = self.refusal_without_account(|state| {
+                                self.charge_locked(state, booking, deltas, unmapped_items, mode)
+                            })?;
+                            if let Some(refused) = refused {
+                                return Ok(refused);
+                            }
+                        }
+                        account_in(&accounts, booking.user_id)
+                    }
+                }
             }
         };
         let mut state = account.state.lock();
         self.refuse_if_sealed()?;
         self.charge_locked(&mut state, booking, deltas, unmapped_items, mode)
+    }
+
+    /// For a strict call (`try_*`, `reserve`) of a user without an account: `decide` runs on an
+    /// empty account that is then dropped, so that a refusal, or an error, leaves nothing behind
+    /// (issue 18: a million refused calls with random user ids kept a million accounts, 923 MB).
+    /// `Some(receipt)` when refused; `None` when it would be accepted: the caller makes the
+    /// account and decides again under its lock (a user's first accepted call does the work
+    /// twice; a user with an account never comes here). Not on a fleet, whose replica learns a
+    /// user's figures (purchased credit, other workers' usage) only with its account.
+    fn refusal_without_account(
+        &self,
+        decide: impl FnOnce(&mut AccountState) -> LedgerResult<Receipt>,
+    ) -> LedgerResult<Option<Receipt>> {
+        if self.leases.is_some() {
+            return Ok(None);
+        }
+        self.refuse_if_sealed()?;
+        // `queued`: an acceptance decided here must not put the user in the change log.
+        let mut empty = AccountState {
+            queued: true,
+            ..AccountState::default()
+        };
+        let receipt = decide(&mut empty)?;
+        Ok((!receipt.accepted).then_some(receipt))
     }
 
     /// `charge_deltas` with the account's lock held: a keyed call runs it in the same critical
@@ -981,6 +1022,25 @@ impl Ledger {
         true
     }
 
+    /// Notes that a look-up of the user's plan saw an actor with an email (`email_seen`), if the
+    /// user has an account (a guest's is kept in the plan cache only).
+    pub fn note_email_seen(&self, user_id: &str) {
+        if let Some(account) = self.accounts.pin().get(user_id) {
+            let mut state = account.state.lock();
+            if !state.email_seen {
+                state.email_seen = true;
+                if self.track_changes {
+                    state.mark_changed(user_id, None, &self.changes);
+                }
+            }
+        }
+    }
+
+    /// Whether a look-up of the user's plan saw an email since its last `forget_plan`.
+    pub fn email_seen(&self, user_id: &str) -> bool {
+        self.read_account(user_id, |state| state.email_seen)
+    }
+
     /// The id and allowance of the plan the user was last resolved to (kept in the store).
     pub fn last_plan(&self, user_id: &str) -> Option<(String, Money)> {
         self.read_account(user_id, |state| {
@@ -996,7 +1056,11 @@ impl Ledger {
     pub fn forget_plan(&self, user_id: &str) {
         self.plan_epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(account) = self.accounts.pin().get(user_id) {
-            account.state.lock().plan = None;
+            let mut state = account.state.lock();
+            state.plan = None;
+            if std::mem::take(&mut state.email_seen) && self.track_changes {
+                state.mark_changed(user_id, None, &self.changes);
+            }
         }
     }
 
@@ -1202,10 +1266,12 @@ impl Ledger {
     pub fn restore(&self, users: Vec<UserImage>) {
         let accounts = self.accounts.pin();
         for user in users {
+            let (holds, email_seen) = holds::HoldBook::from_image(user.holds);
             let mut state = AccountState {
                 credit: user.credit,
                 last_plan: user.plan.map(|(id, allowance)| (Arc::from(id), allowance)),
-                holds: (!user.holds.is_empty()).then(|| Box::new(user.holds)),
+                holds,
+                email_seen,
                 ..AccountState::default()
             };
             for (month, image) in user.months {

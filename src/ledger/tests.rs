@@ -821,7 +821,9 @@ mod holds {
         // Released, the hold's budget is back.
         assert_eq!(ledger.release("u", id, 0).unwrap().unwrap().amount, m(600));
         assert_eq!(remaining(&ledger, 0), m(600));
-        assert_eq!(ledger.release("u", id, 0).unwrap(), None);
+        // Released once: a second release is refused.
+        let again = ledger.release("u", id, 0);
+        assert!(matches!(again, Err(LedgerError::HoldFinished(_))));
     }
 
     #[test]
@@ -839,9 +841,149 @@ mod holds {
         let (receipt, _) = ledger.settle(None, &at("u", 5), id, &items).unwrap();
         assert!(receipt.accepted);
         assert_eq!(receipt.split.overage, m(1_250));
-        // A hold that expired or was settled: the usage is still recorded, no hold is returned.
-        let (receipt, hold) = ledger.settle(None, &at("u", 5), id, &items).unwrap();
+        // A hold settled already: refused, nothing recorded.
+        let again = ledger.settle(None, &at("u", 5), id, &items);
+        assert!(matches!(again, Err(LedgerError::HoldFinished(_))));
+        assert_eq!(ledger.user_usage("u", OCTOBER).total, m(2_250));
+        // A hold that expired or is unknown: the usage is still recorded (the call ran), no hold
+        // is returned; once.
+        let expired = reserve(&ledger, 5, 0).unwrap();
+        let (receipt, hold) = ledger
+            .settle(None, &at("u", 2_000), expired, &items)
+            .unwrap();
         assert!(receipt.accepted && hold.is_none());
+        let again = ledger.settle(None, &at("u", 2_000), expired, &items);
+        assert!(matches!(again, Err(LedgerError::HoldFinished(_))));
+    }
+
+    fn keyed_call(key: &str, now_ms: i64) -> crate::ledger::idempotency::KeyedCall<'_> {
+        crate::ledger::idempotency::KeyedCall {
+            key,
+            fingerprint: crate::ledger::idempotency::FingerprintBuilder::new("settle").finish(),
+            now_ms,
+            kind: crate::ledger::idempotency::KeyKind::Caller,
+        }
+    }
+
+    #[test]
+    fn a_hold_settles_once_whatever_the_key_and_a_retry_with_the_first_key_replays() {
+        use crate::ledger::idempotency::Keyed;
+        let ledger = ledger();
+        let id = reserve(&ledger, 0, 700).unwrap();
+        let items = [item("kv:write", 2)];
+        let first = ledger.settle_keyed(None, &at("u", 5), id, &items, &keyed_call("a", 5));
+        assert!(matches!(first, Ok(Keyed::Done(_))));
+        let retry = ledger.settle_keyed(None, &at("u", 6), id, &items, &keyed_call("a", 6));
+        assert!(matches!(retry, Ok(Keyed::Replayed(o)) if o.total == m(250)));
+        let other = ledger.settle_keyed(None, &at("u", 7), id, &items, &keyed_call("b", 7));
+        assert!(matches!(other, Err(LedgerError::HoldFinished(_))));
+        let unkeyed = ledger.settle(None, &at("u", 8), id, &items);
+        assert!(matches!(unkeyed, Err(LedgerError::HoldFinished(_))));
+        assert!(matches!(
+            ledger.extend("u", id, 100, 9),
+            Err(LedgerError::HoldFinished(_))
+        ));
+        assert_eq!(ledger.user_usage("u", OCTOBER).total, m(250));
+    }
+
+    #[test]
+    fn a_fleet_claim_takes_a_hold_once_and_gives_it_back_when_the_charge_fails() {
+        use crate::ledger::holds::Claim;
+        let ledger = ledger();
+        let id = reserve(&ledger, 0, 700).unwrap();
+        let claim = ledger.claim_settle("u", id, "a", 1).unwrap();
+        assert!(matches!(claim, Claim::Taken(Some(hold)) if hold.amount == m(700)));
+        assert_eq!(ledger.claim_settle("u", id, "a", 2).unwrap(), Claim::Retry);
+        let other = ledger.claim_settle("u", id, "b", 2);
+        assert!(matches!(other, Err(LedgerError::HoldFinished(_))));
+        let Claim::Taken(hold) = claim else {
+            unreachable!()
+        };
+        ledger.unclaim_settle("u", id, hold);
+        assert_eq!(ledger.held("u", 3), m(700));
+        assert!(matches!(
+            ledger.claim_settle("u", id, "b", 3),
+            Ok(Claim::Taken(Some(_)))
+        ));
+    }
+
+    #[test]
+    fn a_finished_hold_is_forgotten_after_its_window_and_the_memory_is_bounded() {
+        let ledger = ledger()
+            .with_key_limits(crate::ledger::idempotency::KeyLimits {
+                window_ms: 10_000,
+                ..Default::default()
+            })
+            .track_changes();
+        let items = [item("kv:write", 2)];
+        let id = reserve(&ledger, 0, 7).unwrap();
+        ledger.settle(None, &at("u", 5), id, &items).unwrap();
+        assert!(ledger.settle(None, &at("u", 10_004), id, &items).is_err());
+        assert!(ledger.settle(None, &at("u", 10_005), id, &items).is_ok());
+        // A caller that settles unknown ids by the thousand keeps at most the bound.
+        let bound = super::super::holds::MAX_FINISHED_PER_USER as u64;
+        for unknown in 0..bound + 10 {
+            ledger
+                .settle(None, &at("u", 20_000), 1 << 40 | unknown, &items)
+                .unwrap();
+        }
+        let images = ledger.take_changes();
+        assert_eq!(images[0].holds.len() as u64, bound);
+    }
+
+    #[test]
+    fn the_email_flag_travels_with_the_user_image_and_forget_plan_clears_it() {
+        let ledger = ledger().track_changes();
+        ledger
+            .charge(None, &at("u", 0), &[costing(1)], ChargeMode::Always)
+            .unwrap();
+        ledger.note_email_seen("u");
+        ledger.note_email_seen("nobody"); // no account: nothing made
+        assert_eq!(ledger.user_count(), 1);
+        let images = ledger.take_changes();
+        // Stored as an expired hold of nothing, which an older reader ignores.
+        assert!(images[0]
+            .holds
+            .iter()
+            .all(|h| h.amount == m(0) && h.expires_ms < 0));
+        let restored = super::ledger().track_changes();
+        restored.restore(images);
+        assert!(restored.email_seen("u") && restored.holds("u", 0).is_empty());
+        restored.forget_plan("u");
+        assert!(!restored.email_seen("u"));
+        let images = restored.take_changes();
+        assert!(images[0].holds.is_empty());
+    }
+
+    #[test]
+    fn a_finished_hold_outlives_a_restore() {
+        let ledger = ledger().track_changes();
+        let settled = reserve(&ledger, 0, 300).unwrap();
+        let released = reserve(&ledger, 0, 200).unwrap();
+        let live = reserve(&ledger, 0, 100).unwrap();
+        ledger
+            .settle(None, &at("u", 1), settled, &[item("kv:write", 2)])
+            .unwrap();
+        ledger.release("u", released, 1).unwrap();
+        let images = ledger.take_changes();
+        // An older reader of format 3 sees the finished ones as expired holds of nothing.
+        let stored: Vec<_> = images[0].holds.iter().filter(|h| h.id != live).collect();
+        assert!(stored.iter().all(|h| h.amount == m(0) && h.expires_ms < 0));
+        let restored = super::ledger();
+        restored.restore(images);
+        assert_eq!(restored.held("u", 2), m(100));
+        assert_eq!(
+            restored
+                .holds("u", 2)
+                .iter()
+                .map(|h| h.id)
+                .collect::<Vec<_>>(),
+            [live]
+        );
+        let again = restored.settle(None, &at("u", 2), settled, &[item("kv:write", 2)]);
+        assert!(matches!(again, Err(LedgerError::HoldFinished(m)) if m.contains("settled")));
+        let again = restored.settle(None, &at("u", 2), released, &[item("kv:write", 2)]);
+        assert!(matches!(again, Err(LedgerError::HoldFinished(m)) if m.contains("released")));
     }
 
     #[test]
@@ -867,6 +1009,8 @@ mod holds {
         }
         let late = ledger.reserve(None, &at("u", i64::MAX - 10), 1, m(5), 1_000);
         assert!(matches!(late, Err(LedgerError::Overflow(_))));
+        let huge = ledger.reserve(None, &at("u", 0), 1, m(1_000_000_000_000_000_001), 1_000);
+        assert!(matches!(huge, Err(LedgerError::Overflow(_))));
         assert!(ledger.holds("u", 0).is_empty());
         assert_eq!(remaining(&ledger, 0), m(1_000));
     }
@@ -897,6 +1041,59 @@ mod holds {
         });
         assert_eq!(accepted, 1_000 / 7);
         assert_eq!(ledger.held("u", 0), m(7 * (1_000 / 7)));
+    }
+
+    #[test]
+    fn a_refused_strict_call_of_a_user_never_charged_leaves_no_account() {
+        use crate::ledger::idempotency::Keyed;
+        let ledger = ledger().track_changes();
+        let too_much = [costing(1_001)];
+        for user in ["a", "b", "c"] {
+            let refused = ledger.charge(None, &at(user, 0), &too_much, ChargeMode::IfAffordable);
+            assert!(!refused.unwrap().accepted);
+            let held = ledger
+                .reserve(None, &at(user, 0), 1, m(1_001), 1_000)
+                .unwrap();
+            assert!(!held.accepted);
+            let call = keyed_call("k", 0);
+            let keyed = ledger.charge_keyed(
+                None,
+                &at(user, 0),
+                &too_much,
+                ChargeMode::IfAffordable,
+                &call,
+            );
+            assert!(matches!(keyed, Ok(Keyed::Done(receipt)) if !receipt.accepted));
+        }
+        assert_eq!(ledger.user_count(), 0);
+        assert!(ledger.take_changes().is_empty());
+        // Bad input still raises for a user never charged, and leaves nothing either.
+        let bad = ledger.charge(None, &at("d", 0), &[item("", 1)], ChargeMode::IfAffordable);
+        assert!(bad.is_err());
+        assert_eq!(ledger.user_count(), 0);
+        // Accepted calls make the account, once, and record.
+        let fits = [costing(1_000)];
+        assert!(
+            ledger
+                .charge(None, &at("a", 0), &fits, ChargeMode::IfAffordable)
+                .unwrap()
+                .accepted
+        );
+        assert!(
+            ledger
+                .reserve(None, &at("b", 0), 2, m(1_000), 1_000)
+                .unwrap()
+                .accepted
+        );
+        assert_eq!(ledger.user_count(), 2);
+        assert_eq!(ledger.user_usage("a", OCTOBER).total, m(1_000));
+        assert_eq!(ledger.held("b", 0), m(1_000));
+        let users: Vec<_> = ledger
+            .take_changes()
+            .into_iter()
+            .map(|u| u.user_id)
+            .collect();
+        assert_eq!(users, ["a", "b"]);
     }
 
     #[test]

@@ -27,6 +27,13 @@ create_exception!(
 );
 create_exception!(
     usagemeter,
+    HoldSettledError,
+    PyValueError,
+    "A hold settled or released before was settled, released or extended again: a hold is \
+     finished once, and nothing was recorded."
+);
+create_exception!(
+    usagemeter,
     IdempotencyKeyLimitError,
     PyRuntimeError,
     "A new idempotency key would pass the bound on keys kept (per user or in the process); nothing was recorded."
@@ -106,6 +113,7 @@ pub fn ledger_error(error: LedgerError) -> PyErr {
         LedgerError::Closed => StoreClosedError::new_err(error.to_string()),
         LedgerError::KeyReused(message) => IdempotencyKeyReused::new_err(message),
         LedgerError::KeyLimit(message) => IdempotencyKeyLimitError::new_err(message),
+        LedgerError::HoldFinished(message) => HoldSettledError::new_err(message),
     }
 }
 

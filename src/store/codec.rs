@@ -8,7 +8,7 @@
 //! snapshot from 8.9 s to 6.0 s (sled) and 4.9 s to 1.2 s (redb): `make bench-store`.
 
 use crate::ledger::days::{self, DayImages};
-use crate::ledger::holds::{Hold, MAX_HOLDS_PER_USER};
+use crate::ledger::holds::{Hold, MAX_FINISHED_PER_USER, MAX_HOLDS_PER_USER};
 use crate::ledger::idempotency::{KeyImage, Outcome, MAX_KEY_BYTES};
 use crate::ledger::image::{MonthImage, RecordImage, UserImage};
 use crate::ledger::month::MonthId;
@@ -353,7 +353,9 @@ impl<'a> Reader<'a> {
     }
     fn holds(&mut self) -> Result<Vec<Hold>, DecodeError> {
         let count = self.len()?;
-        if count > MAX_HOLDS_PER_USER {
+        // The outstanding holds, then the finished ones (`ledger::holds::FINISHED_BIT`).
+        // and the email flag (`EMAIL_SEEN_ID`).
+        if count > MAX_HOLDS_PER_USER + MAX_FINISHED_PER_USER + 1 {
             return Err(DecodeError::Corrupted(
                 "more holds than a user may have".into(),
             ));
@@ -436,7 +438,9 @@ pub type CreditRecord = (Credit, Option<StoredPlan>, Vec<Hold>);
 
 /// A user's record: lifetime purchased credit; since version 2 the plan the user was last
 /// resolved to (`[0]` for none, `[1][id][allowance]`); since version 3 the outstanding holds
-/// (`[count]` then `[id][amount][expiry ms]` each).
+/// (`[count]` then `[id][amount][expiry ms]` each), followed by the finished ones as holds of
+/// nothing with the id's top bit set and whether an email was seen for the user, as an entry of
+/// its own (`ledger::holds`, `FINISHED_BIT` and `EMAIL_SEEN_ID`).
 pub fn encode_credit(
     key: &[u8],
     credit: &Credit,

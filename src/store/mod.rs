@@ -144,6 +144,11 @@ fn other_io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Other(format!("cannot {what} {}: {e}", path.display()))
 }
 
+/// What a locked store's error says to do (issue 18: a second worker process of a web server got
+/// only "in use by another process").
+pub const ONE_PROCESS: &str = "a directory store belongs to one process at a time; for several \
+    worker processes, share a Redis store (store=\"redis://host:6379/0\")";
+
 fn lock(dir: &Path) -> StoreResult<File> {
     let path = dir.join("LOCK");
     let file = File::options()
@@ -155,7 +160,7 @@ fn lock(dir: &Path) -> StoreResult<File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(StoreError::Locked(format!(
-            "the store at {} is in use by another process or service",
+            "the store at {} is in use by another process or service: {ONE_PROCESS}",
             dir.display()
         ))),
         Err(TryLockError::Error(e)) => Err(other_io("lock", &path, e)),

@@ -74,9 +74,10 @@ impl SledStore {
                 Err(e) if is_lock_error(&e) => {
                     if Instant::now() >= deadline {
                         return Err(StoreError::Locked(format!(
-                            "the store's sled database at {} is still locked after {} s: {e}",
+                            "the store's sled database at {} is still locked after {} s ({e}): {}",
                             dir.display(),
-                            SLED_LOCK_WAIT.as_secs()
+                            SLED_LOCK_WAIT.as_secs(),
+                            super::ONE_PROCESS
                         )));
                     }
                     std::thread::sleep(Duration::from_millis(2));

@@ -64,7 +64,8 @@ pub(super) fn identity_of(reply: Option<&Value>, url: &str) -> StoreResult<Optio
     match reply {
         None | Some(Value::Nil) => Ok(None),
         Some(Value::ServerError(e)) => Err(StoreError::Unavailable(format!(
-            "the shared ledger at {url} cannot be read: {e}"
+            "the shared ledger at {url} cannot be read ({}: {e})",
+            e.code()
         ))),
         Some(value) => match text_of(value) {
             Some(text) => Identity::parse(&text).map(Some),

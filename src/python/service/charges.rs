@@ -109,7 +109,12 @@ impl MeteringCore {
         mode: ChargeMode,
         wait: Wait,
     ) -> PyResult<Receipt> {
-        let account = actor.account.get(&self.ledger, &actor.user_id);
+        // A strict call does not make the account of a user never charged: a refusal must leave
+        // nothing behind (the ledger decides it on an empty account, `refusal_without_account`).
+        let account = match mode {
+            ChargeMode::IfAffordable => actor.account.existing(&self.ledger, &actor.user_id),
+            _ => actor.account.get(&self.ledger, &actor.user_id),
+        };
         self.charge_with(py, actor_obj, actor, items, wait, |booking| {
             self.ledger.charge(account, booking, items, mode)
         })

@@ -10,7 +10,7 @@ use pyo3::types::PyInt;
 
 use super::charges::{owned_items, usage_items, Wait};
 use super::{as_actor, MeteringCore};
-use crate::ledger::holds::Hold;
+use crate::ledger::holds::{Claim, Hold};
 use crate::ledger::idempotency::{FingerprintBuilder, KeyKind, Keyed, KeyedCall};
 use crate::ledger::{Receipt, UsageItem};
 use crate::money::Money;
@@ -81,7 +81,8 @@ impl MeteringCore {
             return Ok(Some((0, money_to_int(py, amount), expires_ms)));
         }
         let id = self.ledger.new_hold_id();
-        let account = actor_ref.account.get(&self.ledger, &actor_ref.user_id);
+        // As for `try_*`: a refused reserve does not make the account of a user never charged.
+        let account = actor_ref.account.existing(&self.ledger, &actor_ref.user_id);
         // The expiry is set from the clock as the charge reads it (once per call).
         let now_ms = Cell::new(0);
         let receipt = self.charge_with(py, actor, actor_ref, &[], Wait::Allowed, |booking| {
@@ -102,7 +103,8 @@ impl MeteringCore {
 
     /// Records the real usage of hold `hold_id` (the batch `usages`, or `cost` µ¢ booked as
     /// `usage_type`) and removes the hold, atomically: `(month total, whether the hold was
-    /// still live)`. The usage is recorded even if the hold expired. Bad input changes nothing.
+    /// still live)`. The usage is recorded even if the hold expired. Bad input changes nothing;
+    /// a hold settled or released before raises `HoldSettledError` and records nothing.
     ///
     /// With `idempotency_key`, a retry settles nothing and returns the first settle's total
     /// (and False).
@@ -175,11 +177,31 @@ impl MeteringCore {
                 now_ms,
                 kind: KeyKind::Caller,
             };
-            let keyed = self.charge_keyed_on_fleet(py, actor, actor_ref, &items, false, &call)?;
+            // The hold is taken first, under the account's lock: of two settles of one hold
+            // (threads, handles, keys), one reaches the fleet; the other is refused, or (with
+            // the same key) is a retry that the shared ledger replays.
+            let claim = self
+                .ledger
+                .claim_settle(&actor_ref.user_id, id, key, now_ms)
+                .map_err(ledger_error)?;
+            let keyed = self.charge_keyed_on_fleet(py, actor, actor_ref, &items, false, &call);
+            let taken = match claim {
+                Claim::Taken(hold) => hold,
+                Claim::Retry => None,
+            };
+            let keyed = match keyed {
+                Ok(keyed) => keyed,
+                Err(error) => {
+                    if let Claim::Taken(hold) = claim {
+                        // Nothing settled it: the hold is outstanding again, for a retry.
+                        self.ledger.unclaim_settle(&actor_ref.user_id, id, hold);
+                    }
+                    return Err(error);
+                }
+            };
             let total = match keyed {
                 Keyed::Done(receipt) => {
-                    let hold = self.ledger.release(&actor_ref.user_id, id, now_ms);
-                    was_live.set(hold.map_err(ledger_error)?.is_some());
+                    was_live.set(taken.is_some());
                     receipt.month_total
                 }
                 Keyed::Replayed(outcome) => outcome.total,
@@ -217,7 +239,8 @@ impl MeteringCore {
         Ok((money_to_int(py, total), was_live.get()))
     }
 
-    /// Removes hold `hold_id`; whether it was still live (False: expired, settled or released).
+    /// Removes hold `hold_id`; whether it was still live (False: expired or unknown). A hold
+    /// settled or released before raises `HoldSettledError`.
     fn _release(
         &self,
         py: Python<'_>,

@@ -142,7 +142,11 @@ impl MeteringCore {
             let keyed = self.charge_keyed_on_fleet(py, actor_obj, actor, items, strict, &call)?;
             return Ok(Some(keyed));
         }
-        let account = actor.account.get(&self.ledger, &actor.user_id);
+        // A strict call does not make the account of a user never charged (see `charge`).
+        let account = match mode {
+            ChargeMode::IfAffordable => actor.account.existing(&self.ledger, &actor.user_id),
+            _ => actor.account.get(&self.ledger, &actor.user_id),
+        };
         let keyed = self.with_plan_charging(py, actor_obj, actor, now_ms, |plan| {
             let booking = Booking::at(&actor.user_id, actor.booking_app(), plan, now_ms);
             self.ledger

@@ -21,6 +21,13 @@ pub(super) struct CachedPlan {
     /// Cached for a user without an account (read-only checks of a user never charged): such
     /// entries are bounded (`GUEST_PLANS_MAX`), since any request may name a new user id.
     guest: bool,
+    /// Whether an actor of this user with an email was seen when its plan was resolved, this
+    /// time or before: then the user's default plan is that of a user with an email from then on,
+    /// whichever form of `Actor` makes the next look-up (issue 18: `Actor("bob")` and
+    /// `Actor("bob", email=...)` took turns, and the allowance flipped every `subscription_ttl`).
+    /// Kept while the entry is, expired or not, and in the user's account (and so its store:
+    /// `Ledger::note_email_seen`); `invalidate_subscription` forgets both.
+    email_seen: bool,
 }
 
 /// At most this many plans of users without an account are cached. When a new one would pass
@@ -67,6 +74,8 @@ impl MeteringCore {
     ) -> PyResult<(Money, Py<PyAny>)> {
         const TRIES: usize = 3;
         let mut tries = 0;
+        // Read before the events run (`_plan_events` reads it too, through `_plan_email_seen`).
+        let email_seen = actor.email.is_some() || self.plan_email_seen(&actor.user_id);
         loop {
             tries += 1;
             let epoch = self.ledger.plan_epoch();
@@ -88,6 +97,9 @@ impl MeteringCore {
             );
             let invalidated = self.ledger.plan_epoch() != epoch;
             if in_account || !invalidated {
+                if email_seen && in_account {
+                    self.ledger.note_email_seen(&actor.user_id);
+                }
                 // Cached in the account, or the user has none: a guest's entry.
                 let plan = CachedPlan {
                     policy: policy.clone_ref(py),
@@ -95,6 +107,7 @@ impl MeteringCore {
                     allowance,
                     expires_at_ms,
                     guest: !in_account,
+                    email_seen,
                 };
                 self.cache_plan(actor, plan, epoch);
                 return Ok((allowance, policy));
@@ -104,6 +117,13 @@ impl MeteringCore {
                 return Ok((allowance, policy));
             }
         }
+    }
+
+    /// Whether the user's plan was resolved with an email before (`CachedPlan::email_seen`, or
+    /// the account's flag, which the store keeps across a restart).
+    fn plan_email_seen(&self, user_id: &str) -> bool {
+        let cached = self.plans.pin().get(user_id).is_some_and(|p| p.email_seen);
+        cached || self.ledger.email_seen(user_id)
     }
 
     /// Caches a resolved plan unless an invalidation ran since `epoch` (it wins). A guest's entry
@@ -136,13 +156,19 @@ impl MeteringCore {
             return None;
         }
         let epoch = self.ledger.plan_epoch();
-        let (plan_id, allowance, expires_at_ms) =
+        let (plan_id, allowance, expires_at_ms, email_seen) =
             self.cached_plan(&actor.user_id, now_ms, |plan| {
-                (plan.plan_id.clone(), plan.allowance, plan.expires_at_ms)
+                let plan_id = plan.plan_id.clone();
+                (plan_id, plan.allowance, plan.expires_at_ms, plan.email_seen)
             })?;
         let until = in_account_until(expires_at_ms, now_ms);
-        self.ledger
+        let in_account = self
+            .ledger
             .set_plan_if(&actor.user_id, &plan_id, allowance, until, epoch);
+        if email_seen && in_account {
+            // A guest's plan moving into its new account takes the email with it.
+            self.ledger.note_email_seen(&actor.user_id);
+        }
         Some(allowance)
     }
 
@@ -234,6 +260,12 @@ impl MeteringCore {
         let actor_ref = as_actor(actor)?;
         let now_ms = self.now_ms(py)?;
         self.policy(py, actor, actor_ref, now_ms)
+    }
+
+    /// Whether an email was seen for the user when its plan was resolved (since the last
+    /// `invalidate_subscription`): its default plan is then that of an actor with an email.
+    fn _plan_email_seen(&self, user_id: &str) -> bool {
+        self.plan_email_seen(user_id)
     }
 
     /// How many plans are cached, and how many of them are guests' (users without an account):
