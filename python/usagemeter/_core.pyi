@@ -46,6 +46,7 @@ __all__ = [
     "__version__",
     "copy_store",
     "recover_store",
+    "redact_url",
     "verify_store",
 ]
 
