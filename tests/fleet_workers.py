@@ -4,8 +4,9 @@ Run as `python fleet_workers.py CONFIG_JSON`. A worker opens its own `MeteringSe
 configured URL, prints `{"event": "ready", ...}` as one JSON line, waits for a `go` line on stdin,
 does its work, and prints `{"event": "done", ...}` with what it did (after `close()`, so the
 figures it reports are all in Redis unless the worker was killed; with `close_may_fail` a
-`close()` that raises `StoreError` is reported as `close_error` and the sync thread stopped). Every line on stdout is JSON;
-errors go to stderr. The parent (`FleetWorker` in test_fleet.py) reads the lines on a thread.
+`close()` that raises `StoreError` is reported as `close_error` and the sync thread stopped).
+Every line on stdout is JSON; errors go to stderr. The parent (`FleetWorker` in test_fleet.py)
+reads the lines on a thread.
 
 Modes:
 - `race`: `calls` racing `try_increment_usage` (cost `cost` each) on `users` users of one budget;
