@@ -211,7 +211,8 @@ def run_victim(config: dict[str, Any], service: MeteringService) -> dict[str, An
                 emit("flushed", units=dict(zip([*users, lease_user], before, strict=True)))
 
 
-def run_steady(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+def stop_line() -> threading.Event:
+    """An event set when a `stop` line arrives on stdin (read on a daemon thread)."""
     stop = threading.Event()
 
     def read_stop() -> None:
@@ -219,6 +220,11 @@ def run_steady(config: dict[str, Any], service: MeteringService) -> dict[str, An
         stop.set()
 
     threading.Thread(target=read_stop, daemon=True).start()
+    return stop
+
+
+def run_steady(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
+    stop = stop_line()
     users = [f"{config['prefix']}{index}" for index in range(config["users"])]
     actors = [Actor(user) for user in users]
     units = [0] * len(users)
@@ -328,13 +334,7 @@ def run_monthly(config: dict[str, Any], service: MeteringService) -> dict[str, A
 def run_chaos(config: dict[str, Any], service: MeteringService) -> dict[str, Any]:
     from usagemeter import StoreError
 
-    stop = threading.Event()
-
-    def read_stop() -> None:
-        wait_for("stop")
-        stop.set()
-
-    threading.Thread(target=read_stop, daemon=True).start()
+    stop = stop_line()
     rng = random.Random(config["seed"])
     name = config["worker"]
     budget_users = [Actor(f"{config['prefix']}budget-{i}") for i in range(config["budget_users"])]

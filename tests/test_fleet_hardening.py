@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_workers import fleet_cost_map
 from redis_support import RedisCluster, RedisServer, free_port
+from test_fleet import INTERVAL, close_anyway, open_fleet
 from usagemeter import (
     ALARM,
     MONTHLY_CHARGES,
@@ -41,7 +41,6 @@ from usagemeter import (
 from usagemeter.store import redact_url
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:12]
-INTERVAL = 0.1
 COST = 1_000
 
 
@@ -49,17 +48,15 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def open_fleet(url: str, **options: Any) -> MeteringService:
-    options.setdefault("snapshot_interval", INTERVAL)
-    return MeteringService(fleet_cost_map(), store=url, **options)
-
-
-def close_anyway(service: MeteringService) -> None:
-    try:
-        service.close()
-    except StoreError:
-        with contextlib.suppress(StoreError):
-            service._close_at_exit()
+def retried(call: Callable[[], object], seconds: float = 15.0) -> object:
+    """`call()` once the shared ledger takes it: retried while it raises StoreUnavailableError."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except StoreUnavailableError:
+            assert time.monotonic() < deadline, "the shared ledger did not come back"
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -342,16 +339,9 @@ def test_a_keyed_call_whose_reply_never_came_is_outcome_unknown_and_its_retry_re
         assert isinstance(raised.value, StoreUnavailableError)
         assert "may have been recorded" in str(raised.value) and "same idempotency key" in str(raised.value)
         time.sleep(2.0)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                retried = service.increment_usage(user, "fleet:int", 7, idempotency_key="charge-1")
-                break
-            except StoreUnavailableError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        total = retried(lambda: service.increment_usage(user, "fleet:int", 7, idempotency_key="charge-1"))
         service.flush()
-        assert retried == month_total(service, user.user_id)
+        assert total == month_total(service, user.user_id)
     with open_fleet(redis_server.url) as fresh:
         assert units(fresh, user.user_id, "fleet:int") == 8  # the first call landed once
 
@@ -382,14 +372,7 @@ def test_a_busy_server_is_unavailable_and_says_nothing_was_recorded(redis_server
             assert "BUSY" in str(raised.value) and "nothing" in str(raised.value)
         finally:
             spin.wait(30)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                service.increment_usage(user, "fleet:int", 5, idempotency_key="busy-1")
-                break
-            except StoreUnavailableError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        retried(lambda: service.increment_usage(user, "fleet:int", 5, idempotency_key="busy-1"))
         service.flush()
         assert units(service, user.user_id, "fleet:int") == 6
 
@@ -548,15 +531,8 @@ def test_a_server_loading_after_a_restart_is_unavailable_and_retryable() -> None
             assert not isinstance(raised.value, (StoreWriteError, StoreOutcomeUnknownError))
             assert "LOADING" in str(raised.value) and "nothing of this call was recorded" in str(raised.value)
             starting.join(60)
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    service.increment_usage(user, "fleet:int", 5, idempotency_key="loading-1")
-                    service.increment_usage(user, "fleet:int", 5, idempotency_key="loading-1")
-                    break
-                except StoreUnavailableError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
+            for _ in range(2):  # the call, then its retry: recorded once
+                retried(lambda: service.increment_usage(user, "fleet:int", 5, idempotency_key="loading-1"))
             service.flush()
             assert units(service, user.user_id, "fleet:int") == 6
         finally:

@@ -6,7 +6,6 @@ written. Real `redis-server` processes and real worker processes (`fleet_workers
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,14 +15,13 @@ from typing import Any
 import pytest
 from fleet_workers import fleet_cost_map
 from redis_support import RedisCluster, RedisServer
-from test_fleet import Spawn, spawn, start_together, units_of, wait_until  # noqa: F401  (the fixture)
+from test_fleet import Spawn, close_anyway, spawn, start_together, units_of, wait_until  # noqa: F401  (the fixture)
 from usagemeter import (
     ALARM,
     Actor,
     AlarmEvent,
     MeteringService,
     Policy,
-    StoreError,
     StoreUnavailableError,
 )
 from usagemeter.store import copy_store
@@ -43,14 +41,6 @@ def service_on(url: str, **options: Any) -> MeteringService:
     options.setdefault("snapshot_interval", INTERVAL)
     options.setdefault("policies", [Policy("temp_free", ALLOWANCE)])
     return MeteringService(fleet_cost_map(), store=url, **options)
-
-
-def close_anyway(service: MeteringService) -> None:
-    try:
-        service.close()
-    except StoreError:
-        with contextlib.suppress(StoreError):
-            service._close_at_exit()  # stops the sync thread though the last sync fails
 
 
 class Alarms:
