@@ -347,6 +347,7 @@ def run_chaos(config: dict[str, Any], service: MeteringService) -> dict[str, Any
         "keys_open": [],  # keys sent, no answer yet (retried, same key)
         "errors": {},
         "longest_wait": 0.0,
+        "longest_wait_by_kind": {"strict": 0.0, "plain": 0.0, "keyed": 0.0},
         "calls": 0,
     }
     tally_path = Path(config["tally_path"])
@@ -358,6 +359,7 @@ def run_chaos(config: dict[str, Any], service: MeteringService) -> dict[str, Any
     next_key = 0
     while not stop.is_set():
         roll = rng.random()
+        kind = "strict" if roll < 0.45 else "plain" if roll < 0.9 else "keyed"
         started = time.monotonic()
         try:
             if roll < 0.45:
@@ -380,9 +382,12 @@ def run_chaos(config: dict[str, Any], service: MeteringService) -> dict[str, Any
                 tally["keys_open"].remove(key)
                 tally["keys_done"].append(key)
         except StoreError as error:
-            kind = type(error).__name__
-            tally["errors"][kind] = tally["errors"].get(kind, 0) + 1
-        tally["longest_wait"] = max(tally["longest_wait"], time.monotonic() - started)
+            raised = type(error).__name__
+            tally["errors"][raised] = tally["errors"].get(raised, 0) + 1
+        waited = time.monotonic() - started
+        tally["longest_wait"] = max(tally["longest_wait"], waited)
+        by_kind = tally["longest_wait_by_kind"]
+        by_kind[kind] = max(by_kind[kind], waited)
         tally["calls"] += 1
         if tally["calls"] % config["tally_every"] == 0:
             save()

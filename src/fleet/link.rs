@@ -10,7 +10,15 @@ use redis::{Cmd, Connection, ErrorKind, RedisError, RedisResult, Value};
 use crate::redact::{redact_url, scrub};
 use crate::store::{StoreError, StoreResult};
 
-pub enum Link {
+pub struct Link {
+    connection: Kind,
+    /// A caller's deadline for the commands sent now (`bound`), or none (the sync thread).
+    deadline: Option<Instant>,
+    /// The socket timeout in force (set only when it changes).
+    timeout: Duration,
+}
+
+enum Kind {
     Single(Connection),
     Cluster(Box<ClusterConnection>),
 }
@@ -94,9 +102,8 @@ impl Link {
                 .retries(1)
                 .build()
                 .map_err(failed)?;
-            return Ok(Link::Cluster(Box::new(
-                client.get_connection().map_err(failed)?,
-            )));
+            let connection = Kind::Cluster(Box::new(client.get_connection().map_err(failed)?));
+            return Ok(Link::new(connection));
         }
         let client = redis::Client::open(urls[0].as_str()).map_err(|e| {
             StoreError::Other(format!(
@@ -105,15 +112,20 @@ impl Link {
                 scrub(&e.to_string(), &urls[0])
             ))
         })?;
+        let started = Instant::now();
         let mut connection = client
             .get_connection_with_timeout(timeout)
             .map_err(failed)?;
-        // The first command is bounded by what is left of the connect timeout too.
+        // The first command is bounded by what is left of the connect timeout: `timeout` bounds
+        // the whole opening (a caller's deadline is passed down as it).
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
         connection
-            .set_read_timeout(Some(timeout.min(IO_TIMEOUT)))
+            .set_read_timeout(Some(left.min(IO_TIMEOUT)))
             .map_err(failed)?;
         connection
-            .set_write_timeout(Some(timeout.min(IO_TIMEOUT)))
+            .set_write_timeout(Some(left.min(IO_TIMEOUT)))
             .map_err(failed)?;
         // A node of a Redis Cluster answers a single connection's commands for most users with
         // MOVED: said once, at connection, rather than as a write refused for some users.
@@ -134,7 +146,15 @@ impl Link {
         connection
             .set_write_timeout(Some(IO_TIMEOUT))
             .map_err(failed)?;
-        Ok(Link::Single(connection))
+        Ok(Link::new(Kind::Single(connection)))
+    }
+
+    fn new(connection: Kind) -> Link {
+        Link {
+            connection,
+            deadline: None,
+            timeout: IO_TIMEOUT,
+        }
     }
 
     /// Sends `commands` in one pipeline; a command's own error (a script's refusal, NOSCRIPT) is
@@ -143,8 +163,9 @@ impl Link {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
-        match self {
-            Link::Single(connection) => {
+        self.time_each_reply(commands.len())?;
+        match &mut self.connection {
+            Kind::Single(connection) => {
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
                 for command in commands {
@@ -152,7 +173,7 @@ impl Link {
                 }
                 pipe.query(connection)
             }
-            Link::Cluster(connection) => {
+            Kind::Cluster(connection) => {
                 let mut pipe = cluster_pipe();
                 for command in commands {
                     pipe.add_command(command.clone());
@@ -185,32 +206,50 @@ impl Link {
     }
 
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Link::Cluster(_))
+        matches!(self.connection, Kind::Cluster(_))
     }
 
-    /// Bounds the next commands: each waits at most `IO_TIMEOUT`, and none past `deadline` (a
-    /// caller's: the wait it was promised). A cluster connection may retry a command once on
-    /// another node, so it gets half of what is left each time. `Err` once `deadline` passed.
+    /// Bounds the next commands by `deadline` (a caller's: the wait it was promised), or by
+    /// `IO_TIMEOUT` alone (`None`, the sync thread's). `Err` once `deadline` passed.
     pub fn bound(&mut self, deadline: Option<Instant>) -> Result<(), Duration> {
-        let mut timeout = IO_TIMEOUT;
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left < Duration::from_millis(1) {
-                return Err(left);
-            }
-            timeout = timeout.min(match self {
-                Link::Single(_) => left,
-                Link::Cluster(_) => left / 2,
-            });
+        self.deadline = deadline;
+        match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+            Some(left) if left < Duration::from_millis(1) => Err(left),
+            _ => Ok(()),
         }
-        let result = match self {
-            Link::Single(connection) => connection
+    }
+
+    /// Sets the socket timeouts for a pipeline of `replies` replies: the client reads every
+    /// reply even after one timed out (to keep the connection in step), so each read gets its
+    /// share of what is left of the deadline, and a cluster's (which may retry a command once on
+    /// another node) half of that. Each read waits at most `IO_TIMEOUT` in any case.
+    fn time_each_reply(&mut self, replies: usize) -> RedisResult<()> {
+        let mut timeout = IO_TIMEOUT;
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let shares = replies.max(1) as u32 * if self.is_cluster() { 2 } else { 1 };
+            let share = left / shares;
+            if share < Duration::from_millis(1) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the caller's wait (caller_timeout) ran out",
+                )
+                .into());
+            }
+            timeout = timeout.min(share);
+        }
+        if timeout == self.timeout {
+            return Ok(());
+        }
+        match &mut self.connection {
+            Kind::Single(connection) => connection
                 .set_read_timeout(Some(timeout))
-                .and_then(|()| connection.set_write_timeout(Some(timeout))),
-            Link::Cluster(connection) => connection
+                .and_then(|()| connection.set_write_timeout(Some(timeout)))?,
+            Kind::Cluster(connection) => connection
                 .set_read_timeout(Some(timeout))
-                .and_then(|()| connection.set_write_timeout(Some(timeout))),
-        };
-        result.map_err(|_| Duration::ZERO)
+                .and_then(|()| connection.set_write_timeout(Some(timeout)))?,
+        }
+        self.timeout = timeout;
+        Ok(())
     }
 }

@@ -387,13 +387,15 @@ impl Fleet {
     /// After a restore: every user read again and rebased (the feed starts over from its end).
     /// Returns how many users this worker held newer than the restored ledger.
     fn rebase_all(&self, state: &mut State) -> StoreResult<usize> {
-        let link = state.link.as_mut().expect("connected first");
+        let link = self.link(state)?;
         state.feed_id = self.feed_end(link)?;
+        let link = self.link(state)?;
         let mut users = self.all_users(link)?;
         users.extend(state.known.keys().cloned());
         users.sort();
         users.dedup();
         state.stats.round_trips += 1;
+        let link = self.link(state)?;
         let read = self.read_users(link, &users)?;
         let mut older = 0;
         for (user, fleet) in read {
