@@ -28,7 +28,8 @@ Modes:
   reports the µ¢ settled.
 - `hold_victim`: holds part of one user's budget for an hour, prints `held`, waits to be killed.
 - `chaos`: until a `stop` line, mixes strict `try_increment_usage` on shared budget users, plain
-  `increment_usage` on its own users and keyed calls (each key retried, same key, until it is
+  `increment_usage` on its own users and keyed calls (the strict ones on budget user `i` during
+  the `i`-th window of `budget_seconds`) (each key retried, same key, until it is
   answered), while the parent fails Redis under it (`fleet_faults.py`); keeps its exact tally in
   `tally_path` (rewritten every `tally_every` calls, and before each keyed call is sent, so a
   parent that SIGKILLs it knows what it had been told) and reports its longest wait.
@@ -357,13 +358,17 @@ def run_chaos(config: dict[str, Any], service: MeteringService) -> dict[str, Any
         tally_path.with_suffix(".tmp").replace(tally_path)
 
     next_key = 0
+    began = time.monotonic()
     while not stop.is_set():
         roll = rng.random()
         kind = "strict" if roll < 0.45 else "plain" if roll < 0.9 else "keyed"
         started = time.monotonic()
         try:
             if roll < 0.45:
-                actor = rng.choice(budget_users)
+                # One budget a window of `budget_seconds`, so each is raced for under whichever
+                # fault the parent makes then.
+                window = int((time.monotonic() - began) / config["budget_seconds"])
+                actor = budget_users[min(window, len(budget_users) - 1)]
                 if service.try_increment_usage(actor, "fleet:call", 1, config["cost"]) is not None:
                     tally["accepted"][actor.user_id] += 1
             elif roll < 0.9:

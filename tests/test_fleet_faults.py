@@ -25,10 +25,12 @@ from usagemeter import Actor, MeteringService, Policy
 
 WORKERS = 4
 COST = 1_000  # µ¢ per strict call
-BUDGET_CALLS = 400 if LONG else 150  # each budget user's allowance, in strict calls
-BUDGET_USERS = 3
 PHASE = 6.0 if LONG else 2.5  # seconds of traffic between two faults
 STALL = 10.0 if LONG else 3.0  # seconds Redis stays SIGSTOPped
+# Strict calls spend budget user i in the i-th PHASE of the run (one a fault, roughly), each
+# budget small enough to run out in its window: the fleet races for its last credits there.
+BUDGET_USERS = 8 if LONG else 7
+BUDGET_CALLS = 300 if LONG else 150  # each budget user's allowance, in strict calls
 CALLER_BOUND = 1.0 + 1.0  # caller_timeout plus scheduling noise (4 workers on 2 cores)
 
 
@@ -64,6 +66,7 @@ def test_the_fleet_keeps_its_promises_through_every_fault(spawn: Spawn, tmp_path
                 allowance=BUDGET_CALLS * COST,
                 tally_path=str(tally),
                 tally_every=20,
+                budget_seconds=PHASE,
             )
         for worker in workers.values():
             worker.expect("ready")
