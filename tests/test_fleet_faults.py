@@ -138,9 +138,13 @@ def test_the_fleet_keeps_its_promises_through_every_fault(spawn: Spawn, tmp_path
                 summary["workers"][name if name != "w3" else "w3 (killed)"]["keys_booked"] = booked
                 assert booked == len(keys), summary
             # 3. Plain usage: the live workers' figures exactly what their calls returned.
+            returned = booked = 0
             for name, tally in reports.items():
                 for user, count in tally["units"].items():
                     assert units(reader, user, "fleet:int") == count, (name, user, summary)
+                    returned += count
+                    booked += units(reader, user, "fleet:int")
+            summary["plain units of the live workers: returned, booked"] = [returned, booked]
             lost = sum(count - units(reader, user, "fleet:int") for user, count in killed["units"].items())
             summary["w3 plain units: saved tally minus booked (its loss, <= one interval)"] = lost
         print(json.dumps(summary, indent=1))
