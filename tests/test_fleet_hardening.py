@@ -537,3 +537,30 @@ def test_a_server_loading_after_a_restart_is_unavailable_and_retryable() -> None
             assert units(service, user.user_id, "fleet:int") == 6
         finally:
             close_anyway(service)
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. A refusal allocates nothing that outlives the call, on a fleet too.
+
+
+@pytest.mark.timeout(180)
+def test_refused_strict_calls_of_strangers_make_no_account_on_a_fleet(redis_server: RedisServer) -> None:
+    allowance = 1_000 * COST
+    with open_fleet(redis_server.url, policies=[Policy("temp_free", allowance)]) as service:
+        service.increment_usage(Actor(unique("regular")), "fleet:int", 1)
+        before = service._account_count()
+        too_much = allowance + 1
+        for i in range(500):
+            stranger = Actor(unique(f"stranger-{i}"))
+            assert service.try_increment_usage(stranger, "fleet:call", 1, too_much) is None
+            assert service.try_batch_increment_usages(stranger, [("fleet:call", 1, too_much)]) is None
+            assert service.reserve(stranger, cost=too_much) is None
+            keyed = service.try_increment_usage(stranger, "fleet:call", 1, too_much, idempotency_key=f"k{i}")
+            assert keyed is None
+        assert service._account_count() == before
+        # A stranger's affordable call asks the fleet for a lease and records (its account then).
+        newcomer = Actor(unique("newcomer"))
+        assert service.try_increment_usage(newcomer, "fleet:call", 1, COST) is not None
+        assert service._account_count() == before + 1
+        service.flush()
+        assert int(redis_server.command("SCARD", "usagemeter:users")) == 2

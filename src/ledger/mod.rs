@@ -689,15 +689,15 @@ impl Ledger {
     /// (issue 18: a million refused calls with random user ids kept a million accounts, 923 MB).
     /// `Some(receipt)` when refused; `None` when it would be accepted: the caller makes the
     /// account and decides again under its lock (a user's first accepted call does the work
-    /// twice; a user with an account never comes here). Not on a fleet, whose replica learns a
-    /// user's figures (purchased credit, other workers' usage) only with its account.
+    /// twice; a user with an account never comes here). On a fleet's replica (which holds an
+    /// account for every user the fleet has figures of, as of its last sync) an empty account
+    /// holds no lease, so a charge it could afford asks the fleet, which needs the account; a
+    /// refusal that asks nothing of the fleet, or a cost beyond the user's whole allowance (all
+    /// a user without figures can have), is final here too.
     fn refusal_without_account(
         &self,
         decide: impl FnOnce(&mut AccountState) -> LedgerResult<Receipt>,
     ) -> LedgerResult<Option<Receipt>> {
-        if self.leases.is_some() {
-            return Ok(None);
-        }
         self.refuse_if_sealed()?;
         // `queued`: an acceptance decided here must not put the user in the change log.
         let mut empty = AccountState {
@@ -705,7 +705,11 @@ impl Ledger {
             ..AccountState::default()
         };
         let receipt = decide(&mut empty)?;
-        Ok((!receipt.accepted).then_some(receipt))
+        let refused = !receipt.accepted && (!receipt.ask_fleet || receipt.cost > receipt.allowance);
+        Ok(refused.then_some(Receipt {
+            ask_fleet: false,
+            ..receipt
+        }))
     }
 
     /// `charge_deltas` with the account's lock held: a keyed call runs it in the same critical

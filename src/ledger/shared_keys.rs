@@ -15,6 +15,10 @@ impl Ledger {
     /// The first call's outcome if `call`'s key is live here, `KeyReused` for another payload,
     /// or `None`. Changes nothing.
     pub fn key_replay(&self, user_id: &str, call: &KeyedCall<'_>) -> LedgerResult<Option<Outcome>> {
+        // A user without an account here has no key here, and gets no account for asking.
+        if !self.has_account(user_id) {
+            return Ok(None);
+        }
         match self.keyed(None, user_id, call, |_| Ok(((), None)))? {
             Keyed::Replayed(outcome) => Ok(Some(outcome)),
             Keyed::Done(()) => Ok(None),
