@@ -8,6 +8,7 @@ mocks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_workers import fleet_cost_map
 from redis_support import RedisCluster, RedisServer, free_port
 from test_fleet import INTERVAL, close_anyway, open_fleet
 from usagemeter import (
@@ -564,3 +566,39 @@ def test_refused_strict_calls_of_strangers_make_no_account_on_a_fleet(redis_serv
         assert service._account_count() == before + 1
         service.flush()
         assert int(redis_server.command("SCARD", "usagemeter:users")) == 2
+
+
+@pytest.mark.timeout(180)
+def test_a_hung_cluster_node_bounds_every_call_too(redis_cluster: RedisCluster) -> None:
+    """One node frozen (below the cluster's failover timeout): calls whose user lives there wait
+    at most the caller's bound, and the others go on."""
+    service = MeteringService(
+        fleet_cost_map(),
+        store=",".join(redis_cluster.urls),
+        store_backend="redis-cluster",
+        snapshot_interval=INTERVAL,
+    )
+    frozen = redis_cluster.nodes[1]
+    users = [Actor(unique("cluster-hung")) for _ in range(12)]
+    try:
+        for user in users:
+            service.increment_usage(user, "fleet:int", 1)
+        service.flush()
+        waits: list[float] = []
+        assert frozen.pid is not None
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.2)
+            for user in users:
+                keyed = functools.partial(
+                    service.increment_usage, user, "fleet:int", 1, idempotency_key=unique("k")
+                )
+                refund = functools.partial(service.refund, user, "fleet:int", units=1)
+                waits += [timed(keyed)[0], timed(refund)[0]]
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        print("waits with a node frozen:", ", ".join(f"{w:.2f}" for w in waits))
+        assert max(waits) <= BOUND + NOISE, max(waits)
+        retried(lambda: service.increment_usage(users[0], "fleet:int", 1, idempotency_key="after"))
+    finally:
+        close_anyway(service)
