@@ -541,3 +541,113 @@ def test_a_hold_of_another_actor_or_not_a_hold_is_refused(shipped: MeteringServi
     with pytest.raises(TypeError, match=r"usagemeter\.Hold"):
         meter_stream(shipped, Actor("a"), GPT, CHAT_CHUNKS, hold=5)  # type: ignore[arg-type]
     assert hold.state == "held"
+
+
+# --- The seed system's edge cases (issue 19, point 4) ------------------------------------------
+
+
+class UpstreamDown(RuntimeError):
+    """The provider failed the call."""
+
+
+ROLE_ONLY = {  # OpenAI's first chunk: a role and no text
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "gpt-5.1",
+    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+    "usage": None,
+}
+
+
+@pytest.mark.parametrize("chunks", [[], [ROLE_ONLY]], ids=["no chunk", "a role chunk"])
+def test_a_stream_that_fails_before_any_output_charges_nothing(
+    shipped: MeteringService, chunks: list[dict[str, Any]]
+) -> None:
+    actor = Actor("u")
+    stream = meter_stream(shipped, actor, GPT, Upstream(chunks, UpstreamDown("503")), prompt_tokens=1_000)
+    with pytest.raises(UpstreamDown):
+        list(stream)
+    assert stream.finished and stream.usage is None and stream.total is None
+    assert usage_of(shipped, actor) == {"total": 0}
+
+
+def test_a_stream_that_fails_after_some_output_charges_what_was_streamed(shipped: MeteringService) -> None:
+    actor = Actor("u")
+    stream = meter_stream(
+        shipped, actor, GPT, Upstream(CHAT_CHUNKS[:1], UpstreamDown("reset")), prompt_tokens=40
+    )
+    with pytest.raises(UpstreamDown):
+        list(stream)
+    assert stream.estimated is True
+    assert usage_of(shipped, actor) == gpt_usage(40, 2)  # "Hello": ceil(5 / 4) = 2 tokens
+
+
+def test_a_failed_response_with_its_own_usage_report_is_charged_that_report(shipped: MeteringService) -> None:
+    # The Responses API's response.failed event carries the provider's bill: it is charged.
+    failed = {"type": "response.failed", "response": {"usage": {"input_tokens": 70, "output_tokens": 0}}}
+    actor = Actor("u")
+    stream = meter_stream(shipped, actor, GPT, Upstream([failed], UpstreamDown("failed")))
+    with pytest.raises(UpstreamDown):
+        list(stream)
+    assert stream.estimated is False
+    assert usage_of(shipped, actor) == gpt_usage(70, 0)
+
+
+def test_a_failure_before_any_output_releases_the_hold(shipped: MeteringService) -> None:
+    from usagemeter.llm import reserve_completion
+
+    actor = Actor("u")
+    hold = reserve_completion(shipped, actor, GPT, prompt_tokens=1_000, max_tokens=500)
+    assert hold is not None and shipped.get_actor_budget(actor)["held"] > 0
+    stream = meter_stream(shipped, actor, GPT, Upstream([], UpstreamDown("503")), hold=hold)
+    with pytest.raises(UpstreamDown):
+        list(stream)
+    assert shipped.get_actor_budget(actor)["held"] == 0
+    assert usage_of(shipped, actor) == {"total": 0}
+
+
+@pytest.mark.parametrize(
+    "empty", [{}, {"prompt_tokens": None, "completion_tokens": None}], ids=["{}", "only None"]
+)
+def test_a_usage_report_present_but_empty_is_no_report_and_the_estimate_is_charged(
+    shipped: MeteringService, empty: dict[str, Any]
+) -> None:
+    actor = Actor("u")
+    chunks = [*CHAT_CHUNKS, {**CHAT_USAGE_CHUNK, "usage": empty}]
+    stream = meter_stream(shipped, actor, GPT, chunks, prompt_tokens=12)
+    assert list(stream) == chunks
+    assert stream.estimated is True
+    assert usage_of(shipped, actor) == gpt_usage(12, 8)
+
+
+def test_an_anthropic_stream_with_empty_usage_is_charged_the_estimate(shipped: MeteringService) -> None:
+    actor = Actor("u")
+    events = [
+        {"type": "message_start", "message": {"usage": {}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "abcdefgh"}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}},
+        {"type": "message_stop"},
+    ]
+    stream = meter_stream(shipped, actor, SONNET, events, prompt_tokens=10)
+    list(stream)
+    assert stream.estimated is True
+    assert usage_of(shipped, actor)["total"] == 10 * 300 + 2 * 1500
+
+
+def test_an_async_stream_that_fails_before_any_output_charges_nothing(shipped: MeteringService) -> None:
+    async def failing() -> AsyncIterator[dict[str, Any]]:
+        if shipped is not None:  # always: the generator raises before yielding anything
+            raise UpstreamDown("503")
+        yield ROLE_ONLY
+
+    async def main() -> None:
+        service = AsyncMeteringService(shipped)
+        stream = ameter_stream(service, Actor("u"), GPT, failing(), prompt_tokens=1_000)
+        with pytest.raises(UpstreamDown):
+            async for _ in stream:
+                pass
+        assert stream.usage is None
+
+    asyncio.run(main())
+    assert usage_of(shipped, Actor("u")) == {"total": 0}

@@ -29,7 +29,11 @@ With ``hold=`` (a ``Hold`` from ``service.reserve`` or ``usagemeter.llm.reserve_
 made before the call), the end of the stream settles the hold with that usage instead: the
 worst case was held while the reply streamed, and what it did not use is free again.
 
-If the upstream raises, what was streamed is recorded and the upstream's exception propagates;
+A usage report that is present but empty (``usage: {}``, or every count None) is no report: the
+estimate is charged. A stream whose upstream raises before producing any output (no generated
+text, no final usage report) charges nothing, as the system usagemeter grows out of does: the
+call failed; with ``hold=`` the hold is released. If the upstream raises after some output, what
+was streamed is recorded and the upstream's exception propagates;
 if recording itself fails (an unknown model, a closed service), that error is raised, chained to
 the upstream's one when there was one. Close a stream you stop reading (``with`` /
 ``async with``, or ``close()`` / ``aclose()``) to record at once and see recording errors; a
@@ -75,6 +79,18 @@ def _seq(value: object) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
+def _report(usage: object) -> object:
+    """``usage`` if it reports something, else None: a report that is present but empty
+    (``usage: {}``, or only None values) is no report, and the stream is charged the estimate."""
+    if usage is None:
+        return None
+    try:
+        fields = to_mapping(usage)
+    except Exception:
+        return usage  # not a shape this module reads: recording names the problem
+    return usage if any(value is not None for value in fields.values()) else None
+
+
 # Responses API stream events that carry generated text in ``delta``:
 # https://platform.openai.com/docs/api-reference/responses-streaming
 _RESPONSES_TEXT_EVENTS = frozenset(
@@ -105,12 +121,12 @@ class _StreamUsage:
         if isinstance(event, str):
             # Anthropic Messages streaming: https://docs.anthropic.com/en/docs/build-with-claude/streaming
             if event == "message_start":
-                usage = _get(_get(chunk, "message"), "usage")
+                usage = _report(_get(_get(chunk, "message"), "usage"))
                 if usage is not None:
                     self.report, self.anthropic_updates, self.final = usage, [], False
                 return
             if event == "message_delta":
-                usage = _get(chunk, "usage")
+                usage = _report(_get(chunk, "usage"))
                 if usage is not None:
                     self.anthropic_updates.append(usage)
                     self.final = self.report is not None
@@ -123,7 +139,7 @@ class _StreamUsage:
                 self.characters += _text(_get(chunk, "delta"))
                 return
             if event in _RESPONSES_END_EVENTS:
-                usage = _get(_get(chunk, "response"), "usage")
+                usage = _report(_get(_get(chunk, "response"), "usage"))
                 if usage is not None:
                     self.report, self.anthropic_updates, self.final = usage, [], True
                 return
@@ -138,7 +154,7 @@ class _StreamUsage:
                 self.characters += _text(_get(delta, key))
             for call in _seq(_get(delta, "tool_calls")):
                 self.characters += _text(_get(_get(call, "function"), "arguments"))
-        usage = _get(chunk, "usage")
+        usage = _report(_get(chunk, "usage"))
         if usage is not None:
             self.report, self.anthropic_updates, self.final = usage, [], True
         # Gemini streamGenerateContent: https://ai.google.dev/api/generate-content#v1beta.GenerateContentResponse
@@ -149,11 +165,15 @@ class _StreamUsage:
             finished = (
                 finished or (_get(candidate, "finishReason") or _get(candidate, "finish_reason")) is not None
             )
-        metadata = _get(chunk, "usageMetadata")
+        metadata = _report(_get(chunk, "usageMetadata"))
         if metadata is None:
-            metadata = _get(chunk, "usage_metadata")
+            metadata = _report(_get(chunk, "usage_metadata"))
         if metadata is not None:
             self.report, self.anthropic_updates, self.final = metadata, [], finished
+
+    def produced_nothing(self) -> bool:
+        """No generated text streamed, and no final usage report (a provider's own bill)."""
+        return self.characters == 0 and not (self.report is not None and self.final)
 
     def payload(
         self, model_prefix: str, prompt_tokens: int | None, prompt_text: str | None
@@ -221,6 +241,9 @@ class _Metering:
         self._seen = _StreamUsage()
         # Armed (False) by the subclass once fully built: a stream that failed to build records nothing.
         self._finished = True
+        # Set when the upstream raised: before any output and without a final report, the call
+        # produced nothing and is charged nothing.
+        self._failed = False
         self.usage: Mapping[str, Any] | None = None
         """The usage recorded (the provider's report, or the estimate), once the stream ended."""
         self.estimated: bool | None = None
@@ -234,10 +257,14 @@ class _Metering:
         return self._finished
 
     def _begin_finish(self) -> Mapping[str, Any] | None:
-        """Mark the stream finished (recording is attempted once) and decide what to record."""
+        """Mark the stream finished (recording is attempted once) and decide what to record:
+        None for nothing (finished before, or failed before producing any output)."""
         if self._finished:
             return None
         self._finished = True
+        if self._failed and self._seen.produced_nothing():
+            self.usage, self.estimated, self.total = None, None, None
+            return None
         self.usage, self.estimated = self._seen.payload(
             self._model_prefix, self._prompt_tokens, self._prompt_text
         )
@@ -259,15 +286,21 @@ class _Metering:
         return items
 
     def _finish_sync(self) -> None:
+        finishing = not self._finished
         usage = self._begin_finish()
-        if usage is not None and self._hold is not None:
+        if usage is None and finishing and self._hold is not None:
+            self._hold.release()  # a failed call that produced nothing gives its hold back
+        elif usage is not None and self._hold is not None:
             self.total = self._hold.settle(usages=self._settle_items(usage))
         elif usage is not None:
             self.total = self._sync_service().record_usage_object(usage, self._actor, self._model_prefix)
 
     async def _finish_async(self) -> None:
+        finishing = not self._finished
         usage = self._begin_finish()
-        if usage is not None and self._hold is not None:
+        if usage is None and finishing and self._hold is not None:
+            await self._hold.arelease()
+        elif usage is not None and self._hold is not None:
             self.total = await self._hold.asettle(usages=self._settle_items(usage))
         elif usage is not None:
             service: _RecordsUsage = self._service  # type: ignore[assignment]
@@ -327,6 +360,7 @@ class MeteredStream(_Metering, Iterator[T], Generic[T]):
             self._finish_sync()
             raise
         except BaseException:
+            self._failed = True
             self._finish_sync()  # what was streamed is charged; a recording error chains to this one
             raise
         self._seen.observe(chunk)
@@ -403,6 +437,7 @@ class AsyncMeteredStream(_Metering, AsyncIterator[T], Generic[T]):
             await self._finish_async()
             raise
         except BaseException:
+            self._failed = True
             await self._finish_async()  # what was streamed is charged; a recording error chains
             raise
         self._seen.observe(chunk)
