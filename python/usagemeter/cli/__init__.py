@@ -8,7 +8,8 @@ holds for a month (top users with their balances, per-type totals, or one user's
 ``usagemeter store verify PATH`` checks every record of a store, ``usagemeter store recover PATH``
 keeps the records whose checksum holds and ``usagemeter store copy SRC DST`` copies a ledger
 between a store directory and Redis;
-``usagemeter costmap check PATH...`` validates cost-map files; ``usagemeter costmap show [PREFIX]``
+``usagemeter costmap check PATH...`` validates cost-map files; ``usagemeter costmap diff OLD NEW``
+shows what a new price drop changes; ``usagemeter costmap show [PREFIX]``
 lists the shipped prices. Everything here uses only the public API of the ``usagemeter`` package.
 
 This module holds the argument parser and ``main``; each command lives in its own module
@@ -27,7 +28,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 
 from usagemeter import __version__
-from usagemeter.cli.costmap import run_costmap_check, run_costmap_show
+from usagemeter.cli.costmap import run_costmap_check, run_costmap_diff, run_costmap_show
 from usagemeter.cli.demo import run_demo
 from usagemeter.cli.fleet import run_fleet_demo
 from usagemeter.cli.report import CSV_COLUMNS, JSON_SHAPE, run_report
@@ -267,6 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
         "optionally only those whose key starts with PREFIX.",
     )
     show.add_argument("prefix", nargs="?", default="", metavar="PREFIX", help="usage-type key prefix")
+    diff = costmap_commands.add_parser(
+        "diff",
+        help="what a new price drop changes: prices added, removed and changed",
+        description="Compare two sets of prices: each is `default` (the shipped maps), a cost-map "
+        "JSON file, or a directory whose *.json files load together. Prints the prices changed "
+        "(old and new µ¢ per unit, and by how much, largest change first), added and removed. "
+        "Exit 0 (with --exit-code: 1 when anything differs); 2 with the error on stderr when a "
+        "side does not load.",
+    )
+    diff.add_argument("old", metavar="OLD", help="default, a cost-map file, or a directory of them")
+    diff.add_argument("new", metavar="NEW", help="default, a cost-map file, or a directory of them")
+    diff.add_argument("--prefix", default="", metavar="PREFIX", help="only usage types starting with PREFIX")
+    diff.add_argument("--json", action="store_true", help="print the differences as JSON")
+    diff.add_argument("--exit-code", action="store_true", help="exit 1 when anything differs")
     return parser
 
 
@@ -314,6 +329,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_store_recover(args.path)
     if args.costmap_command == "check":
         return run_costmap_check(args.paths)
+    if args.costmap_command == "diff":
+        return run_costmap_diff(args.old, args.new, args.prefix, args.json, args.exit_code)
     return run_costmap_show(args.prefix)
 
 

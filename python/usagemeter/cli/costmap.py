@@ -1,17 +1,21 @@
 """``usagemeter costmap check PATH...`` validates cost-map files; ``costmap show [PREFIX]`` lists
-the shipped prices. Prices are ``decimal.Decimal`` µ¢ per unit, printed digit for digit.
+the shipped prices; ``costmap diff OLD NEW`` shows what a new price drop changes. Prices are
+``decimal.Decimal`` µ¢ per unit, printed digit for digit.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
-from pathlib import PurePath
+from decimal import Decimal
+from pathlib import Path, PurePath
+from typing import Any
 
 from usagemeter import CostMap, CostMapError
 from usagemeter.cli.output import Printer, count, make_table, plain_decimal
 
-__all__ = ["run_costmap_check", "run_costmap_show"]
+__all__ = ["costmap_diff", "load_side", "run_costmap_check", "run_costmap_diff", "run_costmap_show"]
 
 
 def run_costmap_check(paths: Sequence[str]) -> int:
@@ -59,3 +63,87 @@ def run_costmap_show(prefix: str) -> int:
     matching = f" matching {prefix!r}" if prefix else ""
     out.print(f"{len(entries):,} of {count(len(cost_map), 'entry')}{matching}")
     return 0
+
+
+def load_side(where: str) -> CostMap:
+    """One side of a diff: ``default`` (the shipped maps), a cost-map JSON file, or a directory
+    whose ``*.json`` files load together (a ``costmaps/`` folder). ``CostMapError`` or
+    ``OSError`` when it does not load."""
+    if where == "default":
+        return CostMap.default()
+    path = Path(where)
+    if path.is_dir():
+        files = sorted(str(file) for file in path.glob("*.json"))
+        if not files:
+            raise OSError(f"{where}: a directory with no *.json cost-map file")
+        return CostMap.from_files(*files)
+    return CostMap.from_files(where)
+
+
+def _change(old: Decimal, new: Decimal) -> str:
+    """The relative change of a price, as a signed percentage (exact decimals, no float)."""
+    if old == 0:
+        return "from 0" if new != 0 else "0%"
+    percent = (new - old) * 100 / old
+    return f"{percent:+.1f}%"
+
+
+def costmap_diff(old: CostMap, new: CostMap, prefix: str = "") -> dict[str, Any]:
+    """What changes from ``old`` to ``new`` among the keys starting with ``prefix``:
+    ``{"added": {key: price}, "removed": {key: price}, "changed": {key: {"old", "new",
+    "change"}}, "unchanged": n}``, prices as exact decimal strings (µ¢ per unit); ``changed`` is
+    ordered by the size of the relative change, largest first."""
+    before = {key: price for key, price in old.items() if key.startswith(prefix)}
+    after = {key: price for key, price in new.items() if key.startswith(prefix)}
+    changed = [
+        (key, before[key], after[key]) for key in before.keys() & after.keys() if before[key] != after[key]
+    ]
+
+    def size(item: tuple[str, Decimal, Decimal]) -> tuple[Decimal, str]:
+        key, was, now = item
+        relative = abs(now - was) / was if was else Decimal("Infinity")
+        return (-relative, key)
+
+    return {
+        "added": {key: plain_decimal(after[key]) for key in sorted(after.keys() - before.keys())},
+        "removed": {key: plain_decimal(before[key]) for key in sorted(before.keys() - after.keys())},
+        "changed": {
+            key: {"old": plain_decimal(was), "new": plain_decimal(now), "change": _change(was, now)}
+            for key, was, now in sorted(changed, key=size)
+        },
+        "unchanged": len(before.keys() & after.keys()) - len(changed),
+    }
+
+
+def run_costmap_diff(old: str, new: str, prefix: str, as_json: bool, exit_code: bool) -> int:
+    """``usagemeter costmap diff OLD NEW``: the prices added, removed and changed (old -> new, by
+    how much), largest change first. Returns 0, or with ``exit_code`` 1 when anything differs (as
+    ``git diff --exit-code``); 2 with the error on stderr when a side does not load."""
+    try:
+        sides = load_side(old), load_side(new)
+    except (CostMapError, OSError) as error:
+        print(f"usagemeter costmap diff: {error}", file=sys.stderr)
+        return 2
+    diff = costmap_diff(*sides, prefix=prefix)
+    differs = bool(diff["added"] or diff["removed"] or diff["changed"])
+    if as_json:
+        json.dump(diff, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 1 if exit_code and differs else 0
+    out = Printer(sys.stdout)
+    if diff["changed"]:
+        table = make_table(["changed", "old µ¢/unit", "new µ¢/unit", "change"], [False, True, True, True])
+        for key, prices in diff["changed"].items():
+            table.add_row(key, prices["old"], prices["new"], prices["change"])
+        out.print(table)
+    for title in ("added", "removed"):
+        if diff[title]:
+            table = make_table([title, "µ¢/unit"], [False, True])
+            for key, price in diff[title].items():
+                table.add_row(key, price)
+            out.print(table)
+    out.print(
+        f"{count(len(diff['changed']), 'price')} changed, {len(diff['added']):,} added, "
+        f"{len(diff['removed']):,} removed, {diff['unchanged']:,} unchanged"
+    )
+    return 1 if exit_code and differs else 0
