@@ -602,3 +602,40 @@ def test_a_hung_cluster_node_bounds_every_call_too(redis_cluster: RedisCluster) 
         retried(lambda: service.increment_usage(users[0], "fleet:int", 1, idempotency_key="after"))
     finally:
         close_anyway(service)
+
+
+@pytest.mark.timeout(120)
+def test_the_password_is_not_in_the_alarms_of_a_wiped_ledger(
+    secret_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="usagemeter")
+    service = open_fleet(secret_url(secret_server))
+    alarms: list[AlarmEvent] = []
+    service.events.on(ALARM, alarms.append)
+    second: MeteringService | None = None
+    try:
+        service.increment_usage(Actor(unique("wiped")), "fleet:int", 1)
+        service.flush()
+        subprocess.run(
+            ["redis-cli", "-p", str(secret_server.port), "--no-auth-warning", "-a", SECRET, "FLUSHALL"],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 20
+        while not any(alarm.kind == "ledger_lost" for alarm in alarms):
+            assert time.monotonic() < deadline, [alarm.message for alarm in alarms]
+            time.sleep(0.02)
+        second = open_fleet(secret_url(secret_server))  # opened during the restore: it says so
+        second.events.on(ALARM, alarms.append)
+        deadline = time.monotonic() + 20
+        while not any("opened while" in alarm.message for alarm in alarms):
+            assert time.monotonic() < deadline, [alarm.message for alarm in alarms]
+            time.sleep(0.02)
+    finally:
+        for opened in (service, second):
+            if opened is not None:
+                close_anyway(opened)
+    texts = [alarm.message for alarm in alarms] + [record.getMessage() for record in caplog.records]
+    assert any("lost its data" in text or "restor" in text for text in texts), texts
+    for text in texts:
+        assert SECRET not in text, text

@@ -202,8 +202,9 @@ impl Fleet {
         on_alarm: AlarmHook,
     ) -> StoreResult<(Fleet, Vec<UserImage>)> {
         let mut link = Link::open(&options.urls, options.cluster, options.connect_timeout)?;
-        let shown = options.urls.join(",");
-        let opened = restore::open_identity(&mut link, &shown)?;
+        let location = options.urls.join(",");
+        let opened = restore::open_identity(&mut link, &location)?;
+        let shown = crate::redact::redact_url(&location);
         let standing = match opened.phase {
             super::identity::Phase::Ready => restore::Standing::Ready,
             // Loads what is there, offline until the restore ends (then every user is read again).
