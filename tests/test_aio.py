@@ -370,6 +370,30 @@ def test_keyed_calls_and_monthly_charges_on_a_fleet_run_off_the_loop(
     assert keyed_ticks >= 20 and seat_ticks >= 20  # the loop ran while the server was paused
 
 
+def test_a_refund_on_a_fleet_runs_off_the_loop(
+    redis_server: RedisServer, slow_callbacks: _SlowCallbacks
+) -> None:
+    """Issue 18: a refund on a fleet is decided on the shared ledger (a round trip); with Redis
+    paused for 300 ms the loop goes on, and the refund is given once."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    runs = iter(range(ATTEMPTS))
+
+    async def main() -> tuple[int, int, int]:
+        service = await AsyncMeteringService.open(
+            PRICES, store=url, policies=[Policy("temp_free", 10**9)], snapshot_interval=0.05
+        )
+        async with service:
+            actor = Actor(f"rey-{next(runs)}")
+            charged = await service.increment_usage(actor, "llm:output", 10)
+            await asyncio.to_thread(redis_server.command, "CLIENT", "PAUSE", "300", "ALL")
+            total, ticks = await ticks_during(service.refund(actor, "llm:output", units=4))
+        return charged, total, ticks
+
+    charged, total, ticks = run_checked(main, slow_callbacks)
+    assert (charged, total) == (80, 48)  # 10 units at 8 µ¢, 4 of them given back
+    assert ticks >= 20  # the loop ran while the paused server held the refund
+
+
 def test_under_trio_through_anyio(tmp_path: Path) -> None:
     store = tmp_path / "ledger"
 

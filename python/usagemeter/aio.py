@@ -10,7 +10,8 @@ runs elsewhere, so the loop is never blocked:
 - ``flush()``, ``close()``, opening a store (``AsyncMeteringService.open``) and the reports that
   scan every user run in a worker thread;
 - on a fleet's shared ledger, a ``try_increment_usage`` that needs a budget lease from Redis (one
-  round trip) runs in a worker thread; the calls its lease covers stay on the loop.
+  round trip) runs in a worker thread; the calls its lease covers stay on the loop. So do keyed
+  calls and refunds, which are decided on the shared ledger.
 
 Under trio (or any loop but asyncio's) the worker threads come from ``anyio``, which must then be
 installed.
@@ -475,8 +476,9 @@ class AsyncMeteringService:
         idempotency_key: str | None = None,
     ) -> int:
         """``MeteringService.refund``: give back usage charged this month, booked as
-        ``refund:<usage_type>``; return the user's month total."""
-        if idempotency_key is not None:
+        ``refund:<usage_type>``; return the user's month total. On a fleet every refund is decided
+        on the shared ledger (a round trip), in a worker thread."""
+        if idempotency_key is not None or self._fleet:
             return await self._keyed(
                 actor,
                 self.sync.refund,
