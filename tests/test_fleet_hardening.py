@@ -639,3 +639,34 @@ def test_the_password_is_not_in_the_alarms_of_a_wiped_ledger(
     assert any("lost its data" in text or "restor" in text for text in texts), texts
     for text in texts:
         assert SECRET not in text, text
+
+
+@pytest.mark.timeout(120)
+def test_two_workers_cannot_refund_the_same_charge_twice_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    seeds = ",".join(redis_cluster.urls)
+
+    def worker() -> MeteringService:
+        return MeteringService(
+            fleet_cost_map(), store=seeds, store_backend="redis-cluster", snapshot_interval=INTERVAL
+        )
+
+    users = [Actor(unique("cluster-refund")) for _ in range(6)]  # over the nodes' slots
+    a, b = worker(), worker()
+    try:
+        for user in users:
+            a.increment_usage(user, "fleet:int", 10)
+        a.flush()
+        b.flush()
+        for user in users:
+            a.refund(user, "fleet:int", units=10, idempotency_key=None if users.index(user) % 2 else "r")
+            with pytest.raises(ValueError, match="cannot refund"):
+                b.refund(user, "fleet:int", units=10)
+        a.flush()
+        b.flush()
+    finally:
+        close_anyway(a)
+        close_anyway(b)
+    with worker() as fresh:
+        for user in users:
+            assert month_total(fresh, user.user_id) == 0
+            assert units(fresh, user.user_id, "refund:fleet:int") == 10
