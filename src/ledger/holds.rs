@@ -460,6 +460,30 @@ impl Ledger {
     /// here). A hold settled or released before is refused (`HoldFinished`). A user without an
     /// account gets `None` and none is made.
     pub fn release(&self, user_id: &str, id: u64, now_ms: i64) -> LedgerResult<Option<Hold>> {
+        self.with_unfinished_hold(user_id, id, now_ms, |state| {
+            if !state
+                .holds
+                .as_ref()
+                .is_some_and(|h| h.live.iter().any(|hold| hold.id == id))
+            {
+                return None;
+            }
+            let hold = state.finish_hold(id, self.finished(id, 0, true, now_ms), now_ms);
+            self.note_credit_change(state, user_id);
+            hold
+        })
+    }
+
+    /// Runs `change` on the user's account, under its lock, unless hold `id` was finished
+    /// (`HoldFinished`) or the ledger is sealed; `Ok(None)` for a user without an account (none
+    /// is made).
+    fn with_unfinished_hold(
+        &self,
+        user_id: &str,
+        id: u64,
+        now_ms: i64,
+        change: impl FnOnce(&mut AccountState) -> Option<Hold>,
+    ) -> LedgerResult<Option<Hold>> {
         let Some(account) = self.existing_account(user_id) else {
             self.refuse_if_sealed()?;
             return Ok(None);
@@ -467,16 +491,7 @@ impl Ledger {
         let mut state = account.state.lock();
         self.refuse_if_sealed()?;
         state.refuse_if_finished(id, now_ms)?;
-        if !state
-            .holds
-            .as_ref()
-            .is_some_and(|h| h.live.iter().any(|hold| hold.id == id))
-        {
-            return Ok(None);
-        }
-        let hold = state.finish_hold(id, self.finished(id, 0, true, now_ms), now_ms);
-        self.note_credit_change(&mut state, user_id);
-        Ok(hold)
+        Ok(change(&mut state))
     }
 
     /// Sets hold `id` to expire `ttl_ms` from now. An expired hold is not revived (its budget may
@@ -489,24 +504,16 @@ impl Ledger {
         now_ms: i64,
     ) -> LedgerResult<Option<Hold>> {
         let expires_ms = check_ttl(now_ms, ttl_ms)?;
-        let Some(account) = self.existing_account(user_id) else {
-            self.refuse_if_sealed()?;
-            return Ok(None);
-        };
-        let mut state = account.state.lock();
-        self.refuse_if_sealed()?;
-        state.refuse_if_finished(id, now_ms)?;
-        let hold = state
-            .holds
-            .as_mut()
-            .and_then(|holds| holds.live.iter_mut().find(|h| h.id == id && h.live(now_ms)));
-        let Some(hold) = hold else {
-            return Ok(None);
-        };
-        hold.expires_ms = expires_ms;
-        let hold = *hold;
-        self.note_credit_change(&mut state, user_id);
-        Ok(Some(hold))
+        self.with_unfinished_hold(user_id, id, now_ms, |state| {
+            let hold = state
+                .holds
+                .as_mut()
+                .and_then(|holds| holds.live.iter_mut().find(|h| h.id == id && h.live(now_ms)))?;
+            hold.expires_ms = expires_ms;
+            let hold = *hold;
+            self.note_credit_change(state, user_id);
+            Some(hold)
+        })
     }
 
     /// What the ledger remembers of hold `id` finished at `now_ms`: until the idempotency window
