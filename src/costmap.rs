@@ -13,6 +13,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::money::{parse_microcents, Price};
+use crate::price_table::PriceTable;
 
 /// Usage type names that cannot be priced because the usage reports use them as field names.
 pub const RESERVED_USAGE_TYPES: [&str; 1] = ["total"];
@@ -61,12 +62,33 @@ pub struct RoundedPrice {
     pub rounded: Price,
 }
 
+/// One usage type priced by a table (`price_table`): tiers, service tiers, dated prices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableEntry {
+    pub usage_type: Box<str>,
+    pub table: Arc<PriceTable>,
+    pub source: Arc<str>,
+}
+
 /// An immutable set of prices. Lookups are one hash of the usage type name.
+///
+/// Plain prices and tables live apart: the plain index is what every charge looks up first, and
+/// it is exactly what it was before tables existed, so a plain-priced type is priced by the same
+/// code as before. A table is looked up only when the plain index misses (issue 19: the hot path
+/// must not slow).
 #[derive(Clone, Debug, Default)]
 pub struct CostMap {
     entries: Vec<CostEntry>,
     index: HashMap<Box<str>, PriceIndex, foldhash::fast::RandomState>,
+    tables: Vec<TableEntry>,
+    table_index: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
     rounded: Vec<RoundedPrice>,
+}
+
+/// A usage type's price as written: one price, or a table.
+enum Priced<'a> {
+    Plain(&'a str),
+    Table(&'a serde_json::Map<String, Value>),
 }
 
 impl CostMap {
@@ -84,8 +106,15 @@ impl CostMap {
             let pairs = parse_object(source, text)?;
             let source: Arc<str> = Arc::from(source);
             for (key, value) in pairs {
-                let price_text = price_text(&source, &key, &value)?;
-                map.insert(&source, key, &price_text)?;
+                match &value {
+                    Value::Object(object) => {
+                        map.insert_priced(&source, key, Priced::Table(object))?
+                    }
+                    _ => {
+                        let price_text = price_text(&source, &key, &value)?;
+                        map.insert(&source, key, &price_text)?;
+                    }
+                }
             }
         }
         Ok(map)
@@ -110,6 +139,15 @@ impl CostMap {
         key: String,
         price_text: &str,
     ) -> Result<(), CostMapError> {
+        self.insert_priced(source, key, Priced::Plain(price_text))
+    }
+
+    fn insert_priced(
+        &mut self,
+        source: &Arc<str>,
+        key: String,
+        priced: Priced<'_>,
+    ) -> Result<(), CostMapError> {
         let error = |reason: String| CostMapError {
             source: source.to_string(),
             key: Some(key.clone()),
@@ -123,10 +161,38 @@ impl CostMap {
                 "usage type name is reserved for the report's total".into(),
             ));
         }
-        if let Some(&existing) = self.index.get(key.as_str()) {
-            let first = &self.entries[existing as usize].source;
+        if let Some(first) = self.source_of(&key) {
             return Err(error(format!("defined twice (first in {first})")));
         }
+        let price_text = match priced {
+            Priced::Plain(text) => text,
+            Priced::Table(object) => {
+                let mut rounded = Vec::new();
+                let table = PriceTable::parse(object, &mut rounded)
+                    .map_err(|reason| error(format!("price table: {reason}")))?;
+                for (at, original, price) in rounded {
+                    self.rounded.push(RoundedPrice {
+                        usage_type: key.clone(),
+                        source: source.to_string(),
+                        original: format!("{at}: {original}"),
+                        rounded: price,
+                    });
+                }
+                if table.is_plain() {
+                    // `{"price": p}` alone is a plain price: priced on the plain path.
+                    return self.push_plain(source, key, table.base_price());
+                }
+                let at = u32::try_from(self.tables.len())
+                    .map_err(|_| error("too many price tables in one cost map".into()))?;
+                self.table_index.insert(key.clone().into_boxed_str(), at);
+                self.tables.push(TableEntry {
+                    usage_type: key.into_boxed_str(),
+                    table: Arc::new(table),
+                    source: Arc::clone(source),
+                });
+                return Ok(());
+            }
+        };
         let parsed =
             parse_microcents(price_text).map_err(|e| error(format!("price {price_text:?} {e}")))?;
         let price = Price::from_money(parsed.money).expect("parse_microcents refuses negatives");
@@ -138,8 +204,20 @@ impl CostMap {
                 rounded: price,
             });
         }
-        let index = PriceIndex::try_from(self.entries.len())
-            .map_err(|_| error("too many usage types in one cost map".into()))?;
+        self.push_plain(source, key, price)
+    }
+
+    fn push_plain(
+        &mut self,
+        source: &Arc<str>,
+        key: String,
+        price: Price,
+    ) -> Result<(), CostMapError> {
+        let index = PriceIndex::try_from(self.entries.len()).map_err(|_| CostMapError {
+            source: source.to_string(),
+            key: Some(key.clone()),
+            reason: "too many usage types in one cost map".into(),
+        })?;
         self.index.insert(key.clone().into_boxed_str(), index);
         self.entries.push(CostEntry {
             usage_type: key.into_boxed_str(),
@@ -149,10 +227,12 @@ impl CostMap {
         Ok(())
     }
 
-    /// A copy of `self` with every price of `other` added; `other` wins where both define a key.
+    /// A copy of `self` with every price of `other` added; `other` wins where both define a key
+    /// (a table replaces a plain price and the other way round).
     pub fn merged(&self, other: &CostMap) -> CostMap {
         let mut merged = CostMap::default();
         for entry in self.entries.iter().chain(&other.entries) {
+            merged.remove_table(&entry.usage_type);
             match merged.index.get(&entry.usage_type) {
                 Some(&at) => merged.entries[at as usize] = entry.clone(),
                 None => {
@@ -162,18 +242,96 @@ impl CostMap {
                 }
             }
         }
+        for (from_other, entry) in self
+            .tables
+            .iter()
+            .map(|t| (false, t))
+            .chain(other.tables.iter().map(|t| (true, t)))
+        {
+            // A plain price of `other` wins over a table of `self`.
+            if !from_other && other.index.contains_key(&entry.usage_type) {
+                continue;
+            }
+            if from_other {
+                merged.remove_plain(&entry.usage_type);
+            }
+            match merged.table_index.get(&entry.usage_type) {
+                Some(&at) => merged.tables[at as usize] = entry.clone(),
+                None => {
+                    let at = merged.tables.len() as u32;
+                    merged.table_index.insert(entry.usage_type.clone(), at);
+                    merged.tables.push(entry.clone());
+                }
+            }
+        }
         merged.rounded = self
             .rounded
             .iter()
             .chain(&other.rounded)
             .filter(|r| {
                 merged
-                    .get(&r.usage_type)
-                    .is_some_and(|e| *e.source == *r.source)
+                    .source_of(&r.usage_type)
+                    .is_some_and(|source| **source == *r.source)
             })
             .cloned()
             .collect();
         merged
+    }
+
+    /// Drops a table (rebuilding the small table index): only `merged` does this.
+    fn remove_table(&mut self, usage_type: &str) {
+        if self.table_index.remove(usage_type).is_some() {
+            self.tables.retain(|t| &*t.usage_type != usage_type);
+            self.table_index = self
+                .tables
+                .iter()
+                .enumerate()
+                .map(|(at, t)| (t.usage_type.clone(), at as u32))
+                .collect();
+        }
+    }
+
+    /// Drops a plain price (rebuilding the index): only `merged` does this, before any ledger
+    /// numbers types by this map.
+    fn remove_plain(&mut self, usage_type: &str) {
+        if self.index.remove(usage_type).is_some() {
+            self.entries.retain(|e| &*e.usage_type != usage_type);
+            self.index = self
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(at, e)| (e.usage_type.clone(), at as PriceIndex))
+                .collect();
+        }
+    }
+
+    /// The table of a usage type priced by one (`None` for plain prices and unknown types).
+    pub fn table(&self, usage_type: &str) -> Option<&TableEntry> {
+        self.table_index
+            .get(usage_type)
+            .map(|&at| &self.tables[at as usize])
+    }
+
+    /// Whether any usage type is priced by a table.
+    pub fn has_tables(&self) -> bool {
+        !self.tables.is_empty()
+    }
+
+    pub fn tables(&self) -> &[TableEntry] {
+        &self.tables
+    }
+
+    /// Whether the map prices `usage_type` (by a plain price or a table).
+    pub fn prices(&self, usage_type: &str) -> bool {
+        self.index.contains_key(usage_type) || self.table_index.contains_key(usage_type)
+    }
+
+    /// The file (or other source) a usage type's price came from.
+    pub fn source_of(&self, usage_type: &str) -> Option<&Arc<str>> {
+        match self.get(usage_type) {
+            Some(entry) => Some(&entry.source),
+            None => self.table(usage_type).map(|t| &t.source),
+        }
     }
 
     pub fn index_of(&self, usage_type: &str) -> Option<PriceIndex> {
@@ -196,12 +354,13 @@ impl CostMap {
         &self.rounded
     }
 
+    /// How many usage types the map prices (plain and by table).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.tables.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.tables.is_empty()
     }
 }
 
@@ -378,5 +537,71 @@ mod tests {
             merged.get("a").unwrap().price.as_money(),
             Money::from_microcents(1).unwrap()
         );
+    }
+
+    #[test]
+    fn a_table_is_priced_apart_from_the_plain_index() {
+        let map = load(
+            r#"{"g:p": {"price": "125", "tiers": [{"above": 200000, "price": 250}]},
+                "g:o": 1000, "g:flat": {"price": "7"}}"#,
+        )
+        .unwrap();
+        assert_eq!(map.len(), 3);
+        // The plain index (the hot path) does not know the table; `{"price": p}` is plain.
+        assert!(map.get("g:p").is_none() && map.index_of("g:p").is_none());
+        assert!(map.get("g:flat").is_some());
+        let table = map.table("g:p").unwrap();
+        assert_eq!(&*table.source, "test.json");
+        assert_eq!(
+            table.table.base_price().as_money(),
+            Money::from_microcents(125).unwrap()
+        );
+        assert!(map.prices("g:p") && map.prices("g:o") && !map.prices("g:x"));
+        assert!(map.has_tables());
+        assert_eq!(map.source_of("g:p").map(|s| &**s), Some("test.json"));
+    }
+
+    #[test]
+    fn a_malformed_table_names_file_key_and_reason() {
+        let error = load(r#"{"a": 1, "b": {"price": 1, "tiers": [{"above": 0, "price": 2}]}}"#)
+            .unwrap_err();
+        assert_eq!(error.source, "test.json");
+        assert_eq!(error.key.as_deref(), Some("b"));
+        assert!(
+            error
+                .reason
+                .contains("tiers[0].above must be a positive integer"),
+            "{error}"
+        );
+        let twice = CostMap::from_json_sources([
+            (
+                "one.json",
+                r#"{"a": {"price": 1, "service_tiers": {"flex": 1}}}"#,
+            ),
+            ("two.json", r#"{"a": 2}"#),
+        ])
+        .unwrap_err();
+        assert_eq!(twice.key.as_deref(), Some("a"));
+        assert!(twice.reason.contains("one.json"));
+    }
+
+    #[test]
+    fn merged_replaces_tables_and_plain_prices_both_ways() {
+        let base = load(r#"{"a": 1, "t": {"price": 1, "service_tiers": {"flex": 1}}}"#).unwrap();
+        let other = CostMap::from_json_sources([(
+            "o.json",
+            r#"{"a": {"price": 2, "service_tiers": {"flex": 1}}, "t": 5}"#,
+        )])
+        .unwrap();
+        let merged = base.merged(&other);
+        assert_eq!(merged.len(), 2);
+        assert!(merged.get("a").is_none() && merged.table("a").is_some());
+        assert!(merged.table("t").is_none());
+        assert_eq!(
+            merged.get("t").unwrap().price.as_money(),
+            Money::from_microcents(5).unwrap()
+        );
+        let back = merged.merged(&base);
+        assert!(back.get("a").is_some() && back.table("t").is_some() && back.len() == 2);
     }
 }

@@ -25,6 +25,11 @@ pub enum LedgerError {
     /// recorded (`ledger::holds`).
     HoldFinished(String),
     CostMap(CostMapError),
+    /// The usage type is priced by a table (`price_table`), which needs the whole request, its
+    /// time and service tier: price the items with `Ledger::with_tables` and call again. Only
+    /// returned before anything is recorded; the binding always retries, so it never reaches
+    /// Python.
+    PricedByTable(String),
 }
 
 impl fmt::Display for LedgerError {
@@ -42,6 +47,11 @@ impl fmt::Display for LedgerError {
             | LedgerError::KeyLimit(message)
             | LedgerError::HoldFinished(message) => f.write_str(message),
             LedgerError::CostMap(error) => error.fmt(f),
+            LedgerError::PricedByTable(name) => write!(
+                f,
+                "usage type {name:?} is priced by a table (size tiers, service tiers or dated \
+                 prices): its cost depends on the request, so pass the cost"
+            ),
             LedgerError::PlanNeeded => f.write_str("the user's plan must be resolved first"),
             LedgerError::Closed => f.write_str("this MeteringService is closed"),
         }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod fleet;
 pub mod ledger;
 pub mod money;
+pub mod price_table;
 pub mod python;
 pub mod redact;
 pub mod store;

@@ -488,9 +488,66 @@ impl Ledger {
                 .price
                 .cost_of(units)
                 .ok_or_else(|| overflow("the cost")),
-            None if self.unmapped == Unmapped::Free => Ok(Money::ZERO),
-            None => Err(LedgerError::UnknownUsageType(usage_type.to_string())),
+            None => self.unpriced_cost(usage_type),
         }
+    }
+
+    /// `cost_of` of a type the plain index does not price: a table's (an error asking for the
+    /// request, `with_tables`), free, or unknown. Out of line: plain prices never come here.
+    #[cold]
+    #[inline(never)]
+    fn unpriced_cost(&self, usage_type: &str) -> LedgerResult<Money> {
+        if self.cost_map().table(usage_type).is_some() {
+            return Err(LedgerError::PricedByTable(usage_type.to_string()));
+        }
+        match self.unmapped {
+            Unmapped::Free => Ok(Money::ZERO),
+            Unmapped::Error => Err(LedgerError::UnknownUsageType(usage_type.to_string())),
+        }
+    }
+
+    /// `items` with every item of a table-priced type (and no cost override) given its cost for
+    /// this request as a cost override: the request's size for a tier is the sum of the counted
+    /// types' units in `items`, the prices are those in force at `at_ms` (the service's clock), in
+    /// `service_tier` (`price_table`). Plain-priced items are left as they are. Out of line.
+    #[cold]
+    #[inline(never)]
+    pub fn with_tables<'a>(
+        &self,
+        items: &[UsageItem<'a>],
+        service_tier: Option<&str>,
+        at_ms: i64,
+    ) -> LedgerResult<Vec<UsageItem<'a>>> {
+        let cost_map = self.cost_map();
+        let mut priced = items.to_vec();
+        for item in &mut priced {
+            if item.cost_override.is_some() || cost_map.index_of(item.usage_type).is_some() {
+                continue;
+            }
+            let Some(entry) = cost_map.table(item.usage_type) else {
+                continue;
+            };
+            validate_usage_type(item.usage_type)?;
+            let own = item.usage_type;
+            let size_of = |count: Option<&[Box<str>]>| -> u64 {
+                items
+                    .iter()
+                    .filter(|other| match count {
+                        Some(names) => names.iter().any(|n| **n == *other.usage_type),
+                        None => other.usage_type == own,
+                    })
+                    .fold(0u64, |size, other| size.saturating_add(other.units))
+            };
+            let price = entry
+                .table
+                .price_for(at_ms, service_tier, size_of)
+                .map_err(|reason| LedgerError::InvalidInput(format!("{own:?}: {reason}")))?;
+            let cost = price
+                .cost_of(item.units)
+                .ok_or_else(|| overflow("the cost of the call"))?;
+            item.cost_override = Some(cost);
+        }
+        Ok(priced)
     }
 
     /// Turns items into one delta per usage type; validates everything before anything is
@@ -513,6 +570,9 @@ impl Ledger {
                     (id, cost.ok_or_else(|| overflow("the cost of the call"))?)
                 }
                 (None, Some(cost)) => (self.types.intern(item.usage_type), cost),
+                (None, None) if self.cost_map().table(item.usage_type).is_some() => {
+                    return Err(LedgerError::PricedByTable(item.usage_type.to_string()))
+                }
                 (None, None) if self.unmapped == Unmapped::Free => {
                     unmapped_items += 1;
                     (self.types.intern(item.usage_type), Money::ZERO)
@@ -559,7 +619,8 @@ impl Ledger {
         validate_usage_type(item.usage_type)?;
         let known = item.cost_override.is_some()
             || self.unmapped == Unmapped::Free
-            || self.types.priced(item.usage_type).is_some();
+            || self.types.priced(item.usage_type).is_some()
+            || self.cost_map().table(item.usage_type).is_some();
         match known {
             true => Ok(()),
             false => Err(LedgerError::UnknownUsageType(item.usage_type.to_string())),
@@ -645,7 +706,9 @@ impl Ledger {
         validate_usage_type(usage_type)?;
         match self.types.priced(usage_type) {
             Some(id) => Ok(Some(id)),
+            // A table-priced type is charged by name (`charge`, which asks for `with_tables`).
             None if self.unmapped == Unmapped::Free => Ok(None),
+            None if self.cost_map().table(usage_type).is_some() => Ok(None),
             None => Err(LedgerError::UnknownUsageType(usage_type.to_string())),
         }
     }

@@ -106,6 +106,7 @@ pub fn ledger_error(error: LedgerError) -> PyErr {
     match error {
         LedgerError::UnknownUsageType(_) => UnknownUsageType::new_err(error.to_string()),
         LedgerError::InvalidInput(message) => PyValueError::new_err(message),
+        LedgerError::PricedByTable(_) => PyValueError::new_err(error.to_string()),
         LedgerError::Overflow(message) => PyOverflowError::new_err(message),
         LedgerError::CostMap(error) => cost_map_error(error),
         // Handled where it arises (the binding resolves the plan and retries); never expected here.

@@ -100,6 +100,7 @@ pub(super) enum Wait {
 
 impl MeteringCore {
     /// Records items for a (non-system) actor, then raises the alarms the receipt calls for.
+    #[allow(clippy::too_many_arguments)] // the service tier is the batch path's option
     fn charge(
         &self,
         py: Python<'_>,
@@ -108,6 +109,7 @@ impl MeteringCore {
         items: &[UsageItem<'_>],
         mode: ChargeMode,
         wait: Wait,
+        service_tier: Option<&str>,
     ) -> PyResult<Receipt> {
         // A strict call does not make the account of a user never charged: a refusal must leave
         // nothing behind (the ledger decides it on an empty account, `refusal_without_account`).
@@ -116,8 +118,65 @@ impl MeteringCore {
             _ => actor.account.get(&self.ledger, &actor.user_id),
         };
         self.charge_with(py, actor_obj, actor, items, wait, |booking| {
-            self.ledger.charge(account, booking, items, mode)
+            match self.ledger.charge(account, booking, items, mode) {
+                // Only a table-priced type comes here (the plain path is unchanged): priced for
+                // this request at the booking's clock reading, then charged again.
+                Err(LedgerError::PricedByTable(_)) => {
+                    self.charge_by_tables(account, booking, items, mode, service_tier)
+                }
+                done => done,
+            }
         })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn charge_by_tables(
+        &self,
+        account: Option<&Account>,
+        booking: &Booking<'_>,
+        items: &[UsageItem<'_>],
+        mode: ChargeMode,
+        service_tier: Option<&str>,
+    ) -> Result<Receipt, LedgerError> {
+        let priced = self
+            .ledger
+            .with_tables(items, service_tier, booking.now_ms)?;
+        self.ledger.charge(account, booking, &priced, mode)
+    }
+
+    /// `items` with the items of table-priced types priced for this request at the service's
+    /// clock now (`Ledger::with_tables`). Out of line: only after the plain index missed.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn items_by_tables<'a>(
+        &self,
+        py: Python<'_>,
+        items: &[UsageItem<'a>],
+        service_tier: Option<&str>,
+    ) -> PyResult<Vec<UsageItem<'a>>> {
+        let now_ms = self.now_ms(py)?;
+        self.ledger
+            .with_tables(items, service_tier, now_ms)
+            .map_err(ledger_error)
+    }
+
+    /// `price(items)`, or, when a table prices one of them, `price` of the items priced for
+    /// their request now (`items_by_tables`): the estimates' way to price through tables.
+    pub(super) fn estimate<'a, T>(
+        &self,
+        py: Python<'_>,
+        items: &[UsageItem<'a>],
+        service_tier: Option<&str>,
+        price: impl Fn(&[UsageItem<'a>]) -> Result<T, LedgerError>,
+    ) -> PyResult<Result<T, LedgerError>> {
+        match price(items) {
+            Err(LedgerError::PricedByTable(_)) => {
+                let priced = self.items_by_tables(py, items, service_tier)?;
+                Ok(price(&priced))
+            }
+            done => Ok(done),
+        }
     }
 
     /// Records `units` of a priced usage type for a `Meter` (already holding the account).
@@ -247,6 +306,7 @@ impl MeteringCore {
         actor: &Bound<'_, PyAny>,
         usages: &Bound<'_, PyAny>,
         (mode, wait): (ChargeMode, Wait),
+        service_tier: Option<&str>,
     ) -> PyResult<Option<Receipt>> {
         let actor_ref = as_actor(actor)?;
         let owned = owned_items(usages)?;
@@ -258,7 +318,7 @@ impl MeteringCore {
             }
             return Ok(None);
         }
-        self.charge(py, actor, actor_ref, &items, mode, wait)
+        self.charge(py, actor, actor_ref, &items, mode, wait, service_tier)
             .map(Some)
     }
 
@@ -357,7 +417,7 @@ impl MeteringCore {
             self.ledger.check_item(&item).map_err(ledger_error)?;
             return Ok(None);
         }
-        self.charge(py, actor_obj, actor, &[item], mode, wait)
+        self.charge(py, actor_obj, actor, &[item], mode, wait, None)
             .map(Some)
     }
 }
@@ -470,19 +530,27 @@ impl MeteringCore {
     }
 
     /// Records several usages as one atomic event: all validated first, all or nothing.
-    #[pyo3(signature = (actor, usages, *, idempotency_key=None))]
+    #[pyo3(signature = (actor, usages, *, idempotency_key=None, service_tier=None))]
     fn batch_increment_usages<'py>(
         &self,
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
         usages: &Bound<'py, PyAny>,
         idempotency_key: Option<&Bound<'py, PyAny>>,
+        service_tier: Option<&str>,
     ) -> PyResult<Bound<'py, PyInt>> {
         if let Some(key) = idempotency_key {
-            let keyed = self.batch_keyed(py, actor, usages, ChargeMode::Always, key)?;
+            let keyed =
+                self.batch_keyed(py, actor, usages, ChargeMode::Always, key, service_tier)?;
             return Ok(keyed_total(py, keyed));
         }
-        let receipt = self.batch(py, actor, usages, (ChargeMode::Always, Wait::Allowed))?;
+        let receipt = self.batch(
+            py,
+            actor,
+            usages,
+            (ChargeMode::Always, Wait::Allowed),
+            service_tier,
+        )?;
         Ok(money_to_int(
             py,
             receipt.map_or(Money::ZERO, |r| r.month_total),
@@ -491,37 +559,65 @@ impl MeteringCore {
 
     /// Records several usages as one atomic event only if the user's remaining budget covers
     /// them all together; returns the new month total, or None (nothing recorded).
-    #[pyo3(signature = (actor, usages, *, idempotency_key=None))]
+    #[pyo3(signature = (actor, usages, *, idempotency_key=None, service_tier=None))]
     fn try_batch_increment_usages<'py>(
         &self,
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
         usages: &Bound<'py, PyAny>,
         idempotency_key: Option<&Bound<'py, PyAny>>,
+        service_tier: Option<&str>,
     ) -> PyResult<Option<Bound<'py, PyInt>>> {
         if let Some(key) = idempotency_key {
-            let keyed = self.batch_keyed(py, actor, usages, ChargeMode::IfAffordable, key)?;
+            let keyed = self.batch_keyed(
+                py,
+                actor,
+                usages,
+                ChargeMode::IfAffordable,
+                key,
+                service_tier,
+            )?;
             return Ok(self.keyed_try_total(py, keyed));
         }
-        let receipt = self.batch(py, actor, usages, (ChargeMode::IfAffordable, Wait::Allowed))?;
+        let receipt = self.batch(
+            py,
+            actor,
+            usages,
+            (ChargeMode::IfAffordable, Wait::Allowed),
+            service_tier,
+        )?;
         Ok(self.try_result(py, receipt))
     }
 
     /// `try_batch_increment_usages` that never waits on the shared ledger (for `usagemeter.aio`),
     /// answered as `_try_increment_usage_nowait` answers.
-    #[pyo3(signature = (actor, usages, *, idempotency_key=None))]
+    #[pyo3(signature = (actor, usages, *, idempotency_key=None, service_tier=None))]
     fn _try_batch_increment_usages_nowait<'py>(
         &self,
         py: Python<'py>,
         actor: &Bound<'py, PyAny>,
         usages: &Bound<'py, PyAny>,
         idempotency_key: Option<&Bound<'py, PyAny>>,
+        service_tier: Option<&str>,
     ) -> PyResult<(bool, Option<Bound<'py, PyInt>>)> {
         if let Some(key) = idempotency_key {
-            let keyed = self.batch_keyed(py, actor, usages, ChargeMode::IfAffordable, key)?;
+            let keyed = self.batch_keyed(
+                py,
+                actor,
+                usages,
+                ChargeMode::IfAffordable,
+                key,
+                service_tier,
+            )?;
             return Ok((true, self.keyed_try_total(py, keyed)));
         }
-        let receipt = self.batch(py, actor, usages, (ChargeMode::IfAffordable, Wait::Never))?;
+        let receipt = self.batch(
+            py,
+            actor,
+            usages,
+            (ChargeMode::IfAffordable, Wait::Never),
+            service_tier,
+        )?;
         Ok(self.try_result_nowait(py, receipt))
     }
 
@@ -652,6 +748,7 @@ impl MeteringCore {
             &[],
             ChargeMode::SetTotal(target),
             Wait::Allowed,
+            None,
         )?;
         Ok(money_to_int(py, receipt.month_total))
     }

@@ -103,6 +103,8 @@ impl MeteringCore {
             Ok(cost) => Some(cost),
             // A cost beyond the ledger's range is affordable to nobody (but the system actor).
             Err(LedgerError::Overflow(_)) => None,
+            // Out of line: a table prices it (its units alone are the request).
+            Err(LedgerError::PricedByTable(_)) => self.table_cost(py, usage_type, units)?,
             Err(error) => return Err(ledger_error(error)),
         };
         self.affords(py, actor, actor_ref, cost)
@@ -218,5 +220,28 @@ impl MeteringCore {
             }
         };
         addons_dict(py, &budget)
+    }
+}
+
+impl MeteringCore {
+    /// `units` of a table-priced type as one request now (`None`: beyond the ledger's range).
+    #[cold]
+    #[inline(never)]
+    fn table_cost(
+        &self,
+        py: Python<'_>,
+        usage_type: &str,
+        units: u64,
+    ) -> PyResult<Option<crate::money::Money>> {
+        let item = crate::ledger::UsageItem {
+            usage_type,
+            units,
+            cost_override: None,
+        };
+        match self.ledger.with_tables(&[item], None, self.now_ms(py)?) {
+            Ok(priced) => Ok(priced[0].cost_override),
+            Err(LedgerError::Overflow(_)) => Ok(None),
+            Err(error) => Err(ledger_error(error)),
+        }
     }
 }

@@ -14,13 +14,14 @@ use crate::python::errors::ledger_error;
 impl MeteringCore {
     /// What `amount` units of `usage_type` cost (`cost_override`, if given, is the cost), in µ¢
     /// rounded half up as the reports round; the ledger books the exact cost.
-    #[pyo3(signature = (usage_type, amount, cost_override=None))]
+    #[pyo3(signature = (usage_type, amount, cost_override=None, *, service_tier=None))]
     fn cost_of<'py>(
         &self,
         py: Python<'py>,
         usage_type: &Bound<'py, PyAny>,
         amount: &Bound<'py, PyAny>,
         cost_override: Option<&Bound<'py, PyAny>>,
+        service_tier: Option<&str>,
     ) -> PyResult<Bound<'py, PyInt>> {
         let owned = [(
             convert::usage_type(usage_type)?,
@@ -34,36 +35,49 @@ impl MeteringCore {
                 cost_override,
             },
         );
-        let cost = self.ledger.cost_of_items(&items).map_err(ledger_error)?;
+        let cost = self
+            .estimate(py, &items, service_tier, |items| {
+                self.ledger.cost_of_items(items)
+            })?
+            .map_err(ledger_error)?;
         Ok(money_to_int(py, cost))
     }
 
     /// What the items (as for `batch_increment_usages`) cost together, in µ¢: the exact sum,
-    /// rounded half up once.
+    /// rounded half up once. The items are one request: a size tier counts them together, and
+    /// `service_tier` chooses a table's service-tier price.
+    #[pyo3(signature = (usages, *, service_tier=None))]
     fn cost_of_usages<'py>(
         &self,
         py: Python<'py>,
         usages: &Bound<'py, PyAny>,
+        service_tier: Option<&str>,
     ) -> PyResult<Bound<'py, PyInt>> {
         let owned = owned_items(usages)?;
         let cost = self
-            .ledger
-            .cost_of_items(&usage_items(&owned)?)
+            .estimate(py, &usage_items(&owned)?, service_tier, |items| {
+                self.ledger.cost_of_items(items)
+            })?
             .map_err(ledger_error)?;
         Ok(money_to_int(py, cost))
     }
 
     /// Whether the user's remaining budget covers all the items together (as for
     /// `batch_increment_usages`): the pre-check of a request that uses several types at once.
+    #[pyo3(signature = (actor, usages, *, service_tier=None))]
     fn has_enough_credits_for_usages(
         &self,
         py: Python<'_>,
         actor: &Bound<'_, PyAny>,
         usages: &Bound<'_, PyAny>,
+        service_tier: Option<&str>,
     ) -> PyResult<bool> {
         let actor_ref = as_actor(actor)?;
         let owned = owned_items(usages)?;
-        let cost = match self.ledger.cost_of_items(&usage_items(&owned)?) {
+        let priced = self.estimate(py, &usage_items(&owned)?, service_tier, |items| {
+            self.ledger.cost_of_items(items)
+        })?;
+        let cost = match priced {
             Ok(cost) => Some(cost),
             // A cost beyond the ledger's range is affordable to nobody (but the system actor).
             Err(LedgerError::Overflow(_)) => None,
@@ -84,15 +98,22 @@ impl MeteringCore {
         reserved: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
         let actor_ref = as_actor(actor)?;
-        let price = self
-            .ledger
-            .cost_of(convert::usage_type(usage_type)?, 1)
-            .map_err(ledger_error)?;
+        let usage_type = convert::usage_type(usage_type)?;
         let owned = match reserved {
             Some(reserved) if !reserved.is_none() => owned_items(reserved)?,
             _ => Vec::new(),
         };
-        let reserved = match self.ledger.cost_of_items(&usage_items(&owned)?) {
+        let reserved_items = usage_items(&owned)?;
+        let price = match self.ledger.cost_of(usage_type, 1) {
+            Err(LedgerError::PricedByTable(_)) => {
+                self.table_unit_price(py, usage_type, &reserved_items)?
+            }
+            price => price.map_err(ledger_error)?,
+        };
+        let priced = self.estimate(py, &reserved_items, None, |items| {
+            self.ledger.cost_of_items(items)
+        })?;
+        let reserved = match priced {
             Ok(cost) => Some(cost),
             Err(LedgerError::Overflow(_)) => None,
             Err(error) => return Err(ledger_error(error)),
@@ -113,5 +134,29 @@ impl MeteringCore {
         }
         let units = left.attocents() / price.attocents();
         Ok(u64::try_from(units).unwrap_or(u64::MAX))
+    }
+}
+
+impl MeteringCore {
+    /// The price of one more unit of a table-priced type after `reserved` (the request so far):
+    /// the tier the request is in with that unit, at the clock now. A conservative cap: a tier
+    /// the units would push the request into is not foreseen.
+    #[cold]
+    #[inline(never)]
+    fn table_unit_price(
+        &self,
+        py: Python<'_>,
+        usage_type: &str,
+        reserved: &[crate::ledger::UsageItem<'_>],
+    ) -> PyResult<crate::money::Money> {
+        let mut items = reserved.to_vec();
+        items.push(crate::ledger::UsageItem {
+            usage_type,
+            units: 1,
+            cost_override: None,
+        });
+        let priced = self.items_by_tables(py, &items, None)?;
+        let one = priced.last().and_then(|i| i.cost_override);
+        one.ok_or_else(|| ledger_error(LedgerError::PricedByTable(usage_type.to_string())))
     }
 }

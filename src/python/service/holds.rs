@@ -47,7 +47,7 @@ impl MeteringCore {
     /// remaining budget net of its outstanding holds covers it: `(id, amount, expires_ms)`, or
     /// None (nothing held). Exactly one of `cost` and `usages` is given. On a fleet the hold is
     /// kept in the worker's budget lease (asked for if needed, as `try_increment_usage` does).
-    #[pyo3(signature = (actor, cost, usages, ttl_ms))]
+    #[pyo3(signature = (actor, cost, usages, ttl_ms, service_tier=None))]
     fn _reserve<'py>(
         &self,
         py: Python<'py>,
@@ -55,6 +55,7 @@ impl MeteringCore {
         cost: Option<&Bound<'py, PyAny>>,
         usages: Option<&Bound<'py, PyAny>>,
         ttl_ms: &Bound<'py, PyAny>,
+        service_tier: Option<&str>,
     ) -> PyResult<Option<HoldTuple<'py>>> {
         let actor_ref = as_actor(actor)?;
         let ttl_ms = self::ttl_ms(ttl_ms)?;
@@ -66,8 +67,9 @@ impl MeteringCore {
         let amount = match (cost, &owned) {
             (Some(cost), None) => cost,
             (None, Some(owned)) => self
-                .ledger
-                .cost_of_items(&usage_items(owned)?)
+                .estimate(py, &usage_items(owned)?, service_tier, |items| {
+                    self.ledger.cost_of_items(items)
+                })?
                 .map_err(ledger_error)?,
             _ => {
                 return Err(PyValueError::new_err(
@@ -108,7 +110,7 @@ impl MeteringCore {
     ///
     /// With `idempotency_key`, a retry settles nothing and returns the first settle's total
     /// (and False).
-    #[pyo3(signature = (actor, hold_id, usages=None, cost=None, usage_type=None, idempotency_key=None))]
+    #[pyo3(signature = (actor, hold_id, usages=None, cost=None, usage_type=None, idempotency_key=None, service_tier=None))]
     #[allow(clippy::too_many_arguments)] // one per argument of `Hold.settle`
     fn _settle<'py>(
         &self,
@@ -119,6 +121,7 @@ impl MeteringCore {
         cost: Option<&Bound<'py, PyAny>>,
         usage_type: Option<&Bound<'py, PyAny>>,
         idempotency_key: Option<&Bound<'py, PyAny>>,
+        service_tier: Option<&str>,
     ) -> PyResult<(Bound<'py, PyInt>, bool)> {
         let key = convert::idempotency_key(idempotency_key)?;
         let actor_ref = as_actor(actor)?;
@@ -129,6 +132,10 @@ impl MeteringCore {
         };
         let cost = convert::optional_microcents(cost, "cost")?;
         let items: Vec<UsageItem<'_>> = match (&owned, cost, usage_type) {
+            // A settle is out of line: table-priced items are priced for the request here.
+            (Some(owned), None, None) if self.ledger.cost_map().has_tables() => {
+                self.items_by_tables(py, &usage_items(owned)?, service_tier)?
+            }
             (Some(owned), None, None) => usage_items(owned)?,
             (None, Some(cost), Some(usage_type)) if !usage_type.is_none() => vec![UsageItem {
                 usage_type: convert::usage_type(usage_type)?,

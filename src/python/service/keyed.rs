@@ -90,7 +90,27 @@ impl MeteringCore {
             units: convert::units(amount, "amount")?,
             cost_override: convert::optional_microcents(cost_override, "cost_override")?,
         };
-        self.charge_keyed(py, actor_obj, &[item], mode, key)
+        let items = self.keyed_items(py, vec![item], None)?;
+        self.charge_keyed(py, actor_obj, &items, mode, key)
+    }
+
+    /// The items of a keyed call, those of table-priced types priced for the request now (a
+    /// keyed call is out of line already; a retry is checked against these costs).
+    fn keyed_items<'a>(
+        &self,
+        py: Python<'_>,
+        items: Vec<UsageItem<'a>>,
+        service_tier: Option<&str>,
+    ) -> PyResult<Vec<UsageItem<'a>>> {
+        let cost_map = self.ledger.cost_map();
+        let tabled = cost_map.has_tables()
+            && items
+                .iter()
+                .any(|i| i.cost_override.is_none() && cost_map.table(i.usage_type).is_some());
+        match tabled {
+            true => self.items_by_tables(py, &items, service_tier),
+            false => Ok(items),
+        }
     }
 
     #[cold]
@@ -102,9 +122,10 @@ impl MeteringCore {
         usages: &Bound<'_, PyAny>,
         mode: ChargeMode,
         key: &Bound<'_, PyAny>,
+        service_tier: Option<&str>,
     ) -> PyResult<Option<Keyed<Receipt>>> {
         let owned = owned_items(usages)?;
-        let items = usage_items(&owned)?;
+        let items = self.keyed_items(py, usage_items(&owned)?, service_tier)?;
         self.charge_keyed(py, actor_obj, &items, mode, key)
     }
 
