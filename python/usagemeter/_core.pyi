@@ -172,6 +172,9 @@ class CostMap:
     def from_files(*paths: str | os.PathLike[str]) -> CostMap:
         """Load JSON files, each one object ``{"usage:type": price}``; a key in two files is an error."""
     @staticmethod
+    def from_json(text: str, source: str = "json") -> CostMap:
+        """Load one JSON text as one cost-map file (``source`` names it in errors)."""
+    @staticmethod
     def from_dict(prices: dict[str, int | str | Decimal]) -> CostMap:
         """Build a map from ``{usage_type: price}`` with int, str or Decimal prices (never float)."""
     def merged(self, other: CostMap) -> CostMap:
@@ -183,9 +186,14 @@ class CostMap:
     def get(self, key: str, default: _T | None = None) -> Decimal | _T | None:
         """The price of ``key`` as a Decimal, or ``default``."""
     def keys(self) -> list[str]:
-        """Usage types in load order."""
+        """Usage types: the plain prices in load order, then the tables in load order."""
+    def is_table(self, key: str) -> bool:
+        """Whether ``key`` is priced by a table (size tiers, service tiers or dated prices).
+
+        ``map[key]`` of a table is its first base price; a charge is priced for its request.
+        """
     def items(self) -> list[tuple[str, Decimal]]:
-        """``(usage_type, Decimal price)`` pairs in load order."""
+        """``(usage_type, Decimal price)`` pairs in the order of ``keys()`` (a table's first base price)."""
     def source_of(self, key: str) -> str:
         """The file (or ``"dict"``) a usage type's price came from."""
     def rounded_prices(self) -> list[tuple[str, str, str, Decimal]]:
@@ -306,10 +314,13 @@ class MeteringCore:
         usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
         *,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int:
         """Record several usages as one atomic event: all validated first, all or nothing.
 
-        ``idempotency_key`` as for ``increment_usage`` (the items, in order, are the payload)."""
+        ``idempotency_key`` as for ``increment_usage`` (the items, in order, are the payload).
+        The items are one request for a price table: a size tier counts them together, and
+        ``service_tier`` chooses a table's service-tier price (README, "The price model")."""
     def _try_increment_usage_nowait(
         self,
         actor: Actor,
@@ -337,6 +348,7 @@ class MeteringCore:
         cost: int | None,
         usages: Iterable[tuple[str, int] | tuple[str, int, int | None]] | None,
         ttl_ms: int,
+        service_tier: str | None = None,
     ) -> tuple[int, int, int] | None:
         """Hold ``cost`` µ¢ or what ``usages`` cost for ``ttl_ms`` if the budget net of holds
         covers it: ``(id, amount µ¢, expires_ms)``, or None. ``MeteringService.reserve`` wraps it."""
@@ -348,6 +360,7 @@ class MeteringCore:
         cost: int | None = None,
         usage_type: str | None = None,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> tuple[int, bool]:
         """Record the real usage of a hold and remove it, atomically: ``(month total, whether
         the hold was still live)``; a retry of ``idempotency_key`` records nothing and returns
@@ -364,6 +377,7 @@ class MeteringCore:
         usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
         *,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int | None:
         """Record the items as one atomic event only if the remaining budget covers them all;
         return the new month total, or None (nothing recorded, no key kept)."""
@@ -373,14 +387,31 @@ class MeteringCore:
         usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
         *,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> tuple[bool, int | None]:
         """``try_batch_increment_usages`` that never waits on the shared ledger."""
-    def cost_of(self, usage_type: str, amount: int, cost_override: int | None = None) -> int:
+    def cost_of(
+        self,
+        usage_type: str,
+        amount: int,
+        cost_override: int | None = None,
+        *,
+        service_tier: str | None = None,
+    ) -> int:
         """What ``amount`` units of ``usage_type`` cost in µ¢ (rounded half up, as reports round)."""
-    def cost_of_usages(self, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> int:
+    def cost_of_usages(
+        self,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
+        *,
+        service_tier: str | None = None,
+    ) -> int:
         """What the items (as for ``batch_increment_usages``) cost together, in µ¢."""
     def has_enough_credits_for_usages(
-        self, actor: Actor, usages: Iterable[tuple[str, int] | tuple[str, int, int | None]]
+        self,
+        actor: Actor,
+        usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
+        *,
+        service_tier: str | None = None,
     ) -> bool:
         """Whether the user's remaining budget covers all the items together."""
     def affordable_units(

@@ -35,6 +35,7 @@ from usagemeter.events import (
 )
 from usagemeter.holds import Hold
 from usagemeter.policies import Policy
+from usagemeter.providers import service_tier_of
 from usagemeter.service import _SHARED_BACKENDS, MeteringService, _month_label
 from usagemeter.types import (
     ActorBudget,
@@ -338,25 +339,48 @@ class AsyncMeteringService:
         return self.sync.try_increment_usage(actor, usage_type, amount, cost_override)
 
     async def batch_increment_usages(
-        self, actor: Actor, usages: Usages, *, idempotency_key: str | None = None
+        self,
+        actor: Actor,
+        usages: Usages,
+        *,
+        idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int:
-        """Record several usages as one atomic event: all validated first, all or nothing."""
+        """Record several usages as one atomic event: all validated first, all or nothing (one
+        request for a price table, priced in ``service_tier``)."""
         items = list(usages)  # an iterator would be spent by a first attempt
         if idempotency_key is not None:
             return await self._keyed(
-                actor, self.sync.batch_increment_usages, actor, items, idempotency_key=idempotency_key
+                actor,
+                self.sync.batch_increment_usages,
+                actor,
+                items,
+                idempotency_key=idempotency_key,
+                service_tier=service_tier,
             )
-        return await self._with_plan(actor, self.sync.batch_increment_usages, actor, items)
+        return await self._with_plan(
+            actor, self.sync.batch_increment_usages, actor, items, service_tier=service_tier
+        )
 
     async def try_batch_increment_usages(
-        self, actor: Actor, usages: Usages, *, idempotency_key: str | None = None
+        self,
+        actor: Actor,
+        usages: Usages,
+        *,
+        idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int | None:
         """Record the items atomically only if the remaining budget covers them all; the new
         total or None. On a fleet, a charge that needs a new lease runs in a worker thread."""
         items = list(usages)
         if idempotency_key is not None and self._fleet:
             return await self._keyed(
-                actor, self.sync.try_batch_increment_usages, actor, items, idempotency_key=idempotency_key
+                actor,
+                self.sync.try_batch_increment_usages,
+                actor,
+                items,
+                idempotency_key=idempotency_key,
+                service_tier=service_tier,
             )
         decided, total = await self._with_plan(
             actor,
@@ -364,10 +388,11 @@ class AsyncMeteringService:
             actor,
             items,
             idempotency_key=idempotency_key,
+            service_tier=service_tier,
         )
         if decided:
             return total
-        return await _in_thread(self.sync.try_batch_increment_usages, actor, items)
+        return await _in_thread(self.sync.try_batch_increment_usages, actor, items, service_tier=service_tier)
 
     async def record_usage_object(
         self,
@@ -377,6 +402,7 @@ class AsyncMeteringService:
         cost_overrides: Mapping[str, int] | None = None,
         *,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int:
         """``MeteringService.record_usage_object``: a provider's usage payload, atomically."""
         return await self._keyed(
@@ -387,6 +413,7 @@ class AsyncMeteringService:
             model_prefix,
             cost_overrides,
             idempotency_key=idempotency_key,
+            service_tier=service_tier,
         )
 
     async def try_record_usage_object(
@@ -397,11 +424,15 @@ class AsyncMeteringService:
         cost_overrides: Mapping[str, int] | None = None,
         *,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int | None:
         """``MeteringService.try_record_usage_object``: the payload's items only if the budget
         covers them all. On a fleet, a charge that needs a new lease runs in a worker thread."""
         items = self.sync._usage_batch(usage, model_prefix, cost_overrides)
-        return await self.try_batch_increment_usages(actor, items, idempotency_key=idempotency_key)
+        tier = service_tier_of(usage) if service_tier is None else service_tier
+        return await self.try_batch_increment_usages(
+            actor, items, idempotency_key=idempotency_key, service_tier=tier
+        )
 
     async def apply_monthly_charges(self, actor: Actor) -> MonthlyChargesApplied:
         """``MeteringService.apply_monthly_charges``, awaiting async listeners."""
@@ -421,6 +452,8 @@ class AsyncMeteringService:
         cost: int | None = None,
         usages: Usages | None = None,
         ttl: float = 600.0,
+        *,
+        service_tier: str | None = None,
     ) -> Hold | None:
         """``MeteringService.reserve``: a ``Hold`` (with ``asettle``, ``arelease``, ``async with``)
         or None. On a fleet, a hold that needs a new budget lease from Redis is asked for in a
@@ -428,13 +461,17 @@ class AsyncMeteringService:
         items = None if usages is None else list(usages)
         if self._fleet:
             try:
-                hold = await _in_thread(self.sync.reserve, actor, cost, items, ttl)
+                hold = await _in_thread(self.sync.reserve, actor, cost, items, ttl, service_tier=service_tier)
             except AsyncListenerError:
                 # The plan needs async listeners, awaited here; on a fleet the reserve then runs
                 # in a worker thread too, the plan handed over (`_after_plan`).
-                hold = await self._after_plan(actor, self.sync.reserve, actor, cost, items, ttl)
+                hold = await self._after_plan(
+                    actor, self.sync.reserve, actor, cost, items, ttl, service_tier=service_tier
+                )
         else:
-            hold = await self._with_plan(actor, self.sync.reserve, actor, cost, items, ttl)
+            hold = await self._with_plan(
+                actor, self.sync.reserve, actor, cost, items, ttl, service_tier=service_tier
+            )
         if hold is not None:
             hold._aio = self
         return hold
@@ -500,10 +537,14 @@ class AsyncMeteringService:
         except AsyncListenerError:
             return await self._after_plan(actor, self._has_enough_credits_for, actor, usage_type, amount)
 
-    async def has_enough_credits_for_usages(self, actor: Actor, usages: Usages) -> bool:
-        """Whether the user's remaining budget covers all the items together."""
+    async def has_enough_credits_for_usages(
+        self, actor: Actor, usages: Usages, *, service_tier: str | None = None
+    ) -> bool:
+        """Whether the user's remaining budget covers all the items together (one request)."""
         items = list(usages)
-        return await self._with_plan(actor, self.sync.has_enough_credits_for_usages, actor, items)
+        return await self._with_plan(
+            actor, self.sync.has_enough_credits_for_usages, actor, items, service_tier=service_tier
+        )
 
     async def has_enough_credits(self, actor: Actor, amount: int) -> bool:
         """Whether the user's remaining budget covers ``amount`` µ¢."""
@@ -520,13 +561,20 @@ class AsyncMeteringService:
         """Whether the user recorded any usage this month."""
         return self.sync.has_usage_this_month(actor)
 
-    async def cost_of(self, usage_type: str, amount: int, cost_override: int | None = None) -> int:
+    async def cost_of(
+        self,
+        usage_type: str,
+        amount: int,
+        cost_override: int | None = None,
+        *,
+        service_tier: str | None = None,
+    ) -> int:
         """What ``amount`` units of ``usage_type`` cost, in µ¢."""
-        return self.sync.cost_of(usage_type, amount, cost_override)
+        return self.sync.cost_of(usage_type, amount, cost_override, service_tier=service_tier)
 
-    async def cost_of_usages(self, usages: Usages) -> int:
-        """What the items cost together, in µ¢."""
-        return self.sync.cost_of_usages(usages)
+    async def cost_of_usages(self, usages: Usages, *, service_tier: str | None = None) -> int:
+        """What the items cost together (one request), in µ¢."""
+        return self.sync.cost_of_usages(usages, service_tier=service_tier)
 
     async def affordable_units(self, actor: Actor, usage_type: str, reserved: Usages | None = None) -> int:
         """The most units of ``usage_type`` the remaining budget pays for after ``reserved``."""

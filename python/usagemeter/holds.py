@@ -50,7 +50,17 @@ class Hold:
     a settle, exception or not: budget is never left held by a call that did not record.
     """
 
-    __slots__ = ("_aio", "_expires_ms", "_service", "_state", "_usage_type", "actor", "amount", "id")
+    __slots__ = (
+        "_aio",
+        "_expires_ms",
+        "_service",
+        "_service_tier",
+        "_state",
+        "_usage_type",
+        "actor",
+        "amount",
+        "id",
+    )
 
     def __init__(
         self,
@@ -59,13 +69,16 @@ class Hold:
         hold: tuple[int, int, int],
         usage_type: str | None = None,
         aio: AsyncMeteringService | None = None,
+        service_tier: str | None = None,
     ) -> None:
-        """A handle on the native hold ``(id, amount, expires_ms)`` (made by ``reserve``)."""
+        """A handle on the native hold ``(id, amount, expires_ms)`` (made by ``reserve``);
+        ``service_tier`` is the one it was reserved in, which ``settle`` prices in by default."""
         self._service = service
         self._aio = aio
         self.actor = actor
         self.id, self.amount, self._expires_ms = hold
         self._usage_type = usage_type
+        self._service_tier = service_tier
         self._state: Literal["held", "settled", "released"] = "held"
 
     @property
@@ -94,6 +107,7 @@ class Hold:
         *,
         usage_type: str | None = None,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int:
         """Record the call's real usage and free the hold, atomically; return the month total.
 
@@ -105,7 +119,9 @@ class Hold:
         once, whatever the handle or thread: another settle raises ``HoldSettledError`` (a
         ``ValueError``) and records nothing, unless it is a retry with the first settle's
         ``idempotency_key`` (from this handle or another, after a timeout or a restart): that
-        records nothing and returns the first total.
+        records nothing and returns the first total. ``usages`` are one request for a price
+        table (README, "The price model"), priced in ``service_tier`` (default: the service tier
+        the hold was reserved in).
         """
         if idempotency_key is None or self._state != "settled":
             self._open("settle")
@@ -116,7 +132,8 @@ class Hold:
                     "settle(cost=...) needs usage_type=: the hold was not reserved for exactly one usage type"
                 )
         items = None if usages is None else list(usages)
-        total, _ = self._service._settle(self.actor, self.id, items, cost, usage_type, idempotency_key)
+        tier = self._service_tier if service_tier is None else service_tier
+        total, _ = self._service._settle(self.actor, self.id, items, cost, usage_type, idempotency_key, tier)
         self._state = "settled"
         return total
 
@@ -145,16 +162,27 @@ class Hold:
         *,
         usage_type: str | None = None,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int:
         """``settle`` for async code: awaits async plan listeners when the plan is not cached."""
         items = None if usages is None else list(usages)
         if self._aio is None:
-            return self.settle(items, cost, usage_type=usage_type, idempotency_key=idempotency_key)
+            return self.settle(
+                items, cost, usage_type=usage_type, idempotency_key=idempotency_key, service_tier=service_tier
+            )
         if idempotency_key is not None:  # on a fleet it waits on the shared ledger: off the loop
             return await self._aio._keyed(
-                self.actor, self.settle, items, cost, usage_type=usage_type, idempotency_key=idempotency_key
+                self.actor,
+                self.settle,
+                items,
+                cost,
+                usage_type=usage_type,
+                idempotency_key=idempotency_key,
+                service_tier=service_tier,
             )
-        return await self._aio._with_plan(self.actor, self.settle, items, cost, usage_type=usage_type)
+        return await self._aio._with_plan(
+            self.actor, self.settle, items, cost, usage_type=usage_type, service_tier=service_tier
+        )
 
     async def arelease(self) -> bool:
         """``release`` for async code (it never waits)."""

@@ -63,6 +63,7 @@ __all__ = [
     "estimated_usage",
     "provider_of",
     "resolve_model_prefix",
+    "service_tier_of",
     "to_mapping",
     "usage_items",
 ]
@@ -102,6 +103,28 @@ def to_mapping(obj: object) -> Mapping[str, Any]:
         f"usage must be a mapping or a provider SDK object (model_dump(), attributes or to_dict()), "
         f"not {type(obj).__name__}"
     )
+
+
+def _service_tier_field(obj: object) -> str | None:
+    value = obj.get("service_tier") if isinstance(obj, Mapping) else getattr(obj, "service_tier", None)
+    value = getattr(value, "value", value)  # an SDK's enum member
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"usage field 'service_tier' must be a string, not {type(value).__name__}: {value!r}")
+
+
+def service_tier_of(usage: object) -> str | None:
+    """The service tier a payload reports, or None: its ``service_tier`` field (Anthropic's
+    ``usage.service_tier``, OpenAI's on the response and in gateways' usage reports), else that of
+    its ``usage`` object when a whole response is passed. A price table with service tiers prices
+    the request in it (README, "The price model"); "default" and "standard" mean the base price.
+    A ``service_tier`` that is not a string raises ``TypeError``."""
+    tier = _service_tier_field(usage)
+    if tier is None:
+        inner = usage.get("usage") if isinstance(usage, Mapping) else getattr(usage, "usage", None)
+        if inner is not None and _is_object(inner):
+            tier = _service_tier_field(inner)
+    return tier
 
 
 def _is_object(value: object) -> bool:

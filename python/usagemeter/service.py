@@ -43,7 +43,7 @@ from usagemeter.events import (
 )
 from usagemeter.holds import Hold, Usages, reserved_usage_type, ttl_ms
 from usagemeter.policies import BUILTIN_POLICIES, TEMP_FREE, USER_FREE, Policy
-from usagemeter.providers import _priced_items
+from usagemeter.providers import _priced_items, service_tier_of
 from usagemeter.types import ActorReport
 
 __all__ = ["PLAN_EVENTS", "SERVICE_METHODS", "MeteringService", "MeteringServiceWrapper"]
@@ -491,6 +491,8 @@ class MeteringService(MeteringCore):
         cost: int | None = None,
         usages: Usages | None = None,
         ttl: float = 600.0,
+        *,
+        service_tier: str | None = None,
     ) -> Hold | None:
         """Hold ``cost`` µ¢, or what the batch ``usages`` would cost, for ``ttl`` seconds, if the
         actor's remaining budget net of its other holds covers it; else None (nothing held).
@@ -501,12 +503,15 @@ class MeteringService(MeteringCore):
         (``hold.settle(usages=...)`` records the real usage), released, or expires. It is kept
         in the store, so it outlives a restart, never its expiry. On a fleet it is kept in this
         worker's budget lease: if the worker dies, its holds end with the lease.
+
+        ``usages`` are priced as one request in ``service_tier`` (README, "The price model"); the
+        hold settles in that service tier unless ``settle`` names another.
         """
         items = None if usages is None else list(usages)
-        held = self._reserve(actor, cost, items, ttl_ms(ttl))
+        held = self._reserve(actor, cost, items, ttl_ms(ttl), service_tier)
         if held is None:
             return None
-        return Hold(self, actor, held, reserved_usage_type(items))
+        return Hold(self, actor, held, reserved_usage_type(items), service_tier=service_tier)
 
     def holds(self, actor: Actor) -> list[Hold]:
         """The actor's outstanding holds, oldest first (after a restart too: settle or release
@@ -521,6 +526,7 @@ class MeteringService(MeteringCore):
         cost_overrides: Mapping[str, int] | None = None,
         *,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int:
         """Book a provider's usage report for a model, as one atomic batch; return the month total.
 
@@ -543,9 +549,15 @@ class MeteringService(MeteringCore):
 
         With ``idempotency_key``, a retry within the window records nothing and returns the
         first call's total (the key is ``batch_increment_usages``'s, over the booked items).
+
+        The payload is one request for a price table (README, "The price model"): a size tier
+        counts its items together. ``service_tier`` (OpenAI's "flex", "priority", Anthropic's
+        "priority", ...) overrides the payload's own ``service_tier`` field, which is read
+        otherwise (``usagemeter.providers.service_tier_of``).
         """
         items = self._usage_batch(usage, model_prefix, cost_overrides)
-        return self.batch_increment_usages(actor, items, idempotency_key=idempotency_key)
+        tier = service_tier_of(usage) if service_tier is None else service_tier
+        return self.batch_increment_usages(actor, items, idempotency_key=idempotency_key, service_tier=tier)
 
     def try_record_usage_object(
         self,
@@ -555,13 +567,17 @@ class MeteringService(MeteringCore):
         cost_overrides: Mapping[str, int] | None = None,
         *,
         idempotency_key: str | None = None,
+        service_tier: str | None = None,
     ) -> int | None:
         """``record_usage_object`` only if the user's remaining budget covers the whole payload:
         all its items or none, atomically (``try_batch_increment_usages``); the new month total,
         or None (nothing recorded, and no key kept: a retry is decided again). On a fleet, budget
-        leases make it strict across workers."""
+        leases make it strict across workers. ``service_tier`` as for ``record_usage_object``."""
         items = self._usage_batch(usage, model_prefix, cost_overrides)
-        return self.try_batch_increment_usages(actor, items, idempotency_key=idempotency_key)
+        tier = service_tier_of(usage) if service_tier is None else service_tier
+        return self.try_batch_increment_usages(
+            actor, items, idempotency_key=idempotency_key, service_tier=tier
+        )
 
     def apply_monthly_charges(self, actor: Actor) -> MonthlyChargesApplied:
         """Apply the user's monthly charges of the current month now, unless they are applied.

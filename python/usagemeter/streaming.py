@@ -51,7 +51,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 from usagemeter._core import Actor
 from usagemeter.holds import Hold
-from usagemeter.providers import _count, estimate_tokens, estimated_usage, to_mapping
+from usagemeter.providers import _count, estimate_tokens, estimated_usage, service_tier_of, to_mapping
 
 __all__ = ["AsyncMeteredStream", "MeteredStream", "ameter_stream", "meter_stream"]
 
@@ -291,7 +291,9 @@ class _Metering:
         if usage is None and finishing and self._hold is not None:
             self._hold.release()  # a failed call that produced nothing gives its hold back
         elif usage is not None and self._hold is not None:
-            self.total = self._hold.settle(usages=self._settle_items(usage))
+            self.total = self._hold.settle(
+                usages=self._settle_items(usage), service_tier=service_tier_of(usage)
+            )
         elif usage is not None:
             self.total = self._sync_service().record_usage_object(usage, self._actor, self._model_prefix)
 
@@ -301,7 +303,9 @@ class _Metering:
         if usage is None and finishing and self._hold is not None:
             await self._hold.arelease()
         elif usage is not None and self._hold is not None:
-            self.total = await self._hold.asettle(usages=self._settle_items(usage))
+            self.total = await self._hold.asettle(
+                usages=self._settle_items(usage), service_tier=service_tier_of(usage)
+            )
         elif usage is not None:
             service: _RecordsUsage = self._service  # type: ignore[assignment]
             result = service.record_usage_object(usage, self._actor, self._model_prefix)

@@ -59,6 +59,14 @@ impl PyCostMap {
             inner: Arc::new(inner),
         }
     }
+
+    /// The plain price, or a table's first base price.
+    fn base_price(&self, key: &str) -> Option<Price> {
+        match self.inner.get(key) {
+            Some(entry) => Some(entry.price),
+            None => self.inner.table(key).map(|t| t.table.base_price()),
+        }
+    }
 }
 
 #[pymethods]
@@ -101,6 +109,15 @@ impl PyCostMap {
         loaded.map(PyCostMap::wrap).map_err(cost_map_error)
     }
 
+    /// Loads one JSON text, as one cost-map file (`source` names it in errors).
+    #[staticmethod]
+    #[pyo3(signature = (text, source="json"))]
+    fn from_json(text: &str, source: &str) -> PyResult<Self> {
+        CostMap::from_json_sources([(source, text)])
+            .map(PyCostMap::wrap)
+            .map_err(cost_map_error)
+    }
+
     /// Builds a map from `{usage_type: price}` with int, str or Decimal prices.
     #[staticmethod]
     fn from_dict(prices: &Bound<'_, PyDict>) -> PyResult<Self> {
@@ -127,12 +144,11 @@ impl PyCostMap {
 
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> bool {
         key.extract::<&str>()
-            .is_ok_and(|key| self.inner.get(key).is_some())
+            .is_ok_and(|key| self.inner.prices(key))
     }
 
     fn __getitem__<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
-        let entry = self.inner.get(key).ok_or_else(|| missing_key(key))?;
-        decimal(py, entry.price)
+        decimal(py, self.base_price(key).ok_or_else(|| missing_key(key))?)
     }
 
     /// The price of `key` as a Decimal, or `default`.
@@ -143,33 +159,44 @@ impl PyCostMap {
         key: &str,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.inner.get(key) {
-            Some(entry) => decimal(py, entry.price).map(Some),
+        match self.base_price(key) {
+            Some(price) => decimal(py, price).map(Some),
             None => Ok(default),
         }
     }
 
-    /// Usage types in load order.
+    /// Usage types: the plain prices in load order, then the tables in load order.
     fn keys(&self) -> Vec<&str> {
-        self.inner
-            .entries()
-            .iter()
-            .map(|e| &*e.usage_type)
-            .collect()
+        let plain = self.inner.entries().iter().map(|e| &*e.usage_type);
+        let tables = self.inner.tables().iter().map(|t| &*t.usage_type);
+        plain.chain(tables).collect()
     }
 
-    /// `(usage_type, Decimal price)` pairs in load order.
+    /// Whether `key` is priced by a table (size tiers, service tiers or dated prices): its
+    /// `map[key]` is the table's first base price, and a charge is priced for its request.
+    fn is_table(&self, key: &str) -> bool {
+        self.inner.table(key).is_some()
+    }
+
+    /// `(usage_type, Decimal price)` pairs in the order of `keys()` (a table's first base price).
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let items = self
             .inner
             .entries()
             .iter()
-            .map(|e| {
+            .map(|e| (&*e.usage_type, e.price))
+            .chain(
+                self.inner
+                    .tables()
+                    .iter()
+                    .map(|t| (&*t.usage_type, t.table.base_price())),
+            )
+            .map(|(usage_type, price)| {
                 PyTuple::new(
                     py,
                     [
-                        e.usage_type.into_pyobject(py)?.into_any(),
-                        decimal(py, e.price)?,
+                        usage_type.into_pyobject(py)?.into_any(),
+                        decimal(py, price)?,
                     ],
                 )
             })
@@ -186,8 +213,8 @@ impl PyCostMap {
     /// The file (or "dict") a usage type's price came from.
     fn source_of(&self, key: &str) -> PyResult<String> {
         self.inner
-            .get(key)
-            .map(|e| e.source.to_string())
+            .source_of(key)
+            .map(|source| source.to_string())
             .ok_or_else(|| missing_key(key))
     }
 
