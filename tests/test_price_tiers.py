@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from hypothesis import strategies as st
 from support import FakeClock
 from usagemeter import Actor, CostMap, CostMapError, MeteringService, UnknownUsageType
 from usagemeter.aio import AsyncMeteringService
+from usagemeter.cli import main
 from usagemeter.providers import service_tier_of
+from usagemeter.streaming import meter_stream
 
 PRO = "gemini:gemini-2.5-pro"
 PRO_PROMPT = f"{PRO}:promptTokenCount"
@@ -353,3 +356,41 @@ def test_n_calls_below_the_threshold_cost_exactly_n_times_one(
     for _ in range(calls):
         total = metering.batch_increment_usages(batched, [("t:units", size)])
     assert total == calls * one
+
+
+def test_the_readme_price_model_examples_run() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The price model\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for at, block in enumerate(blocks):
+        exec(compile(block, f"README.md price model example {at + 1}", "exec"), {})
+    tables_json = re.search(r"```json\n(.*?)```", section, re.S)
+    assert tables_json is not None
+    cost_map = CostMap.from_json(tables_json.group(1), "README.md")
+    assert cost_map.is_table("openai:gpt-5.1:prompt_tokens")
+
+
+def test_costmap_help_prints_the_format(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["costmap", "--help"])
+    out = capsys.readouterr().out
+    for field in ('"tiers"', '"service_tiers"', '"from"', "00:00 UTC", "ephemeral_1h_input_tokens"):
+        assert field in out
+
+
+def test_a_stream_is_priced_in_the_service_tier_its_chunks_report() -> None:
+    metering = service(OPENAI_TABLES)
+    chunks: list[dict[str, Any]] = [
+        {"choices": [{"delta": {"content": "hi"}}], "service_tier": "flex"},
+        {"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 200}, "service_tier": "flex"},
+    ]
+    stream = meter_stream(metering, Actor("u"), GPT, chunks)
+    assert len(list(stream)) == 2
+    assert stream.total == 162_500
+    held = Actor("h")
+    hold = metering.reserve(held, usages=[(f"{GPT}:prompt_tokens", 1000)])
+    assert hold is not None
+    with meter_stream(metering, held, GPT, chunks, hold=hold) as settled:
+        list(settled)
+    assert settled.total == 162_500

@@ -59,7 +59,9 @@ T = TypeVar("T")
 
 
 class _RecordsUsage(Protocol):
-    def record_usage_object(self, usage: Any, actor: Actor, model_prefix: str, /) -> Any: ...
+    def record_usage_object(
+        self, usage: Any, actor: Actor, model_prefix: str, /, *, service_tier: str | None = None
+    ) -> Any: ...
 
 
 def _get(obj: object, name: str) -> Any:
@@ -114,6 +116,9 @@ class _StreamUsage:
         self.anthropic_updates: list[object] = []  # message_delta usages, applied in order
         self.final = False
         self.characters = 0
+        # The service tier a chunk reported (OpenAI puts it on the chunk or the response, not in
+        # its usage): the request is priced in it (README, "The price model").
+        self.service_tier: str | None = None
 
     def observe(self, chunk: object) -> None:
         """Take what ``chunk`` tells about usage; never raises for a chunk it does not know."""
@@ -139,6 +144,7 @@ class _StreamUsage:
                 self.characters += _text(_get(chunk, "delta"))
                 return
             if event in _RESPONSES_END_EVENTS:
+                self._take_service_tier(_get(chunk, "response"))
                 usage = _report(_get(_get(chunk, "response"), "usage"))
                 if usage is not None:
                     self.report, self.anthropic_updates, self.final = usage, [], True
@@ -154,6 +160,7 @@ class _StreamUsage:
                 self.characters += _text(_get(delta, key))
             for call in _seq(_get(delta, "tool_calls")):
                 self.characters += _text(_get(_get(call, "function"), "arguments"))
+        self._take_service_tier(chunk)
         usage = _report(_get(chunk, "usage"))
         if usage is not None:
             self.report, self.anthropic_updates, self.final = usage, [], True
@@ -174,6 +181,11 @@ class _StreamUsage:
     def produced_nothing(self) -> bool:
         """No generated text streamed, and no final usage report (a provider's own bill)."""
         return self.characters == 0 and not (self.report is not None and self.final)
+
+    def _take_service_tier(self, obj: object) -> None:
+        tier = getattr(_get(obj, "service_tier"), "value", _get(obj, "service_tier"))
+        if isinstance(tier, str):
+            self.service_tier = tier
 
     def payload(
         self, model_prefix: str, prompt_tokens: int | None, prompt_text: str | None
@@ -270,6 +282,10 @@ class _Metering:
         )
         return self.usage
 
+    def _tier(self, usage: Mapping[str, Any]) -> str | None:
+        """The service tier to price the stream's usage in: the report's own, else a chunk's."""
+        return service_tier_of(usage) or self._seen.service_tier
+
     def _sync_service(self) -> _RecordsUsage:
         """The service to record with synchronously (an async service's ``.sync``)."""
         service = self._service
@@ -291,11 +307,16 @@ class _Metering:
         if usage is None and finishing and self._hold is not None:
             self._hold.release()  # a failed call that produced nothing gives its hold back
         elif usage is not None and self._hold is not None:
-            self.total = self._hold.settle(
-                usages=self._settle_items(usage), service_tier=service_tier_of(usage)
-            )
+            self.total = self._hold.settle(usages=self._settle_items(usage), service_tier=self._tier(usage))
         elif usage is not None:
-            self.total = self._sync_service().record_usage_object(usage, self._actor, self._model_prefix)
+            service = self._sync_service()
+            tier = self._tier(usage)
+            if tier is None:
+                self.total = service.record_usage_object(usage, self._actor, self._model_prefix)
+            else:
+                self.total = service.record_usage_object(
+                    usage, self._actor, self._model_prefix, service_tier=tier
+                )
 
     async def _finish_async(self) -> None:
         finishing = not self._finished
@@ -304,11 +325,17 @@ class _Metering:
             await self._hold.arelease()
         elif usage is not None and self._hold is not None:
             self.total = await self._hold.asettle(
-                usages=self._settle_items(usage), service_tier=service_tier_of(usage)
+                usages=self._settle_items(usage), service_tier=self._tier(usage)
             )
         elif usage is not None:
             service: _RecordsUsage = self._service  # type: ignore[assignment]
-            result = service.record_usage_object(usage, self._actor, self._model_prefix)
+            tier = self._tier(usage)
+            if tier is None:
+                result = service.record_usage_object(usage, self._actor, self._model_prefix)
+            else:
+                result = service.record_usage_object(
+                    usage, self._actor, self._model_prefix, service_tier=tier
+                )
             if inspect.isawaitable(result):
                 result = await result
             self.total = result

@@ -44,6 +44,36 @@ from usagemeter.store import is_shared_url
 __all__ = ["build_parser", "main"]
 
 
+COSTMAP_FORMAT = """\
+The cost-map format (README, "The price model"). Each key is a usage type; each value is
+  a price: µ¢ per unit, a JSON number or a decimal string ("31.25"), read exactly, never
+    through a float; or
+  a price table, a JSON object:
+    {"price": "125",
+     "tiers": [{"above": 200000,
+                "count": ["gemini:gemini-2.5-pro:promptTokenCount"],
+                "price": "250"}],
+     "service_tiers": {"flex": "62.5", "priority": {"price": "225", "tiers": [...]}},
+     "from": [{"date": "2026-01-01", "price": "130", "tiers": [...],
+               "service_tiers": {...}}]}
+  price          the base price (required).
+  tiers          once a request has more than `above` units of the `count` types (default:
+                 this type), the tier's price prices EVERY unit of this type in it; thresholds
+                 increase and no tier is cheaper than the price below it. A request is one
+                 batch or one usage object.
+  service_tiers  a price (or {"price", "tiers"}) per service tier: batch_increment_usages(...,
+                 service_tier="flex"), or the payload's own service_tier field in
+                 record_usage_object. "default" and "standard" mean the base price; another
+                 name the table does not list is an error naming it. A type with no
+                 service_tiers ignores the name.
+  from           later prices, each in force from 00:00 UTC of its date (YYYY-MM-DD,
+                 increasing) on the service's clock; recorded usage is never re-priced.
+Cache writes by duration are separate meters, each with its own price or table
+(claude:<model>:ephemeral_5m_input_tokens and claude:<model>:ephemeral_1h_input_tokens).
+A malformed table is refused at load, naming the file, the key and the reason.
+"""
+
+
 def _at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer >= ``minimum``."""
 
@@ -252,13 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="DST's backend (default: sled for a directory; redis for a URL)",
     )
 
-    costmap = commands.add_parser("costmap", help="check or list cost maps")
+    costmap = commands.add_parser(
+        "costmap",
+        help="check or list cost maps",
+        description='Check or list cost maps: JSON objects {"provider:model:meter": price}.',
+        epilog=COSTMAP_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     costmap_commands = costmap.add_subparsers(dest="costmap_command", required=True, metavar="COMMAND")
     check = costmap_commands.add_parser(
         "check",
         help="validate cost-map JSON files loaded together",
         description="Load the files together as CostMap.from_files does; print the entries per file "
         "and any price rounded at load. Exit 1 with the error on stderr if they do not load.",
+        epilog=COSTMAP_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("paths", nargs="+", metavar="PATH", help="cost-map JSON file")
     show = costmap_commands.add_parser(

@@ -58,7 +58,11 @@ def run_costmap_show(prefix: str) -> int:
     if entries:
         table = make_table(["usage type", "µ¢/unit", "source"], [False, True, False])
         for key, price in entries:
-            table.add_row(key, plain_decimal(price), PurePath(cost_map.source_of(key)).stem)
+            source = PurePath(cost_map.source_of(key)).stem
+            # A table's price shown is its first base price; the table prices each request.
+            table.add_row(
+                key, plain_decimal(price), f"{source} (table)" if cost_map.is_table(key) else source
+            )
         out.print(table)
     matching = f" matching {prefix!r}" if prefix else ""
     out.print(f"{len(entries):,} of {count(len(cost_map), 'entry')}{matching}")
