@@ -398,7 +398,9 @@ class MeteringCore:
         *,
         service_tier: str | None = None,
     ) -> int:
-        """What ``amount`` units of ``usage_type`` cost in µ¢ (rounded half up, as reports round)."""
+        """What ``amount`` units of ``usage_type`` cost in µ¢ (rounded half up, as reports round).
+
+        The units are one request for a price table, priced in ``service_tier`` at the clock now."""
     def cost_of_usages(
         self,
         usages: Iterable[tuple[str, int] | tuple[str, int, int | None]],
@@ -421,7 +423,9 @@ class MeteringCore:
         reserved: Iterable[tuple[str, int] | tuple[str, int, int | None]] | None = None,
     ) -> int:
         """The most units of ``usage_type`` the remaining budget pays for after ``reserved``
-        (0 when nothing is left; 2**64-1 for a free type or the system actor)."""
+        (0 when nothing is left; 2**64-1 for a free type or the system actor). For a price
+        table, a unit costs the price of the tier ``reserved`` plus that unit are in (a tier more
+        units would reach is not foreseen)."""
     def _plan_cache_sizes(self) -> tuple[int, int]:
         """``(cached plans, of which users without an account)`` (tests: the bound holds)."""
     def _stats(self) -> ServiceStats:

@@ -663,6 +663,7 @@ impl Ledger {
     /// Records `items` for one user, atomically: the user's month record, its app's record and the
     /// pools all change together, or (on any error or refusal) nothing changes at all. `account`
     /// is the booking user's, if the caller keeps it (`account`); otherwise it is looked up.
+    /// `items` are one request, as for `charge_request` without a service tier.
     pub fn charge(
         &self,
         account: Option<&Account>,
@@ -670,7 +671,44 @@ impl Ledger {
         items: &[UsageItem<'_>],
         mode: ChargeMode,
     ) -> LedgerResult<Receipt> {
-        let (deltas, unmapped_items) = self.deltas_of(items)?;
+        self.charge_request(account, booking, items, mode, None)
+    }
+
+    /// `charge` of `items` as one request: a table-priced type is priced for it
+    /// (`with_tables`) at the booking's time, in `service_tier`.
+    #[inline]
+    pub fn charge_request(
+        &self,
+        account: Option<&Account>,
+        booking: &Booking<'_>,
+        items: &[UsageItem<'_>],
+        mode: ChargeMode,
+        service_tier: Option<&str>,
+    ) -> LedgerResult<Receipt> {
+        // The plain path is the one before tables existed: a table is only found in the error
+        // branch `?` took before, when the plain index missed (`deltas_of`).
+        let (deltas, unmapped_items) = match self.deltas_of(items) {
+            Ok(deltas) => deltas,
+            Err(LedgerError::PricedByTable(_)) => {
+                return self.charge_by_tables(account, booking, items, mode, service_tier)
+            }
+            Err(error) => return Err(error),
+        };
+        self.charge_deltas(account, booking, &deltas, unmapped_items, mode)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn charge_by_tables(
+        &self,
+        account: Option<&Account>,
+        booking: &Booking<'_>,
+        items: &[UsageItem<'_>],
+        mode: ChargeMode,
+        service_tier: Option<&str>,
+    ) -> LedgerResult<Receipt> {
+        let priced = self.with_tables(items, service_tier, booking.now_ms)?;
+        let (deltas, unmapped_items) = self.deltas_of(&priced)?;
         self.charge_deltas(account, booking, &deltas, unmapped_items, mode)
     }
 

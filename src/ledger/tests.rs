@@ -1316,3 +1316,57 @@ mod keys {
         assert_eq!(ledger.key_count(), 0);
     }
 }
+
+#[test]
+fn a_table_prices_the_whole_request_at_the_bookings_time_and_service_tier() {
+    let map = CostMap::from_json_sources([(
+        "tables.json",
+        r#"{"p": {"price": 2, "tiers": [{"above": 10, "count": ["p"], "price": 3}],
+                  "service_tiers": {"flex": 1}},
+            "o": {"price": 5, "tiers": [{"above": 10, "count": ["p"], "price": 7}],
+                  "from": [{"date": "1970-01-02", "price": 6}]},
+            "plain": 4}"#,
+    )])
+    .unwrap();
+    let ledger = Ledger::new(Arc::new(map), Unmapped::Error);
+    let big = [item("p", 11), item("o", 1), item("plain", 1)];
+    // The plain index does not know the tables: a charge finds them in its error branch.
+    assert!(matches!(
+        ledger.deltas_of(&big),
+        Err(LedgerError::PricedByTable(name)) if name == "p"
+    ));
+    let receipt = ledger
+        .charge(None, &booking("u"), &big, ChargeMode::Always)
+        .unwrap();
+    assert_eq!(receipt.cost, m(11 * 3 + 7 + 4));
+    let small = [item("p", 10), item("o", 1)];
+    let flex = ledger
+        .charge_request(
+            None,
+            &booking("v"),
+            &small,
+            ChargeMode::Always,
+            Some("flex"),
+        )
+        .unwrap();
+    assert_eq!(flex.cost, m(10 + 5));
+    let next_day = Booking {
+        now_ms: 86_400_000,
+        ..booking("w")
+    };
+    let dated = ledger
+        .charge(None, &next_day, &small, ChargeMode::Always)
+        .unwrap();
+    assert_eq!(dated.cost, m(10 * 2 + 6));
+    let unknown =
+        ledger.charge_request(None, &booking("x"), &small, ChargeMode::Always, Some("flx"));
+    assert!(
+        matches!(unknown, Err(LedgerError::InvalidInput(reason)) if reason.contains("\"flx\""))
+    );
+    assert_eq!(ledger.cost_of("plain", 2).unwrap(), m(8));
+    assert!(matches!(
+        ledger.cost_of("o", 1),
+        Err(LedgerError::PricedByTable(_))
+    ));
+    assert_eq!(ledger.meter_type("p").unwrap(), None);
+}

@@ -117,32 +117,11 @@ impl MeteringCore {
             ChargeMode::IfAffordable => actor.account.existing(&self.ledger, &actor.user_id),
             _ => actor.account.get(&self.ledger, &actor.user_id),
         };
+        // A table-priced item is priced by the ledger at the booking's clock reading.
         self.charge_with(py, actor_obj, actor, items, wait, |booking| {
-            match self.ledger.charge(account, booking, items, mode) {
-                // Only a table-priced type comes here (the plain path is unchanged): priced for
-                // this request at the booking's clock reading, then charged again.
-                Err(LedgerError::PricedByTable(_)) => {
-                    self.charge_by_tables(account, booking, items, mode, service_tier)
-                }
-                done => done,
-            }
+            self.ledger
+                .charge_request(account, booking, items, mode, service_tier)
         })
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn charge_by_tables(
-        &self,
-        account: Option<&Account>,
-        booking: &Booking<'_>,
-        items: &[UsageItem<'_>],
-        mode: ChargeMode,
-        service_tier: Option<&str>,
-    ) -> Result<Receipt, LedgerError> {
-        let priced = self
-            .ledger
-            .with_tables(items, service_tier, booking.now_ms)?;
-        self.ledger.charge(account, booking, &priced, mode)
     }
 
     /// `items` with the items of table-priced types priced for this request at the service's
