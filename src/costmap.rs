@@ -13,7 +13,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::money::{parse_microcents, Price};
-use crate::price_table::PriceTable;
+use crate::price_table::{json_kind, PriceTable};
 
 /// Usage type names that cannot be priced because the usage reports use them as field names.
 pub const RESERVED_USAGE_TYPES: [&str; 1] = ["total"];
@@ -378,17 +378,6 @@ fn price_text(source: &str, key: &str, value: &Value) -> Result<String, CostMapE
                 json_kind(other)
             ),
         }),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

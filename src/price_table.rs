@@ -142,12 +142,15 @@ impl Parser<'_> {
         let mut periods = vec![self.period(object, i64::MIN, "")?];
         if let Some(from) = object.get("from") {
             let Value::Array(later) = from else {
-                return Err(format!("\"from\" must be a list, not {}", kind(from)));
+                return Err(format!("\"from\" must be a list, not {}", json_kind(from)));
             };
             for (at, entry) in later.iter().enumerate() {
                 let where_ = format!("from[{at}]");
                 let Value::Object(entry) = entry else {
-                    return Err(format!("{where_} must be an object, not {}", kind(entry)));
+                    return Err(format!(
+                        "{where_} must be an object, not {}",
+                        json_kind(entry)
+                    ));
                 };
                 only_fields(entry, &["date", "price", "tiers", "service_tiers"], &where_)?;
                 let date = match entry.get("date") {
@@ -155,7 +158,7 @@ impl Parser<'_> {
                     Some(other) => {
                         return Err(format!(
                             "{where_}.date must be a \"YYYY-MM-DD\" string, not {}",
-                            kind(other)
+                            json_kind(other)
                         ))
                     }
                     None => return Err(format!("{where_} has no \"date\"")),
@@ -186,7 +189,7 @@ impl Parser<'_> {
             let Value::Object(tiers) = value else {
                 return Err(format!(
                     "{where_}service_tiers must be an object {{name: price}}, not {}",
-                    kind(value)
+                    json_kind(value)
                 ));
             };
             for (name, value) in tiers {
@@ -227,12 +230,15 @@ impl Parser<'_> {
         let mut tiers: Vec<Tier> = Vec::new();
         if let Some(value) = object.get("tiers") {
             let Value::Array(list) = value else {
-                return Err(format!("{where_}tiers must be a list, not {}", kind(value)));
+                return Err(format!(
+                    "{where_}tiers must be a list, not {}",
+                    json_kind(value)
+                ));
             };
             for (at, tier) in list.iter().enumerate() {
                 let at = format!("{where_}tiers[{at}]");
                 let Value::Object(tier) = tier else {
-                    return Err(format!("{at} must be an object, not {}", kind(tier)));
+                    return Err(format!("{at} must be an object, not {}", json_kind(tier)));
                 };
                 only_fields(tier, &["above", "count", "price"], &at)?;
                 let above = match tier.get("above") {
@@ -303,7 +309,7 @@ impl Parser<'_> {
             other => {
                 return Err(format!(
                     "{where_} must be a number or a numeric string, not {}",
-                    kind(other)
+                    json_kind(other)
                 ))
             }
         };
@@ -327,7 +333,8 @@ fn only_fields(object: &Map<String, Value>, known: &[&str], where_: &str) -> Res
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+/// What a JSON value is, for error messages ("a string", "an object"...).
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
