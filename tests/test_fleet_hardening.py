@@ -670,3 +670,15 @@ def test_two_workers_cannot_refund_the_same_charge_twice_on_a_cluster(redis_clus
         for user in users:
             assert month_total(fresh, user.user_id) == 0
             assert units(fresh, user.user_id, "refund:fleet:int") == 10
+
+
+@pytest.mark.timeout(60)
+def test_a_server_without_info_still_opens() -> None:
+    """The cluster check at connection (INFO cluster) must not lock out a server that refuses INFO
+    (an ACL, a renamed command): it opens as before."""
+    with RedisServer(extra_args=("--rename-command", "INFO", "")) as server:
+        user = Actor(unique("no-info"))
+        with open_fleet(server.url) as service:
+            service.increment_usage(user, "fleet:int", 2)
+        with open_fleet(server.url) as fresh:
+            assert units(fresh, user.user_id, "fleet:int") == 2

@@ -129,10 +129,17 @@ impl Link {
             .map_err(failed)?;
         // A node of a Redis Cluster answers a single connection's commands for most users with
         // MOVED: said once, at connection, rather than as a write refused for some users.
-        let info: String = redis::cmd("INFO")
+        // A server that refuses INFO (an ACL without it, a renamed command) answers with an
+        // error code: it is taken as no cluster, as before this check; no answer, or one that
+        // is not Redis's, fails the opening.
+        let info = match redis::cmd("INFO")
             .arg("cluster")
-            .query(&mut connection)
-            .map_err(failed)?;
+            .query::<String>(&mut connection)
+        {
+            Ok(info) => info,
+            Err(e) if e.code().is_some() => String::new(),
+            Err(e) => return Err(failed(e)),
+        };
         if info.contains("cluster_enabled:1") {
             return Err(StoreError::Other(format!(
                 "the server at {} is a node of a Redis Cluster: open it with \
